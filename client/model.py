@@ -1,0 +1,147 @@
+"""The parameterised quantum circuit (PQC) classifier: PennyLane + torch.
+
+Circuit on ``n`` qubits with ``L`` layers, for an input ``x``:
+
+- angle data (``kind="angles"``, ``x`` of shape ``(n,)``): data re-uploading,
+
+  .. math::
+
+      U(x; \\theta) = \\prod_{l=L-1}^{0} W(\\theta_l)\\, R_Y(x),
+      \\qquad R_Y(x) = \\bigotimes_i R_Y(x_i),
+
+- state data (``kind="states"``, ``x`` of shape ``(2**n,)``): the state is prepared
+  once, then the trainable layers act: :math:`U = \\prod_l W(\\theta_l)`.
+
+Each trainable layer :math:`W(\\theta_l)` applies ``Rot(phi, theta, omega)`` on every
+qubit followed by a ring of CNOTs ``(i, i+1 mod n)`` (a ``StronglyEntanglingLayers``
+layer of range 1, written out so later transpilation sees plain gates).
+
+Read-out: one Pauli-Z expectation per class, scaled and shifted by trainable
+classical parameters into logits,
+
+.. math:: \\mathrm{logit}_c = s_c \\langle Z_c \\rangle + b_c, \\qquad c < C \\le n .
+
+Batches go through PennyLane's parameter broadcasting: one circuit execution
+evaluates the whole batch (inputs of shape ``(B, n)`` or ``(B, 2**n)``).
+Parameters (``torch.float64``) are named ``weights (L, n, 3)``, ``scale (C,)``,
+``bias (C,)`` in the state dict that travels as Flower's ``ArrayRecord``.
+"""
+
+from __future__ import annotations
+
+import pennylane as qml
+import torch
+
+WEIGHT_INIT_STD = 0.1  # near-identity initialisation avoids barren plateaus at start
+SCALE_INIT = 2.0
+
+
+def entangling_layer(weights: torch.Tensor, wires: range) -> None:
+    """One trainable layer: ``Rot`` on every wire, then a CNOT ring.
+
+    ``weights`` has shape ``(n, 3)``.
+    """
+    n = len(wires)
+    for i in wires:
+        qml.Rot(weights[i, 0], weights[i, 1], weights[i, 2], wires=i)
+    if n == 2:
+        qml.CNOT(wires=[0, 1])
+    elif n > 2:
+        for i in wires:
+            qml.CNOT(wires=[i, (i + 1) % n])
+
+
+def make_circuit(n_qubits: int, n_layers: int, n_classes: int, kind: str):
+    """The circuit function ``(inputs, weights) -> [<Z_0>, ..., <Z_{C-1}>]``."""
+    wires = range(n_qubits)
+
+    def circuit(inputs: torch.Tensor, weights: torch.Tensor):
+        if kind == "states":
+            qml.StatePrep(inputs, wires=wires, normalize=False)
+            for layer in range(n_layers):
+                entangling_layer(weights[layer], wires)
+        else:
+            for layer in range(n_layers):
+                qml.AngleEmbedding(inputs, wires=wires, rotation="Y")
+                entangling_layer(weights[layer], wires)
+        return [qml.expval(qml.PauliZ(c)) for c in range(n_classes)]
+
+    return circuit
+
+
+class PQCClassifier(torch.nn.Module):
+    """Multi-class PQC classifier with data re-uploading.
+
+    Parameters
+    ----------
+    n_qubits : int
+        Register size ``n``; must be ``>= n_classes``.
+    n_layers : int
+        Number of (re-uploading +) trainable layers ``L``.
+    n_classes : int
+        Number of classes ``C``: one Pauli-Z read-out per class.
+    kind : str
+        ``"angles"`` (classical features as rotation angles) or ``"states"``
+        (amplitude vectors of length ``2**n``).
+    device : str
+        PennyLane device name: ``"default.qubit"`` (fast with broadcasting) or
+        ``"lightning.qubit"`` (adjoint differentiation, for large ``n``).
+    diff_method : str
+        PennyLane differentiation method; ``"best"`` picks backprop on
+        ``default.qubit`` and adjoint on ``lightning.qubit``.
+    seed : int
+        Seed of the parameter initialisation.
+
+    Examples
+    --------
+    >>> model = PQCClassifier(n_qubits=4, n_layers=2, n_classes=3)
+    >>> model(torch.rand(8, 4, dtype=torch.float64)).shape
+    torch.Size([8, 3])
+    """
+
+    def __init__(
+        self,
+        n_qubits: int,
+        n_layers: int,
+        n_classes: int,
+        kind: str = "angles",
+        device: str = "default.qubit",
+        diff_method: str = "best",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if n_classes > n_qubits:
+            raise ValueError(
+                f"n_qubits={n_qubits} is too small for {n_classes} classes "
+                "(one Pauli-Z read-out per class)"
+            )
+        if kind not in ("angles", "states"):
+            raise ValueError(f"kind must be 'angles' or 'states', got {kind!r}")
+        self.n_qubits, self.n_layers, self.n_classes, self.kind = (
+            n_qubits, n_layers, n_classes, kind,
+        )
+        gen = torch.Generator().manual_seed(seed)
+        self.weights = torch.nn.Parameter(
+            WEIGHT_INIT_STD * torch.randn(n_layers, n_qubits, 3, generator=gen, dtype=torch.float64)
+        )
+        self.scale = torch.nn.Parameter(torch.full((n_classes,), SCALE_INIT, dtype=torch.float64))
+        self.bias = torch.nn.Parameter(torch.zeros(n_classes, dtype=torch.float64))
+        if diff_method == "best":
+            diff_method = "adjoint" if device == "lightning.qubit" else "backprop"
+        self.device_name, self.diff_method = device, diff_method
+        dev = qml.device(device, wires=n_qubits)
+        self.qnode = qml.QNode(
+            make_circuit(n_qubits, n_layers, n_classes, kind),
+            dev,
+            interface="torch",
+            diff_method=diff_method,
+        )
+
+    def expvals(self, x: torch.Tensor) -> torch.Tensor:
+        """Pauli-Z expectations, shape ``(B, C)`` for a batch ``x``."""
+        out = self.qnode(x, self.weights)
+        return torch.stack(list(out), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape ``(B, C)``."""
+        return self.expvals(x) * self.scale + self.bias

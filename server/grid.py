@@ -1,0 +1,117 @@
+"""A Grid wrapper that meters traffic and polls for replies more often than Flower's.
+
+Flower's ``HttpGrid.send_and_receive`` sleeps 3 s between pulls; with two exchanges
+per round that alone can cost up to 6 s a round. :class:`MeteredGrid` keeps the same
+push/pull protocol but polls every ``poll_interval`` seconds, and counts the
+serialised size of every message's content (what travels in the protobuf) in each
+direction. It also notices nodes that went away during a round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from logging import WARNING
+
+from flwr.app import Message
+from flwr.common.serde import recorddict_to_proto
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+
+def content_nbytes(message: Message) -> int:
+    """Serialised size in bytes of a message's content (0 for an error reply)."""
+    if message.has_error():
+        return 0
+    return recorddict_to_proto(message.content).ByteSize()
+
+
+class MeteredGrid(Grid):
+    """Delegate to ``grid``; meter bytes down/up and poll replies every ``poll_interval`` s.
+
+    Attributes
+    ----------
+    bytes_down : int
+        Bytes of message content pushed to nodes since the last :meth:`take_counters`.
+    bytes_up : int
+        Bytes of reply content pulled from nodes since then.
+    """
+
+    def __init__(self, grid: Grid, poll_interval: float = 0.1) -> None:
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
+        self._grid = grid
+        self.poll_interval = poll_interval
+        self.bytes_down = 0
+        self.bytes_up = 0
+        self.missing_replies = 0
+
+    # --- delegated -------------------------------------------------------------------
+    def set_run(self, run):  # type: ignore[no-untyped-def]
+        self._grid.set_run(run)
+
+    @property
+    def run(self):  # type: ignore[no-untyped-def]
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def get_nodes(self):  # type: ignore[no-untyped-def]
+        return self._grid.get_nodes()
+
+    # --- metered ---------------------------------------------------------------------
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        self.bytes_down += sum(content_nbytes(m) for m in messages)
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(self._grid.pull_messages(message_ids))
+        self.bytes_up += sum(content_nbytes(m) for m in replies)
+        return replies
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push ``messages`` and pull replies until all arrived or ``timeout`` s passed.
+
+        A node that never replies (it died, or is too slow) does not block the round
+        beyond ``timeout``: the round goes on with the replies that came, and the
+        missing ones are logged and counted in :attr:`missing_replies`.
+        """
+        messages = list(messages)
+        ids = list(self.push_messages(messages))  # same order as ``messages``
+        dst = {i: m.metadata.dst_node_id for i, m in zip(ids, messages) if i is not None}
+        if len(dst) < len(messages):
+            log(WARNING, "%d message(s) could not be pushed", len(messages) - len(dst))
+        del messages
+        pending = set(dst)
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            got = list(self.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not pending or (end is not None and time.monotonic() >= end):
+                break
+            time.sleep(self.poll_interval)
+        if pending:
+            self.missing_replies += len(pending)
+            log(
+                WARNING,
+                "No reply from %d node(s) within %.0f s (nodes %s): going on without them",
+                len(pending),
+                timeout or 0.0,
+                sorted(dst[i] for i in pending),
+            )
+        return replies
+
+    def take_counters(self) -> tuple[int, int, int]:
+        """Return and reset ``(bytes_down, bytes_up, missing_replies)``."""
+        out = (self.bytes_down, self.bytes_up, self.missing_replies)
+        self.bytes_down = self.bytes_up = self.missing_replies = 0
+        return out

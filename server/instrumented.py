@@ -1,0 +1,61 @@
+"""A wrapper that records what any strategy's training round produced.
+
+It delegates every hook to the inner strategy (the shape of Flower's DP wrappers),
+so ``Strategy.start`` runs the inner strategy's logic unchanged, and keeps, per
+round, the aggregated train metrics and how many clients replied or failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+
+class InstrumentedStrategy(Strategy):
+    """Delegate to ``strategy``; remember each round's train metrics and reply counts."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.strategy = strategy
+        self._round_stats: dict[str, float] = {}
+
+    def take_round_stats(self) -> dict[str, float]:
+        """Return and clear the last training round's stats.
+
+        Keys: the aggregated train metrics (e.g. ``train-loss``), ``clients-ok`` and
+        ``clients-failed`` (error replies).
+        """
+        out, self._round_stats = self._round_stats, {}
+        return out
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        failed = sum(1 for m in replies if m.has_error())
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        stats: dict[str, float] = dict(metrics) if metrics is not None else {}
+        stats["clients-ok"] = len(replies) - failed
+        stats["clients-failed"] = failed
+        self._round_stats = stats
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)

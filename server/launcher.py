@@ -1,0 +1,442 @@
+"""``qfl launch``: a real Flower federation on loopback, in one command.
+
+It validates the whole configuration first (nothing starts on a bad value), then
+starts ``flower-superlink`` and N ``flower-supernode`` processes on 127.0.0.1, each
+on its own free port, with a project-local ``FLWR_HOME``; submits the app with
+``flwr run --stream``; shows one progress line per round; prints a final table; and
+stops every process it started, on success, on error and on Ctrl-C.
+
+With ``--simulation`` it starts ``flower-superlink --simulation`` instead and runs the
+same app on Flower's simulation engine with N virtual SuperNodes.
+
+Examples
+--------
+::
+
+    qfl launch --clients 4 --rounds 10 --dataset wine
+    qfl launch --clients 3 --dataset tfim --partitioner h-range --n-qubits 6
+    qfl launch --clients 50 --simulation --set fraction-train=0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+from client.config import (
+    N_QUBITS,
+    ConfigError,
+    RunConfig,
+)
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+CONNECTION = "qfl-local"
+PROGRESS_TAG = "[qfl]"
+STARTUP_TIMEOUT_S = 30.0
+# How often the SuperExec checks for a ClientApp/ServerApp to start (Flower: 1.0 s).
+SUPEREXEC_POLL_S = "0.05"
+
+
+class LaunchError(RuntimeError):
+    """The federation could not be launched or did not finish."""
+
+
+# --- configuration ------------------------------------------------------------------
+
+
+def app_defaults(app_dir: Path) -> dict[str, object]:
+    """The run-config defaults declared in ``pyproject.toml``."""
+    with open(app_dir / "pyproject.toml", "rb") as f:
+        return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+
+
+def parse_overrides(items: list[str], defaults: dict[str, object]) -> dict[str, object]:
+    """Parse ``KEY=VALUE`` strings (TOML values; bare words are strings)."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(key or item, "expected KEY=VALUE")
+        if key not in defaults:
+            raise ConfigError(key, "unknown key (see [tool.flwr.app.config] in pyproject.toml)")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word such as wine or default.qubit
+        out[key] = value
+    return out
+
+
+def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, int]:
+    """Merge defaults, ``--set`` and the named flags; validate everything.
+
+    Returns the run config and the number of clients. Raises :class:`ConfigError`
+    (naming the key or flag) before any process is started.
+    """
+    defaults = app_defaults(app_dir)
+    values = dict(defaults)
+    values.update(parse_overrides(args.set or [], defaults))
+    flags = {
+        "num-server-rounds": args.rounds,
+        "dataset": args.dataset,
+        "partitioner": args.partitioner,
+        "n-qubits": args.n_qubits,
+        "n-layers": args.n_layers,
+        "device": args.device,
+        "strategy": args.strategy,
+        "run-name": args.run_name,
+        "seed": args.seed,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.resume:
+        values["resume"] = True
+    values["output-dir"] = str(Path(str(values["output-dir"])).expanduser().resolve())
+    if args.clients < 1:
+        raise ConfigError("--clients", f"must be a positive integer, got {args.clients}")
+    # The server starts round 1 once every launched node is connected.
+    values["min-nodes"] = args.clients
+    cfg = RunConfig.from_run_config(values)
+    check_feasible(cfg, args.clients)
+    return cfg, args.clients
+
+
+def check_feasible(cfg: RunConfig, clients: int) -> None:
+    """Checks that need the data or the strategy: classes vs qubits, clients vs samples."""
+    from client.data import num_classes, partition_indices
+    from client.task import build_dataset
+    from strategies import resolve_strategy
+
+    n_classes = num_classes(cfg.dataset)
+    if n_classes > cfg.n_qubits:
+        raise ConfigError(N_QUBITS, f"dataset '{cfg.dataset}' has {n_classes} classes: needs >= {n_classes} qubits")
+    try:
+        resolve_strategy(cfg.strategy)
+    except ValueError as err:
+        raise ConfigError("strategy", str(err)) from err
+    data = build_dataset(cfg)  # also fills the cache the ClientApps read
+    n_train = len(data.y_train)
+    if clients > n_train:
+        raise ConfigError(
+            "--clients",
+            f"{clients} clients but dataset '{cfg.dataset}' has only {n_train} training samples",
+        )
+    try:
+        partition_indices(data.y_train, clients, cfg.partitioner, cfg.seed, cfg.dirichlet_alpha, data.h_train)
+    except ValueError as err:
+        raise ConfigError("partitioner", str(err)) from err
+
+
+def run_config_arg(cfg: RunConfig) -> str:
+    """``--run-config`` value for ``flwr run``: every key, as TOML values."""
+    parts = []
+    for key, value in cfg.to_run_config().items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = json.dumps(value)
+        else:
+            text = repr(value)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+# --- processes ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
+    """Wait until ``port`` accepts connections; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LaunchError(f"{what} exited with code {proc.returncode}; see {log}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise LaunchError(f"{what} did not open port {port} within {timeout:.0f} s; see {log}")
+
+
+class ProcessGroup:
+    """Every process the launcher starts; :meth:`stop` ends them and their children."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, cmd: list[str], cwd: Path | None = None) -> subprocess.Popen:
+        log_path = self.log_dir / f"{name}.log"
+        log_file = open(log_path, "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            cwd=cwd,
+            start_new_session=True,  # its own process group: we can end its children too
+        )
+        log_file.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM each process group, then SIGKILL what is left after ``grace_s``."""
+        for _, proc in reversed(self.procs):
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for _, proc in self.procs:
+            # the group may outlive its leader (ClientApp processes): kill it whole
+            _signal_group(proc, signal.SIGKILL)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs.clear()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def flwr_env(flwr_home: Path, cache_dir: Path) -> dict[str, str]:
+    """Environment for Flower's processes: project-local FLWR_HOME, the venv's bin first."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = SUPEREXEC_POLL_S
+    env["QFL_CACHE_DIR"] = str(cache_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def write_flower_config(flwr_home: Path, port: int, num_supernodes: int | None) -> None:
+    """``$FLWR_HOME/config.toml`` with one connection, :data:`CONNECTION`."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "[superlink]",
+        f'default = "{CONNECTION}"',
+        "",
+        f"[superlink.{CONNECTION}]",
+        f'address = "127.0.0.1:{port}"',
+        "insecure = true",
+    ]
+    if num_supernodes is not None:
+        lines.append(f"options.num-supernodes = {num_supernodes}")
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+# --- the launch ---------------------------------------------------------------------
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Validate, start the federation, stream progress, print the table, clean up."""
+    app_dir = Path(args.app).resolve()
+    cfg, clients = build_config(args, app_dir)
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    log_dir = run_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    flwr_home = run_dir / "flwr-home"
+    env = flwr_env(flwr_home, Path(cfg.output_dir) / ".cache")
+    mode = "simulation" if args.simulation else "deployment"
+    print(
+        f"{PROGRESS_TAG} {mode}: {clients} clients, {cfg.num_server_rounds} rounds, "
+        f"dataset={cfg.dataset} partitioner={cfg.partitioner} strategy={cfg.strategy} "
+        f"qubits={cfg.n_qubits} layers={cfg.n_layers} -> {run_dir}",
+        flush=True,
+    )
+    group = ProcessGroup(env, log_dir)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        port = free_port()
+        superlink_cmd = [
+            "flower-superlink",
+            "--insecure",
+            "--disable-runtime-dependency-installation",
+            "--port",
+            str(port),
+        ]
+        if args.simulation:
+            superlink_cmd.append("--simulation")
+        link = group.start("superlink", superlink_cmd, cwd=run_dir)
+        wait_for_port(port, link, STARTUP_TIMEOUT_S, "flower-superlink", log_dir / "superlink.log")
+        if not args.simulation:
+            for pid in range(clients):
+                node_port = free_port()
+                node = group.start(
+                    f"supernode-{pid}",
+                    [
+                        "flower-supernode",
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{port}",
+                        "--port",
+                        str(node_port),
+                        "--node-config",
+                        f"partition-id={pid} num-partitions={clients}",
+                    ],
+                    cwd=run_dir,
+                )
+                wait_for_port(node_port, node, STARTUP_TIMEOUT_S, f"flower-supernode {pid}", log_dir / f"supernode-{pid}.log")
+        write_flower_config(flwr_home, port, clients if args.simulation else None)
+        code = stream_run(app_dir, cfg, env, log_dir / "flwr-run.log", args.verbose, args.timeout)
+    except KeyboardInterrupt:
+        print(f"\n{PROGRESS_TAG} interrupted: stopping the federation", flush=True)
+        code = 130
+    finally:
+        group.stop()
+        signal.signal(signal.SIGTERM, previous)
+    rows = read_rows(run_dir)
+    if rows:
+        print(format_table(rows), flush=True)
+    if code == 0 and (not rows or rows[-1]["round"] != cfg.num_server_rounds):
+        print(f"{PROGRESS_TAG} the run ended before round {cfg.num_server_rounds}; see {log_dir}", file=sys.stderr)
+        code = 1
+    print(f"{PROGRESS_TAG} outputs: {run_dir} (logs in {log_dir})", flush=True)
+    return code
+
+
+def _raise_keyboard_interrupt(signum, frame):  # type: ignore[no-untyped-def]
+    raise KeyboardInterrupt
+
+
+def stream_run(
+    app_dir: Path, cfg: RunConfig, env: dict[str, str], log_path: Path, verbose: bool, timeout: float
+) -> int:
+    """``flwr run --stream``; echo progress lines (all lines with ``verbose``)."""
+    cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", run_config_arg(cfg)]
+    with open(log_path, "w") as log:
+        log.write("$ " + shlex.join(cmd) + "\n")
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=app_dir,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        timed_out = threading.Event()
+
+        def on_timeout() -> None:
+            timed_out.set()
+            _signal_group(proc, signal.SIGKILL)
+
+        watchdog = threading.Timer(timeout, on_timeout)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if verbose or PROGRESS_TAG in line or "ERROR" in line or "Traceback" in line:
+                    print(_strip_ansi(line).rstrip(), flush=True)
+            proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+    if timed_out.is_set():
+        print(f"{PROGRESS_TAG} timed out after {timeout:.0f} s", file=sys.stderr)
+        return 124
+    if proc.returncode != 0 and not verbose:
+        tail = log_path.read_text().splitlines()[-15:]
+        print("\n".join(_strip_ansi(t) for t in tail), file=sys.stderr)
+    return proc.returncode
+
+
+def _strip_ansi(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return []
+    return json.loads(path.read_text())["rounds"]
+
+
+def format_table(rows: list[dict]) -> str:
+    """The final per-round table."""
+    head = f"{'round':>5} {'test_acc':>8} {'test_loss':>9} {'train_loss':>10} {'clients':>7} {'time_s':>7} {'bytes':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        tl = "-" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
+        clients = f"{r['clients_ok']}/{r['clients_ok'] + r['clients_failed']}"
+        lines.append(
+            f"{r['round']:>5} {r['test_accuracy']:>8.3f} {r['test_loss']:>9.4f} {tl:>10} "
+            f"{clients:>7} {r['round_time_s']:>7.1f} {r['bytes_down'] + r['bytes_up']:>9}"
+        )
+    return "\n".join(lines)
+
+
+# --- CLI ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qfl", description="Quantum federated learning on Flower.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("launch", help="run a real federation on loopback (or the simulation engine)")
+    p.add_argument("--clients", type=int, default=4, help="number of SuperNodes / partitions (default 4)")
+    p.add_argument("--rounds", type=int, help="num-server-rounds")
+    p.add_argument("--dataset", help="iris | wine | breast-cancer | tfim")
+    p.add_argument("--partitioner", help="iid | dirichlet | h-range")
+    p.add_argument("--n-qubits", type=int, dest="n_qubits")
+    p.add_argument("--n-layers", type=int, dest="n_layers")
+    p.add_argument("--device", help="default.qubit | lightning.qubit")
+    p.add_argument("--strategy", help="fedavg | fedmedian | fedtrimmedavg | package.module:Class")
+    p.add_argument("--run-name", dest="run_name", help="outputs go to <output-dir>/<run-name>")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--simulation", action="store_true", help="use Flower's simulation engine")
+    p.add_argument("--verbose", action="store_true", help="show every log line of the run")
+    p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    p.add_argument("--app", default=str(PROJECT_DIR), help="the Flower app directory (pyproject.toml)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return launch(args)
+    except (ConfigError, LaunchError) as err:
+        print(f"qfl: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -197,6 +197,9 @@ class ProcessGroup:
         )
         log_file.close()
         self.procs.append((name, proc))
+        # which process is which, for users (and tests) who want to inspect or kill one
+        pids = {n: p.pid for n, p in self.procs}
+        (self.log_dir / "pids.json").write_text(json.dumps(pids, indent=1))
         return proc
 
     def stop(self, grace_s: float = 5.0) -> None:

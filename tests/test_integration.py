@@ -1,0 +1,122 @@
+"""Real federations: flower-superlink + flower-supernode processes on 127.0.0.1.
+
+Each test runs ``qfl launch`` as a user would, in a subprocess, and checks what it
+leaves: metrics, checkpoints, and no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from server.launcher import PROJECT_DIR
+
+pytestmark = pytest.mark.integration
+
+LAUNCH_TIMEOUT_S = 420
+
+
+def _launch_cmd(out: Path, run_name: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "server.launcher", "launch",
+        "--dataset", "iris", "--run-name", run_name, "--timeout", str(LAUNCH_TIMEOUT_S - 20),
+        "--set", f'output-dir="{out}"', "--set", "local-epochs=3", "--set", "learning-rate=0.1",
+        *extra,
+    ]
+
+
+def _processes_in(run_dir: Path) -> list[str]:
+    """Processes whose working directory is inside ``run_dir`` (all the launcher starts)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if cwd == str(run_dir) or cwd.startswith(str(run_dir) + os.sep):
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text())["rounds"] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def two_node_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    proc = subprocess.run(
+        _launch_cmd(out, "two-nodes", "--clients", "2", "--rounds", "2"),
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )
+    return proc, out / "two-nodes"
+
+
+def test_two_nodes_two_rounds_learn(two_node_run):
+    proc, run_dir = two_node_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _rows(run_dir)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["test_accuracy"] > 1 / 3  # above chance (3 balanced classes)
+    assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
+    assert all(r["clients_ok"] == 2 and r["clients_failed"] == 0 for r in rows[1:])
+    assert all(r["bytes_down"] > 0 and r["bytes_up"] > 0 for r in rows[1:])
+    for name in ("metrics.csv", "metrics.png", "checkpoints/round-0002.npz", "checkpoints/latest.npz"):
+        assert (run_dir / name).exists(), name
+    # progress lines and the final table reach the user
+    assert "[qfl] round 2/2" in proc.stdout and "test_acc" in proc.stdout
+    assert _processes_in(run_dir) == []
+
+
+def test_resume_continues_from_last_checkpoint(two_node_run):
+    _, run_dir = two_node_run
+    before = _rows(run_dir)
+    proc = subprocess.run(
+        _launch_cmd(run_dir.parent, "two-nodes", "--clients", "2", "--rounds", "3", "--resume"),
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming from round 2" in proc.stdout
+    rows = _rows(run_dir)
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert rows[:3] == before  # history kept, not recomputed
+    assert (run_dir / "checkpoints" / "round-0003.npz").exists()
+    assert _processes_in(run_dir) == []
+
+
+def test_dead_supernode_does_not_stop_the_run(tmp_path):
+    run_dir = tmp_path / "dead-node"
+    proc = subprocess.Popen(
+        _launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "3", "--set", "round-timeout=20.0"),
+        cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while not any(r["round"] == 1 for r in _rows(run_dir)):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "round 1 never finished"
+            time.sleep(0.5)
+        victim = json.loads((run_dir / "logs" / "pids.json").read_text())["supernode-2"]
+        os.killpg(victim, signal.SIGKILL)  # the node and its ClientApp die at once
+        out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    rows = _rows(run_dir)
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert rows[1]["clients_ok"] == 3
+    after = rows[2:]
+    assert all(r["clients_ok"] == 2 for r in after)  # the rest kept training
+    assert after[0]["clients_failed"] >= 1  # ... and the round said one was missing
+    assert "finished without" in out
+    assert _processes_in(run_dir) == []

@@ -120,3 +120,17 @@ def test_dead_supernode_does_not_stop_the_run(tmp_path):
     assert after[0]["clients_failed"] >= 1  # ... and the round said one was missing
     assert "finished without" in out
     assert _processes_in(run_dir) == []
+
+
+def test_simulation_engine_runs_the_same_app(tmp_path):
+    run_dir = tmp_path / "sim"
+    proc = subprocess.run(
+        _launch_cmd(tmp_path, "sim", "--simulation", "--clients", "5", "--rounds", "2"),
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _rows(run_dir)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert all(r["clients_ok"] == 5 for r in rows[1:])
+    assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
+    assert _processes_in(run_dir) == []

@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11, pip, gcc):
+#   make demo   -> venv + install + a real 4-client federation on loopback
+#   make test   -> venv + install + the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+CLIENTS ?= 4
+ROUNDS  ?= 10
+DATASET ?= wine
+
+.PHONY: install demo test test-unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the CPU torch wheel first: a looser spec would pull a multi-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/qfl launch --clients $(CLIENTS) --rounds $(ROUNDS) --dataset $(DATASET) --run-name demo
+
+test: install
+	cd tests && ../$(PY) -m pytest
+
+test-unit: install
+	cd tests && ../$(PY) -m pytest -m "not integration"
+
+bench: install
+	$(PY) bench/client_training.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache tests/.pytest_cache

@@ -31,6 +31,7 @@ LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"
 LEARNING_RATE = "learning-rate"
 STRATEGY = "strategy"
+STRATEGY_OPTIONS = "strategy-options"
 FRACTION_TRAIN = "fraction-train"
 FRACTION_EVALUATE = "fraction-evaluate"
 MIN_NODES = "min-nodes"
@@ -88,6 +89,7 @@ class RunConfig:
     batch_size: int
     learning_rate: float
     strategy: str
+    strategy_options: str
     fraction_train: float
     fraction_evaluate: float
     min_nodes: int

@@ -23,17 +23,25 @@ classical parameters into logits,
 
 Batches go through PennyLane's parameter broadcasting: one circuit execution
 evaluates the whole batch (inputs of shape ``(B, n)`` or ``(B, 2**n)``).
+
+On a simulated NISQ device (``profile``, see :mod:`client.noise`) the circuit is routed to
+the device's coupling map, optionally folded for zero-noise extrapolation, run with
+sampled Pauli-error trajectories, and read out with bit-flip error and finite shots.
 Parameters (``torch.float64``) are named ``weights (L, n, 3)``, ``scale (C,)``,
 ``bias (C,)`` in the state dict that travels as Flower's ``ArrayRecord``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pennylane as qml
 import torch
 
+from client.noise import DeviceProfile, coupling_edges, pauli_trajectories, route
+
 WEIGHT_INIT_STD = 0.1  # near-identity initialisation avoids barren plateaus at start
 SCALE_INIT = 2.0
+ZNE_SCALE_FACTORS = (1.0, 3.0, 5.0)  # odd: global folding U (U^dag U)^k is exact
 
 
 def entangling_layer(weights: torch.Tensor, wires: range) -> None:
@@ -62,7 +70,9 @@ def make_circuit(n_qubits: int, n_layers: int, n_classes: int, kind: str):
                 entangling_layer(weights[layer], wires)
         else:
             for layer in range(n_layers):
-                qml.AngleEmbedding(inputs, wires=wires, rotation="Y")
+                # RY(x_i) per wire, as AngleEmbedding, written out for routing
+                for i in wires:
+                    qml.RY(inputs[..., i], wires=i)
                 entangling_layer(weights[layer], wires)
         return [qml.expval(qml.PauliZ(c)) for c in range(n_classes)]
 
@@ -90,7 +100,12 @@ class PQCClassifier(torch.nn.Module):
         PennyLane differentiation method; ``"best"`` picks backprop on
         ``default.qubit`` and adjoint on ``lightning.qubit``.
     seed : int
-        Seed of the parameter initialisation.
+        Seed of the parameter initialisation and of the noise trajectories / shots.
+    profile : DeviceProfile, optional
+        Simulated device; ``None`` (or a noiseless all-to-all profile) is ideal.
+    zne : bool
+        Zero-noise extrapolation (global folding at scale factors
+        :data:`ZNE_SCALE_FACTORS`, Richardson extrapolation): 9x the gates per forward.
 
     Examples
     --------
@@ -108,6 +123,8 @@ class PQCClassifier(torch.nn.Module):
         device: str = "default.qubit",
         diff_method: str = "best",
         seed: int = 0,
+        profile: DeviceProfile | None = None,
+        zne: bool = False,
     ) -> None:
         super().__init__()
         if n_classes > n_qubits:
@@ -129,18 +146,56 @@ class PQCClassifier(torch.nn.Module):
         if diff_method == "best":
             diff_method = "adjoint" if device == "lightning.qubit" else "backprop"
         self.device_name, self.diff_method = device, diff_method
+        if profile is not None and n_qubits > profile.n_qubits:
+            raise ValueError(f"device profile {profile.name!r} has {profile.n_qubits} qubits, the circuit needs {n_qubits}")
+        if zne and kind == "states":
+            raise ValueError("zne: global folding cannot invert a state preparation; use angle data")
+        self.profile, self.zne = profile, zne
         dev = qml.device(device, wires=n_qubits)
-        self.qnode = qml.QNode(
+        qnode = qml.QNode(
             make_circuit(n_qubits, n_layers, n_classes, kind),
             dev,
             interface="torch",
             diff_method=diff_method,
         )
+        # Transforms run in the order applied: route, then fold, then add noise (so that
+        # folded copies of the circuit collect their own noise, as on hardware).
+        self.ideal_qnode = qnode
+        if profile is not None:
+            edges = coupling_edges(profile.coupling, n_qubits)
+            if edges is not None:
+                qnode = route(qnode, coupling_map=edges)
+            self.routed_qnode = qnode
+            if zne:
+                qnode = qml.noise.mitigate_with_zne(
+                    qnode,
+                    scale_factors=list(ZNE_SCALE_FACTORS),
+                    folding=qml.noise.fold_global,
+                    extrapolate=qml.noise.richardson_extrapolate,
+                )
+            noisy = profile.p1 > 0 or profile.p2 > 0 or not np.isinf(profile.t1_us) or not np.isinf(profile.t2_us)
+            if noisy:
+                self.noise_rng = np.random.default_rng([seed, 0x5EED])
+                qnode = pauli_trajectories(qnode, profile=profile, rng=self.noise_rng)
+        else:
+            self.routed_qnode = qnode
+        self.shot_gen = torch.Generator().manual_seed(seed + 0x5407)
+        self.qnode = qnode
 
     def expvals(self, x: torch.Tensor) -> torch.Tensor:
-        """Pauli-Z expectations, shape ``(B, C)`` for a batch ``x``."""
-        out = self.qnode(x, self.weights)
-        return torch.stack(list(out), dim=-1)
+        """Pauli-Z expectations, shape ``(B, C)`` for a batch ``x``, as the device reports them."""
+        out = torch.stack(list(self.qnode(x, self.weights)), dim=-1)
+        if self.profile is None:
+            return out
+        out = out * (1.0 - 2.0 * self.profile.readout_error)
+        if self.profile.shots:
+            # Estimate from `shots` samples; the gradient flows through the exact value
+            # (straight-through), as a parameter-shift gradient would in expectation.
+            p_up = ((1.0 + out.detach()) / 2).clamp(0.0, 1.0)
+            counts = torch.binomial(torch.full_like(p_up, float(self.profile.shots)), p_up, generator=self.shot_gen)
+            estimate = 2.0 * counts / self.profile.shots - 1.0
+            out = out + (estimate - out.detach())
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(B, C)``."""

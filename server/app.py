@@ -25,7 +25,7 @@ from client.train import evaluate
 from server.grid import MeteredGrid
 from server.instrumented import InstrumentedStrategy
 from server.recorder import RunRecorder
-from strategies import load_strategy
+from strategies import load_strategy, parse_strategy_options
 
 app = ServerApp()
 
@@ -72,18 +72,7 @@ def main(grid: Grid, context: Context) -> None:
 
     metered = MeteredGrid(grid)
     _wait_for_nodes(metered, cfg.min_nodes)
-    strategy = InstrumentedStrategy(
-        load_strategy(
-            cfg.strategy,
-            fraction_train=cfg.fraction_train,
-            fraction_evaluate=cfg.fraction_evaluate,
-            # Wait for `min-nodes` once, above; after that a round goes on with the
-            # nodes still connected, so a node that dies cannot stall the run.
-            min_train_nodes=1,
-            min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
-            min_available_nodes=1,
-        )
-    )
+    strategy = InstrumentedStrategy(build_strategy(cfg))
     clock = {"t": time.monotonic()}
 
     def central_evaluate(server_round: int, global_arrays: ArrayRecord) -> MetricRecord:
@@ -141,6 +130,24 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=central_evaluate,
     )
     log(INFO, "%s done: metrics and checkpoints in %s", PROGRESS_TAG, run_dir)
+
+
+def build_strategy(cfg: RunConfig):  # -> flwr.serverapp.strategy.Strategy
+    """The strategy the run config names, with its sampling settings and options.
+
+    Every strategy gets FedAvg's sampling keywords, then ``strategy-options``.
+    """
+    options = {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
+        # Wait for `min-nodes` once, before round 1; after that a round goes on with
+        # the nodes still connected, so a node that dies cannot stall the run.
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1 if cfg.fraction_evaluate > 0 else 0,
+        "min_available_nodes": 1,
+    }
+    options.update(parse_strategy_options(cfg.strategy_options))
+    return load_strategy(cfg.strategy, **options)
 
 
 def _wait_for_nodes(grid: Grid, min_nodes: int) -> None:

@@ -1,8 +1,11 @@
-"""A wrapper that records what any strategy's training round produced.
+"""A wrapper that guards and records what any strategy's training round produced.
 
 It delegates every hook to the inner strategy (the shape of Flower's DP wrappers),
-so ``Strategy.start`` runs the inner strategy's logic unchanged, and keeps, per
-round, the aggregated train metrics and how many clients replied or failed.
+so ``Strategy.start`` runs the inner strategy's logic unchanged. Before the inner
+strategy aggregates, replies whose parameters have the wrong names or shapes or hold
+NaN/Inf are rejected and logged (:mod:`strategies.validation`), whatever the strategy;
+per round it keeps the aggregated train metrics and how many clients replied, failed
+or were rejected.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from strategies.validation import filter_replies, shapes_of
+
 
 class InstrumentedStrategy(Strategy):
     """Delegate to ``strategy``; remember each round's train metrics and reply counts."""
@@ -20,12 +25,13 @@ class InstrumentedStrategy(Strategy):
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
         self._round_stats: dict[str, float] = {}
+        self._reference: dict[str, tuple[int, ...]] | None = None
 
     def take_round_stats(self) -> dict[str, float]:
         """Return and clear the last training round's stats.
 
-        Keys: the aggregated train metrics (e.g. ``train-loss``), ``clients-ok`` and
-        ``clients-failed`` (error replies).
+        Keys: the aggregated train metrics (e.g. ``train-loss``), ``clients-ok``,
+        ``clients-failed`` (error replies and rejected updates) and ``clients-rejected``.
         """
         out, self._round_stats = self._round_stats, {}
         return out
@@ -36,17 +42,22 @@ class InstrumentedStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self._reference = shapes_of(arrays)
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        rejected: list = []
+        if self._reference is not None:
+            replies, rejected = filter_replies(replies, self._reference)
         failed = sum(1 for m in replies if m.has_error())
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         stats: dict[str, float] = dict(metrics) if metrics is not None else {}
         stats["clients-ok"] = len(replies) - failed
-        stats["clients-failed"] = failed
+        stats["clients-failed"] = failed + len(rejected)
+        stats["clients-rejected"] = len(rejected)
         self._round_stats = stats
         return arrays, metrics
 

@@ -124,6 +124,12 @@ def check_feasible(cfg: RunConfig, clients: int) -> None:
         resolve_strategy(cfg.strategy)
     except ValueError as err:
         raise ConfigError("strategy", str(err)) from err
+    from server.app import build_strategy
+
+    try:
+        build_strategy(cfg)  # the options must suit the strategy's constructor
+    except (ValueError, TypeError) as err:
+        raise ConfigError("strategy-options", str(err)) from err
     data = build_dataset(cfg)  # also fills the cache the ClientApps read
     n_train = len(data.y_train)
     if clients > n_train:
@@ -420,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-qubits", type=int, dest="n_qubits")
     p.add_argument("--n-layers", type=int, dest="n_layers")
     p.add_argument("--device", help="default.qubit | lightning.qubit")
-    p.add_argument("--strategy", help="fedavg | fedmedian | fedtrimmedavg | package.module:Class")
+    p.add_argument("--strategy", help="fedavg | noise-isolating | fedmedian | fedtrimmedavg | package.module:Class")
     p.add_argument("--run-name", dest="run_name", help="outputs go to <output-dir>/<run-name>")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")

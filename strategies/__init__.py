@@ -1,5 +1,17 @@
 """Aggregation strategies for quantum federated learning, selectable by name."""
 
-from strategies.registry import BUILTIN_STRATEGIES, load_strategy, resolve_strategy
+from strategies.noise_isolating import ClientNoiseEstimate, NoiseIsolatingFedAvg, isolate_noise
+from strategies.registry import BUILTIN_STRATEGIES, load_strategy, parse_strategy_options, resolve_strategy
+from strategies.validation import filter_replies, reply_problem
 
-__all__ = ["BUILTIN_STRATEGIES", "load_strategy", "resolve_strategy"]
+__all__ = [
+    "BUILTIN_STRATEGIES",
+    "ClientNoiseEstimate",
+    "NoiseIsolatingFedAvg",
+    "filter_replies",
+    "isolate_noise",
+    "load_strategy",
+    "parse_strategy_options",
+    "reply_problem",
+    "resolve_strategy",
+]

@@ -13,11 +13,14 @@ from typing import Any
 
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Strategy
 
+from strategies.noise_isolating import NoiseIsolatingFedAvg
+
 # Built-in names -> classes. Every class accepts FedAvg's sampling keyword arguments.
 BUILTIN_STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": FedAvg,
     "fedmedian": FedMedian,
     "fedtrimmedavg": FedTrimmedAvg,
+    "noise-isolating": NoiseIsolatingFedAvg,
 }
 
 
@@ -49,5 +52,36 @@ def resolve_strategy(name: str) -> Callable[..., Strategy]:
 
 
 def load_strategy(name: str, **options: Any) -> Strategy:
-    """Instantiate the strategy ``name`` with ``options`` passed through."""
-    return resolve_strategy(name)(**options)
+    """Instantiate the strategy ``name`` with ``options`` passed through as keywords.
+
+    Raises
+    ------
+    ValueError
+        If the strategy is unknown or rejects an option (the message names both).
+    """
+    cls = resolve_strategy(name)
+    try:
+        return cls(**options)
+    except TypeError as err:
+        raise ValueError(f"strategy {name!r} does not accept these options {sorted(options)}: {err}") from err
+
+
+def parse_strategy_options(text: str) -> dict[str, Any]:
+    """Parse the ``strategy-options`` run-config string: a TOML inline table.
+
+    Keys may use dashes or underscores (``{ trim-threshold = 4.0 }``); they are passed
+    to the strategy's constructor with underscores.
+
+    >>> parse_strategy_options("{ trim-threshold = 4.0, shrink = false }")
+    {'trim_threshold': 4.0, 'shrink': False}
+    """
+    import tomllib
+
+    text = text.strip() or "{}"
+    try:
+        table = tomllib.loads(f"options = {text}")["options"]
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"not a TOML inline table like '{{ key = 1.0 }}': {err}") from err
+    if not isinstance(table, dict):
+        raise ValueError(f"must be a TOML inline table like '{{ key = 1.0 }}', got {text!r}")
+    return {k.replace("-", "_"): v for k, v in table.items()}

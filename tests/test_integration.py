@@ -134,3 +134,25 @@ def test_simulation_engine_runs_the_same_app(tmp_path):
     assert all(r["clients_ok"] == 5 for r in rows[1:])
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
     assert _processes_in(run_dir) == []
+
+
+def test_ctrl_c_stops_every_process(tmp_path):
+    run_dir = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        _launch_cmd(tmp_path, "interrupted", "--clients", "2", "--rounds", "5"),
+        cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while not _rows(run_dir):  # the ServerApp is up and round 1 is under way
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted: stopping the federation" in out
+    assert _processes_in(run_dir) == []

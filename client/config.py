@@ -27,6 +27,8 @@ N_QUBITS = "n-qubits"
 N_LAYERS = "n-layers"
 DEVICE = "device"
 DIFF_METHOD = "diff-method"
+DEVICE_PROFILES = "device-profiles"
+ZNE = "zne"
 LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"
 LEARNING_RATE = "learning-rate"
@@ -43,6 +45,8 @@ RESUME = "resume"
 # Node-config keys (set per SuperNode with --node-config, or by the simulation engine)
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
+NODE_DEVICE_PROFILE = "device-profile"
+NODE_ZNE = "zne"
 
 DATASETS = ("iris", "wine", "breast-cancer", "tfim")
 PARTITIONERS = ("iid", "dirichlet", "h-range")
@@ -85,6 +89,8 @@ class RunConfig:
     n_layers: int
     device: str
     diff_method: str
+    device_profiles: str
+    zne: bool
     local_epochs: int
     batch_size: int
     learning_rate: float
@@ -151,6 +157,13 @@ class RunConfig:
                 f"'{self.diff_method}' is not supported on device '{self.device}' "
                 f"(choose from {', '.join(DEVICE_DIFF_METHODS[self.device])})",
             )
+        specs = self.profile_specs()
+        if not specs:
+            raise ConfigError(DEVICE_PROFILES, "must name at least one device profile")
+        for spec in specs:
+            _check_profile(DEVICE_PROFILES, spec, self.n_qubits)
+        if self.zne and self.dataset == "tfim":
+            raise ConfigError(ZNE, "zero-noise extrapolation needs angle data; the tfim set is loaded as states")
         _positive_int(LOCAL_EPOCHS, self.local_epochs)
         _positive_int(BATCH_SIZE, self.batch_size)
         _positive_float(LEARNING_RATE, self.learning_rate)
@@ -170,6 +183,36 @@ class RunConfig:
                 f"{self.run_name!r} must be 1-64 letters, digits, '.', '_' or '-' "
                 "and start with a letter or digit",
             )
+
+
+    def profile_specs(self) -> list[str]:
+        """The ``device-profiles`` entries, in order."""
+        return [s.strip() for s in self.device_profiles.split(";") if s.strip()]
+
+    def device_for(self, partition_id: int, node_config: Mapping[str, object]) -> tuple[str, bool]:
+        """``(profile spec, zne)`` of a partition: node config first, then the run config."""
+        spec = node_config.get(NODE_DEVICE_PROFILE)  # optional per node, by design
+        if spec is None:
+            specs = self.profile_specs()
+            spec = specs[partition_id % len(specs)]
+        elif not isinstance(spec, str):
+            raise ConfigError(NODE_DEVICE_PROFILE, f"must be a string, got {spec!r}")
+        zne = node_config.get(NODE_ZNE, self.zne)
+        if not isinstance(zne, bool):
+            raise ConfigError(NODE_ZNE, f"must be true or false, got {zne!r}")
+        _check_profile(NODE_DEVICE_PROFILE, spec, self.n_qubits)
+        return spec, zne
+
+
+def _check_profile(key: str, spec: str, n_qubits: int) -> None:
+    from client.noise import get_profile  # imported here: pulls in PennyLane
+
+    try:
+        profile = get_profile(spec)
+    except ValueError as err:
+        raise ConfigError(key, str(err)) from err
+    if n_qubits > profile.n_qubits:
+        raise ConfigError(key, f"profile {spec!r} has {profile.n_qubits} qubits, n-qubits is {n_qubits}")
 
 
 def node_partition(node_config: Mapping[str, object]) -> tuple[int, int]:

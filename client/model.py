@@ -182,6 +182,20 @@ class PQCClassifier(torch.nn.Module):
         self.shot_gen = torch.Generator().manual_seed(seed + 0x5407)
         self.qnode = qnode
 
+    def reseed_noise(self, seed: int) -> None:
+        """Reseed the noise trajectories and shot sampling (parameters unchanged)."""
+        if hasattr(self, "noise_rng"):
+            # the transform holds this Generator: reseed it in place
+            self.noise_rng.bit_generator.state = np.random.default_rng([seed, 0x5EED]).bit_generator.state
+        self.shot_gen.manual_seed(seed + 0x5407)
+
+    def routed_metrics(self, x: torch.Tensor) -> dict[str, int]:
+        """Depth, gate, 2-qubit-gate and SWAP counts of the circuit as routed to the device."""
+        from client.noise import circuit_metrics
+
+        tape = qml.workflow.construct_batch(self.routed_qnode, level="user")(x[:1], self.weights)[0][0]
+        return circuit_metrics(tape)
+
     def expvals(self, x: torch.Tensor) -> torch.Tensor:
         """Pauli-Z expectations, shape ``(B, C)`` for a batch ``x``, as the device reports them."""
         out = torch.stack(list(self.qnode(x, self.weights)), dim=-1)

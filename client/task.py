@@ -12,9 +12,18 @@ def build_dataset(cfg: RunConfig) -> Dataset:
     return load_dataset(cfg.dataset, cfg.n_qubits, cfg.seed, cfg.test_fraction, cfg.tfim_samples)
 
 
-def build_model(cfg: RunConfig, data: Dataset) -> PQCClassifier:
-    """The PQC a run config names, for a data set's shape; initialised from the seed."""
-    return PQCClassifier(
+def build_model(
+    cfg: RunConfig, data: Dataset, profile_spec: str | None = None, zne: bool = False, seed: int | None = None
+) -> PQCClassifier:
+    """The PQC a run config names, for a data set's shape.
+
+    Parameters are initialised from ``cfg.seed`` (the same global model everywhere);
+    ``profile_spec`` puts it on a simulated device whose noise draws use ``seed``.
+    """
+    from client.noise import get_profile
+
+    profile = None if profile_spec is None else get_profile(profile_spec)
+    model = PQCClassifier(
         n_qubits=cfg.n_qubits,
         n_layers=cfg.n_layers,
         n_classes=data.n_classes,
@@ -22,4 +31,9 @@ def build_model(cfg: RunConfig, data: Dataset) -> PQCClassifier:
         device=cfg.device,
         diff_method=cfg.diff_method,
         seed=cfg.seed,
+        profile=profile,
+        zne=zne,
     )
+    if seed is not None and profile is not None:
+        model.reseed_noise(seed)
+    return model

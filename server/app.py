@@ -48,7 +48,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = run_dir_of(cfg)
     if not cfg.resume and run_dir.exists():
         # A fresh run replaces an old one of the same name, whole.
-        for name in ("checkpoints", "metrics.csv", "metrics.json", "metrics.png"):
+        for name in ("checkpoints", "metrics.csv", "metrics.json", "metrics.png", "clients.csv"):
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     recorder = RunRecorder(run_dir)
@@ -99,6 +99,8 @@ def main(grid: Grid, context: Context) -> None:
         }
         clock["t"] = now
         recorder.add_row(row)
+        if server_round > 0:
+            recorder.add_client_rows(absolute_round, strategy.take_client_rows())
         recorder.save_checkpoint(absolute_round, global_arrays)
         log(
             INFO,

@@ -25,6 +25,7 @@ class InstrumentedStrategy(Strategy):
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
         self._round_stats: dict[str, float] = {}
+        self._client_rows: list[dict[str, object]] = []
         self._reference: dict[str, tuple[int, ...]] | None = None
 
     def take_round_stats(self) -> dict[str, float]:
@@ -34,6 +35,16 @@ class InstrumentedStrategy(Strategy):
         ``clients-failed`` (error replies and rejected updates) and ``clients-rejected``.
         """
         out, self._round_stats = self._round_stats, {}
+        return out
+
+    def take_client_rows(self) -> list[dict[str, object]]:
+        """Return and clear the last training round's per-client rows.
+
+        One row per sound reply: its node, partition, device profile, train and noise
+        metrics, and, if the strategy exposes ``last_estimates`` (as
+        :class:`~strategies.NoiseIsolatingFedAvg` does), its noise estimate and weight.
+        """
+        out, self._client_rows = self._client_rows, []
         return out
 
     def summary(self) -> None:
@@ -58,6 +69,7 @@ class InstrumentedStrategy(Strategy):
         stats["clients-ok"] = len(replies) - failed
         stats["clients-failed"] = failed + len(rejected)
         stats["clients-rejected"] = len(rejected)
+        self._client_rows = _client_rows(replies, getattr(self.strategy, "last_estimates", None))
         self._round_stats = stats
         return arrays, metrics
 
@@ -70,3 +82,29 @@ class InstrumentedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return self.strategy.aggregate_evaluate(server_round, replies)
+
+
+def _client_rows(replies: list[Message], estimates) -> list[dict[str, object]]:  # noqa: ANN001
+    by_node = {e.node_id: e for e in estimates or []}
+    rows = []
+    for msg in replies:
+        if msg.has_error():
+            continue
+        content = msg.content
+        metrics = next(iter(content.metric_records.values()), {})
+        device = content.config_records.get("device", {})
+        row: dict[str, object] = {
+            "node_id": msg.metadata.src_node_id,
+            "partition_id": device.get("partition-id", ""),
+            "profile": device.get("profile", ""),
+            "zne": device.get("zne", ""),
+        }
+        for key in ("num-examples", "train-loss", "noise-gap", "circuit-depth", "two-qubit-gates", "swaps", "train-time-s"):
+            row[key.replace("-", "_")] = metrics.get(key, "")
+        est = by_node.get(msg.metadata.src_node_id)
+        row["noise_var"] = "" if est is None else est.noise_var
+        row["snr"] = "" if est is None else est.snr
+        row["weight"] = "" if est is None else est.weight
+        row["trimmed"] = "" if est is None else est.trimmed
+        rows.append(row)
+    return rows

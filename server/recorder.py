@@ -5,6 +5,8 @@ Files (all rewritten atomically after every round, so a crash loses nothing):
 - ``metrics.csv`` / ``metrics.json``: one row per round (round 0 = the initial model),
   columns :data:`COLUMNS`;
 - ``metrics.png``: test accuracy and losses per round;
+- ``clients.csv``: one row per client and round: device profile, hardware metrics of the
+  routed circuit, noise-capturing metrics and (noise-isolating strategy) weight;
 - ``checkpoints/round-NNNN.npz``: the global parameters after round ``NNNN``;
   ``checkpoints/latest.npz`` the newest, with its round number under ``__round__``.
 """
@@ -35,6 +37,11 @@ COLUMNS = (
     "clients_failed",
 )
 ROUND_KEY = "__round__"
+CLIENT_COLUMNS = (
+    "round", "node_id", "partition_id", "profile", "zne", "num_examples", "train_loss",
+    "noise_gap", "circuit_depth", "two_qubit_gates", "swaps", "train_time_s",
+    "noise_var", "snr", "weight", "trimmed",
+)
 
 
 class RunRecorder:
@@ -51,6 +58,7 @@ class RunRecorder:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, float]] = []
+        self.client_rows: list[dict[str, object]] = []
 
     # --- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> Path:
@@ -76,9 +84,22 @@ class RunRecorder:
         if metrics.exists():
             rows = json.loads(metrics.read_text())["rounds"]
             self.rows = [r for r in rows if r["round"] <= server_round]
+        clients = self.run_dir / "clients.csv"
+        if clients.exists():
+            with open(clients) as f:
+                self.client_rows = [r for r in csv.DictReader(f) if int(r["round"]) <= server_round]
         return server_round, arrays
 
     # --- metrics ---------------------------------------------------------------------
+    def add_client_rows(self, server_round: int, rows: list[dict[str, object]]) -> None:
+        """Append one round's per-client rows and rewrite ``clients.csv``."""
+        self.client_rows.extend({**{k: r.get(k, "") for k in CLIENT_COLUMNS}, "round": server_round} for r in rows)
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=CLIENT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.client_rows)
+        _atomic_write(self.run_dir / "clients.csv", out.getvalue().encode())
+
     def add_row(self, row: dict[str, float]) -> None:
         """Append one round's metrics and rewrite the CSV, JSON and plot."""
         missing = set(COLUMNS) - set(row)

@@ -29,6 +29,7 @@ class ClientNoiseEstimate:
     node_id: int
     num_examples: float
     noise_var: float  # sigma_k^2, mean squared deviation from the consensus
+    snr: float  # consensus update power per coordinate / sigma_k^2 (inf if sigma_k = 0)
     shrinkage: float  # lambda_k
     weight: float  # alpha_k (0 if trimmed)
     trimmed: bool
@@ -80,7 +81,9 @@ class NoiseIsolatingFedAvg(FedAvg):
     -----
     The aggregated train MetricRecord adds ``ni-noise-var-median`` (:math:`\tau^2`),
     ``ni-noise-var-max`` and ``ni-trimmed`` (clients excluded this round);
-    :attr:`last_estimates` keeps the per-client :class:`ClientNoiseEstimate`.
+    :attr:`last_estimates` keeps the per-client :class:`ClientNoiseEstimate`, including
+    the update's signal-to-noise ratio against the consensus,
+    :math:`\mathrm{SNR}_k = \lVert m - w^t \rVert^2 / (d\, \sigma_k^2)`.
     """
 
     def __init__(self, *, trim_threshold: float = 9.0, shrink: bool = True, **kwargs) -> None:
@@ -91,6 +94,7 @@ class NoiseIsolatingFedAvg(FedAvg):
         self.shrink = bool(shrink)
         self.last_estimates: list[ClientNoiseEstimate] = []
         self._reference: dict[str, tuple[int, ...]] | None = None
+        self._global: np.ndarray | None = None
 
     def summary(self) -> None:
         log(INFO, "\t├──> Noise isolation: trim above %.1f x median variance, shrink=%s", self.trim_threshold, self.shrink)
@@ -100,6 +104,7 @@ class NoiseIsolatingFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._reference = shapes_of(arrays)
+        self._global = _flatten(arrays, list(self._reference))
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -125,9 +130,13 @@ class NoiseIsolatingFedAvg(FedAvg):
         merged = consensus + (weights * shrinkage) @ (stacked - consensus)
         arrays = _unflatten(merged, valid[0].content[self.arrayrecord_key], names)
 
+        # signal: how far the consensus moved from the global model, per coordinate
+        signal = float(np.mean((consensus - self._global) ** 2)) if self._global is not None else float("nan")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = np.where(noise_var > 0, signal / np.where(noise_var > 0, noise_var, 1.0), np.inf)
         self.last_estimates = [
-            ClientNoiseEstimate(m.metadata.src_node_id, float(n), float(v), float(s), float(w), bool(t))
-            for m, n, v, s, w, t in zip(valid, counts, noise_var, shrinkage, weights, trimmed)
+            ClientNoiseEstimate(m.metadata.src_node_id, float(n), float(v), float(r), float(s), float(w), bool(t))
+            for m, n, v, r, s, w, t in zip(valid, counts, noise_var, snr, shrinkage, weights, trimmed)
         ]
         for est in self.last_estimates:
             log(

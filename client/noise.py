@@ -350,3 +350,46 @@ def circuit_metrics(tape) -> dict[str, int]:
         "two-qubit-gates": sum(1 for op in ops if len(op.wires) == 2),
         "swaps": sum(1 for op in ops if op.name == "SWAP"),
     }
+
+
+_PAULI_1Q = (
+    np.eye(2),
+    np.diag([1.0, -1.0]),  # Z
+    np.array([[0.0, 1.0], [1.0, 0.0]]),  # X
+    np.array([[0.0, -1j], [1j, 0.0]]),  # Y
+)
+
+
+def _kraus(probs: np.ndarray) -> list[np.ndarray]:
+    """Kraus operators sqrt(p_i) P_i of a Pauli channel (1 or 2 qubits; index as above)."""
+    if len(probs) == 4:
+        paulis = _PAULI_1Q
+    else:
+        paulis = tuple(np.kron(_PAULI_1Q[i // 4], _PAULI_1Q[i % 4]) for i in range(16))
+    return [math.sqrt(p) * P.astype(complex) for p, P in zip(probs, paulis) if p > 0]
+
+
+@qml.transform
+def pauli_channels(tape, profile: DeviceProfile):
+    """The exact-channel twin of :func:`pauli_trajectories`, for mixed-state devices.
+
+    After every gate it inserts the same Pauli channel as a ``QubitChannel`` with Kraus
+    operators :math:`\\sqrt{p_i} P_i`. Run on ``default.mixed``, it gives the exact
+    noisy expectation that the trajectories estimate (reference and benchmark baseline).
+    """
+    k1 = _kraus(profile.pauli_probs_1q())
+    p2 = profile.pauli_probs_2q()
+    k2 = _kraus(p2)
+    k_swap = _kraus(_compose_2q(_compose_2q(p2, p2), p2))
+    new_ops = []
+    for op in tape.operations:
+        new_ops.append(op)
+        if _is_state_prep(op):
+            continue
+        if len(op.wires) == 1:
+            new_ops.append(qml.QubitChannel(k1, wires=op.wires))
+        elif len(op.wires) == 2:
+            new_ops.append(qml.QubitChannel(k_swap if op.name == "SWAP" else k2, wires=op.wires))
+        else:
+            raise ValueError(f"pauli_channels: {op.name} acts on {len(op.wires)} qubits; decompose it first")
+    return [tape.copy(operations=new_ops)], lambda results: results[0]

@@ -11,10 +11,12 @@ or were rejected.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from logging import INFO
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
 
 from strategies.validation import filter_replies, shapes_of
 
@@ -48,6 +50,7 @@ class InstrumentedStrategy(Strategy):
         return out
 
     def summary(self) -> None:
+        log(INFO, "\t├──> Strategy: %s", type(self.strategy).__name__)
         self.strategy.summary()
 
     def configure_train(

@@ -209,23 +209,78 @@ class ProcessGroup:
         return proc
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM each process group, then SIGKILL what is left after ``grace_s``."""
+        """SIGTERM every process we started and all their descendants, then SIGKILL
+        what is left after ``grace_s``.
+
+        Descendants are collected first: Flower's SuperExec starts ServerApp and
+        ClientApp processes that may leave our process groups.
+        """
+        family = descendants([p.pid for _, p in self.procs])
         for _, proc in reversed(self.procs):
             _signal_group(proc, signal.SIGTERM)
+        _signal_pids(family, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for _, proc in self.procs:
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
+        while family and time.monotonic() < deadline and _alive(family):
+            time.sleep(0.1)
         for _, proc in self.procs:
             # the group may outlive its leader (ClientApp processes): kill it whole
             _signal_group(proc, signal.SIGKILL)
+        _signal_pids(family, signal.SIGKILL)
+        for _, proc in self.procs:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
         self.procs.clear()
+
+
+def descendants(roots: list[int]) -> set[int]:
+    """PIDs of all live descendants of ``roots`` (from ``/proc``; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return set()
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # the command name (field 2) may hold spaces: parse after its ')'
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    stack = list(roots)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _signal_pids(pids: set[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _alive(pids: set[int]) -> bool:
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":  # zombies are gone
+                    return True
+        except (OSError, IndexError):
+            continue
+    return False
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

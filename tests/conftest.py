@@ -19,3 +19,13 @@ def defaults():
     from server.launcher import PROJECT_DIR, app_defaults
 
     return app_defaults(PROJECT_DIR)
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Flower's runtime sets the process's task identity before it calls an app;
+    messages built outside a Flower process need the same."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, attr, value)

@@ -12,13 +12,8 @@ from client.task import build_dataset, build_model
 
 
 @pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    # Flower's runtime sets the process's task identity before it calls the app;
-    # messages built outside a Flower process need the same.
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, attr, value)
+def _identity(task_identity):
+    pass
 
 
 def _context(defaults, pid):

@@ -158,3 +158,26 @@ def test_route_keeps_state_preparation_in_front():
     state[4] = 1.0  # |100>: the CNOT flips qubit 2
     routed = route(circuit, coupling_map=[(0, 1), (1, 2)])
     assert float(routed(state)) == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize(
+    "spec", ["noisy-nisq", "ideal:p1=0.02,p2=0.08,t1_us=20,t2_us=15,gate_ns_1q=50,gate_ns_2q=300,coupling=ring"]
+)
+def test_trajectories_estimate_the_exact_density_matrix_result(spec):
+    from client.model import make_circuit
+    from client.noise import pauli_channels
+
+    prof, n = get_profile(spec), 4
+    w = torch.tensor(np.random.default_rng(0).normal(size=(2, n, 3)))
+    x = np.full((1, n), 0.7)
+    edges = coupling_edges(prof.coupling, n)
+    mixed = qml.QNode(make_circuit(n, 2, 3, "angles"), qml.device("default.mixed", wires=n), interface="torch")
+    mixed = pauli_channels(route(mixed, coupling_map=edges), profile=prof)
+    exact = torch.stack(list(mixed(torch.tensor(x), w)), -1)[0]
+    pure = qml.QNode(make_circuit(n, 2, 3, "angles"), qml.device("default.qubit", wires=n), interface="torch")
+    pure = pauli_trajectories(route(pure, coupling_map=edges), profile=prof, rng=np.random.default_rng(1))
+    est = torch.stack(list(pure(torch.tensor(np.repeat(x, 10_000, 0)), w)), -1).mean(0)
+    torch.testing.assert_close(est, exact, atol=0.03, rtol=0)  # 3 standard errors
+    ideal_qnode = qml.QNode(make_circuit(n, 2, 3, "angles"), qml.device("default.qubit", wires=n), interface="torch")
+    ideal = torch.stack(list(ideal_qnode(torch.tensor(x), w)), -1)[0]
+    assert (ideal - exact).abs().max() > 0.1  # the noise matters here: the test can fail

@@ -6,8 +6,9 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
+from helpers import make_reply
 
 from strategies import (
     NoiseIsolatingFedAvg,
@@ -21,24 +22,8 @@ SHAPES = {"weights": (3, 4, 3), "scale": (3,), "bias": (3,)}
 
 
 @pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, attr, value)
-
-
-def make_reply(params: dict[str, np.ndarray], num_examples: float, node_id: int) -> Message:
-    """A training reply as a ClientApp sends it."""
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in params.items()}),
-            "metrics": MetricRecord({"train-loss": 0.5 + node_id, "num-examples": num_examples}),
-        }
-    )
-    msg = Message(content=content, dst_node_id=0, message_type="train")
-    msg.metadata.__dict__["_src_node_id"] = node_id
-    return msg
+def _identity(task_identity):
+    pass
 
 
 def random_params(rng, scale=1.0):

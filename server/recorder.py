@@ -129,6 +129,7 @@ def plot_metrics(rows: list[dict[str, float]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in rows]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -139,6 +140,7 @@ def plot_metrics(rows: list[dict[str, float]], path: Path) -> None:
     ax_loss.plot(rounds, [r["train_loss"] for r in rows], "s--", label="train (clients)")
     ax_loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
     for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

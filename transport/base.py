@@ -1,0 +1,99 @@
+"""The transport interface: what wraps a message's content between strategy and wire.
+
+A :class:`Transport` encodes the content of a message that leaves (on the server: the
+instructions to a node; on a node: its reply) and decodes the content of one that
+arrives. It sees the :class:`Envelope` of the exchange (run, round, the two ends and the
+direction), which it may bind into its protection (e.g. as AEAD associated data).
+
+Transports compose: ``"a+b"`` means *a* is nearest the wire: outgoing content passes
+through *b* then *a*; incoming through *a* then *b* (:class:`TransportStack`).
+A transport signals a message it must not deliver (tampered, replayed, no key) with
+:class:`TransportError`; nothing is ever sent in the clear instead.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from flwr.app import RecordDict
+
+SERVER_SAE = "server"
+
+
+class TransportError(RuntimeError):
+    """A message was refused by a transport (the reason says why)."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who sends what to whom, for a transport to bind.
+
+    Attributes
+    ----------
+    run_id : int
+    server_round : int
+    src, dst : str
+        SAE identities: ``"server"`` or ``"node-<node_id>"``.
+    direction : str
+        ``"down"`` (server to node) or ``"up"`` (node to server).
+    """
+
+    run_id: int
+    server_round: int
+    src: str
+    dst: str
+    direction: str
+
+    def associated_data(self, key_id: str) -> bytes:
+        """Bytes that bind a ciphertext to this exchange and to its key."""
+        return f"qfl/v1|{key_id}|run={self.run_id}|round={self.server_round}|{self.src}->{self.dst}|{self.direction}".encode()
+
+
+def node_sae(node_id: int) -> str:
+    return f"node-{node_id}"
+
+
+class Transport(ABC):
+    """Encode what leaves, decode what arrives. Subclasses are small and stateless
+    between messages (a node runs each message in a fresh process)."""
+
+    name = "transport"
+
+    @abstractmethod
+    def encode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
+        """Content to put on the wire instead of ``content``."""
+
+    @abstractmethod
+    def decode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
+        """The original content; raise :class:`TransportError` to refuse it."""
+
+
+class PlainTransport(Transport):
+    """No protection: content travels as it is."""
+
+    name = "plain"
+
+    def encode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
+        return content
+
+    def decode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
+        return content
+
+
+class TransportStack(Transport):
+    """Transports composed in a declared order; the first is nearest the wire."""
+
+    def __init__(self, transports: list[Transport]) -> None:
+        self.transports = list(transports)
+        self.name = "+".join(t.name for t in self.transports) or "plain"
+
+    def encode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
+        for t in reversed(self.transports):
+            content = t.encode(content, envelope)
+        return content
+
+    def decode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
+        for t in self.transports:
+            content = t.decode(content, envelope)
+        return content

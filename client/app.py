@@ -17,8 +17,10 @@ from client.data import load_partition
 from client.task import build_dataset, build_model
 from client.train import evaluate as evaluate_model
 from client.train import train_local
+from transport.flower import transport_mod
 
-app = ClientApp()
+# The transport mod decodes what arrives and encodes the reply (run config `transport`).
+app = ClientApp(mods=[transport_mod])
 
 
 def _setup(msg: Message, context: Context):

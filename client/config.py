@@ -33,6 +33,8 @@ LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"
 LEARNING_RATE = "learning-rate"
 STRATEGY = "strategy"
+TRANSPORT = "transport"
+KMS_URL = "kms-url"
 STRATEGY_OPTIONS = "strategy-options"
 FRACTION_TRAIN = "fraction-train"
 FRACTION_EVALUATE = "fraction-evaluate"
@@ -94,6 +96,8 @@ class RunConfig:
     local_epochs: int
     batch_size: int
     learning_rate: float
+    transport: str
+    kms_url: str
     strategy: str
     strategy_options: str
     fraction_train: float
@@ -167,6 +171,10 @@ class RunConfig:
         _positive_int(LOCAL_EPOCHS, self.local_epochs)
         _positive_int(BATCH_SIZE, self.batch_size)
         _positive_float(LEARNING_RATE, self.learning_rate)
+        if not self.transport.strip():
+            raise ConfigError(TRANSPORT, "must name a transport ('plain' for none)")
+        if not self.kms_url.startswith(("http://", "https://")):
+            raise ConfigError(KMS_URL, f"must be an http(s) URL, got {self.kms_url!r}")
         if not self.strategy.strip():
             raise ConfigError(STRATEGY, "must name a strategy")
         _unit_interval(FRACTION_TRAIN, self.fraction_train)

@@ -26,6 +26,9 @@ from server.grid import MeteredGrid
 from server.instrumented import InstrumentedStrategy
 from server.recorder import RunRecorder
 from strategies import load_strategy, parse_strategy_options
+from transport.base import SERVER_SAE
+from transport.flower import TransportGrid
+from transport.registry import build_transport
 
 app = ServerApp()
 
@@ -73,6 +76,9 @@ def main(grid: Grid, context: Context) -> None:
     metered = MeteredGrid(grid)
     _wait_for_nodes(metered, cfg.min_nodes)
     strategy = InstrumentedStrategy(build_strategy(cfg))
+    stack = build_transport(cfg.transport, context.run_config, SERVER_SAE)
+    # strategy -> transport -> wire: the transport encodes what the metered grid sends
+    wire_grid = TransportGrid(metered, stack, context.run_id, lambda: strategy.current_round) if stack.transports else metered
     clock = {"t": time.monotonic()}
 
     def central_evaluate(server_round: int, global_arrays: ArrayRecord) -> MetricRecord:
@@ -85,6 +91,8 @@ def main(grid: Grid, context: Context) -> None:
         now = time.monotonic()
         train = strategy.take_round_stats()
         bytes_down, bytes_up, missing = metered.take_counters()
+        if isinstance(wire_grid, TransportGrid):
+            missing += wire_grid.take_unsent()
         row = {
             "round": absolute_round,
             "train_loss": train.get("train-loss", float("nan")),
@@ -122,8 +130,9 @@ def main(grid: Grid, context: Context) -> None:
             log(WARNING, "%s round %d finished without %d client(s)", PROGRESS_TAG, absolute_round, row["clients_failed"])
         return result
 
+    log(INFO, "%s transport: %s", PROGRESS_TAG, stack.name if stack.transports else "plain")
     strategy.start(
-        grid=metered,
+        grid=wire_grid,
         initial_arrays=arrays,
         num_rounds=remaining,
         timeout=cfg.round_timeout,

@@ -29,6 +29,7 @@ class InstrumentedStrategy(Strategy):
         self._round_stats: dict[str, float] = {}
         self._client_rows: list[dict[str, object]] = []
         self._reference: dict[str, tuple[int, ...]] | None = None
+        self.current_round = 0  # the round being configured (transports bind it)
 
     def take_round_stats(self) -> dict[str, float]:
         """Return and clear the last training round's stats.
@@ -57,6 +58,7 @@ class InstrumentedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._reference = shapes_of(arrays)
+        self.current_round = server_round
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -79,6 +81,7 @@ class InstrumentedStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self.current_round = server_round
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 from client.config import (
@@ -95,6 +96,7 @@ def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, in
         "n-layers": args.n_layers,
         "device": args.device,
         "strategy": args.strategy,
+        "transport": args.transport,
         "run-name": args.run_name,
         "seed": args.seed,
     }
@@ -130,6 +132,12 @@ def check_feasible(cfg: RunConfig, clients: int) -> None:
         build_strategy(cfg)  # the options must suit the strategy's constructor
     except (ValueError, TypeError) as err:
         raise ConfigError("strategy-options", str(err)) from err
+    from transport.registry import build_transport
+
+    try:
+        build_transport(cfg.transport, cfg.to_run_config(), "server")
+    except ValueError as err:
+        raise ConfigError("transport", str(err)) from err
     data = build_dataset(cfg)  # also fills the cache the ClientApps read
     n_train = len(data.y_train)
     if clients > n_train:
@@ -350,6 +358,17 @@ def launch(args: argparse.Namespace) -> int:
         ]
         if args.simulation:
             superlink_cmd.append("--simulation")
+        if "qkd" in (p.strip() for p in cfg.transport.split("+")) and not args.external_kms:
+            # the key manager is a service of its own, as a vendor's would be
+            kms_port = free_port()
+            kms = group.start(
+                "key-manager",
+                [sys.executable, "-m", "transport.qkd.key_manager", "--port", str(kms_port), "--seed", str(cfg.seed),
+                 "--length-km", str(args.qkd_length_km), "--eve-fraction", str(args.qkd_eve_fraction)],
+                cwd=run_dir,
+            )
+            wait_for_port(kms_port, kms, STARTUP_TIMEOUT_S, "QKD key manager", log_dir / "key-manager.log")
+            cfg = replace(cfg, kms_url=f"http://127.0.0.1:{kms_port}")
         link = group.start("superlink", superlink_cmd, cwd=run_dir)
         wait_for_port(port, link, STARTUP_TIMEOUT_S, "flower-superlink", log_dir / "superlink.log")
         if not args.simulation:
@@ -484,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", help="fedavg | noise-isolating | fedmedian | fedtrimmedavg | package.module:Class")
     p.add_argument("--run-name", dest="run_name", help="outputs go to <output-dir>/<run-name>")
     p.add_argument("--seed", type=int)
+    p.add_argument("--transport", help="plain | qkd | package.module:Class (compose with +)")
+    p.add_argument("--qkd-length-km", type=float, default=10.0, dest="qkd_length_km", help="fiber length of the simulated QKD links")
+    p.add_argument("--qkd-eve-fraction", type=float, default=0.0, dest="qkd_eve_fraction", help="pulses an intercept-resend eavesdropper attacks")
+    p.add_argument("--external-kms", action="store_true", dest="external_kms", help="use the key manager at kms-url instead of starting one")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--simulation", action="store_true", help="use Flower's simulation engine")

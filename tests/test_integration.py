@@ -156,3 +156,40 @@ def test_ctrl_c_stops_every_process(tmp_path):
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted: stopping the federation" in out
     assert _processes_in(run_dir) == []
+
+
+def test_qkd_transport_delivers_the_same_plaintext(two_node_run, tmp_path):
+    import numpy as np
+
+    _, plain_dir = two_node_run
+    proc = subprocess.run(
+        _launch_cmd(tmp_path, "qkd", "--clients", "2", "--rounds", "2", "--transport", "qkd"),
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "qkd"
+    assert "transport: qkd" in proc.stdout
+    # encrypted both ways, the federation computes exactly what the plain one did
+    with np.load(plain_dir / "checkpoints" / "round-0002.npz") as a, np.load(run_dir / "checkpoints" / "round-0002.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
+    rows = _rows(run_dir)
+    assert all(r["clients_ok"] == 2 for r in rows[1:])
+    assert _processes_in(run_dir) == []
+
+
+def test_eavesdropped_qkd_link_fails_clients_not_the_run(tmp_path):
+    proc = subprocess.run(
+        _launch_cmd(tmp_path, "eve", "--clients", "2", "--rounds", "2", "--transport", "qkd", "--qkd-eve-fraction", "1.0"),
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "eve"
+    rows = _rows(run_dir)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert all(r["clients_ok"] == 0 and r["clients_failed"] == 2 for r in rows[1:])
+    assert rows[2]["test_accuracy"] == rows[0]["test_accuracy"]  # nothing was aggregated
+    log = (run_dir / "logs" / "flwr-run.log").read_text()
+    assert "QKD link aborted: QBER" in log and "nothing sent to node" in log
+    assert _processes_in(run_dir) == []

@@ -80,7 +80,7 @@ def main() -> None:
         print(f"running {name} ...", flush=True)
         results[name] = run(name, strategy, device_profiles, args, out)
 
-    print(f"\ntest accuracy per round ({args.clients} {args.dataset} clients; heterogeneous: {args.noisy} on {NOISY})")
+    print(f"\ntest accuracy per round ({args.clients} {args.dataset} clients; heterogeneous: {args.noisy} on {args.noisy_profile})")
     print("round " + " ".join(f"{n:>24}" for n in results))
     for r in range(args.rounds + 1):
         print(f"{r:>5} " + " ".join(f"{acc[r]:>24.3f}" for acc in results.values()))

@@ -35,6 +35,10 @@ LEARNING_RATE = "learning-rate"
 STRATEGY = "strategy"
 TRANSPORT = "transport"
 KMS_URL = "kms-url"
+DP_MODE = "dp-mode"
+DP_CLIP = "dp-clip"
+DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
+DP_DELTA = "dp-delta"
 STRATEGY_OPTIONS = "strategy-options"
 FRACTION_TRAIN = "fraction-train"
 FRACTION_EVALUATE = "fraction-evaluate"
@@ -98,6 +102,10 @@ class RunConfig:
     learning_rate: float
     transport: str
     kms_url: str
+    dp_mode: str
+    dp_clip: float
+    dp_noise_multiplier: float
+    dp_delta: float
     strategy: str
     strategy_options: str
     fraction_train: float
@@ -175,6 +183,10 @@ class RunConfig:
             raise ConfigError(TRANSPORT, "must name a transport ('plain' for none)")
         if not self.kms_url.startswith(("http://", "https://")):
             raise ConfigError(KMS_URL, f"must be an http(s) URL, got {self.kms_url!r}")
+        _choice(DP_MODE, self.dp_mode, ("local", "central"))
+        _positive_float(DP_CLIP, self.dp_clip)
+        _positive_float(DP_NOISE_MULTIPLIER, self.dp_noise_multiplier)
+        _open_unit(DP_DELTA, self.dp_delta)
         if not self.strategy.strip():
             raise ConfigError(STRATEGY, "must name a strategy")
         _unit_interval(FRACTION_TRAIN, self.fraction_train)
@@ -192,6 +204,10 @@ class RunConfig:
                 "and start with a letter or digit",
             )
 
+
+    def uses_transport(self, name: str) -> bool:
+        """Whether ``name`` is one of the composed transports."""
+        return name in (p.strip() for p in self.transport.split("+"))
 
     def profile_specs(self) -> list[str]:
         """The ``device-profiles`` entries, in order."""

@@ -16,7 +16,9 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+import numpy as np
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore import log
 
 from client.config import RunConfig
@@ -27,6 +29,7 @@ from server.instrumented import InstrumentedStrategy
 from server.recorder import RunRecorder
 from strategies import load_strategy, parse_strategy_options
 from transport.base import SERVER_SAE
+from transport.dp import PrivacyAccountant
 from transport.flower import TransportGrid
 from transport.registry import build_transport
 
@@ -75,7 +78,18 @@ def main(grid: Grid, context: Context) -> None:
 
     metered = MeteredGrid(grid)
     _wait_for_nodes(metered, cfg.min_nodes)
-    strategy = InstrumentedStrategy(build_strategy(cfg))
+    inner = build_strategy(cfg)
+    accountant = None
+    if cfg.uses_transport("dp"):
+        accountant = PrivacyAccountant(cfg.dp_noise_multiplier, cfg.fraction_train, cfg.dp_delta)
+        log(INFO, "%s DP (%s): clip %.3g, noise multiplier %.3g, delta %.1e; epsilon bound: %s",
+            PROGRESS_TAG, cfg.dp_mode, cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_delta, PrivacyAccountant.BOUND)
+        if cfg.dp_mode == "central":
+            # Flower's helpers draw from the global np.random: seed it in this process
+            np.random.seed(cfg.seed)
+            num_sampled = max(1, int(cfg.min_nodes * cfg.fraction_train))
+            inner = DifferentialPrivacyServerSideFixedClipping(inner, cfg.dp_noise_multiplier, cfg.dp_clip, num_sampled)
+    strategy = InstrumentedStrategy(inner)
     stack = build_transport(cfg.transport, context.run_config, SERVER_SAE)
     # strategy -> transport -> wire: the transport encodes what the metered grid sends
     wire_grid = TransportGrid(metered, stack, context.run_id, lambda: strategy.current_round) if stack.transports else metered
@@ -105,6 +119,9 @@ def main(grid: Grid, context: Context) -> None:
             "clients_ok": int(train.get("clients-ok", 0)),
             "clients_failed": int(train.get("clients-failed", 0)) + missing,
         }
+        if accountant is not None and server_round > 0:
+            accountant.step()
+        row["dp_epsilon"] = accountant.epsilon if accountant is not None else float("nan")
         clock["t"] = now
         recorder.add_row(row)
         if server_round > 0:

@@ -474,7 +474,9 @@ def read_rows(run_dir: Path) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     """The final per-round table."""
+    dp = any(r.get("dp_epsilon") is not None for r in rows)
     head = f"{'round':>5} {'test_acc':>8} {'test_loss':>9} {'train_loss':>10} {'clients':>7} {'time_s':>7} {'bytes':>9}"
+    head += f" {'epsilon':>8}" if dp else ""
     lines = [head, "-" * len(head)]
     for r in rows:
         tl = "-" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
@@ -482,6 +484,7 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"{r['round']:>5} {r['test_accuracy']:>8.3f} {r['test_loss']:>9.4f} {tl:>10} "
             f"{clients:>7} {r['round_time_s']:>7.1f} {r['bytes_down'] + r['bytes_up']:>9}"
+            + (f" {r['dp_epsilon']:>8.3f}" if dp else "")
         )
     return "\n".join(lines)
 

@@ -35,6 +35,7 @@ COLUMNS = (
     "bytes_up",
     "clients_ok",
     "clients_failed",
+    "dp_epsilon",
 )
 ROUND_KEY = "__round__"
 CLIENT_COLUMNS = (

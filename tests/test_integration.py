@@ -193,3 +193,24 @@ def test_eavesdropped_qkd_link_fails_clients_not_the_run(tmp_path):
     log = (run_dir / "logs" / "flwr-run.log").read_text()
     assert "QKD link aborted: QBER" in log and "nothing sent to node" in log
     assert _processes_in(run_dir) == []
+
+
+def test_qkd_plus_dp_composes_and_reports_the_accountants_epsilon(two_node_run, tmp_path):
+    import numpy as np
+
+    from transport.dp import rdp_epsilon
+
+    _, plain_dir = two_node_run
+    proc = subprocess.run(
+        _launch_cmd(tmp_path, "qkd-dp", "--clients", "2", "--rounds", "2", "--transport", "qkd+dp",
+                    "--set", "dp-clip=0.5", "--set", "dp-noise-multiplier=0.8"),
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _rows(tmp_path / "qkd-dp")
+    assert all(r["clients_ok"] == 2 for r in rows[1:])
+    for r in rows:  # every client trains every round: q = fraction-train = 1
+        assert r["dp_epsilon"] == pytest.approx(rdp_epsilon(0.8, 1.0, r["round"], 1e-5), rel=1e-9)
+    assert "epsilon" in proc.stdout  # the final table shows it
+    with np.load(plain_dir / "checkpoints" / "round-0001.npz") as a, np.load(tmp_path / "qkd-dp" / "checkpoints" / "round-0001.npz") as b:
+        assert not np.allclose(a["weights"], b["weights"])  # the noise reached the model

@@ -61,8 +61,12 @@ class Transport(ABC):
     name = "transport"
 
     @abstractmethod
-    def encode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
-        """Content to put on the wire instead of ``content``."""
+    def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
+        """Content to put on the wire instead of ``content``.
+
+        ``request`` is the (decoded) message a reply answers, e.g. the global model a
+        node's update is measured against; ``None`` for the server's messages.
+        """
 
     @abstractmethod
     def decode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
@@ -74,7 +78,7 @@ class PlainTransport(Transport):
 
     name = "plain"
 
-    def encode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
+    def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         return content
 
     def decode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
@@ -88,9 +92,9 @@ class TransportStack(Transport):
         self.transports = list(transports)
         self.name = "+".join(t.name for t in self.transports) or "plain"
 
-    def encode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
+    def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         for t in reversed(self.transports):
-            content = t.encode(content, envelope)
+            content = t.encode(content, envelope, request)
         return content
 
     def decode(self, content: RecordDict, envelope: Envelope) -> RecordDict:

@@ -45,7 +45,8 @@ def transport_mod(msg: Message, context: Context, call_next: Callable[[Message, 
     me = node_sae(context.node_id)
     try:
         content, server_round = _without_envelope(msg.content)
-        msg.content = stack.decode(content, Envelope(context.run_id, server_round, SERVER_SAE, me, "down"))
+        request = stack.decode(content, Envelope(context.run_id, server_round, SERVER_SAE, me, "down"))
+        msg.content = request
     except TransportError as err:
         log(WARNING, "transport %s: refused the server's message: %s", stack.name, err)
         return Message(Error(TRANSPORT_ERROR_CODE, f"transport {stack.name}: refused incoming message: {err}"), reply_to=msg)
@@ -53,7 +54,7 @@ def transport_mod(msg: Message, context: Context, call_next: Callable[[Message, 
     if reply.has_error():
         return reply
     try:
-        wire = stack.encode(reply.content, Envelope(context.run_id, server_round, me, SERVER_SAE, "up"))
+        wire = stack.encode(reply.content, Envelope(context.run_id, server_round, me, SERVER_SAE, "up"), request)
     except TransportError as err:
         # nothing goes out in the clear: the server learns why, not the update
         log(WARNING, "transport %s: reply not sent: %s", stack.name, err)

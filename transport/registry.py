@@ -10,7 +10,7 @@ from transport.base import PlainTransport, Transport, TransportStack
 
 TRANSPORT_KEY = "transport"
 KMS_URL_KEY = "kms-url"
-BUILTIN_TRANSPORTS = ("plain", "qkd")
+BUILTIN_TRANSPORTS = ("plain", "qkd", "dp")
 
 
 def build_transport(spec: str, run_config: Mapping[str, object], sae_id: str) -> TransportStack:
@@ -36,6 +36,10 @@ def build_transport(spec: str, run_config: Mapping[str, object], sae_id: str) ->
             from transport.qkd.transport import QKDTransport
 
             stack.append(QKDTransport(KeyManagerClient(str(run_config[KMS_URL_KEY]), sae_id)))
+        elif part == "dp":
+            from transport.dp import LocalDPTransport
+
+            stack.append(LocalDPTransport.from_run_config(run_config, sae_id))
         elif ":" in part:
             module_name, _, attr = part.partition(":")
             try:

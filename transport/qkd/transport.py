@@ -45,7 +45,7 @@ class QKDTransport(Transport):
     def __init__(self, kms: KeyManagerClient) -> None:
         self.kms = kms
 
-    def encode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
+    def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         key_id, qkd_key = self.kms.enc_key(envelope.dst)
         nonce = os.urandom(12)
         plaintext = recorddict_to_proto(content).SerializeToString()

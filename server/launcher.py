@@ -79,6 +79,19 @@ def parse_overrides(items: list[str], defaults: dict[str, object]) -> dict[str, 
     return out
 
 
+def load_config_file(path: Path, defaults: dict[str, object]) -> dict[str, object]:
+    """Run-config values from a TOML file (flat keys, as ``flwr run --run-config FILE``)."""
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError("--config", f"cannot read {path}: {err}") from err
+    for key in values:
+        if key not in defaults:
+            raise ConfigError(key, f"unknown key in {path} (see [tool.flwr.app.config] in pyproject.toml)")
+    return values
+
+
 def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, int]:
     """Merge defaults, ``--set`` and the named flags; validate everything.
 
@@ -87,6 +100,8 @@ def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, in
     """
     defaults = app_defaults(app_dir)
     values = dict(defaults)
+    if args.config:
+        values.update(load_config_file(Path(args.config), defaults))
     values.update(parse_overrides(args.set or [], defaults))
     flags = {
         "num-server-rounds": args.rounds,
@@ -510,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qkd-length-km", type=float, default=10.0, dest="qkd_length_km", help="fiber length of the simulated QKD links")
     p.add_argument("--qkd-eve-fraction", type=float, default=0.0, dest="qkd_eve_fraction", help="pulses an intercept-resend eavesdropper attacks")
     p.add_argument("--external-kms", action="store_true", dest="external_kms", help="use the key manager at kms-url instead of starting one")
+    p.add_argument("--config", metavar="FILE", help="a TOML file of run-config values (before --set)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--simulation", action="store_true", help="use Flower's simulation engine")

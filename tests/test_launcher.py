@@ -48,3 +48,24 @@ def test_run_config_arg_round_trips(defaults):
     cfg = RunConfig.from_run_config(defaults)
     items = run_config_arg(cfg).split(" ")
     assert parse_overrides(items, defaults) == cfg.to_run_config()
+
+
+def test_config_file_sets_values_and_rejects_unknown_keys(tmp_path, defaults):
+    import argparse
+
+    from server.launcher import PROJECT_DIR, build_config
+
+    good = tmp_path / "devices.toml"
+    good.write_text('device-profiles = "ibm-heron;noisy-nisq"\nstrategy = "noise-isolating"\n')
+    args = argparse.Namespace(
+        config=str(good), set=[f'output-dir="{tmp_path}"'], clients=2, simulation=False, resume=False,
+        rounds=None, dataset=None, partitioner=None, n_qubits=None, n_layers=None, device=None,
+        strategy=None, transport=None, run_name=None, seed=None,
+    )
+    cfg, _ = build_config(args, PROJECT_DIR)
+    assert cfg.profile_specs() == ["ibm-heron", "noisy-nisq"] and cfg.strategy == "noise-isolating"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("device_profile = 'x'\n")
+    args.config = str(bad)
+    with pytest.raises(Exception, match="'device_profile': unknown key"):
+        build_config(args, PROJECT_DIR)

@@ -18,6 +18,8 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from transport.flower import DelegatingGrid
+
 
 def content_nbytes(message: Message) -> int:
     """Serialised size in bytes of a message's content (0 for an error reply)."""
@@ -26,7 +28,7 @@ def content_nbytes(message: Message) -> int:
     return recorddict_to_proto(message.content).ByteSize()
 
 
-class MeteredGrid(Grid):
+class MeteredGrid(DelegatingGrid):
     """Delegate to ``grid``; meter bytes down/up and poll replies every ``poll_interval`` s.
 
     Attributes
@@ -40,28 +42,11 @@ class MeteredGrid(Grid):
     def __init__(self, grid: Grid, poll_interval: float = 0.1) -> None:
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
-        self._grid = grid
+        super().__init__(grid)
         self.poll_interval = poll_interval
         self.bytes_down = 0
         self.bytes_up = 0
         self.missing_replies = 0
-
-    # --- delegated -------------------------------------------------------------------
-    def set_run(self, run):  # type: ignore[no-untyped-def]
-        self._grid.set_run(run)
-
-    @property
-    def run(self):  # type: ignore[no-untyped-def]
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def get_nodes(self):  # type: ignore[no-untyped-def]
-        return self._grid.get_nodes()
 
     # --- metered ---------------------------------------------------------------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:

@@ -63,25 +63,11 @@ def transport_mod(msg: Message, context: Context, call_next: Callable[[Message, 
     return reply
 
 
-class TransportGrid(Grid):
-    """Delegate to ``grid``; encode outgoing content and decode replies with ``stack``.
+class DelegatingGrid(Grid):
+    """A Grid that forwards everything to ``grid``; subclasses override what they change."""
 
-    Parameters
-    ----------
-    grid : Grid
-    stack : TransportStack
-    run_id : int
-    round_fn : callable
-        Returns the round being configured (the strategy's ``server_round``).
-    """
-
-    def __init__(self, grid: Grid, stack: TransportStack, run_id: int, round_fn: Callable[[], int]) -> None:
+    def __init__(self, grid: Grid) -> None:
         self._grid = grid
-        self.stack = stack
-        self.run_id = run_id
-        self.round_fn = round_fn
-        self.unsent = 0  # messages a transport refused to send (e.g. no key)
-        self._sent: dict[str, tuple[Message, int]] = {}
 
     def set_run(self, run):  # type: ignore[no-untyped-def]
         self._grid.set_run(run)
@@ -98,6 +84,36 @@ class TransportGrid(Grid):
 
     def get_nodes(self):  # type: ignore[no-untyped-def]
         return self._grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class TransportGrid(DelegatingGrid):
+    """Delegate to ``grid``; encode outgoing content and decode replies with ``stack``.
+
+    Parameters
+    ----------
+    grid : Grid
+    stack : TransportStack
+    run_id : int
+    round_fn : callable
+        Returns the round being configured (the strategy's ``server_round``).
+    """
+
+    def __init__(self, grid: Grid, stack: TransportStack, run_id: int, round_fn: Callable[[], int]) -> None:
+        super().__init__(grid)
+        self.stack = stack
+        self.run_id = run_id
+        self.round_fn = round_fn
+        self.unsent = 0  # messages a transport refused to send (e.g. no key)
+        self._sent: dict[str, tuple[Message, int]] = {}
 
     def _encode(self, messages: Iterable[Message]) -> list[Message]:
         server_round = self.round_fn()

@@ -82,6 +82,7 @@ def main(grid: Grid, context: Context) -> None:
     accountant = None
     if cfg.uses_transport("dp"):
         accountant = PrivacyAccountant(cfg.dp_noise_multiplier, cfg.fraction_train, cfg.dp_delta)
+        accountant.step(start_round)  # a resumed run has released `start_round` updates already
         log(INFO, "%s DP (%s): clip %.3g, noise multiplier %.3g, delta %.1e; epsilon bound: %s",
             PROGRESS_TAG, cfg.dp_mode, cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_delta, PrivacyAccountant.BOUND)
         if cfg.dp_mode == "central":

@@ -12,12 +12,11 @@ Run: ``python bench/noisy_training.py [--qubits 4 6 8] [--profile noisy-nisq]``
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pennylane as qml
 import torch
-from torch.nn import functional as F
+from client_training import epoch  # the same timed epoch as the noiseless benchmark
 
 from client.model import PQCClassifier, make_circuit
 from client.noise import coupling_edges, get_profile, pauli_channels, route
@@ -44,17 +43,6 @@ class MixedStateModel(PQCClassifier):
         return torch.stack(list(self.qnode(x, self.weights)), dim=-1) * self.readout
 
 
-def epoch(model, x, y, batch_size):
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    start = time.perf_counter()
-    for idx in torch.arange(len(y)).split(batch_size):
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--qubits", type=int, nargs="+", default=[4, 6, 8])
@@ -74,9 +62,9 @@ def main() -> None:
     for n in args.qubits:
         x = torch.tensor(rng.uniform(0, np.pi, size=(args.samples, n)))
         y = torch.tensor(rng.integers(0, 3, size=args.samples))
-        t_mixed = epoch(MixedStateModel(n, args.layers, 3, profile), x, y, args.batch_size)
-        t_traj = min(epoch(PQCClassifier(n, args.layers, 3, profile=profile), x, y, args.batch_size) for _ in range(3))
-        t_zne = epoch(PQCClassifier(n, args.layers, 3, profile=profile, zne=True), x, y, args.batch_size)
+        t_mixed = epoch(MixedStateModel(n, args.layers, 3, profile), x, y, args.batch_size, broadcast=True)
+        t_traj = min(epoch(PQCClassifier(n, args.layers, 3, profile=profile), x, y, args.batch_size, broadcast=True) for _ in range(3))
+        t_zne = epoch(PQCClassifier(n, args.layers, 3, profile=profile, zne=True), x, y, args.batch_size, broadcast=True)
         print(f"{n:>6} {t_mixed:>9.3f} {t_traj:>15.3f} {t_mixed / t_traj:>8.1f}x {t_zne:>11.3f} {t_zne / t_traj:>8.1f}x")
 
 

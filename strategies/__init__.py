@@ -1,5 +1,6 @@
 """Aggregation strategies for quantum federated learning, selectable by name."""
 
+from strategies.fidelity_weighted import FidelityWeightedFedAvg, fidelity_weight
 from strategies.noise_isolating import ClientNoiseEstimate, NoiseIsolatingFedAvg, isolate_noise
 from strategies.registry import BUILTIN_STRATEGIES, load_strategy, parse_strategy_options, resolve_strategy
 from strategies.validation import filter_replies, reply_problem
@@ -7,7 +8,9 @@ from strategies.validation import filter_replies, reply_problem
 __all__ = [
     "BUILTIN_STRATEGIES",
     "ClientNoiseEstimate",
+    "FidelityWeightedFedAvg",
     "NoiseIsolatingFedAvg",
+    "fidelity_weight",
     "filter_replies",
     "isolate_noise",
     "load_strategy",

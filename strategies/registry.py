@@ -13,6 +13,7 @@ from typing import Any
 
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Strategy
 
+from strategies.fidelity_weighted import FidelityWeightedFedAvg
 from strategies.noise_isolating import NoiseIsolatingFedAvg
 
 # Built-in names -> classes. Every class accepts FedAvg's sampling keyword arguments.
@@ -21,6 +22,7 @@ BUILTIN_STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedmedian": FedMedian,
     "fedtrimmedavg": FedTrimmedAvg,
     "noise-isolating": NoiseIsolatingFedAvg,
+    "fidelity-weighted": FidelityWeightedFedAvg,
 }
 
 

@@ -31,6 +31,11 @@ H_RANGE = (0.05, 2.5)
 H_GAP = (0.85, 1.15)
 
 
+def _bonds(n: int) -> list[tuple[int, int]]:
+    """Nearest-neighbour bonds of the periodic chain (a 2-spin ring has one bond)."""
+    return [(i, (i + 1) % n) for i in range(n)] if n > 2 else [(0, 1)]
+
+
 @lru_cache(maxsize=8)
 def _tfim_terms(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Return (diag of -sum Z_i Z_{i+1}, matrix of -sum X_i) for ``n`` spins."""
@@ -39,9 +44,8 @@ def _tfim_terms(n: int) -> tuple[np.ndarray, np.ndarray]:
     # bit of qubit i (qubit 0 = most significant) -> spin z = +1 for |0>, -1 for |1>
     bits = (idx[:, None] >> (n - 1 - np.arange(n))[None, :]) & 1
     z = 1 - 2 * bits
-    pairs = [(i, (i + 1) % n) for i in range(n)] if n > 2 else [(0, 1)][: n - 1]
     zz = np.zeros(dim)
-    for i, j in pairs:
+    for i, j in _bonds(n):
         zz += z[:, i] * z[:, j]
     x = np.zeros((dim, dim))
     for i in range(n):
@@ -95,7 +99,6 @@ def tfim_dataset(
 def magnetisation_observables(psi: np.ndarray, n: int) -> tuple[float, float]:
     """Return (mean nearest-neighbour <Z_i Z_i+1>, mean <X_i>) of a state."""
     diag, x = _tfim_terms(n)
-    num_pairs = n if n > 2 else 1
-    zz = float(psi @ (-diag * psi)) / num_pairs
+    zz = float(psi @ (-diag * psi)) / len(_bonds(n))
     mx = float(psi @ (-x @ psi)) / n
     return zz, mx

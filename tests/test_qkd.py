@@ -109,16 +109,15 @@ def _content() -> RecordDict:
     )
 
 
-def _envelopes(round_=2):
-    down = Envelope(run_id=9, server_round=round_, src="server", dst="node-1", direction="down")
-    return down
+def _down_envelope(round_=2):
+    return Envelope(run_id=9, server_round=round_, src="server", dst="node-1", direction="down")
 
 
 def test_same_plaintext_in_and_out(kms):
     sender, receiver = QKDTransport(KeyManagerClient(kms, "server")), QKDTransport(KeyManagerClient(kms, "node-1"))
-    wire = sender.encode(_content(), _envelopes())
+    wire = sender.encode(_content(), _down_envelope())
     assert "arrays" not in wire.array_records and "ciphertext" in wire.config_records["qkd"]
-    back = receiver.decode(wire, _envelopes())
+    back = receiver.decode(wire, _down_envelope())
     np.testing.assert_array_equal(back["arrays"]["w"].numpy(), _content()["arrays"]["w"].numpy())
     assert back["config"]["server-round"] == 2
 
@@ -126,9 +125,9 @@ def test_same_plaintext_in_and_out(kms):
 @pytest.mark.parametrize("attack", ["flip", "wrong-key-id", "replay", "other-round"])
 def test_tampering_is_rejected(kms, attack, caplog):
     sender, receiver = QKDTransport(KeyManagerClient(kms, "server")), QKDTransport(KeyManagerClient(kms, "node-1"))
-    wire = sender.encode(_content(), _envelopes())
+    wire = sender.encode(_content(), _down_envelope())
     record = wire.config_records["qkd"]
-    envelope = _envelopes()
+    envelope = _down_envelope()
     if attack == "flip":
         ct = bytearray(record["ciphertext"])
         ct[len(ct) // 2] ^= 0x01
@@ -141,7 +140,7 @@ def test_tampering_is_rejected(kms, attack, caplog):
         receiver.decode(wire, envelope)  # delivered once ...
         expected = "unknown or already used"  # ... a second delivery finds its key spent
     else:
-        envelope = _envelopes(round_=3)  # an old message presented in a later round
+        envelope = _down_envelope(round_=3)  # an old message presented in a later round
         expected = "authentication failed"
     with pytest.raises(TransportError, match=expected):
         receiver.decode(wire, envelope)

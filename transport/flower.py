@@ -165,9 +165,13 @@ class TransportGrid(DelegatingGrid):
         server_round = self.round_fn()
         encoded = self._encode(messages)
         replies = list(self._grid.send_and_receive(encoded, timeout=timeout))
-        for msg in encoded:  # pushed by the inner grid: their IDs are set now
-            self._sent[msg.metadata.message_id] = (msg, server_round)
-        return self._decode(replies)
+        ids = [msg.metadata.message_id for msg in encoded]  # set by the inner grid's push
+        for i, msg in zip(ids, encoded):
+            self._sent[i] = (msg, server_round)
+        decoded = self._decode(replies)
+        for i in ids:  # requests that got no reply (a node died or timed out): forget them
+            self._sent.pop(i, None)
+        return decoded
 
     def take_unsent(self) -> int:
         out, self.unsent = self.unsent, 0

@@ -320,9 +320,8 @@ def regular_ldpc(m: int, n: int, rng: np.random.Generator, column_weight: int = 
     """A random (``column_weight``, ~regular) LDPC parity-check matrix, ``m x n``, uint8."""
     rows = np.concatenate([rng.choice(m, size=column_weight, replace=False) for _ in range(n)])
     cols = np.repeat(np.arange(n), column_weight)
-    h = sparse.csr_matrix((np.ones(len(rows), dtype=np.uint8), (rows, cols)), shape=(m, n))
-    h.data %= 2
-    return h
+    # rows are distinct within a column, so no entries sum: H is already binary
+    return sparse.csr_matrix((np.ones(len(rows), dtype=np.uint8), (rows, cols)), shape=(m, n))
 
 
 def toeplitz_hash(bits: np.ndarray, seed_bits: np.ndarray, length: int) -> np.ndarray:

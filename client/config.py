@@ -39,6 +39,12 @@ DP_MODE = "dp-mode"
 DP_CLIP = "dp-clip"
 DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
 DP_DELTA = "dp-delta"
+QCN_PATHS = "qcn-paths"
+QCN_COPIES = "qcn-copies"
+QCN_CHANNELS = "qcn-channels"
+ROUND_DEADLINE = "round-deadline"
+STRAGGLER_POLICY = "straggler-policy"
+STALENESS_DISCOUNT = "staleness-discount"
 STRATEGY_OPTIONS = "strategy-options"
 FRACTION_TRAIN = "fraction-train"
 FRACTION_EVALUATE = "fraction-evaluate"
@@ -53,9 +59,11 @@ PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 NODE_DEVICE_PROFILE = "device-profile"
 NODE_ZNE = "zne"
+NODE_QCN_PATH = "qcn-path"
 
 DATASETS = ("iris", "wine", "breast-cancer", "tfim")
 PARTITIONERS = ("iid", "dirichlet", "h-range")
+STRAGGLER_POLICIES = ("drop", "stale")
 DEVICES = ("default.qubit", "lightning.qubit")
 DIFF_METHODS = ("best", "backprop", "adjoint", "parameter-shift")
 # Which differentiation methods each device supports (PennyLane 0.45).
@@ -106,6 +114,12 @@ class RunConfig:
     dp_clip: float
     dp_noise_multiplier: float
     dp_delta: float
+    qcn_paths: str
+    qcn_copies: int
+    qcn_channels: int
+    round_deadline: float
+    straggler_policy: str
+    staleness_discount: float
     strategy: str
     strategy_options: str
     fraction_train: float
@@ -187,6 +201,17 @@ class RunConfig:
         _positive_float(DP_CLIP, self.dp_clip)
         _positive_float(DP_NOISE_MULTIPLIER, self.dp_noise_multiplier)
         _open_unit(DP_DELTA, self.dp_delta)
+        if not self.path_specs():
+            raise ConfigError(QCN_PATHS, "must name at least one QCN path")
+        for spec in self.path_specs():
+            _check_path(QCN_PATHS, spec)
+        _nonneg_int(QCN_COPIES, self.qcn_copies)
+        _positive_int(QCN_CHANNELS, self.qcn_channels)
+        if self.round_deadline < 0:
+            raise ConfigError(ROUND_DEADLINE, f"must be >= 0 (0: no deadline), got {self.round_deadline}")
+        _choice(STRAGGLER_POLICY, self.straggler_policy, STRAGGLER_POLICIES)
+        if not 0.0 < self.staleness_discount <= 1.0:
+            raise ConfigError(STALENESS_DISCOUNT, f"must be in (0, 1], got {self.staleness_discount}")
         if not self.strategy.strip():
             raise ConfigError(STRATEGY, "must name a strategy")
         _unit_interval(FRACTION_TRAIN, self.fraction_train)
@@ -209,6 +234,10 @@ class RunConfig:
         """Whether ``name`` is one of the composed transports."""
         return name in (p.strip() for p in self.transport.split("+"))
 
+    def path_specs(self) -> list[str]:
+        """The ``qcn-paths`` entries, in order."""
+        return [s.strip() for s in self.qcn_paths.split(";") if s.strip()]
+
     def profile_specs(self) -> list[str]:
         """The ``device-profiles`` entries, in order."""
         return [s.strip() for s in self.device_profiles.split(";") if s.strip()]
@@ -226,6 +255,24 @@ class RunConfig:
             raise ConfigError(NODE_ZNE, f"must be true or false, got {zne!r}")
         _check_profile(NODE_DEVICE_PROFILE, spec, self.n_qubits)
         return spec, zne
+
+
+def _check_path(key: str, spec: str) -> None:
+    from transport.qcn import get_path
+
+    try:
+        get_path(spec)
+    except ValueError as err:
+        raise ConfigError(key, str(err)) from err
+
+
+def check_node_path(node_config: Mapping[str, object]) -> None:
+    """A node's optional ``qcn-path`` must name a valid path."""
+    spec = node_config.get(NODE_QCN_PATH)  # optional per node, by design
+    if spec is not None:
+        if not isinstance(spec, str):
+            raise ConfigError(NODE_QCN_PATH, f"must be a string, got {spec!r}")
+        _check_path(NODE_QCN_PATH, spec)
 
 
 def _check_profile(key: str, spec: str, n_qubits: int) -> None:

@@ -27,7 +27,7 @@ from client.train import evaluate
 from server.grid import MeteredGrid
 from server.instrumented import InstrumentedStrategy
 from server.recorder import RunRecorder
-from strategies import load_strategy, parse_strategy_options
+from strategies import RoundDeadline, load_strategy, parse_strategy_options
 from transport.base import SERVER_SAE
 from transport.dp import PrivacyAccountant
 from transport.flower import TransportGrid
@@ -90,6 +90,8 @@ def main(grid: Grid, context: Context) -> None:
             np.random.seed(cfg.seed)
             num_sampled = max(1, int(cfg.min_nodes * cfg.fraction_train))
             inner = DifferentialPrivacyServerSideFixedClipping(inner, cfg.dp_noise_multiplier, cfg.dp_clip, num_sampled)
+    if cfg.round_deadline > 0:
+        inner = RoundDeadline(inner, cfg.round_deadline, cfg.straggler_policy, cfg.staleness_discount)
     strategy = InstrumentedStrategy(inner)
     stack = build_transport(cfg.transport, context.run_config, SERVER_SAE)
     # strategy -> transport -> wire: the transport encodes what the metered grid sends
@@ -119,6 +121,8 @@ def main(grid: Grid, context: Context) -> None:
             "bytes_up": bytes_up,
             "clients_ok": int(train.get("clients-ok", 0)),
             "clients_failed": int(train.get("clients-failed", 0)) + missing,
+            "stragglers": int(train.get("stragglers", 0)),
+            "stale_folded": int(train.get("stale-folded", 0)),
         }
         if accountant is not None and server_round > 0:
             accountant.step()
@@ -144,6 +148,10 @@ def main(grid: Grid, context: Context) -> None:
             bytes_down,
             bytes_up,
         )
+        if row["stragglers"] or row["stale_folded"]:
+            log(INFO, "%s round %d: %d straggler(s) past the %.3g s deadline (%s), %d late update(s) folded in",
+                PROGRESS_TAG, absolute_round, row["stragglers"], cfg.round_deadline, cfg.straggler_policy,
+                row["stale_folded"])
         if row["clients_failed"]:
             log(WARNING, "%s round %d finished without %d client(s)", PROGRESS_TAG, absolute_round, row["clients_failed"])
         return result

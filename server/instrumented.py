@@ -74,7 +74,9 @@ class InstrumentedStrategy(Strategy):
         stats["clients-ok"] = len(replies) - failed
         stats["clients-failed"] = failed + len(rejected)
         stats["clients-rejected"] = len(rejected)
-        self._client_rows = _client_rows(replies, getattr(self.strategy, "last_estimates", None))
+        stats.update(getattr(self.strategy, "last_stats", {}))  # a RoundDeadline's straggler counts
+        late = getattr(self.strategy, "last_late_nodes", set())
+        self._client_rows = _client_rows(replies, getattr(self.strategy, "last_estimates", None), late)
         self._round_stats = stats
         return arrays, metrics
 
@@ -90,7 +92,7 @@ class InstrumentedStrategy(Strategy):
         return self.strategy.aggregate_evaluate(server_round, replies)
 
 
-def _client_rows(replies: list[Message], estimates) -> list[dict[str, object]]:  # noqa: ANN001
+def _client_rows(replies: list[Message], estimates, late: set[int]) -> list[dict[str, object]]:  # noqa: ANN001
     by_node = {e.node_id: e for e in estimates or []}
     rows = []
     for msg in replies:
@@ -105,8 +107,10 @@ def _client_rows(replies: list[Message], estimates) -> list[dict[str, object]]: 
             "profile": device.get("profile", ""),
             "zne": device.get("zne", ""),
         }
-        for key in ("num-examples", "train-loss", "noise-gap", "circuit-depth", "two-qubit-gates", "swaps", "train-time-s"):
+        for key in ("num-examples", "train-loss", "noise-gap", "circuit-depth", "two-qubit-gates", "swaps", "train-time-s",
+                    "fidelity", "latency-s", "qcn-lost-fraction"):
             row[key.replace("-", "_")] = metrics.get(key, "")
+        row["late"] = int(msg.metadata.src_node_id in late)
         est = by_node.get(msg.metadata.src_node_id)
         row["noise_var"] = "" if est is None else est.noise_var
         row["snr"] = "" if est is None else est.snr

@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", help="fedavg | noise-isolating | fedmedian | fedtrimmedavg | package.module:Class")
     p.add_argument("--run-name", dest="run_name", help="outputs go to <output-dir>/<run-name>")
     p.add_argument("--seed", type=int)
-    p.add_argument("--transport", help="plain | qkd | package.module:Class (compose with +)")
+    p.add_argument("--transport", help="plain | qkd | dp | qcn | package.module:Class (compose with +, e.g. qkd+qcn)")
     p.add_argument("--qkd-length-km", type=float, default=10.0, dest="qkd_length_km", help="fiber length of the simulated QKD links")
     p.add_argument("--qkd-eve-fraction", type=float, default=0.0, dest="qkd_eve_fraction", help="pulses an intercept-resend eavesdropper attacks")
     p.add_argument("--external-kms", action="store_true", dest="external_kms", help="use the key manager at kms-url instead of starting one")

@@ -36,12 +36,14 @@ COLUMNS = (
     "clients_ok",
     "clients_failed",
     "dp_epsilon",
+    "stragglers",
+    "stale_folded",
 )
 ROUND_KEY = "__round__"
 CLIENT_COLUMNS = (
     "round", "node_id", "partition_id", "profile", "zne", "num_examples", "train_loss",
     "noise_gap", "circuit_depth", "two_qubit_gates", "swaps", "train_time_s",
-    "noise_var", "snr", "weight", "trimmed",
+    "noise_var", "snr", "weight", "trimmed", "fidelity", "latency_s", "qcn_lost_fraction", "late",
 )
 
 

@@ -1,6 +1,7 @@
 """Aggregation strategies for quantum federated learning, selectable by name."""
 
-from strategies.fidelity_weighted import FidelityWeightedFedAvg, fidelity_weight
+from strategies.deadline import RoundDeadline
+from strategies.fidelity_weighted import FidelityWeightedFedAvg, fidelity_weight, unpack_mask
 from strategies.noise_isolating import ClientNoiseEstimate, NoiseIsolatingFedAvg, isolate_noise
 from strategies.registry import BUILTIN_STRATEGIES, load_strategy, parse_strategy_options, resolve_strategy
 from strategies.validation import filter_replies, reply_problem
@@ -10,6 +11,7 @@ __all__ = [
     "ClientNoiseEstimate",
     "FidelityWeightedFedAvg",
     "NoiseIsolatingFedAvg",
+    "RoundDeadline",
     "fidelity_weight",
     "filter_replies",
     "isolate_noise",
@@ -17,4 +19,5 @@ __all__ = [
     "parse_strategy_options",
     "reply_problem",
     "resolve_strategy",
+    "unpack_mask",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -29,12 +29,22 @@ def fidelity_weight(fidelity: float | np.ndarray) -> np.ndarray:
     return np.where(w > 0, w * w, 0.0)
 
 
+def unpack_mask(content: RecordDict, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The 0/1 delivery mask of parameter ``name`` (all ones if the reply has none)."""
+    masks = content.config_records.get(MASK_KEY)
+    if masks is None or name not in masks:
+        return np.ones(shape)
+    bits = np.unpackbits(np.frombuffer(masks[name], dtype=np.uint8), count=int(np.prod(shape)))
+    return bits.astype(np.float64).reshape(shape)
+
+
 class FidelityWeightedFedAvg(FedAvg):
     r"""FedAvg weighted by example count and link fidelity, averaged per delivered coordinate.
 
     Client :math:`k` sends parameters :math:`x_k`, a 0/1 mask :math:`m_k` of the coordinates
-    that arrived (ArrayRecord ``"mask"``, same names; absent = all arrived) and the
-    fidelity :math:`F_k` of its link (metric ``"fidelity"``; absent = 1). With
+    that arrived (ConfigRecord ``"mask"``: per parameter name, ``numpy.packbits`` of the
+    flattened mask as bytes; absent = all arrived) and the fidelity :math:`F_k` of its
+    link (metric ``"fidelity"``; absent = 1). With
     :math:`\alpha_k = n_k\, g(F_k)` (:func:`fidelity_weight`), each coordinate is
 
     .. math::
@@ -72,8 +82,7 @@ class FidelityWeightedFedAvg(FedAvg):
             num = den = 0.0
             for msg, alpha in zip(valid, alphas):
                 x = msg.content[self.arrayrecord_key][name].numpy().astype(np.float64)
-                masks = msg.content.array_records.get(MASK_KEY)
-                m = masks[name].numpy().astype(np.float64) if masks is not None else np.ones_like(x)
+                m = unpack_mask(msg.content, name, x.shape)
                 num = num + alpha * m * np.where(m > 0, x, 0.0)
                 den = den + alpha * m
             with np.errstate(invalid="ignore", divide="ignore"):

@@ -47,6 +47,14 @@ def reply_problem(
             return f"'{name}' has non-numeric dtype {values.dtype}"
         if not np.all(np.isfinite(values)):
             return f"'{name}' holds NaN or Inf"
+    masks = content.config_records.get("mask")  # optional: coordinates that arrived (qcn)
+    if masks is not None:
+        for name, shape in reference.items():
+            if name not in masks:
+                continue
+            want = -(-int(np.prod(shape)) // 8)
+            if not isinstance(masks[name], bytes) or len(masks[name]) != want:
+                return f"mask of '{name}' must be {want} packed bytes"
     weights = [mr[weighted_by_key] for mr in content.metric_records.values() if weighted_by_key in mr]
     if len(weights) != 1:
         return f"expected one '{weighted_by_key}' metric, found {len(weights)}"

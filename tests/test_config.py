@@ -31,6 +31,13 @@ def test_defaults_are_valid(defaults):
         ("batch-size", True, "must be an integer"),
         ("run-name", "../escape", "letters, digits"),
         ("partitioner", "h-range", "does not apply to dataset 'wine'"),
+        ("qcn-paths", "metro;moon", "unknown QCN path 'moon'"),
+        ("qcn-paths", "metro:hops=x", "is not a number"),
+        ("qcn-copies", -1, ">= 0"),
+        ("qcn-channels", 0, "positive integer"),
+        ("round-deadline", -1.0, ">= 0"),
+        ("straggler-policy", "wait", "unknown value 'wait'"),
+        ("staleness-discount", 0.0, "(0, 1]"),
     ],
 )
 def test_bad_value_names_the_key(defaults, key, value, fragment):

@@ -235,3 +235,41 @@ def test_central_dp_noises_the_aggregate_at_the_server(two_node_run, tmp_path):
     assert "Noise multiplier: 0.3" in log  # Flower's DP wrapper ran
     with np.load(plain_dir / "checkpoints" / "round-0001.npz") as a, np.load(tmp_path / "central" / "checkpoints" / "round-0001.npz") as b:
         assert not np.allclose(a["weights"], b["weights"])
+
+
+def _client_rows(run_dir: Path) -> list[dict]:
+    import csv
+
+    with open(run_dir / "clients.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("policy", ["drop", "stale"])
+def test_qcn_straggler_past_the_deadline_is_dropped_or_folded(tmp_path, policy):
+    # partition 0 on a metro link (~0.1 s), partition 1 on a long-haul path (~14 s):
+    # with a 10 s deadline the far client is late by one round, every round
+    run_name = f"qcn-{policy}"
+    proc = subprocess.run(
+        _launch_cmd(
+            tmp_path, run_name, "--clients", "2", "--rounds", "2", "--transport", "qcn",
+            "--strategy", "fidelity-weighted", "--set", 'qcn-paths="metro;long-haul"',
+            "--set", "round-deadline=10.0", "--set", f'straggler-policy="{policy}"',
+        ),
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )
+    run_dir = tmp_path / run_name
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _rows(run_dir)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert [r["stragglers"] for r in rows[1:]] == [1, 1]
+    # stale: round 1's late update is folded into round 2; drop: never
+    assert [r["stale_folded"] for r in rows[1:]] == ([0, 1] if policy == "stale" else [0, 0])
+    clients = _client_rows(run_dir)
+    assert len(clients) == 4
+    for c in clients:
+        far = c["partition_id"] == "1"
+        assert c["late"] == str(int(far))
+        assert (float(c["latency_s"]) > 10.0) == far and (float(c["fidelity"]) < 0.9) == far
+    # the on-time client alone still moves the model
+    assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
+    assert _processes_in(run_dir) == []

@@ -6,18 +6,20 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from strategies import FidelityWeightedFedAvg, fidelity_weight
 from transport.qcn import (
+    PATHS,
     QCNPath,
     bbpssw,
     decayed_fidelity,
-    deliver_pair,
     dejmps,
+    get_path,
+    sample_pairs,
     swap_fidelity,
-    teleport_parameters,
+    transmit,
 )
 
 
@@ -53,27 +55,68 @@ def test_decay_after_t_equal_t2_by_hand():
 
 def test_longer_paths_lower_fidelity_and_distillation_raises_it():
     rng = np.random.default_rng(0)
-    mean_f = lambda path: np.mean([deliver_pair(path, rng).fidelity for _ in range(300)])  # noqa: E731
+    mean_f = lambda path: sample_pairs(path, 3000, rng)[0].mean()  # noqa: E731
     near, far = QCNPath(distance_km=10, hops=0), QCNPath(distance_km=100, hops=3)
     assert mean_f(near) > mean_f(far)
     distilled = QCNPath(distance_km=100, hops=3, distillation_rounds=1)
     assert mean_f(distilled) > mean_f(far)
+    assert mean_f(QCNPath(distance_km=100, hops=3, distillation_rounds=1, protocol="dejmps")) > mean_f(far)
+
+
+def test_pairs_without_memory_noise_match_the_swap_formula():
+    # infinite coherence: every raw pair has exactly the swapped fidelity of its links
+    path = QCNPath(distance_km=30, hops=2, link_fidelity=0.95, swap_fidelity=0.98, coherence_time_s=math.inf,
+                   cutoff_s=math.inf)
+    f, t = sample_pairs(path, 200, np.random.default_rng(1))
+    expected = swap_fidelity(swap_fidelity(0.95, 0.95, 0.98), 0.95, 0.98)
+    np.testing.assert_allclose(f, expected, rtol=0, atol=1e-12)
+    # at least one attempt per segment plus the swap signalling
+    assert t.min() >= path.attempt_time_s + 2 * path.segment_km / 2e5 - 1e-15
 
 
 def test_fidelity_one_and_no_loss_give_bit_identical_parameters():
     values = np.random.default_rng(1).normal(size=50)
-    got, mask = teleport_parameters(values, 1.0, copies=0, loss=0.0, bound=4.0, rng=np.random.default_rng(2))
-    assert mask.all() and np.array_equal(got, values)
+    sent = transmit(values, PATHS["ideal"], copies=0, rng=np.random.default_rng(2))
+    assert sent.delivered.all() and np.array_equal(sent.estimates, values)
+    assert sent.fidelity == 1.0 and sent.latency_s == 0.0 and sent.lost_copies == 0.0
 
 
-def test_low_fidelity_and_few_copies_add_noise_and_loss_masks():
-    values = np.random.default_rng(3).uniform(-1, 1, size=2000)
+def test_low_fidelity_and_few_copies_add_noise():
+    values = np.random.default_rng(3).uniform(-1, 1, size=500)
     err = {}
-    for f in (0.99, 0.7):
-        got, mask = teleport_parameters(values, f, copies=200, loss=0.2, bound=2.0, rng=np.random.default_rng(4))
-        assert 0.75 < mask.mean() < 0.85 and np.isnan(got[~mask]).all()
-        err[f] = np.mean(np.abs(got[mask] - values[mask]))
-    assert err[0.7] > 1.5 * err[0.99]
+    for spec in ("metro", "long-haul:cutoff_s=10"):
+        sent = transmit(values, get_path(spec), copies=100, rng=np.random.default_rng(4), channels=8)
+        assert sent.delivered.all()
+        err[spec] = np.mean(np.abs(sent.estimates - values))
+    assert err["long-haul:cutoff_s=10"] > 2 * err["metro"]
+
+
+def test_carriers_past_the_cutoff_are_lost_and_masked():
+    values = np.linspace(-1, 1, 400)
+    # one copy per value; a cutoff near the typical pair time loses a good fraction
+    path = get_path("long-haul:cutoff_s=0.03")
+    sent = transmit(values, path, copies=1, rng=np.random.default_rng(5))
+    lost = ~sent.delivered
+    assert 0.1 < lost.mean() < 0.9
+    assert np.isnan(sent.estimates[lost]).all() and np.isfinite(sent.estimates[~lost]).all()
+    assert sent.lost_copies == pytest.approx(lost.mean())
+
+
+def test_more_channels_cut_latency():
+    values = np.zeros(64) + 0.5
+    slow = transmit(values, PATHS["regional"], copies=10, rng=np.random.default_rng(6), channels=1)
+    fast = transmit(values, PATHS["regional"], copies=10, rng=np.random.default_rng(6), channels=16)
+    assert fast.latency_s < slow.latency_s / 8
+
+
+def test_path_specs_parse_and_name_bad_fields():
+    assert get_path("metro:hops=2,distance_km=40").hops == 2
+    with pytest.raises(ValueError, match="unknown QCN path 'moon'"):
+        get_path("moon")
+    with pytest.raises(ValueError, match="bad override 'warp=9'"):
+        get_path("metro:warp=9")
+    with pytest.raises(ValueError, match="p_gen must be in"):
+        get_path("metro:p_gen=0")
 
 
 # --- FidelityWeightedFedAvg -----------------------------------------------------------
@@ -85,7 +128,7 @@ def _reply(x, n, fidelity=None, mask=None, node=0):
         metrics["fidelity"] = fidelity
     content = {"arrays": ArrayRecord({"w": Array(np.asarray(x, dtype=float))}), "metrics": MetricRecord(metrics)}
     if mask is not None:
-        content["mask"] = ArrayRecord({"w": Array(np.asarray(mask, dtype=np.uint8))})
+        content["mask"] = ConfigRecord({"w": np.packbits(np.asarray(mask, dtype=bool)).tobytes()})
     msg = Message(content=RecordDict(content), dst_node_id=0, message_type="train")
     msg.metadata.__dict__["_src_node_id"] = node
     return msg

@@ -17,7 +17,7 @@ def _row(r, acc):
     return {
         "round": r, "train_loss": float("nan") if r == 0 else 1.0 / r, "train_accuracy": float("nan"),
         "test_loss": 1.0, "test_accuracy": acc, "round_time_s": 0.5 * r, "bytes_down": 10 * r,
-        "bytes_up": 12 * r, "clients_ok": 2, "clients_failed": 0, "dp_epsilon": float("nan"),
+        "bytes_up": 12 * r, "clients_ok": 2, "clients_failed": 0, "dp_epsilon": float("nan"), "stragglers": 0, "stale_folded": 0,
     }
 
 

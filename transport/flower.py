@@ -39,7 +39,9 @@ def _without_envelope(content: RecordDict) -> tuple[RecordDict, int]:
 
 def transport_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """ClientApp mod: decode what arrives, encode the reply, per the run's ``transport``."""
-    stack = build_transport(str(context.run_config[TRANSPORT_KEY]), context.run_config, node_sae(context.node_id))
+    stack = build_transport(
+        str(context.run_config[TRANSPORT_KEY]), context.run_config, node_sae(context.node_id), context.node_config
+    )
     if not stack.transports:
         return call_next(msg, context)
     me = node_sae(context.node_id)

@@ -23,18 +23,24 @@ with fidelity :math:`F = (1 + 3w)/4`:
   :math:`A' = (A^2 + B^2)/N,\\ B' = 2CD/N,\\ C' = (C^2 + D^2)/N,\\ D' = 2AB/N`,
   :math:`N = (A + B)^2 + (C + D)^2`.
 - **teleporting a parameter** through a Werner pair applies the depolarizing channel
-  :math:`\\rho \\to w\\rho + (1-w) I/2` to the carrier qubit. A parameter mapped to the angle
+  :math:`\\rho \\to w\\rho + (1-w) I/2` to the carrier qubit. A value mapped to the angle
   :math:`\\phi \\in [0, \\pi]` in :math:`\\cos(\\phi/2)|0\\rangle + \\sin(\\phi/2)|1\\rangle`
   gives :math:`\\langle Z\\rangle = w \\cos\\phi`; the server measures ``copies`` copies and
-  inverts, :math:`\\hat\\phi = \\arccos(\\hat Z / w)` (clipped): finite copies and low
-  fidelity both add noise. A parameter is *lost* when its carrier is (probability
-  ``loss``); it is then absent from the update (a mask).
+  inverts, :math:`\\hat\\phi = \\arccos(\\hat Z / \\bar w)` (clipped): finite copies and low
+  fidelity both add noise, of standard deviation about :math:`1/(\\bar w \\sqrt{copies})` in Z.
+- **loss**: the carrier waits in the sender's memory while its pair is established; a
+  carrier that waits longer than the cutoff is discarded like any stored qubit, so that
+  copy is lost; a value whose copies are all lost is absent from the update (a mask).
+  Path loss thus shows up as time (more attempts), and time as loss and decoherence.
+- **latency** of an update: its pairs are served in order on ``channels`` parallel
+  channels; the update has arrived when the busiest channel is done and the last
+  teleportation outcome (one classical message, :math:`L/c`) has reached the server.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -139,63 +145,151 @@ class QCNPath:
         return 2 * self.segment_km / C_FIBER_KM_S
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """One end-to-end pair: its fidelity and the time it took (s)."""
-
-    fidelity: float
-    latency_s: float
+    @property
+    def name(self) -> str:
+        return f"{self.distance_km:g} km/{self.hops} hops"
 
 
-def deliver_pair(path: QCNPath, rng: np.random.Generator) -> Delivery:
-    """Monte-Carlo one end-to-end pair (with distillation, ``2**rounds`` raw pairs)."""
-    pairs = [_raw_pair(path, rng) for _ in range(2**path.distillation_rounds)]
-    signalling = path.distance_km / C_FIBER_KM_S  # one-way classical message per round
-    while len(pairs) > 1:
-        nxt = []
-        for a, b in zip(pairs[::2], pairs[1::2]):
-            t = max(a.latency_s, b.latency_s) + signalling
-            fa = decayed_fidelity(a.fidelity, t - a.latency_s, path.coherence_time_s)
-            fb = decayed_fidelity(b.fidelity, t - b.latency_s, path.coherence_time_s)
-            f = min(fa, fb)  # symmetric input: the weaker pair bounds the output
-            if path.protocol == "bbpssw":
-                f_out, p = bbpssw(f)
-            else:
-                rest = (1 - f) / 3
-                (f_out, *_), p = dejmps((f, rest, rest, rest))
-            if rng.random() < p:
-                nxt.append(Delivery(f_out, t))
-            else:  # failed: regenerate both from scratch after this attempt
-                again = [_raw_pair(path, rng) for _ in range(2)]
-                nxt.append(Delivery(min(x.fidelity for x in again), t + max(x.latency_s for x in again)))
-        pairs = nxt
-    return pairs[0]
+# Named paths (fields can be overridden: "far:coherence_time_s=0.01,hops=4"). Fidelities,
+# memories and BSMs are in the range reported for trapped-ion / NV / atomic-ensemble
+# repeater nodes; "ideal" is a perfect, instantaneous link (for tests and controls).
+PATHS: dict[str, QCNPath] = {
+    "ideal": QCNPath(0.0, 0, p_gen=1.0, link_fidelity=1.0, coherence_time_s=math.inf,
+                     cutoff_s=math.inf, swap_fidelity=1.0),
+    "metro": QCNPath(10.0, 0, p_gen=0.5, link_fidelity=0.99, coherence_time_s=1.0, cutoff_s=0.5,
+                     swap_fidelity=0.99),
+    "regional": QCNPath(60.0, 1, p_gen=0.5, link_fidelity=0.97, coherence_time_s=0.1, cutoff_s=0.05,
+                        swap_fidelity=0.98),
+    "long-haul": QCNPath(200.0, 3, p_gen=0.3, link_fidelity=0.95, coherence_time_s=0.05, cutoff_s=0.04,
+                         swap_fidelity=0.97),
+    "poor-memory": QCNPath(120.0, 2, p_gen=0.3, link_fidelity=0.93, coherence_time_s=0.004, cutoff_s=0.008,
+                           swap_fidelity=0.95),
+    # long-haul with memories good enough for one round of distillation to pay off
+    "distilled": QCNPath(200.0, 3, p_gen=0.3, link_fidelity=0.95, coherence_time_s=1.0, cutoff_s=0.5,
+                         swap_fidelity=0.97, distillation_rounds=1, protocol="dejmps"),
+}
 
 
-def _raw_pair(path: QCNPath, rng: np.random.Generator) -> Delivery:
-    """Generate all segments (with cutoffs), wait for the slowest, then swap."""
-    p, t_att = path.attempt_success, path.attempt_time_s
+def get_path(spec: str) -> QCNPath:
+    """A named path, optionally with fields overridden: ``"metro"``,
+    ``"long-haul:distillation_rounds=1,protocol=dejmps"``.
+
+    Raises
+    ------
+    ValueError
+        Unknown name or field, or a value out of range (naming it).
+    """
+    name, _, overrides = spec.strip().partition(":")
+    if name not in PATHS:
+        raise ValueError(f"unknown QCN path {name!r} (choose from {', '.join(PATHS)})")
+    path = PATHS[name]
+    if not overrides:
+        return path
+    fields = {f: type(getattr(path, f)) for f in path.__dataclass_fields__}
+    changes: dict[str, object] = {}
+    for item in overrides.split(","):
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ValueError(f"QCN path {spec!r}: bad override {item!r} (fields: {', '.join(fields)})")
+        raw = raw.strip()
+        try:
+            changes[key] = raw if fields[key] is str else int(raw) if fields[key] is int else float(raw)
+        except ValueError as err:
+            raise ValueError(f"QCN path {spec!r}: {key}={raw!r} is not a number") from err
+    try:
+        return replace(path, **changes)
+    except ValueError as err:
+        raise ValueError(f"QCN path {spec!r}: {err}") from err
+
+
+# --- Monte Carlo of end-to-end pairs ----------------------------------------------------
+
+# A path whose segments almost never all succeed within the cutoff would loop for ever.
+MAX_CUTOFF_RESTARTS = 100_000
+
+
+def sample_pairs(path: QCNPath, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` end-to-end pairs, each established from scratch: ``(fidelity[n], latency_s[n])``.
+
+    A pair is ``2**distillation_rounds`` raw pairs distilled pairwise; a raw pair is one
+    elementary pair per segment (geometric attempts; all restart if a stored qubit
+    passes the cutoff), decayed while waiting for the slowest, then swapped at every
+    repeater. Latency counts the attempts, the memory waiting and the classical
+    signalling of swaps and distillation.
+    """
+    return _distilled(path, path.distillation_rounds, n, rng)
+
+
+def deliver_pair(path: QCNPath, rng: np.random.Generator) -> tuple[float, float]:
+    """One end-to-end pair: ``(fidelity, latency_s)``."""
+    f, t = sample_pairs(path, 1, rng)
+    return float(f[0]), float(t[0])
+
+
+def _raw_pairs(path: QCNPath, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     n_seg = path.hops + 1
-    ready = np.zeros(n_seg)
-    t_now = 0.0
-    while True:
-        # each segment retries until success; its pair then waits in memory
-        ready = t_now + rng.geometric(p, size=n_seg) * t_att
-        t_done = ready.max()
-        waited = t_done - ready
-        if waited.max() <= path.cutoff_s:
-            break
-        t_now = t_done  # some qubit exceeded the cutoff: discard all, start again
-    fids = [decayed_fidelity(path.link_fidelity, w, path.coherence_time_s) for w in waited]
-    fidelity = fids[0]
-    for f in fids[1:]:
-        fidelity = swap_fidelity(fidelity, f, path.swap_fidelity)
-    swap_signalling = path.hops * path.segment_km / C_FIBER_KM_S
-    return Delivery(fidelity, t_done + swap_signalling)
+    p, t_att = path.attempt_success, path.attempt_time_s
+    w_link, w_bsm = werner_parameter(path.link_fidelity), werner_parameter(path.swap_fidelity)
+    fid, lat = np.empty(n), np.empty(n)
+    start = np.zeros(n)
+    todo = np.arange(n)
+    for _ in range(MAX_CUTOFF_RESTARTS):
+        ready = rng.geometric(p, size=(todo.size, n_seg)) * t_att  # each segment's success time
+        done = ready.max(axis=1)
+        waited = done[:, None] - ready
+        ok = waited.max(axis=1) <= path.cutoff_s
+        idx = todo[ok]
+        # swapping Werner pairs multiplies their parameters: w = prod(w_i) * w_BSM^hops
+        w = np.prod(w_link * _decay(waited[ok], path.coherence_time_s), axis=1) * w_bsm**path.hops
+        fid[idx] = werner_fidelity(w)
+        lat[idx] = start[idx] + done[ok] + path.hops * path.segment_km / C_FIBER_KM_S
+        start[todo[~ok]] += done[~ok]  # a qubit passed the cutoff: discard all, start again
+        todo = todo[~ok]
+        if todo.size == 0:
+            return fid, lat
+    raise ValueError(f"QCN path {path}: segments almost never all succeed within the cutoff; raise cutoff_s")
+
+
+def _distilled(path: QCNPath, level: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    if level == 0:
+        return _raw_pairs(path, n, rng)
+    signalling = path.distance_km / C_FIBER_KM_S  # one-way classical message per round
+    fid, lat, start = np.empty(n), np.empty(n), np.zeros(n)
+    todo = np.arange(n)
+    while todo.size:
+        fa, ta = _distilled(path, level - 1, todo.size, rng)
+        fb, tb = _distilled(path, level - 1, todo.size, rng)
+        t = np.maximum(ta, tb) + signalling
+        # both inputs decay while the other is made and the outcomes are exchanged;
+        # symmetric input: the weaker pair bounds the output
+        f = np.minimum(
+            0.25 + (fa - 0.25) * _decay(t - ta, path.coherence_time_s),
+            0.25 + (fb - 0.25) * _decay(t - tb, path.coherence_time_s),
+        )
+        if path.protocol == "bbpssw":
+            f_out, p = bbpssw(f)
+        else:
+            rest = (1 - f) / 3
+            (f_out, *_), p = dejmps((f, rest, rest, rest))
+        ok = rng.random(todo.size) < p
+        fid[todo[ok]] = f_out[ok]
+        lat[todo[ok]] = start[todo[ok]] + t[ok]
+        start[todo[~ok]] += t[~ok]  # failed: both pairs are gone, make two new ones
+        todo = todo[~ok]
+    return fid, lat
+
+
+def _decay(t: np.ndarray, coherence_time: float) -> np.ndarray:
+    """Werner-parameter factor :math:`e^{-t/T}` of a memory (1 for ``T = inf``)."""
+    return np.ones_like(t) if math.isinf(coherence_time) else np.exp(-t / coherence_time)
+
+
+# --- parameters carried by qubits ----------------------------------------------------
 
 
 def encode_angles(values: np.ndarray, bound: float) -> np.ndarray:
-    """Map parameters in ``[-bound, bound]`` to carrier angles in ``[0, pi]`` (clipped)."""
+    """Map values in ``[-bound, bound]`` to carrier angles in ``[0, pi]`` (clipped)."""
     return np.pi * (np.clip(values, -bound, bound) + bound) / (2 * bound)
 
 
@@ -203,36 +297,79 @@ def decode_angles(angles: np.ndarray, bound: float) -> np.ndarray:
     return angles * (2 * bound) / np.pi - bound
 
 
-def teleport_parameters(
-    values: np.ndarray,
-    fidelity: float,
-    copies: int,
-    loss: float,
-    bound: float,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """What the server recovers of ``values`` sent over pairs of ``fidelity``.
+@dataclass(frozen=True)
+class Transmission:
+    """What the server recovers of values sent over a path.
 
-    Returns ``(estimates, delivered_mask)``; lost entries hold ``nan``. With
-    ``copies == 0`` the expectation is exact (infinitely many copies); with fidelity one,
-    no loss and exact expectations the values come back bit-identical.
+    Attributes
+    ----------
+    estimates : np.ndarray
+        The server's estimate of each value; ``nan`` where it was lost.
+    delivered : np.ndarray
+        Boolean, same shape: at least one copy of the value arrived.
+    fidelity : float
+        Mean fidelity of the pairs (with carrier storage) that carried the copies that
+        arrived: what the server inverts with, and what travels with the update.
+    latency_s : float
+        From the first pair request to the last classical teleportation outcome (s).
+    pairs : int
+        End-to-end pairs consumed.
+    lost_copies : float
+        Fraction of copies whose carrier passed the cutoff before its pair arrived.
     """
+
+    estimates: np.ndarray
+    delivered: np.ndarray
+    fidelity: float
+    latency_s: float
+    pairs: int
+    lost_copies: float
+
+
+def transmit(values: np.ndarray, path: QCNPath, copies: int, rng: np.random.Generator, channels: int = 1) -> Transmission:
+    """Send ``values`` over ``path``, each as ``copies`` teleported carrier qubits.
+
+    Each value gets ``max(copies, 1)`` end-to-end pairs (:func:`sample_pairs`), served in
+    order on ``channels`` parallel channels. A carrier waits in the sender's memory for
+    its pair: it decays meanwhile and is discarded (the copy is lost) when the wait
+    passes the cutoff; a value is lost when every copy is. The server measures Z on
+    the copies that arrived and inverts with the mean Werner parameter :math:`\\bar w`
+    (module doc). ``copies = 0`` means exact expectations (infinitely many copies) on
+    one pair per value; then fidelity one gives back the values bit-identical. The
+    range ``[-bound, bound]`` of the encoding is ``max |values|``, sent classically.
+    """
+    if copies < 0 or channels < 1:
+        raise ValueError(f"copies must be >= 0 and channels >= 1, got {copies}, {channels}")
     values = np.asarray(values, dtype=np.float64)
-    delivered = rng.random(values.shape) >= loss
-    if fidelity >= 1.0 and copies == 0:
-        out = values.copy()
+    flat = values.ravel()
+    n, k = flat.size, max(copies, 1)
+    f, t = sample_pairs(path, n * k, rng)
+    per_channel = np.zeros(channels * math.ceil(n * k / channels))
+    per_channel[: n * k] = t
+    latency = float(per_channel.reshape(-1, channels).sum(axis=0).max()) + path.distance_km / C_FIBER_KM_S
+    f, t = f.reshape(n, k), t.reshape(n, k)
+    alive = t <= path.cutoff_s
+    w = werner_parameter(f) * _decay(t, path.coherence_time_s)  # carrier stored while its pair is made
+    w_bar = float(w[alive].mean()) if alive.any() else 0.0
+    delivered = alive.any(axis=1) & (w_bar > 0)  # at w <= 0 the copies carry nothing
+    bound = float(np.abs(flat).max()) if n else 0.0
+    if (copies == 0 and np.all(w[alive] == 1.0)) or bound == 0.0:
+        est = flat.copy()
     else:
-        w = werner_parameter(fidelity)
-        if w <= 0:
-            out = np.full(values.shape, np.nan)
-            delivered[...] = False
-        else:
-            phi = encode_angles(values, bound)
-            z = w * np.cos(phi)
-            if copies:
-                z = 2.0 * rng.binomial(copies, (1 + z) / 2) / copies - 1.0
-            out = decode_angles(np.arccos(np.clip(z / w, -1.0, 1.0)), bound)
-            # parameters outside the bound come back clipped: keep those the sender clipped
-            inside = np.abs(values) <= bound
-            out = np.where(inside, out, np.clip(values, -bound, bound))
-    return np.where(delivered, out, np.nan), delivered
+        cos_phi = np.cos(encode_angles(flat, bound))[:, None]
+        n_alive = np.maximum(alive.sum(axis=1), 1)
+        if copies == 0:
+            z = (w * alive).sum(axis=1) / n_alive * cos_phi[:, 0]
+        else:  # one +-1 outcome per copy: P(+1) = (1 + w cos(phi)) / 2
+            outcome = np.where(rng.random((n, k)) < (1 + w * cos_phi) / 2, 1.0, -1.0)
+            z = (outcome * alive).sum(axis=1) / n_alive
+        est = decode_angles(np.arccos(np.clip(z / w_bar, -1.0, 1.0)), bound) if w_bar > 0 else np.zeros(n)
+    est = np.where(delivered, est, np.nan).reshape(values.shape)
+    return Transmission(
+        estimates=est,
+        delivered=delivered.reshape(values.shape),
+        fidelity=werner_fidelity(w_bar),
+        latency_s=latency,
+        pairs=n * k,
+        lost_copies=float(1.0 - alive.mean()) if n else 0.0,
+    )

@@ -1,5 +1,6 @@
-"""Transports chosen by name in the run config: ``"plain"``, ``"qkd"``, ``"dp"``,
-``"qkd+dp"`` (the first nearest the wire), or ``"package.module:Class"``."""
+"""Transports chosen by name in the run config: ``"plain"``, ``"qkd"``, ``"dp"``, ``"qcn"``,
+compositions such as ``"qkd+qcn+dp"`` (the first nearest the wire), or
+``"package.module:Class"``."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from transport.base import PlainTransport, Transport, TransportStack
 
 TRANSPORT_KEY = "transport"
 KMS_URL_KEY = "kms-url"
-BUILTIN_TRANSPORTS = ("plain", "qkd", "dp")
+BUILTIN_TRANSPORTS = ("plain", "qkd", "dp", "qcn")
 
 
-def build_transport(spec: str, run_config: Mapping[str, object], sae_id: str) -> TransportStack:
+def build_transport(
+    spec: str, run_config: Mapping[str, object], sae_id: str, node_config: Mapping[str, object] | None = None
+) -> TransportStack:
     """The transport stack ``spec`` names, for the application ``sae_id``.
+
+    ``node_config`` is the SuperNode's node config on a node, ``None`` on the server.
 
     A user class is built with ``Class.from_run_config(run_config, sae_id)`` if it has
     that classmethod, else ``Class()``.
@@ -40,6 +45,10 @@ def build_transport(spec: str, run_config: Mapping[str, object], sae_id: str) ->
             from transport.dp import LocalDPTransport
 
             stack.append(LocalDPTransport.from_run_config(run_config, sae_id))
+        elif part == "qcn":
+            from transport.qcn_transport import QCNTransport
+
+            stack.append(QCNTransport.from_run_config(run_config, sae_id, node_config))
         elif ":" in part:
             module_name, _, attr = part.partition(":")
             try:

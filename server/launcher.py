@@ -180,6 +180,62 @@ def run_config_arg(cfg: RunConfig) -> str:
     return " ".join(parts)
 
 
+# --- commands (shared with docker-compose.yml and docs/deploy.md; tests compare them) -----
+
+
+def superlink_command(
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    tls_dir: str | None = None,
+    node_auth: bool = False,
+    simulation: bool = False,
+) -> list[str]:
+    """``flower-superlink`` serving Fleet, Control and Runtime APIs on ``host:port``.
+
+    With ``tls_dir``, TLS with ``ca.crt``, ``server.pem`` and ``server.key`` from it
+    (``scripts/gen_certs.py``); ``node_auth`` admits registered SuperNodes only.
+    """
+    cmd = ["flower-superlink"]
+    if tls_dir is None:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--ssl-ca-certfile", f"{tls_dir}/ca.crt", "--ssl-certfile", f"{tls_dir}/server.pem",
+                "--ssl-keyfile", f"{tls_dir}/server.key"]
+    if node_auth:
+        cmd.append("--enable-supernode-auth")
+    # never `uv sync` the app's dependencies at run time (they are installed)
+    cmd += ["--disable-runtime-dependency-installation", "--host", host, "--port", str(port)]
+    if simulation:
+        cmd.append("--simulation")
+    return cmd
+
+
+def supernode_command(
+    superlink: str,
+    port: int,
+    partition_id: int,
+    num_partitions: int,
+    *,
+    root_cert: str | None = None,
+    auth_key: str | None = None,
+    node_config: dict[str, object] | None = None,
+) -> list[str]:
+    """``flower-supernode`` for one partition, dialling ``superlink`` (host:port).
+
+    ``root_cert`` (the CA) turns TLS on; ``auth_key`` is the node's private key;
+    ``node_config`` adds keys such as ``device-profile`` or ``qcn-path``.
+    """
+    cmd = ["flower-supernode"]
+    cmd += ["--insecure"] if root_cert is None else ["--root-certificates", root_cert]
+    if auth_key is not None:
+        cmd += ["--auth-supernode-private-key", auth_key]
+    config = f"partition-id={partition_id} num-partitions={num_partitions}"
+    for key, value in (node_config or {}).items():
+        config += f" {key}={json.dumps(value) if isinstance(value, str) else value}"
+    return cmd + ["--superlink", superlink, "--port", str(port), "--node-config", config]
+
+
 # --- processes ----------------------------------------------------------------------
 
 
@@ -325,20 +381,20 @@ def flwr_env(flwr_home: Path, cache_dir: Path) -> dict[str, str]:
     return env
 
 
-def write_flower_config(flwr_home: Path, port: int, num_supernodes: int | None) -> None:
-    """``$FLWR_HOME/config.toml`` with one connection, :data:`CONNECTION`."""
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "[superlink]",
-        f'default = "{CONNECTION}"',
-        "",
-        f"[superlink.{CONNECTION}]",
-        f'address = "127.0.0.1:{port}"',
-        "insecure = true",
-    ]
+def flower_config(address: str, *, root_cert: str | None = None, num_supernodes: int | None = None,
+                  name: str = CONNECTION) -> str:
+    """Text of a ``$FLWR_HOME/config.toml`` with one (default) connection ``name``."""
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    lines.append("insecure = true" if root_cert is None else f'root-certificates = "{root_cert}"')
     if num_supernodes is not None:
         lines.append(f"options.num-supernodes = {num_supernodes}")
-    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_flower_config(flwr_home: Path, port: int, num_supernodes: int | None) -> None:
+    """``$FLWR_HOME/config.toml`` with one connection, :data:`CONNECTION`, on loopback."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(flower_config(f"127.0.0.1:{port}", num_supernodes=num_supernodes))
 
 
 # --- the launch ---------------------------------------------------------------------
@@ -364,15 +420,7 @@ def launch(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         port = free_port()
-        superlink_cmd = [
-            "flower-superlink",
-            "--insecure",
-            "--disable-runtime-dependency-installation",
-            "--port",
-            str(port),
-        ]
-        if args.simulation:
-            superlink_cmd.append("--simulation")
+        superlink_cmd = superlink_command(port, simulation=args.simulation)
         if "qkd" in (p.strip() for p in cfg.transport.split("+")) and not args.external_kms:
             # the key manager is a service of its own, as a vendor's would be
             kms_port = free_port()
@@ -391,16 +439,7 @@ def launch(args: argparse.Namespace) -> int:
                 node_port = free_port()
                 node = group.start(
                     f"supernode-{pid}",
-                    [
-                        "flower-supernode",
-                        "--insecure",
-                        "--superlink",
-                        f"127.0.0.1:{port}",
-                        "--port",
-                        str(node_port),
-                        "--node-config",
-                        f"partition-id={pid} num-partitions={clients}",
-                    ],
+                    supernode_command(f"127.0.0.1:{port}", node_port, pid, clients),
                     cwd=run_dir,
                 )
                 wait_for_port(node_port, node, STARTUP_TIMEOUT_S, f"flower-supernode {pid}", log_dir / f"supernode-{pid}.log")

@@ -466,10 +466,20 @@ def _raise_keyboard_interrupt(signum, frame):  # type: ignore[no-untyped-def]
 
 
 def stream_run(
-    app_dir: Path, cfg: RunConfig, env: dict[str, str], log_path: Path, verbose: bool, timeout: float
+    app_dir: Path,
+    cfg: RunConfig,
+    env: dict[str, str],
+    log_path: Path,
+    verbose: bool,
+    timeout: float,
+    prefix: tuple[str, ...] = (),
+    connection: str = CONNECTION,
 ) -> int:
-    """``flwr run --stream``; echo progress lines (all lines with ``verbose``)."""
-    cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", run_config_arg(cfg)]
+    """``flwr run --stream``; echo progress lines (all lines with ``verbose``).
+
+    ``prefix`` runs it through another command (e.g. ``ip netns exec NS``).
+    """
+    cmd = [*prefix, "flwr", "run", str(app_dir), connection, "--stream", "--run-config", run_config_arg(cfg)]
     with open(log_path, "w") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         proc = subprocess.Popen(

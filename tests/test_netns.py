@@ -188,7 +188,8 @@ def _processes_under(root: Path) -> list[str]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if cwd.startswith(str(root)) or str(root) in cmd or SUFFIX in cmd.split("netns exec ")[-1].split(" ")[0]:
+        in_our_ns = cmd.startswith("ip netns exec qfl-") and cmd.split()[3].endswith(f"-{SUFFIX}")
+        if cwd.startswith(str(root)) or str(root) in cmd or in_our_ns:
             found.append(f"{pid}: {cmd}")
     return found
 

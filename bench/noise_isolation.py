@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from federation import ROOT, launch_accuracy, plot_accuracy, print_accuracy_table, rounds_to
 GOOD = ["ibm-heron", "ibm-eagle", "ionq-aria", "quantinuum-h1", "ibm-heron"]
 NOISY = "noisy-nisq"
 
@@ -34,22 +32,11 @@ def profiles(clients: int, noisy: int, noisy_profile: str = NOISY) -> str:
 
 
 def run(name: str, strategy: str, device_profiles: str, args: argparse.Namespace, out: Path) -> list[float]:
-    cmd = [
-        sys.executable, "-m", "server.launcher", "launch", "--simulation",
+    return launch_accuracy(name, out, [
         "--clients", str(args.clients), "--rounds", str(args.rounds), "--dataset", args.dataset,
-        "--strategy", strategy, "--run-name", name, "--seed", str(args.seed),
-        "--set", f'output-dir="{out}"', "--set", f'device-profiles="{device_profiles}"',
+        "--strategy", strategy, "--seed", str(args.seed), "--set", f'device-profiles="{device_profiles}"',
         "--partitioner", args.partitioner,
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    rows = json.loads((out / name / "metrics.json").read_text())["rounds"]
-    return [r["test_accuracy"] for r in rows]
-
-
-def rounds_to(acc: list[float], target: float) -> int | None:
-    return next((r for r, a in enumerate(acc) if r > 0 and a >= target - 1e-12), None)
+    ])
 
 
 def main() -> None:
@@ -81,9 +68,7 @@ def main() -> None:
         results[name] = run(name, strategy, device_profiles, args, out)
 
     print(f"\ntest accuracy per round ({args.clients} {args.dataset} clients; heterogeneous: {args.noisy} on {args.noisy_profile})")
-    print("round " + " ".join(f"{n:>24}" for n in results))
-    for r in range(args.rounds + 1):
-        print(f"{r:>5} " + " ".join(f"{acc[r]:>24.3f}" for acc in results.values()))
+    print_accuracy_table(results, args.rounds)
 
     print("\nsummary (ratio and differences against FedAvg of the same setting, same run)")
     print(f"{'run':>24} {'final_acc':>9} {'diff_pts':>9} {'rounds_to_fedavg_final':>23} {'round_ratio':>11}")
@@ -95,19 +80,7 @@ def main() -> None:
         summary[name] = {"final": acc[-1], "diff_points": 100 * (acc[-1] - base[-1]), "rounds_to_fedavg_final": reach, "round_ratio": ratio}
         print(f"{name:>24} {acc[-1]:>9.3f} {100 * (acc[-1] - base[-1]):>+9.1f} {str(reach):>23} {('-' if ratio is None else f'{ratio:.2f}'):>11}")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, acc in results.items():
-        ax.plot(range(len(acc)), acc, "--" if name.startswith("control") else "-", marker="o", ms=3, label=name)
-    ax.set(xlabel="round", ylabel="central test accuracy", title=f"{args.dataset}: {args.noisy}/{args.clients} clients on {args.noisy_profile}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out.parent / f"{stem}.png", dpi=110)
+    plot_accuracy(results, f"{args.dataset}: {args.noisy}/{args.clients} clients on {args.noisy_profile}", out.parent / f"{stem}.png")
     (out.parent / f"{stem}.json").write_text(json.dumps({"args": vars(args), "accuracy": results, "summary": summary}, indent=1))
     print(f"\nplot: {out.parent / f'{stem}.png'}")
 

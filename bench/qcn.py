@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from federation import ROOT, launch_accuracy, plot_accuracy, print_accuracy_table, rounds_to
 
+sys.path.insert(0, str(ROOT))
 from transport.qcn import QCNPath, sample_pairs  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -81,22 +80,11 @@ def plot_channel(rows: list[dict], path: Path) -> None:
 
 
 def run(name: str, strategy: str, paths: str, args: argparse.Namespace, out: Path) -> list[float]:
-    cmd = [
-        sys.executable, "-m", "server.launcher", "launch", "--simulation",
+    return launch_accuracy(name, out, [
         "--clients", str(args.clients), "--rounds", str(args.rounds), "--dataset", args.dataset,
-        "--strategy", strategy, "--run-name", name, "--seed", str(args.seed), "--transport", "qcn",
-        "--partitioner", args.partitioner,
-        "--set", f'output-dir="{out}"', "--set", f'qcn-paths="{paths}"', "--set", f"qcn-copies={args.copies}",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    rows = json.loads((out / name / "metrics.json").read_text())["rounds"]
-    return [r["test_accuracy"] for r in rows]
-
-
-def rounds_to(acc: list[float], target: float) -> int | None:
-    return next((r for r, a in enumerate(acc) if r > 0 and a >= target - 1e-12), None)
+        "--strategy", strategy, "--seed", str(args.seed), "--transport", "qcn", "--partitioner", args.partitioner,
+        "--set", f'qcn-paths="{paths}"', "--set", f"qcn-copies={args.copies}",
+    ])
 
 
 def main() -> None:
@@ -142,9 +130,7 @@ def main() -> None:
         results[name] = run(name, strategy, paths, args, out)
 
     print(f"\ntest accuracy per round ({args.clients} {args.dataset} clients; {args.far} on {args.far_path}, the rest on {'/'.join(NEAR)})")
-    print("round " + " ".join(f"{n:>24}" for n in results))
-    for r in range(args.rounds + 1):
-        print(f"{r:>5} " + " ".join(f"{acc[r]:>24.3f}" for acc in results.values()))
+    print_accuracy_table(results, args.rounds)
 
     base = results["hetero-fedavg"]
     base_reach = rounds_to(base, base[-1])
@@ -157,19 +143,7 @@ def main() -> None:
         summary[name] = {"final": acc[-1], "diff_points": 100 * (acc[-1] - base[-1]), "rounds_to_target": reach, "ratio": ratio}
         print(f"{name:>26} {acc[-1]:>9.3f} {100 * (acc[-1] - base[-1]):>+9.1f} {str(reach):>16} {('-' if ratio is None else f'{ratio:.2f}'):>15}")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, acc in results.items():
-        ax.plot(range(len(acc)), acc, "--" if name.startswith("control") else "-", marker="o", ms=3, label=name)
-    ax.set(xlabel="round", ylabel="central test accuracy", title=f"{args.dataset}: {args.far}/{args.clients} clients on {args.far_path}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "qcn_federation.png", dpi=110)
+    plot_accuracy(results, f"{args.dataset}: {args.far}/{args.clients} clients on {args.far_path}", RESULTS / "qcn_federation.png")
     (RESULTS / "qcn_federation.json").write_text(json.dumps({"args": vars(args), "accuracy": results, "summary": summary}, indent=1))
     print(f"plot: {RESULTS / 'qcn_federation.png'}")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import processes
 from server.launcher import PROJECT_DIR
 
 pytestmark = pytest.mark.integration
@@ -34,16 +35,7 @@ def _launch_cmd(out: Path, run_name: str, *extra: str) -> list[str]:
 
 def _processes_in(run_dir: Path) -> list[str]:
     """Processes whose working directory is inside ``run_dir`` (all the launcher starts)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if cwd == str(run_dir) or cwd.startswith(str(run_dir) + os.sep):
-            found.append(f"{pid}: {cmd}")
-    return found
+    return processes(lambda cwd, cmd: cwd == str(run_dir) or cwd.startswith(str(run_dir) + os.sep))
 
 
 def _rows(run_dir: Path) -> list[dict]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from client.config import RunConfig
+from helpers import processes
 from server.launcher import (
     PROJECT_DIR,
     ProcessGroup,
@@ -181,17 +182,13 @@ def federation(tmp_path_factory):
 
 
 def _processes_under(root: Path) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
+    """Processes started for this deployment: run in ``root``, or in our namespaces."""
+
+    def ours(cwd: str, cmd: str) -> bool:
         in_our_ns = cmd.startswith("ip netns exec qfl-") and cmd.split()[3].endswith(f"-{SUFFIX}")
-        if cwd.startswith(str(root)) or str(root) in cmd or in_our_ns:
-            found.append(f"{pid}: {cmd}")
-    return found
+        return cwd.startswith(str(root)) or str(root) in cmd or in_our_ns
+
+    return processes(ours)
 
 
 def test_two_rounds_over_tls_between_namespaces(federation):

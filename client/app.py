@@ -17,10 +17,12 @@ from client.data import load_partition
 from client.task import build_dataset, build_model
 from client.train import evaluate as evaluate_model
 from client.train import train_local
-from transport.flower import transport_mod
+from transport.flower import HELLO_ACTION, answer_hello, transport_mod
 
 # The transport mod decodes what arrives and encodes the reply (run config `transport`).
 app = ClientApp(mods=[transport_mod])
+# the server asks a node which SAE it is once per run (transports that identify ends)
+app.query(HELLO_ACTION)(answer_hello)
 
 
 def _setup(msg: Message, context: Context):

@@ -35,10 +35,12 @@ LEARNING_RATE = "learning-rate"
 STRATEGY = "strategy"
 TRANSPORT = "transport"
 KMS_URL = "kms-url"
+QKD_SERVER_SAE = "qkd-server-sae"
 DP_MODE = "dp-mode"
 DP_CLIP = "dp-clip"
 DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
 DP_DELTA = "dp-delta"
+DP_ACCOUNTANT = "dp-accountant"
 QCN_PATHS = "qcn-paths"
 QCN_COPIES = "qcn-copies"
 QCN_CHANNELS = "qcn-channels"
@@ -110,10 +112,12 @@ class RunConfig:
     learning_rate: float
     transport: str
     kms_url: str
+    qkd_server_sae: str
     dp_mode: str
     dp_clip: float
     dp_noise_multiplier: float
     dp_delta: float
+    dp_accountant: str
     qcn_paths: str
     qcn_copies: int
     qcn_channels: int
@@ -195,12 +199,18 @@ class RunConfig:
         _positive_float(LEARNING_RATE, self.learning_rate)
         if not self.transport.strip():
             raise ConfigError(TRANSPORT, "must name a transport ('plain' for none)")
-        if not self.kms_url.startswith(("http://", "https://")):
-            raise ConfigError(KMS_URL, f"must be an http(s) URL, got {self.kms_url!r}")
+        if not self.kms_url.startswith("https://"):
+            raise ConfigError(KMS_URL, f"must be an https:// URL (the key manager requires mutual TLS), got {self.kms_url!r}")
+        if not _RUN_NAME_RE.match(self.qkd_server_sae):
+            raise ConfigError(QKD_SERVER_SAE, f"{self.qkd_server_sae!r} is not an SAE ID (letters, digits, '.', '_', '-')")
         _choice(DP_MODE, self.dp_mode, ("local", "central"))
         _positive_float(DP_CLIP, self.dp_clip)
         _positive_float(DP_NOISE_MULTIPLIER, self.dp_noise_multiplier)
         _open_unit(DP_DELTA, self.dp_delta)
+        _choice(DP_ACCOUNTANT, self.dp_accountant, ("rdp", "pld"))
+        if self.uses_transport("dp") and self.dp_mode == "central" and self.dp_accountant == "pld" and self.fraction_train < 1:
+            raise ConfigError(DP_ACCOUNTANT, "the PLD accountant cannot amplify Flower's fixed-size sampling: "
+                              "use \"rdp\" or fraction-train = 1.0")
         if not self.path_specs():
             raise ConfigError(QCN_PATHS, "must name at least one QCN path")
         for spec in self.path_specs():

@@ -18,7 +18,6 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 import numpy as np
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore import log
 
 from client.config import RunConfig
@@ -28,8 +27,7 @@ from server.grid import MeteredGrid
 from server.instrumented import InstrumentedStrategy
 from server.recorder import RunRecorder
 from strategies import RoundDeadline, load_strategy, parse_strategy_options
-from transport.base import SERVER_SAE
-from transport.dp import PrivacyAccountant
+from transport.dp import CentralDPFixedClipping, CentralDPLedger, LocalDPLedger
 from transport.flower import TransportGrid
 from transport.registry import build_transport
 
@@ -54,7 +52,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = run_dir_of(cfg)
     if not cfg.resume and run_dir.exists():
         # A fresh run replaces an old one of the same name, whole.
-        for name in ("checkpoints", "metrics.csv", "metrics.json", "metrics.png", "clients.csv"):
+        for name in ("checkpoints", "metrics.csv", "metrics.json", "metrics.png", "clients.csv", "privacy.json"):
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     recorder = RunRecorder(run_dir)
@@ -79,21 +77,24 @@ def main(grid: Grid, context: Context) -> None:
     metered = MeteredGrid(grid)
     _wait_for_nodes(metered, cfg.min_nodes)
     inner = build_strategy(cfg)
-    accountant = None
+    ledger, central_dp = None, None
     if cfg.uses_transport("dp"):
-        accountant = PrivacyAccountant(cfg.dp_noise_multiplier, cfg.fraction_train, cfg.dp_delta)
-        accountant.step(start_round)  # a resumed run has released `start_round` updates already
-        log(INFO, "%s DP (%s): clip %.3g, noise multiplier %.3g, delta %.1e; epsilon bound: %s",
-            PROGRESS_TAG, cfg.dp_mode, cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_delta, PrivacyAccountant.BOUND)
+        ledger_cls = LocalDPLedger if cfg.dp_mode == "local" else CentralDPLedger
+        ledger = ledger_cls(cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_accountant)
+        if start_round > 0:
+            state = recorder.load_privacy()
+            if state is None:
+                raise ValueError(f"cannot resume a DP run without its privacy ledger ({recorder.privacy_path}): "
+                                 "epsilon would restart from zero")
+            ledger.load(state)
+        log(INFO, "%s DP (%s): clip %.3g, noise multiplier %.3g, delta %.1e, %s accountant",
+            PROGRESS_TAG, cfg.dp_mode, cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_accountant)
         if cfg.dp_mode == "central":
-            # Flower's helpers draw from the global np.random: seed it in this process
-            np.random.seed(cfg.seed)
-            num_sampled = max(1, int(cfg.min_nodes * cfg.fraction_train))
-            inner = DifferentialPrivacyServerSideFixedClipping(inner, cfg.dp_noise_multiplier, cfg.dp_clip, num_sampled)
+            inner = central_dp = CentralDPFixedClipping(inner, cfg.dp_noise_multiplier, cfg.dp_clip)
     if cfg.round_deadline > 0:
         inner = RoundDeadline(inner, cfg.round_deadline, cfg.straggler_policy, cfg.staleness_discount)
     strategy = InstrumentedStrategy(inner)
-    stack = build_transport(cfg.transport, context.run_config, SERVER_SAE)
+    stack = build_transport(cfg.transport, context.run_config)
     # strategy -> transport -> wire: the transport encodes what the metered grid sends
     wire_grid = TransportGrid(metered, stack, context.run_id, lambda: strategy.current_round) if stack.transports else metered
     clock = {"t": time.monotonic()}
@@ -124,13 +125,27 @@ def main(grid: Grid, context: Context) -> None:
             "stragglers": int(train.get("stragglers", 0)),
             "stale_folded": int(train.get("stale-folded", 0)),
         }
-        if accountant is not None and server_round > 0:
-            accountant.step()
-        row["dp_epsilon"] = accountant.epsilon if accountant is not None else float("nan")
+        client_rows = strategy.take_client_rows() if server_round > 0 else []
+        row["dp_epsilon"] = float("nan")
+        if isinstance(ledger, LocalDPLedger):
+            released = [_privacy_unit(r) for r in client_rows]
+            ledger.record(released)
+            for r, unit in zip(client_rows, released):
+                r["dp_epsilon"] = ledger.epsilon(unit)
+            row["dp_epsilon"] = ledger.worst()
+        elif isinstance(ledger, CentralDPLedger):
+            if server_round > 0 and central_dp is not None and central_dp.last_sample is not None:
+                ledger.record(*central_dp.last_sample)
+                central_dp.last_sample = None
+            row["dp_epsilon"] = ledger.epsilon
+            for r in client_rows:
+                r["dp_epsilon"] = row["dp_epsilon"]
         clock["t"] = now
         recorder.add_row(row)
         if server_round > 0:
-            recorder.add_client_rows(absolute_round, strategy.take_client_rows())
+            recorder.add_client_rows(absolute_round, client_rows)
+        if ledger is not None:
+            recorder.save_privacy(ledger.state())
         recorder.save_checkpoint(absolute_round, global_arrays)
         log(
             INFO,
@@ -185,6 +200,12 @@ def build_strategy(cfg: RunConfig):  # -> flwr.serverapp.strategy.Strategy
     }
     options.update(parse_strategy_options(cfg.strategy_options))
     return load_strategy(cfg.strategy, **options)
+
+
+def _privacy_unit(client_row: dict[str, object]) -> str:
+    """Whose privacy a reply spends: its data partition (the data owner), else its node."""
+    pid = client_row.get("partition_id", "")
+    return f"partition-{pid}" if pid != "" else f"node-{client_row['node_id']}"
 
 
 def _wait_for_nodes(grid: Grid, min_nodes: int) -> None:

@@ -77,6 +77,7 @@ class InstrumentedStrategy(Strategy):
         stats.update(getattr(self.strategy, "last_stats", {}))  # a RoundDeadline's straggler counts
         late = getattr(self.strategy, "last_late_nodes", set())
         self._client_rows = _client_rows(replies, getattr(self.strategy, "last_estimates", None), late)
+        self._client_rows += [{**_identity(m), "status": f"rejected: {why}"} for m, why in rejected]
         self._round_stats = stats
         return arrays, metrics
 
@@ -98,15 +99,8 @@ def _client_rows(replies: list[Message], estimates, late: set[int]) -> list[dict
     for msg in replies:
         if msg.has_error():
             continue
-        content = msg.content
-        metrics = next(iter(content.metric_records.values()), {})
-        device = content.config_records.get("device", {})
-        row: dict[str, object] = {
-            "node_id": msg.metadata.src_node_id,
-            "partition_id": device.get("partition-id", ""),
-            "profile": device.get("profile", ""),
-            "zne": device.get("zne", ""),
-        }
+        metrics = next(iter(msg.content.metric_records.values()), {})
+        row = _identity(msg)
         for key in ("num-examples", "train-loss", "noise-gap", "circuit-depth", "two-qubit-gates", "swaps", "train-time-s",
                     "fidelity", "latency-s", "qcn-lost-fraction"):
             row[key.replace("-", "_")] = metrics.get(key, "")
@@ -116,5 +110,17 @@ def _client_rows(replies: list[Message], estimates, late: set[int]) -> list[dict
         row["snr"] = "" if est is None else est.snr
         row["weight"] = "" if est is None else est.weight
         row["trimmed"] = "" if est is None else est.trimmed
+        row["status"] = "late" if row["late"] else "trimmed" if est is not None and est.trimmed else "ok"
         rows.append(row)
     return rows
+
+
+def _identity(msg: Message) -> dict[str, object]:
+    """Node, partition and device a reply says it comes from (claims, for the record)."""
+    device = msg.content.config_records.get("device", {})
+    return {
+        "node_id": msg.metadata.src_node_id,
+        "partition_id": device.get("partition-id", ""),
+        "profile": device.get("profile", ""),
+        "zne": device.get("zne", ""),
+    }

@@ -124,6 +124,9 @@ def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, in
     # The server starts round 1 once every launched node is connected.
     values["min-nodes"] = args.clients
     cfg = RunConfig.from_run_config(values)
+    if args.simulation and cfg.uses_transport("qkd"):
+        raise ConfigError("transport", "qkd needs each client in its own SuperNode, with its own SAE certificate; "
+                                       "the simulation engine runs every client in one process tree")
     check_feasible(cfg, args.clients)
     return cfg, args.clients
 
@@ -147,10 +150,10 @@ def check_feasible(cfg: RunConfig, clients: int) -> None:
         build_strategy(cfg)  # the options must suit the strategy's constructor
     except (ValueError, TypeError) as err:
         raise ConfigError("strategy-options", str(err)) from err
-    from transport.registry import build_transport
+    from transport.registry import transport_parts
 
     try:
-        build_transport(cfg.transport, cfg.to_run_config(), "server")
+        transport_parts(cfg.transport)
     except ValueError as err:
         raise ConfigError("transport", str(err)) from err
     data = build_dataset(cfg)  # also fills the cache the ClientApps read
@@ -236,6 +239,33 @@ def supernode_command(
     return cmd + ["--superlink", superlink, "--port", str(port), "--node-config", config]
 
 
+def key_manager_command(certs: Path | str, port: int, length_km: float = 10.0, eve_fraction: float = 0.0,
+                        host: str = "127.0.0.1", python: str = sys.executable) -> list[str]:
+    """The QKD key manager (HTTPS, client certificates from ``certs``), as compose runs it too."""
+    return [python, "-m", "transport.qkd.key_manager", "--certs", str(certs), "--host", host, "--port", str(port),
+            "--length-km", str(length_km), "--eve-fraction", str(eve_fraction)]
+
+
+def qkd_credentials(certs: Path, clients: int, make: bool) -> dict[str, dict[str, str]]:
+    """Each process's SAE certificate (environment), made under ``certs`` if ``make``.
+
+    The ServerApp runs under the SuperLink as SAE ``server``; SuperNode ``i`` as ``node-i``.
+    """
+    from server.pki import generate
+    from transport.qkd.identity import SaeCredentials
+
+    names = {"superlink": "server", **{f"supernode-{i}": f"node-{i}" for i in range(clients)}}
+    if make:
+        generate(certs, nodes=0, saes=list(names.values()))
+    out = {}
+    for process, sae in names.items():
+        creds = SaeCredentials.in_dir(certs, sae)
+        if not creds.cert.is_file() or not creds.key.is_file():
+            raise ConfigError("--qkd-certs", f"{creds.cert} or its key is missing (scripts/gen_certs.py --sae {sae})")
+        out[process] = creds.env()
+    return out
+
+
 # --- processes ----------------------------------------------------------------------
 
 
@@ -268,7 +298,8 @@ class ProcessGroup:
         self.log_dir = log_dir
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, cmd: list[str], cwd: Path | None = None) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start ``cmd`` with the group's environment plus ``env``; its output to ``<name>.log``."""
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "wb")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen(
@@ -276,7 +307,7 @@ class ProcessGroup:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=cwd,
             start_new_session=True,  # its own process group: we can end its children too
         )
@@ -421,18 +452,18 @@ def launch(args: argparse.Namespace) -> int:
     try:
         port = free_port()
         superlink_cmd = superlink_command(port, simulation=args.simulation)
-        if "qkd" in (p.strip() for p in cfg.transport.split("+")) and not args.external_kms:
-            # the key manager is a service of its own, as a vendor's would be
-            kms_port = free_port()
-            kms = group.start(
-                "key-manager",
-                [sys.executable, "-m", "transport.qkd.key_manager", "--port", str(kms_port), "--seed", str(cfg.seed),
-                 "--length-km", str(args.qkd_length_km), "--eve-fraction", str(args.qkd_eve_fraction)],
-                cwd=run_dir,
-            )
-            wait_for_port(kms_port, kms, STARTUP_TIMEOUT_S, "QKD key manager", log_dir / "key-manager.log")
-            cfg = replace(cfg, kms_url=f"http://127.0.0.1:{kms_port}")
-        link = group.start("superlink", superlink_cmd, cwd=run_dir)
+        credentials: dict[str, dict[str, str]] = {}  # process name -> its SAE certificate's env
+        if cfg.uses_transport("qkd"):
+            certs = Path(args.qkd_certs).resolve() if args.qkd_certs else run_dir / "certs"
+            credentials = qkd_credentials(certs, clients, make=args.qkd_certs is None)
+            if not args.external_kms:
+                # the key manager is a service of its own, as a vendor's would be
+                kms_port = free_port()
+                kms = group.start("key-manager", key_manager_command(certs, kms_port, args.qkd_length_km, args.qkd_eve_fraction),
+                                  cwd=run_dir)
+                wait_for_port(kms_port, kms, STARTUP_TIMEOUT_S, "QKD key manager", log_dir / "key-manager.log")
+                cfg = replace(cfg, kms_url=f"https://127.0.0.1:{kms_port}")
+        link = group.start("superlink", superlink_cmd, cwd=run_dir, env=credentials.get("superlink"))
         wait_for_port(port, link, STARTUP_TIMEOUT_S, "flower-superlink", log_dir / "superlink.log")
         if not args.simulation:
             for pid in range(clients):
@@ -441,6 +472,7 @@ def launch(args: argparse.Namespace) -> int:
                     f"supernode-{pid}",
                     supernode_command(f"127.0.0.1:{port}", node_port, pid, clients),
                     cwd=run_dir,
+                    env=credentials.get(f"supernode-{pid}"),
                 )
                 wait_for_port(node_port, node, STARTUP_TIMEOUT_S, f"flower-supernode {pid}", log_dir / f"supernode-{pid}.log")
         write_flower_config(flwr_home, port, clients if args.simulation else None)
@@ -574,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qkd-length-km", type=float, default=10.0, dest="qkd_length_km", help="fiber length of the simulated QKD links")
     p.add_argument("--qkd-eve-fraction", type=float, default=0.0, dest="qkd_eve_fraction", help="pulses an intercept-resend eavesdropper attacks")
     p.add_argument("--external-kms", action="store_true", dest="external_kms", help="use the key manager at kms-url instead of starting one")
+    p.add_argument("--qkd-certs", dest="qkd_certs", metavar="DIR",
+                   help="CA and SAE certificates (sae/server, sae/node-<i>) for qkd; default: made for the run")
     p.add_argument("--config", metavar="FILE", help="a TOML file of run-config values (before --set)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")

@@ -6,7 +6,9 @@ Files (all rewritten atomically after every round, so a crash loses nothing):
   columns :data:`COLUMNS`;
 - ``metrics.png``: test accuracy and losses per round;
 - ``clients.csv``: one row per client and round: device profile, hardware metrics of the
-  routed circuit, noise-capturing metrics and (noise-isolating strategy) weight;
+  routed circuit, noise-capturing metrics, (noise-isolating strategy) weight and the
+  client's DP epsilon;
+- ``privacy.json``: the DP ledger (each client's releases, or each round's sample);
 - ``checkpoints/round-NNNN.npz``: the global parameters after round ``NNNN``;
   ``checkpoints/latest.npz`` the newest, with its round number under ``__round__``.
 """
@@ -44,6 +46,7 @@ CLIENT_COLUMNS = (
     "round", "node_id", "partition_id", "profile", "zne", "num_examples", "train_loss",
     "noise_gap", "circuit_depth", "two_qubit_gates", "swaps", "train_time_s",
     "noise_var", "snr", "weight", "trimmed", "fidelity", "latency_s", "qcn_lost_fraction", "late",
+    "dp_epsilon", "status",
 )
 
 
@@ -60,6 +63,7 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.privacy_path = self.run_dir / "privacy.json"
         self.rows: list[dict[str, float]] = []
         self.client_rows: list[dict[str, object]] = []
 
@@ -92,6 +96,16 @@ class RunRecorder:
             with open(clients) as f:
                 self.client_rows = [r for r in csv.DictReader(f) if int(r["round"]) <= server_round]
         return server_round, arrays
+
+    # --- privacy ledger ------------------------------------------------------------------
+    def save_privacy(self, state: dict) -> None:
+        """The DP ledger's state (releases so far), for a resumed run to continue from."""
+        _atomic_write(self.privacy_path, json.dumps(state, indent=1).encode())
+
+    def load_privacy(self) -> dict | None:
+        if not self.privacy_path.exists():
+            return None
+        return json.loads(self.privacy_path.read_text())
 
     # --- metrics ---------------------------------------------------------------------
     def add_client_rows(self, server_round: int, rows: list[dict[str, object]]) -> None:

@@ -34,3 +34,64 @@ def processes(match) -> list[str]:  # noqa: ANN001 (a predicate on (cwd, cmdline
         if match(cwd, cmd):
             found.append(f"{pid}: {cmd}")
     return found
+
+
+class RunningKeyManager:
+    """A key manager serving HTTPS on loopback in this process, with its certificates."""
+
+    def __init__(self, store, certs, url: str) -> None:  # noqa: ANN001
+        self.store, self.certs, self.url = store, certs, url
+        self.clients: list = []
+
+    def client(self, sae_id: str, certs=None, timeout: float = 30.0):  # noqa: ANN001
+        """A client holding ``sae_id``'s certificate (from ``certs``, default this CA's)."""
+        from transport.qkd.client import KeyManagerClient
+        from transport.qkd.identity import SaeCredentials
+
+        creds = SaeCredentials.in_dir(certs or self.certs, sae_id)
+        # a certificate from another CA still has to trust this key manager's CA
+        creds = SaeCredentials(creds.cert, creds.key, self.certs / "ca.crt")
+        self.clients.append(KeyManagerClient(self.url, creds, timeout=timeout))
+        return self.clients[-1]
+
+
+def key_manager(tmp_path, saes, link_config=None, registered=None, **store_options):  # noqa: ANN001
+    """Context manager: certificates for ``saes`` under ``tmp_path/certs`` and a real key
+    manager over HTTPS with client certificates (``registered`` SAEs only; default all)."""
+    import contextlib
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from server.pki import generate
+    from transport.qkd.bb84 import BB84Config
+    from transport.qkd.key_manager import KeyStore, SaeRegistry, server_config
+
+    @contextlib.contextmanager
+    def running():
+        certs = tmp_path / "certs"
+        generate(certs, nodes=0, saes=list(saes))
+        registry = SaeRegistry(set(saes if registered is None else registered))
+        store = KeyStore(link_config or BB84Config(length_km=5, source="single-photon"), registry, **store_options)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(server_config(store, certs, "127.0.0.1", port))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "key manager did not start"
+            time.sleep(0.05)
+        km = RunningKeyManager(store, certs, f"https://127.0.0.1:{port}")
+        try:
+            yield km
+        finally:
+            for client in km.clients:
+                client.close()
+            server.should_exit = True
+            thread.join(timeout=5)
+
+    return running()

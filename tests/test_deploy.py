@@ -76,13 +76,22 @@ def test_submit_uses_the_compose_connection_and_a_valid_run_config():
     assert cfg.output_dir == "/app/runs" and cfg.min_nodes <= len(NODES)
 
 
-def test_key_manager_service_matches_the_documented_kms_url():
+def test_key_manager_service_is_the_launchers_with_tls_and_every_sae_certified():
+    from server.launcher import key_manager_command
+
     cmd = SERVICES["key-manager"]["command"]
-    assert cmd[:3] == ["python", "-m", "transport.qkd.key_manager"]
-    port = cmd[cmd.index("--port") + 1]
-    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    port = int(cmd[cmd.index("--port") + 1])
+    assert cmd == key_manager_command("/certs", port, host="0.0.0.0", python="python")
     header = (PROJECT_DIR / "docker-compose.yml").read_text()
-    assert f'kms-url="http://key-manager:{port}"' in header
+    assert f'kms-url="https://key-manager:{port}"' in header
+    certs = SERVICES["certs"]["command"]
+    saes = [certs[i + 1] for i, a in enumerate(certs) if a == "--sae"]
+    assert saes == ["server", *[f"node-{i}" for i in range(len(NODES))]]
+    # each process proves its own SAE identity
+    assert SERVICES["superlink"]["environment"]["QFL_SAE_CERT"] == "/certs/sae/server.pem"
+    for i, name in enumerate(NODES):
+        env = SERVICES[name]["environment"]
+        assert env["QFL_SAE_CERT"] == f"/certs/sae/node-{i}.pem" and env["QFL_SAE_KEY"] == f"/certs/sae/node-{i}.key"
 
 
 def test_dockerfile_installs_cpu_torch_before_the_project():

@@ -1,15 +1,14 @@
-"""Differential privacy: clipping bound, seeded noise, and epsilon from the accountant."""
+"""Differential privacy: clipping bound, noise on the update only, parameter checks (the
+privacy guarantees themselves are in test_security.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from dp_accounting import dp_event
-from dp_accounting.rdp import rdp_privacy_accountant
 from flwr.app import Array, ArrayRecord, RecordDict
 
 from transport.base import Envelope
-from transport.dp import LocalDPTransport, PrivacyAccountant, clip_update, rdp_epsilon, validate_dp
+from transport.dp import LocalDPTransport, clip_update, validate_dp
 
 
 @pytest.mark.parametrize("scale", [0.0, 1e-6, 0.3, 1.0, 50.0])
@@ -30,36 +29,20 @@ def _records(rng, scale):
     return as_rd(glob), as_rd(local), glob
 
 
-def test_local_dp_clips_before_noise_and_is_seeded():
+def test_local_dp_clips_before_noise():
     rng = np.random.default_rng(1)
     request, reply, glob = _records(rng, scale=10.0)  # a large update, norm >> C
-    env = Envelope(run_id=3, server_round=2, src="node-5", dst="server", direction="up")
+    env = Envelope(run_id=3, server_round=2, node_id=5, src="node-5", dst="server", direction="up")
     # (almost) no noise: what leaves is the global model + an update of norm C
-    quiet = LocalDPTransport(clip=0.5, noise_multiplier=1e-12, seed=0).encode(reply, env, request)
+    quiet = LocalDPTransport(clip=0.5, noise_multiplier=1e-12).encode(reply, env, request)
     delta = np.concatenate([quiet["arrays"][k].numpy().ravel() - glob[k].ravel() for k in ("w", "b")])
     assert np.linalg.norm(delta) == pytest.approx(0.5, rel=1e-9)
-    noisy = LocalDPTransport(clip=0.5, noise_multiplier=1.0, seed=0)
-    a = noisy.encode(reply, env, request)["arrays"]["w"].numpy()
-    b = noisy.encode(reply, env, request)["arrays"]["w"].numpy()
-    c = noisy.encode(reply, Envelope(3, 3, "node-5", "server", "up"), request)["arrays"]["w"].numpy()
-    np.testing.assert_array_equal(a, b)  # reproducible
-    assert not np.allclose(a, c)  # fresh noise every round
+    # noise of std sigma * C around the clipped update
+    noisy = LocalDPTransport(clip=0.5, noise_multiplier=2.0).encode(reply, env, request)
+    noise = np.concatenate([noisy["arrays"][k].numpy().ravel() - quiet["arrays"][k].numpy().ravel() for k in ("w", "b")])
+    assert 0.3 < noise.std() < 2.5
     # the server's messages and incoming content are untouched
-    assert noisy.encode(request, Envelope(3, 2, "server", "node-5", "down")) is request
-
-
-def test_epsilon_equals_the_accountants():
-    acc = PrivacyAccountant(noise_multiplier=1.3, sampling_rate=0.25, delta=1e-5)
-    acc.step(7)
-    ref = rdp_privacy_accountant.RdpAccountant()
-    ref.compose(dp_event.PoissonSampledDpEvent(0.25, dp_event.GaussianDpEvent(1.3)), 7)
-    assert acc.epsilon == pytest.approx(ref.get_epsilon(1e-5), rel=1e-12)
-
-
-def test_subsampling_amplification_is_counted():
-    full = rdp_epsilon(2.0, 1.0, 50, 1e-5)
-    sampled = rdp_epsilon(2.0, 0.1, 50, 1e-5)
-    assert full / sampled > 10  # the no-amplification bound overstates it tenfold here
+    assert LocalDPTransport(0.5, 1.0).encode(request, Envelope(3, 2, 5, "server", "node-5", "down")) is request
 
 
 @pytest.mark.parametrize(("clip", "sigma", "delta", "name"), [

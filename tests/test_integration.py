@@ -190,7 +190,7 @@ def test_eavesdropped_qkd_link_fails_clients_not_the_run(tmp_path):
 def test_qkd_plus_dp_composes_and_reports_the_accountants_epsilon(two_node_run, tmp_path):
     import numpy as np
 
-    from transport.dp import rdp_epsilon
+    from transport.dp import epsilon_of, gaussian_event
 
     _, plain_dir = two_node_run
     proc = subprocess.run(
@@ -201,8 +201,13 @@ def test_qkd_plus_dp_composes_and_reports_the_accountants_epsilon(two_node_run, 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _rows(tmp_path / "qkd-dp")
     assert all(r["clients_ok"] == 2 for r in rows[1:])
-    for r in rows:  # every client trains every round: q = fraction-train = 1
-        assert r["dp_epsilon"] == pytest.approx(rdp_epsilon(0.8, 1.0, r["round"], 1e-5), rel=1e-9)
+    for r in rows:  # local DP: the worst client's own releases, one a round, no amplification
+        expected = epsilon_of([(gaussian_event(0.8), r["round"])] if r["round"] else [], 1e-5)
+        assert r["dp_epsilon"] == pytest.approx(expected, rel=1e-9)
+    clients = _client_rows(tmp_path / "qkd-dp")
+    assert {c["partition_id"] for c in clients} == {"0", "1"}
+    for c in clients:  # and each client's own, in clients.csv
+        assert float(c["dp_epsilon"]) == pytest.approx(epsilon_of([(gaussian_event(0.8), int(c["round"]))], 1e-5), rel=1e-9)
     assert "epsilon" in proc.stdout  # the final table shows it
     with np.load(plain_dir / "checkpoints" / "round-0001.npz") as a, np.load(tmp_path / "qkd-dp" / "checkpoints" / "round-0001.npz") as b:
         assert not np.allclose(a["weights"], b["weights"])  # the noise reached the model
@@ -211,7 +216,7 @@ def test_qkd_plus_dp_composes_and_reports_the_accountants_epsilon(two_node_run, 
 def test_central_dp_noises_the_aggregate_at_the_server(two_node_run, tmp_path):
     import numpy as np
 
-    from transport.dp import rdp_epsilon
+    from transport.dp import epsilon_of, gaussian_event
 
     _, plain_dir = two_node_run
     proc = subprocess.run(
@@ -222,7 +227,8 @@ def test_central_dp_noises_the_aggregate_at_the_server(two_node_run, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _rows(tmp_path / "central")
     assert rows[1]["clients_ok"] == 2
-    assert rows[1]["dp_epsilon"] == pytest.approx(rdp_epsilon(0.3, 1.0, 1, 1e-5), rel=1e-9)
+    # both nodes sampled (fraction-train 1): one release, no amplification
+    assert rows[1]["dp_epsilon"] == pytest.approx(epsilon_of([(gaussian_event(0.3), 1)], 1e-5), rel=1e-9)
     log = (tmp_path / "central" / "logs" / "flwr-run.log").read_text()
     assert "Noise multiplier: 0.3" in log  # Flower's DP wrapper ran
     with np.load(plain_dir / "checkpoints" / "round-0001.npz") as a, np.load(tmp_path / "central" / "checkpoints" / "round-0001.npz") as b:

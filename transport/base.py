@@ -33,24 +33,32 @@ class Envelope:
     ----------
     run_id : int
     server_round : int
+    node_id : int
+        The Flower node at the node's end of the exchange (as the SuperLink names it).
     src, dst : str
-        SAE identities: ``"server"`` or ``"node-<node_id>"``.
+        SAE identities of the two ends: with ``qkd``, the common names of their
+        certificates; otherwise ``"server"`` and ``"node-<node_id>"``.
     direction : str
         ``"down"`` (server to node) or ``"up"`` (node to server).
     """
 
     run_id: int
     server_round: int
+    node_id: int
     src: str
     dst: str
     direction: str
 
     def associated_data(self, key_id: str) -> bytes:
         """Bytes that bind a ciphertext to this exchange and to its key."""
-        return f"qfl/v1|{key_id}|run={self.run_id}|round={self.server_round}|{self.src}->{self.dst}|{self.direction}".encode()
+        return (
+            f"qfl/v2|{key_id}|run={self.run_id}|round={self.server_round}|node={self.node_id}"
+            f"|{self.src}->{self.dst}|{self.direction}"
+        ).encode()
 
 
 def node_sae(node_id: int) -> str:
+    """The SAE name of a node when no transport proves identities (no ``qkd``)."""
     return f"node-{node_id}"
 
 
@@ -59,6 +67,9 @@ class Transport(ABC):
     between messages (a node runs each message in a fresh process)."""
 
     name = "transport"
+    #: This end's proven identity (e.g. the key manager's view of it), or ``None`` when the
+    #: transport does not identify ends; then ``"server"`` / ``"node-<id>"`` are used.
+    sae_id: str | None = None
 
     @abstractmethod
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
@@ -91,6 +102,15 @@ class TransportStack(Transport):
     def __init__(self, transports: list[Transport]) -> None:
         self.transports = list(transports)
         self.name = "+".join(t.name for t in self.transports) or "plain"
+        identities = {t.sae_id for t in self.transports if t.sae_id is not None}
+        if len(identities) > 1:
+            raise ValueError(f"transports {self.name} disagree on this end's identity: {sorted(identities)}")
+        self.sae_id = identities.pop() if identities else None
+
+    @property
+    def identifies_peers(self) -> bool:
+        """Whether ends are certificates: the server must learn each node's SAE ID."""
+        return self.sae_id is not None
 
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         for t in reversed(self.transports):

@@ -6,25 +6,35 @@ noise :math:`\\mathcal N(0, \\sigma^2 C^2 I)` is added:
 
 .. math:: \\tilde w_k = w^t + \\Delta \\min\\!\\left(1, \\frac{C}{\\lVert\\Delta\\rVert_2}\\right) + \\mathcal N(0, \\sigma^2 C^2 I).
 
-*Central DP* (``dp-mode = "central"``): the server clips each update and noises the
-aggregate with Flower's :class:`~flwr.serverapp.strategy.DifferentialPrivacyServerSideFixedClipping`
-(noise std :math:`\\sigma C / m` for ``m`` sampled clients); the wire is untouched.
+*Central DP* (``dp-mode = "central"``): the server clips each update to ``C``, averages
+them with equal weights and adds noise of std :math:`\\sigma C / m'` to the average of
+:math:`m'` updates (:class:`CentralDPFixedClipping`, built on Flower's
+``DifferentialPrivacyServerSideFixedClipping``); the wire is untouched.
 
-Accounting (both modes, client-level DP): each round is a Gaussian mechanism with noise
-multiplier :math:`\\sigma` on a client sampled with probability ``q`` (``fraction-train``).
-:class:`PrivacyAccountant` composes one Poisson-subsampled Gaussian event per round in
-the RDP accountant of Google's ``dp-accounting`` and reports :math:`\\varepsilon(\\delta)`.
-The bound counts amplification by subsampling; Flower samples a fixed-size subset without
-replacement, for which the Poisson bound with ``q = m / N`` is the usual approximation.
+Accounting is client-level, for neighbours that replace one client's data (a clipped
+contribution then moves by up to :math:`2C`, so each release is a Gaussian mechanism of
+noise multiplier :math:`\\sigma/2`), in Google's ``dp-accounting`` (RDP, or PLD which
+is tighter):
+
+- local DP (:class:`LocalDPLedger`): the server is the adversary and chose the sample, so
+  there is no amplification: each client's epsilon composes its own releases;
+- central DP (:class:`CentralDPLedger`): each round is Flower's real sampling, ``m`` of the
+  ``N`` available nodes without replacement (``SampledWithoutReplacementDpEvent``, RDP only).
+
+Every noise draw comes from OS entropy, never from the run's seed (see the classes).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
+from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+from flwr.supercore import log
 
 from transport.base import Envelope, Transport
 
@@ -57,32 +67,33 @@ class LocalDPTransport(Transport):
         L2 clipping norm ``C`` of the whole update.
     noise_multiplier : float
         :math:`\\sigma`: noise std is :math:`\\sigma C`.
-    seed : int
-        With the run, node and round, seeds the noise (reproducible, distinct per message).
+    mode : str
+        ``"local"`` noises here; ``"central"`` leaves the update to the server.
+
+    The noise is drawn from OS entropy, never from the run's seed: noise that the server
+    (or anyone who knows the configuration) could regenerate, it could also subtract.
     """
 
     name = "dp"
 
-    def __init__(self, clip: float, noise_multiplier: float, seed: int = 0, mode: str = "local") -> None:
+    def __init__(self, clip: float, noise_multiplier: float, mode: str = "local") -> None:
         validate_dp(clip, noise_multiplier, 0.5)
         if mode not in DP_MODES:
             raise ValueError(f"dp-mode must be one of {DP_MODES}, got {mode!r}")
-        self.clip, self.noise_multiplier, self.seed, self.mode = clip, noise_multiplier, seed, mode
+        self.clip, self.noise_multiplier, self.mode = clip, noise_multiplier, mode
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, object], sae_id: str) -> LocalDPTransport:
+    def from_run_config(cls, run_config: Mapping[str, object], node_config: Mapping[str, object] | None = None) -> LocalDPTransport:
         return cls(
             float(run_config["dp-clip"]),  # type: ignore[arg-type]
             float(run_config["dp-noise-multiplier"]),  # type: ignore[arg-type]
-            int(run_config["seed"]),  # type: ignore[call-overload]
             str(run_config["dp-mode"]),
         )
 
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         if self.mode != "local" or envelope.direction != "up" or request is None:
             return content
-        node = int(envelope.src.rsplit("-", 1)[-1]) if envelope.src.startswith("node-") else 0
-        rng = np.random.default_rng([self.seed, envelope.run_id % 2**32, node % 2**32, envelope.server_round])
+        rng = np.random.default_rng()  # OS entropy: see the class doc
         out = RecordDict(dict(content.items()))
         for key, record in content.array_records.items():
             if key not in request.array_records:
@@ -104,43 +115,204 @@ class LocalDPTransport(Transport):
         return content
 
 
-class PrivacyAccountant:
-    """Client-level (epsilon, delta) of ``rounds`` Poisson-subsampled Gaussian releases,
-    from the RDP accountant of ``dp-accounting``.
+ACCOUNTANTS = ("rdp", "pld")
+
+
+def gaussian_event(noise_multiplier: float):  # -> dp_event.GaussianDpEvent
+    """One release of a clipped contribution with noise std :math:`\\sigma C`, for neighbours
+    that *replace* one client's data: the contribution moves by up to :math:`2C`, so the
+    noise is :math:`\\sigma/2` times the sensitivity."""
+    from dp_accounting import dp_event
+
+    return dp_event.GaussianDpEvent(noise_multiplier / 2.0)
+
+
+def epsilon_of(events: list[tuple[object, int]], delta: float, accountant: str = "rdp") -> float:
+    """epsilon(delta) of ``(dp_event, count)`` compositions in dp-accounting's ``accountant``.
+
+    A :class:`~dp_accounting.dp_event.SampledWithoutReplacementDpEvent` is accounted for
+    replace-one neighbours, as its analysis requires (RDP only: dp-accounting's PLD
+    accountant has no such event).
+    """
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"dp-accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+    if not events:
+        return 0.0
+    from dp_accounting import dp_event
+    from dp_accounting.privacy_accountant import NeighboringRelation
+
+    sampled = any(isinstance(e, dp_event.SampledWithoutReplacementDpEvent) for e, _ in events)
+    relation = NeighboringRelation.REPLACE_ONE if sampled else NeighboringRelation.ADD_OR_REMOVE_ONE
+    if accountant == "rdp":
+        from dp_accounting.rdp import rdp_privacy_accountant
+
+        acc = rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
+    else:
+        if sampled:
+            raise ValueError("the PLD accountant has no event for fixed-size sampling: use dp-accountant = \"rdp\"")
+        from dp_accounting.pld import pld_privacy_accountant
+
+        acc = pld_privacy_accountant.PLDAccountant(neighboring_relation=relation)
+    for event, count in events:
+        acc.compose(event, count)
+    return float(acc.get_epsilon(delta))
+
+
+class LocalDPLedger:
+    """Local DP: each client's epsilon from its own releases, with no amplification.
+
+    Under local DP the adversary is the server, and the server chose whom to sample, so
+    sampling hides nothing from it: a client's epsilon is that of the updates it released
+    (every reply the server received from it, accepted or not), composed.
 
     Examples
     --------
-    >>> acc = PrivacyAccountant(noise_multiplier=1.0, sampling_rate=0.1, delta=1e-5)
-    >>> acc.step(10)
-    >>> round(acc.epsilon, 3) > 0
+    >>> ledger = LocalDPLedger(noise_multiplier=2.0, delta=1e-5)
+    >>> ledger.record(["partition-0", "partition-1"]); ledger.record(["partition-0"])
+    >>> ledger.epsilon("partition-0") > ledger.epsilon("partition-1") > 0
     True
     """
 
-    BOUND = "RDP (dp-accounting), Poisson-subsampled Gaussian, amplification by subsampling"
-
-    def __init__(self, noise_multiplier: float, sampling_rate: float, delta: float) -> None:
+    def __init__(self, noise_multiplier: float, delta: float, accountant: str = "rdp") -> None:
         validate_dp(1.0, noise_multiplier, delta)
-        if not 0 < sampling_rate <= 1:
-            raise ValueError(f"sampling rate must be in (0, 1], got {sampling_rate}")
-        self.noise_multiplier, self.sampling_rate, self.delta = noise_multiplier, sampling_rate, delta
-        self.rounds = 0
+        epsilon_of([], delta, accountant)  # checks the accountant's name
+        self.noise_multiplier, self.delta, self.accountant = noise_multiplier, delta, accountant
+        self.releases: dict[str, int] = {}
+        self._cache: dict[int, float] = {}
 
-    def step(self, rounds: int = 1) -> None:
-        self.rounds += rounds
+    def record(self, clients: list[str]) -> None:
+        """One more release by each of ``clients``."""
+        for client in clients:
+            self.releases[client] = self.releases.get(client, 0) + 1
+
+    def epsilon(self, client: str) -> float:
+        count = self.releases.get(client, 0)
+        if count not in self._cache:
+            self._cache[count] = epsilon_of([(gaussian_event(self.noise_multiplier), count)] if count else [], self.delta, self.accountant)
+        return self._cache[count]
+
+    def worst(self) -> float:
+        """The largest epsilon of any client (0 before any release)."""
+        return max((self.epsilon(c) for c in self.releases), default=0.0)
+
+    def state(self) -> dict:
+        return {"mode": "local", "releases": dict(self.releases)}
+
+    def load(self, state: dict) -> None:
+        if state.get("mode") != "local":
+            raise ValueError(f"privacy ledger of mode {state.get('mode')!r} cannot continue a local-DP run")
+        self.releases = {str(k): int(v) for k, v in state["releases"].items()}
+
+
+class CentralDPLedger:
+    """Central DP: one release of the noised aggregate per round, amplified by sampling.
+
+    Flower samples a fixed number ``m`` of the ``N`` available nodes without replacement;
+    each round is that event (dp-accounting's ``SampledWithoutReplacementDpEvent``, for
+    replace-one neighbours) around the Gaussian release, with the *real* ``N`` and ``m``
+    of that round. With every node sampled there is no amplification.
+    """
+
+    def __init__(self, noise_multiplier: float, delta: float, accountant: str = "rdp") -> None:
+        validate_dp(1.0, noise_multiplier, delta)
+        epsilon_of([], delta, accountant)
+        self.noise_multiplier, self.delta, self.accountant = noise_multiplier, delta, accountant
+        self.rounds: list[tuple[int, int]] = []  # (available N, sampled m)
+
+    def record(self, available: int, sampled: int) -> None:
+        if not 1 <= sampled <= available:
+            raise ValueError(f"sampled {sampled} of {available} nodes")
+        if self.accountant == "pld" and sampled < available:
+            raise ValueError(
+                f"round sampled {sampled} of {available} nodes: the PLD accountant cannot amplify fixed-size "
+                "sampling; use dp-accountant = \"rdp\" or fraction-train = 1.0"
+            )
+        self.rounds.append((available, sampled))
 
     @property
     def epsilon(self) -> float:
-        return rdp_epsilon(self.noise_multiplier, self.sampling_rate, self.rounds, self.delta)
+        from dp_accounting import dp_event
+
+        counts: dict[tuple[int, int], int] = {}
+        for r in self.rounds:
+            counts[r] = counts.get(r, 0) + 1
+        events = []
+        for (n, m), count in counts.items():
+            base = gaussian_event(self.noise_multiplier)
+            events.append((base if m == n else dp_event.SampledWithoutReplacementDpEvent(n, m, base), count))
+        return epsilon_of(events, self.delta, self.accountant)
+
+    def state(self) -> dict:
+        return {"mode": "central", "rounds": [list(r) for r in self.rounds]}
+
+    def load(self, state: dict) -> None:
+        if state.get("mode") != "central":
+            raise ValueError(f"privacy ledger of mode {state.get('mode')!r} cannot continue a central-DP run")
+        self.rounds = [(int(n), int(m)) for n, m in state["rounds"]]
 
 
-def rdp_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> float:
-    """epsilon(delta) of ``steps`` Poisson-subsampled Gaussian mechanisms (dp-accounting RDP)."""
-    if steps == 0:
-        return 0.0
-    from dp_accounting import dp_event
-    from dp_accounting.rdp import rdp_privacy_accountant
+class CentralDPFixedClipping(DifferentialPrivacyServerSideFixedClipping):
+    """Flower's central DP with server-side fixed clipping, made to match its accounting.
 
-    accountant = rdp_privacy_accountant.RdpAccountant()
-    event = dp_event.PoissonSampledDpEvent(sampling_rate, dp_event.GaussianDpEvent(noise_multiplier))
-    accountant.compose(event, steps)
-    return float(accountant.get_epsilon(delta))
+    Per round, unlike the wrapper it extends:
+
+    - the noise std is :math:`\\sigma C / m'` for the :math:`m'` replies actually averaged
+      (not a fixed nominal count), so the noised sum always carries :math:`\\sigma C`;
+    - every clipped update weighs the same (``num-examples`` is set to 1 before the inner
+      strategy aggregates): a weighted average would let one client move it by more than
+      :math:`2C/m'`, the sensitivity epsilon is computed for;
+    - a zero update is a no-op when clipped (Flower's helper divides by its norm);
+    - the noise comes from OS entropy: noise seeded from the run config could be
+      regenerated, and subtracted, by anyone who knows it;
+    - :attr:`last_sample` keeps ``(available, sampled)`` of the round, for the ledger.
+
+    The epsilon holds for a uniform average (FedAvg); a strategy that reweights or trims
+    (noise-isolating, FedMedian) changes the sensitivity, and a warning says so.
+    """
+
+    def __init__(self, strategy, noise_multiplier: float, clipping_norm: float) -> None:  # noqa: ANN001
+        super().__init__(strategy, noise_multiplier, clipping_norm, num_sampled_clients=1)
+        self.last_sample: tuple[int, int] | None = None
+        self._rng = np.random.default_rng()
+        from flwr.serverapp.strategy import FedAvg
+
+        if type(strategy).aggregate_train is not FedAvg.aggregate_train:
+            log(WARNING, "central DP: %s does not average uniformly; the epsilon reported assumes it does",
+                type(strategy).__name__)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config, grid):  # noqa: ANN001
+        available = len(list(grid.get_node_ids()))
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.last_sample = (max(available, len(messages)), len(messages)) if messages else None
+        return messages
+
+    def aggregate_train(self, server_round: int, replies):  # noqa: ANN001
+        weight_key = getattr(self.strategy, "weighted_by_key", "num-examples")
+        arrays_key = getattr(self.strategy, "arrayrecord_key", "arrays")
+        current = {k: v.numpy() for k, v in self.current_arrays.items()}
+        sound = []
+        for reply in replies:
+            if not reply.has_error():
+                content = RecordDict(dict(reply.content.items()))
+                record = content.array_records[arrays_key]
+                names = list(record.keys())
+                update = np.concatenate([record[n].numpy().ravel() - current[n].ravel() for n in names])
+                clipped = clip_update(update, self.clipping_norm)
+                arrays, offset = {}, 0
+                for n in names:
+                    size = current[n].size
+                    arrays[n] = Array((current[n].ravel() + clipped[offset : offset + size]).reshape(current[n].shape))
+                    offset += size
+                content[arrays_key] = ArrayRecord(arrays)
+                for key, metrics in reply.content.metric_records.items():
+                    content[key] = MetricRecord({**dict(metrics), weight_key: 1.0})
+                reply = copy.copy(reply)
+                reply.content = content
+            sound.append(reply)
+        arrays, metrics = self.strategy.aggregate_train(server_round, sound)
+        averaged = sum(1 for r in sound if not r.has_error())
+        if arrays is not None and averaged:
+            std = self.noise_multiplier * self.clipping_norm / averaged
+            arrays = ArrayRecord({k: Array(v.numpy() + self._rng.normal(0.0, std, v.numpy().shape)) for k, v in arrays.items()})
+            log(INFO, "central DP: %d clipped update(s) averaged, noise std %.4g", averaged, std)
+        return arrays, metrics

@@ -11,43 +11,67 @@ counts that client as failed for the round and the run goes on.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from logging import WARNING
+from logging import ERROR, INFO, WARNING
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from transport.base import SERVER_SAE, Envelope, TransportError, TransportStack, node_sae
+from transport.qkd.identity import SAE_ID_RE
 from transport.registry import TRANSPORT_KEY, build_transport
 
 ENVELOPE_RECORD = "transport-envelope"
+HELLO_RECORD = "transport-hello"
+HELLO_ACTION = "qfl_transport_hello"
+HELLO_TYPE = f"query.{HELLO_ACTION}"
 TRANSPORT_ERROR_CODE = 4201
 
 
-def _with_envelope(content: RecordDict, server_round: int) -> RecordDict:
+def _with_envelope(content: RecordDict, server_round: int, sender: str) -> RecordDict:
     wire = RecordDict(dict(content.items()))
-    wire[ENVELOPE_RECORD] = ConfigRecord({"round": server_round})
+    wire[ENVELOPE_RECORD] = ConfigRecord({"round": server_round, "sae": sender})
     return wire
 
 
-def _without_envelope(content: RecordDict) -> tuple[RecordDict, int]:
-    if ENVELOPE_RECORD not in content.config_records:
+def _without_envelope(content: RecordDict) -> tuple[RecordDict, int, str]:
+    """``(content, round, sender's SAE ID)``; :class:`TransportError` if the envelope is bad.
+
+    The round and the SAE ID are claims; the transports bind both into their protection,
+    so a false claim fails there (e.g. the key manager has no such key for that sender).
+    """
+    record = content.config_records.get(ENVELOPE_RECORD)
+    if record is None:
         raise TransportError("message has no transport envelope")
-    server_round = int(content.config_records[ENVELOPE_RECORD]["round"])
-    return RecordDict({k: v for k, v in content.items() if k != ENVELOPE_RECORD}), server_round
+    server_round, sender = record.get("round"), record.get("sae")
+    if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 0:
+        raise TransportError(f"transport envelope: round must be a non-negative integer, got {server_round!r}")
+    if not isinstance(sender, str) or not SAE_ID_RE.match(sender):
+        raise TransportError(f"transport envelope: sender SAE ID malformed: {sender!r}")
+    return RecordDict({k: v for k, v in content.items() if k != ENVELOPE_RECORD}), server_round, sender
+
+
+def answer_hello(msg: Message, context: Context) -> Message:
+    """The ClientApp's handler for :data:`HELLO_TYPE`; :func:`transport_mod` fills in the
+    node's identity before this is reached, so this answers only without transports."""
+    return Message(RecordDict(), reply_to=msg)
 
 
 def transport_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """ClientApp mod: decode what arrives, encode the reply, per the run's ``transport``."""
-    stack = build_transport(
-        str(context.run_config[TRANSPORT_KEY]), context.run_config, node_sae(context.node_id), context.node_config
-    )
+    try:
+        stack = build_transport(str(context.run_config[TRANSPORT_KEY]), context.run_config, context.node_config)
+    except ValueError as err:  # e.g. no SAE certificate on this node: say so to the server
+        log(ERROR, "transport: cannot start on this node: %s", err)
+        return Message(Error(TRANSPORT_ERROR_CODE, f"transport unavailable on this node: {err}"), reply_to=msg)
     if not stack.transports:
         return call_next(msg, context)
-    me = node_sae(context.node_id)
+    me = stack.sae_id or node_sae(context.node_id)
+    if msg.metadata.message_type == HELLO_TYPE:  # the server asks who we are (once a run)
+        return Message(RecordDict({HELLO_RECORD: ConfigRecord({"sae": me})}), reply_to=msg)
     try:
-        content, server_round = _without_envelope(msg.content)
-        request = stack.decode(content, Envelope(context.run_id, server_round, SERVER_SAE, me, "down"))
+        content, server_round, server = _without_envelope(msg.content)
+        request = stack.decode(content, Envelope(context.run_id, server_round, context.node_id, server, me, "down"))
         msg.content = request
     except TransportError as err:
         log(WARNING, "transport %s: refused the server's message: %s", stack.name, err)
@@ -56,12 +80,13 @@ def transport_mod(msg: Message, context: Context, call_next: Callable[[Message, 
     if reply.has_error():
         return reply
     try:
-        wire = stack.encode(reply.content, Envelope(context.run_id, server_round, me, SERVER_SAE, "up"), request)
+        envelope = Envelope(context.run_id, server_round, context.node_id, me, server, "up")
+        wire = stack.encode(reply.content, envelope, request)
     except TransportError as err:
         # nothing goes out in the clear: the server learns why, not the update
         log(WARNING, "transport %s: reply not sent: %s", stack.name, err)
         return Message(Error(TRANSPORT_ERROR_CODE, f"transport {stack.name}: reply not sent: {err}"), reply_to=msg)
-    reply.content = _with_envelope(wire, server_round)
+    reply.content = _with_envelope(wire, server_round, me)
     return reply
 
 
@@ -100,6 +125,12 @@ class DelegatingGrid(Grid):
 class TransportGrid(DelegatingGrid):
     """Delegate to ``grid``; encode outgoing content and decode replies with ``stack``.
 
+    When the stack identifies its ends by certificate (``qkd``), the server first asks each
+    node it has not heard from who it is (a :data:`HELLO_TYPE` query, once per node and
+    run) and then encrypts for that SAE only. A node's claim cannot steal anything: keys
+    for an SAE are handed only to the holder of its certificate, and the Flower node ID is
+    bound into every ciphertext.
+
     Parameters
     ----------
     grid : Grid
@@ -107,28 +138,70 @@ class TransportGrid(DelegatingGrid):
     run_id : int
     round_fn : callable
         Returns the round being configured (the strategy's ``server_round``).
+    hello_timeout : float
+        Seconds to wait for the nodes' identities.
     """
 
-    def __init__(self, grid: Grid, stack: TransportStack, run_id: int, round_fn: Callable[[], int]) -> None:
+    def __init__(self, grid: Grid, stack: TransportStack, run_id: int, round_fn: Callable[[], int],
+                 hello_timeout: float = 120.0) -> None:
         super().__init__(grid)
         self.stack = stack
         self.run_id = run_id
         self.round_fn = round_fn
+        self.hello_timeout = hello_timeout
+        self.sae_id = stack.sae_id or SERVER_SAE
+        self.peers: dict[int, str] = {}  # node ID -> its SAE ID
         self.unsent = 0  # messages a transport refused to send (e.g. no key)
+        self.refused: list[tuple[int, str]] = []  # (node, reason) of replies a transport refused
         self._sent: dict[str, tuple[Message, int]] = {}
 
-    def _encode(self, messages: Iterable[Message]) -> list[Message]:
+    def _peer(self, node_id: int) -> str | None:
+        if not self.stack.identifies_peers:
+            return node_sae(node_id)
+        return self.peers.get(node_id)
+
+    def _introduce(self, node_ids: set[int], timeout: float | None) -> None:
+        """Learn the SAE IDs of ``node_ids`` we do not know yet (one query round trip)."""
+        unknown = sorted(n for n in node_ids if self._peer(n) is None)
+        if not unknown:
+            return
+        hellos = [
+            Message(RecordDict({HELLO_RECORD: ConfigRecord({"sae": self.sae_id})}), dst_node_id=n, message_type=HELLO_TYPE)
+            for n in unknown
+        ]
+        wait = self.hello_timeout if timeout is None else min(timeout, self.hello_timeout)
+        for reply in self._grid.send_and_receive(hellos, timeout=wait):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log(WARNING, "transport %s: node %d cannot take part: %s", self.stack.name, node, reply.error.reason)
+                continue
+            record = reply.content.config_records.get(HELLO_RECORD)
+            sae = record.get("sae") if record is not None else None
+            if isinstance(sae, str) and SAE_ID_RE.match(sae):
+                self.peers[node] = sae
+                log(INFO, "transport %s: node %d is SAE %s", self.stack.name, node, sae)
+            else:
+                log(WARNING, "transport %s: node %d answered no valid SAE ID", self.stack.name, node)
+
+    def _encode(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
         server_round = self.round_fn()
+        self._introduce({m.metadata.dst_node_id for m in messages}, timeout)
         out = []
         for msg in messages:
             dst = msg.metadata.dst_node_id
+            peer = self._peer(dst)
             try:
-                content = self.stack.encode(msg.content, Envelope(self.run_id, server_round, SERVER_SAE, node_sae(dst), "down"))
+                if peer is None:
+                    raise TransportError("it never said which SAE it is")
+                envelope = Envelope(self.run_id, server_round, dst, self.sae_id, peer, "down")
+                content = self.stack.encode(msg.content, envelope)
             except TransportError as err:
                 self.unsent += 1
                 log(WARNING, "transport %s: nothing sent to node %d this round: %s", self.stack.name, dst, err)
                 continue
-            out.append(Message(content=_with_envelope(content, server_round), dst_node_id=dst, message_type=msg.metadata.message_type))
+            out.append(Message(content=_with_envelope(content, server_round, self.sae_id), dst_node_id=dst,
+                               message_type=msg.metadata.message_type))
         return out
 
     def _decode(self, replies: Iterable[Message]) -> list[Message]:
@@ -138,17 +211,23 @@ class TransportGrid(DelegatingGrid):
             if reply.has_error():
                 out.append(reply)
                 continue
-            src = node_sae(reply.metadata.src_node_id)
+            node = reply.metadata.src_node_id
             try:
-                content, claimed = _without_envelope(reply.content)
-                if claimed != server_round:
-                    raise TransportError(f"reply claims round {claimed}, expected {server_round}")
-                reply.content = self.stack.decode(content, Envelope(self.run_id, server_round, src, SERVER_SAE, "up"))
+                content, claimed_round, claimed_sae = _without_envelope(reply.content)
+                if claimed_round != server_round:
+                    raise TransportError(f"reply claims round {claimed_round}, expected {server_round}")
+                peer = self._peer(node)
+                if claimed_sae != peer:
+                    raise TransportError(f"reply claims SAE {claimed_sae!r}, the node is {peer!r}")
+                envelope = Envelope(self.run_id, server_round, node, peer, self.sae_id, "up")
+                reply.content = self.stack.decode(content, envelope)
                 out.append(reply)
-            except TransportError as err:
-                log(WARNING, "transport %s: rejected the reply of node %d: %s", self.stack.name, reply.metadata.src_node_id, err)
+            except Exception as err:  # noqa: BLE001 - one bad reply is dropped and named, never fatal
+                reason = str(err) if isinstance(err, TransportError) else f"{type(err).__name__} while decoding"
+                self.refused.append((node, reason))
+                log(WARNING, "transport %s: rejected the reply of node %d: %s", self.stack.name, node, reason)
                 if request is not None:
-                    out.append(Message(Error(TRANSPORT_ERROR_CODE, f"transport {self.stack.name}: {err}"), reply_to=request))
+                    out.append(Message(Error(TRANSPORT_ERROR_CODE, f"transport {self.stack.name}: {reason}"), reply_to=request))
         return out
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
@@ -165,7 +244,7 @@ class TransportGrid(DelegatingGrid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         server_round = self.round_fn()
-        encoded = self._encode(messages)
+        encoded = self._encode(messages, timeout)
         replies = list(self._grid.send_and_receive(encoded, timeout=timeout))
         ids = [msg.metadata.message_id for msg in encoded]  # set by the inner grid's push
         for i, msg in zip(ids, encoded):

@@ -81,7 +81,7 @@ class QCNTransport(Transport):
 
     @classmethod
     def from_run_config(
-        cls, run_config: Mapping[str, object], sae_id: str, node_config: Mapping[str, object] | None = None
+        cls, run_config: Mapping[str, object], node_config: Mapping[str, object] | None = None
     ) -> QCNTransport:
         copies, channels, seed = (int(run_config[k]) for k in (COPIES_KEY, CHANNELS_KEY, "seed"))  # type: ignore[call-overload]
         if node_config is None:  # the server

@@ -11,54 +11,77 @@ from transport.base import PlainTransport, Transport, TransportStack
 
 TRANSPORT_KEY = "transport"
 KMS_URL_KEY = "kms-url"
+QKD_SERVER_SAE_KEY = "qkd-server-sae"
 BUILTIN_TRANSPORTS = ("plain", "qkd", "dp", "qcn")
 
 
-def build_transport(
-    spec: str, run_config: Mapping[str, object], sae_id: str, node_config: Mapping[str, object] | None = None
-) -> TransportStack:
-    """The transport stack ``spec`` names, for the application ``sae_id``.
+def _user_class(part: str) -> type[Transport]:
+    module_name, _, attr = part.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"transport {part!r}: cannot import: {err}") from err
+    if not (isinstance(cls, type) and issubclass(cls, Transport)):
+        raise ValueError(f"transport {part!r} is not a transport.base.Transport subclass")
+    return cls
 
-    ``node_config`` is the SuperNode's node config on a node, ``None`` on the server.
 
-    A user class is built with ``Class.from_run_config(run_config, sae_id)`` if it has
-    that classmethod, else ``Class()``.
+def transport_parts(spec: str) -> list[str]:
+    """The names ``spec`` composes, checked (user classes imported) but nothing built.
 
     Raises
     ------
     ValueError
-        Unknown name, or a path that is not a :class:`~transport.base.Transport`.
+        An empty part, an unknown name, or a path that is not a :class:`~transport.base.Transport`.
     """
     parts = [p.strip() for p in spec.split("+")]
     if not all(parts):
         raise ValueError(f"transport {spec!r}: empty part (use e.g. 'qkd' or 'qkd+dp')")
-    stack: list[Transport] = []
     for part in parts:
+        if ":" in part:
+            _user_class(part)
+        elif part not in BUILTIN_TRANSPORTS:
+            raise ValueError(f"unknown transport {part!r} (use {', '.join(BUILTIN_TRANSPORTS)} or 'package.module:Class')")
+    return parts
+
+
+def build_transport(
+    spec: str, run_config: Mapping[str, object], node_config: Mapping[str, object] | None = None
+) -> TransportStack:
+    """The transport stack ``spec`` names, for this end of the federation.
+
+    ``node_config`` is the SuperNode's node config on a node, ``None`` on the server. A
+    user class is built with ``Class.from_run_config(run_config, node_config)`` if it has
+    that classmethod, else ``Class()``. ``qkd`` reads this end's SAE certificate from the
+    environment (:class:`~transport.qkd.identity.SaeCredentials`).
+
+    Raises
+    ------
+    ValueError
+        As :func:`transport_parts`, or a transport that cannot be built here (the message
+        says why, e.g. a missing SAE certificate).
+    """
+    stack: list[Transport] = []
+    for part in transport_parts(spec):
         if part == "plain":
             stack.append(PlainTransport())
         elif part == "qkd":
             from transport.qkd.client import KeyManagerClient
+            from transport.qkd.identity import SaeCredentials
             from transport.qkd.transport import QKDTransport
 
-            stack.append(QKDTransport(KeyManagerClient(str(run_config[KMS_URL_KEY]), sae_id)))
+            kms = KeyManagerClient(str(run_config[KMS_URL_KEY]), SaeCredentials.from_env())
+            stack.append(QKDTransport(kms, str(run_config[QKD_SERVER_SAE_KEY]), on_server=node_config is None))
         elif part == "dp":
             from transport.dp import LocalDPTransport
 
-            stack.append(LocalDPTransport.from_run_config(run_config, sae_id))
+            stack.append(LocalDPTransport.from_run_config(run_config, node_config))
         elif part == "qcn":
             from transport.qcn_transport import QCNTransport
 
-            stack.append(QCNTransport.from_run_config(run_config, sae_id, node_config))
-        elif ":" in part:
-            module_name, _, attr = part.partition(":")
-            try:
-                cls = getattr(importlib.import_module(module_name), attr)
-            except (ImportError, AttributeError) as err:
-                raise ValueError(f"transport {part!r}: cannot import: {err}") from err
-            if not (isinstance(cls, type) and issubclass(cls, Transport)):
-                raise ValueError(f"transport {part!r} is not a transport.base.Transport subclass")
-            factory = getattr(cls, "from_run_config", None)
-            stack.append(factory(run_config, sae_id) if factory else cls())
+            stack.append(QCNTransport.from_run_config(run_config, node_config))
         else:
-            raise ValueError(f"unknown transport {part!r} (use {', '.join(BUILTIN_TRANSPORTS)} or 'package.module:Class')")
+            cls = _user_class(part)
+            factory = getattr(cls, "from_run_config", None)
+            stack.append(factory(run_config, node_config) if factory else cls())
     return TransportStack([t for t in stack if not isinstance(t, PlainTransport)])

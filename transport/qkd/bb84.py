@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -173,31 +174,40 @@ class KeyBatch:
 class BB84Link:
     """A simulated BB84 link that turns pulses into secret key.
 
+    Alice's bits and bases, which decide the key, come from the operating system's
+    cryptographic randomness (:func:`os.urandom`): nothing in a run's configuration, its
+    logs or the wire predicts them. The channel, Bob's and Eve's choices are physics, drawn
+    from a numpy generator seeded from OS entropy. For reproducible science (tests,
+    benchmarks) use :class:`InsecureSeededBB84Link`, never for keys that protect anything.
+
     Parameters
     ----------
     config : BB84Config
-    seed : int
-        Seeds every random choice of Alice, Bob, Eve and the channel.
 
     Examples
     --------
-    >>> link = BB84Link(BB84Config(length_km=10, source="single-photon"), seed=1)
+    >>> link = BB84Link(BB84Config(length_km=10, source="single-photon"))
     >>> batch = link.generate_key(200_000)
     >>> batch.qber_estimate < 0.05 and len(batch.key) > 0
     True
     """
 
-    def __init__(self, config: BB84Config, seed: int = 0) -> None:
+    def __init__(self, config: BB84Config) -> None:
         self.config = config
-        self.rng = np.random.default_rng([seed, 0xB884])
+        self.rng = np.random.default_rng()  # OS entropy: physics only, never key bits
+
+    def secret_bits(self, n: int) -> np.ndarray:
+        """``n`` uniformly random bits for Alice's key-deciding choices (uint8 0/1)."""
+        return np.unpackbits(np.frombuffer(os.urandom((n + 7) // 8), dtype=np.uint8), count=n)
+
 
     # --- physical layer and sifting ----------------------------------------------------
     def transmit(self, n_pulses: int) -> SiftedBits:
         """Send ``n_pulses``, detect, sift and estimate the QBER (steps 1-5, no abort)."""
         cfg, rng = self.config, self.rng
         n = int(n_pulses)
-        a_bit = rng.integers(0, 2, n, dtype=np.uint8)
-        a_basis = rng.integers(0, 2, n, dtype=np.uint8)
+        a_bit = self.secret_bits(n)
+        a_basis = self.secret_bits(n)
         b_basis = rng.integers(0, 2, n, dtype=np.uint8)
         if cfg.source == "wcp":
             kind = rng.choice(3, size=n, p=[cfg.p_signal, cfg.p_decoy, 1 - cfg.p_signal - cfg.p_decoy])
@@ -264,7 +274,7 @@ class BB84Link:
                 f"no secret key: {len(alice)} reconciled bits, leak {leak}, single-photon bits {n1:.0f}, "
                 f"phase error {e1:.3f}"
             )
-        seed_bits = self.rng.integers(0, 2, len(alice) + length - 1, dtype=np.uint8)
+        seed_bits = self.secret_bits(len(alice) + length - 1)  # public, but never predictable
         key = toeplitz_hash(alice, seed_bits, length)
         if not np.array_equal(key, toeplitz_hash(bob, seed_bits, length)):
             raise QKDAbort("keys differ after privacy amplification (verification failed)")
@@ -314,6 +324,21 @@ class BB84Link:
         # E_mu Q_mu e^mu >= e0 Y0 + e1 Y1 mu  (e0 = 1/2: vacuum clicks are random)
         e1 = (e_mu * q_mu * math.exp(mu) - 0.5 * y0) / (y1 * mu)
         return n_bits * q1 / q_mu, min(0.5, e1 + margin)
+
+
+class InsecureSeededBB84Link(BB84Link):
+    """A BB84 link whose every draw, Alice's key bits included, comes from ``seed``.
+
+    Reproducible statistics for tests and benchmarks. INSECURE: anyone who knows the seed
+    computes every key. The key manager, the launcher and compose never use it.
+    """
+
+    def __init__(self, config: BB84Config, seed: int) -> None:
+        super().__init__(config)
+        self.rng = np.random.default_rng([seed, 0xB884])
+
+    def secret_bits(self, n: int) -> np.ndarray:
+        return self.rng.integers(0, 2, n, dtype=np.uint8)
 
 
 def regular_ldpc(m: int, n: int, rng: np.random.Generator, column_weight: int = 3) -> sparse.csr_matrix:

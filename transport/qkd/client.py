@@ -1,30 +1,38 @@
-"""A client of an ETSI GS QKD 014 key manager (ours or a vendor's)."""
+"""A client of an ETSI GS QKD 014 key manager (ours or a vendor's), over mutual TLS."""
 
 from __future__ import annotations
 
 import base64
+import ssl
 
 import httpx
 
 from transport.base import TransportError
+from transport.qkd.identity import SaeCredentials
 
 
 class KeyManagerClient:
-    """Get keys for an SAE from the key manager at ``base_url``.
+    """Get keys for this SAE from the key manager at ``base_url``.
 
     Parameters
     ----------
     base_url : str
-        e.g. ``http://127.0.0.1:8470``.
-    sae_id : str
-        This application's SAE identity (sent as ``X-SAE-ID``; a real KME reads it from
-        the TLS client certificate).
+        e.g. ``https://127.0.0.1:8470``.
+    credentials : SaeCredentials
+        This SAE's client certificate and key, which *are* its identity at the key
+        manager, and the CA that signed the key manager's certificate.
+    timeout : float
+        Seconds per request.
     """
 
-    def __init__(self, base_url: str, sae_id: str, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, credentials: SaeCredentials, timeout: float = 30.0) -> None:
+        if not base_url.startswith("https://"):
+            raise ValueError(f"the key manager must be reached over https (mutual TLS), got {base_url!r}")
         self.base_url = base_url.rstrip("/")
-        self.sae_id = sae_id
-        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, headers={"X-SAE-ID": sae_id})
+        self.sae_id = credentials.sae_id
+        context = ssl.create_default_context(cafile=str(credentials.ca))
+        context.load_cert_chain(str(credentials.cert), str(credentials.key))
+        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, verify=context)
 
     def enc_key(self, slave_sae_id: str, size_bits: int = 256) -> tuple[str, bytes]:
         """One new key shared with ``slave_sae_id``: ``(key_ID, key)``."""

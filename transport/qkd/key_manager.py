@@ -1,6 +1,6 @@
-"""A simulated QKD key manager with the REST interface of ETSI GS QKD 014 (v1.1.1).
+"""A simulated QKD key manager (KME) with the REST interface of ETSI GS QKD 014 (v1.1.1).
 
-Endpoints (JSON), as in the standard:
+Endpoints (JSON over HTTPS), as in the standard:
 
 - ``GET  /api/v1/keys/{slave_SAE_ID}/status``: key size, stored keys, limits;
 - ``POST /api/v1/keys/{slave_SAE_ID}/enc_keys`` (``{"number": n, "size": bits}``; or ``GET``
@@ -8,199 +8,397 @@ Endpoints (JSON), as in the standard:
 - ``POST /api/v1/keys/{master_SAE_ID}/dec_keys`` (``{"key_IDs": [{"key_ID": ...}]}``; or
   ``GET ?key_ID=...``): the keys that ``master_SAE_ID`` obtained for the caller.
 
-In a real deployment the caller's SAE identity comes from its TLS client certificate;
-this simulator takes it from the ``X-SAE-ID`` header. Key material comes from one
-simulated :class:`~transport.qkd.bb84.BB84Link` per pair of SAEs, run on demand; a key is
-handed to its slave once (``dec_keys`` removes it), so every key is used once. If the link
-aborts (QBER above the bound) the manager answers ``503`` with the reason, and no key.
+Who is asking: as the standard requires, the caller's SAE identity is the common name of
+the TLS client certificate it proved it holds (mutual TLS against the deployment's CA);
+no header or parameter can claim another. A client without a certificate, or with one
+from another CA, fails the TLS handshake and never reaches the API. Answers follow the
+standard's codes: ``400`` a malformed request or an unknown/used key ID, ``401`` a caller
+or slave SAE that is not registered, or a key ID issued to someone else, ``503`` a link
+that aborted (QBER above the bound), a store that is full or a pair that is busy.
 
-A real vendor's key manager can replace this one by changing the URL.
+Registered SAEs are the certificates in the registry directory (``sae/*.pem``, made by
+``scripts/gen_certs.py --sae ID``): a key is issued only between two of them. The
+directory is read again (at most once a second) when a request names an SAE not seen yet,
+so a client added to a running deployment only needs its certificate there.
 
-Run: ``python -m transport.qkd.key_manager --port 8470 [--length-km 10] [--eve-fraction 0]``
+Key material: one :class:`~transport.qkd.bb84.BB84Link` per ordered pair of SAEs,
+distilled on demand, its key bits from the OS's cryptographic randomness (two managers
+started alike hand out unrelated keys). A key is handed to its slave once (``dec_keys``
+removes it). Keys never fetched expire after ``key_ttl_s``; a pair holds at most
+``max_stored_keys`` of them. Each pair has its own lock, so distilling for one pair never
+holds up another; a request asks for at most :data:`MAX_BITS_PER_REQUEST` bits.
+
+Run: ``python -m transport.qkd.key_manager --certs DIR [--port 8470] [--length-km 10]``
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import ssl
 import threading
+import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Header, HTTPException, Query
+from cryptography import x509
+from fastapi import FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from transport.qkd.bb84 import BB84Config, BB84Link, QBERAbort, QKDAbort
+from transport.qkd.identity import SAE_DIR, sae_id_of
 
 KEY_SIZE_BITS = 256
-MAX_KEYS_PER_REQUEST = 128
+MAX_KEY_SIZE_BITS = 1024
+MAX_KEYS_PER_REQUEST = 64
+MAX_BITS_PER_REQUEST = 64 * KEY_SIZE_BITS  # ~5 batches: one caller holds its own pair for seconds, not minutes
 PULSES_PER_BATCH = 2_000_000
 MAX_BATCHES_PER_REQUEST = 50
+DEFAULT_KEY_TTL_S = 300.0
+DEFAULT_MAX_STORED_KEYS = 1024
+PAIR_LOCK_TIMEOUT_S = 20.0
+REGISTRY_RESCAN_S = 1.0
 
 
 class KeyRequest(BaseModel):
     number: int = Field(1, ge=1, le=MAX_KEYS_PER_REQUEST)
-    size: int = Field(KEY_SIZE_BITS, ge=8, le=4096, multiple_of=8)
+    size: int = Field(KEY_SIZE_BITS, ge=8, le=MAX_KEY_SIZE_BITS, multiple_of=8)
 
 
 class KeyIdItem(BaseModel):
-    key_ID: str
+    key_ID: str = Field(max_length=64)
 
 
 class KeyIdsRequest(BaseModel):
-    key_IDs: list[KeyIdItem]
+    key_IDs: list[KeyIdItem] = Field(min_length=1, max_length=MAX_KEYS_PER_REQUEST)
+
+
+class Refused(Exception):
+    """A request the KME refuses; ``status`` is the ETSI GS QKD 014 response code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
 class _Pair:
     link: BB84Link
-    pool: np.ndarray  # unused secret bits
-    delivered: dict[str, bytes]  # key_ID -> key, waiting for the slave's dec_keys
+    distill_lock: threading.Lock = field(default_factory=threading.Lock)  # the link and its pool
+    keys_lock: threading.Lock = field(default_factory=threading.Lock)  # `delivered`, held briefly
+    pool: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # unused secret bits
+    delivered: dict[str, tuple[bytes, float]] = field(default_factory=dict)  # key_ID -> (key, expiry)
     pulses: int = 0
     aborted: str | None = None
 
 
-class KeyStore:
-    """Secret-key pools per (master, slave) SAE pair, filled by BB84 on demand."""
+class SaeRegistry:
+    """The SAE IDs allowed to get keys: the common names of ``DIR/*.pem``, or a fixed set."""
 
-    def __init__(self, link_config: BB84Config, seed: int = 0, kme_id: str = "qfl-kme") -> None:
-        self.link_config = link_config
-        self.seed = seed
-        self.kme_id = kme_id
-        self._pairs: dict[tuple[str, str], _Pair] = {}
+    def __init__(self, source: Path | set[str]) -> None:
+        self._dir = source if isinstance(source, Path) else None
+        self._ids: set[str] = set() if self._dir is not None else set(source)
+        self._scanned = float("-inf")
         self._lock = threading.Lock()
+        self._rescan()
 
-    def _pair(self, master: str, slave: str) -> _Pair:
-        key = (master, slave)
-        if key not in self._pairs:
-            # a reproducible, distinct link per pair
-            pair_seed = int.from_bytes(uuid.uuid5(uuid.NAMESPACE_OID, f"{self.seed}/{master}/{slave}").bytes[:4], "big")
-            self._pairs[key] = _Pair(BB84Link(self.link_config, seed=pair_seed), np.zeros(0, np.uint8), {})
-        return self._pairs[key]
+    def _rescan(self) -> None:
+        if self._dir is None:
+            return
+        ids = set()
+        for path in sorted(self._dir.glob("*.pem")):
+            try:
+                ids.add(sae_id_of(x509.load_pem_x509_certificate(path.read_bytes())))
+            except ValueError:
+                continue  # not a certificate we can read: not registered
+        self._ids, self._scanned = ids, time.monotonic()
+
+    def __contains__(self, sae_id: str) -> bool:
+        with self._lock:
+            if sae_id not in self._ids and time.monotonic() - self._scanned >= REGISTRY_RESCAN_S:
+                self._rescan()  # a client added while we run
+            return sae_id in self._ids
+
+
+class KeyStore:
+    """Secret-key pools per (master, slave) pair of registered SAEs, filled by BB84 on demand.
+
+    Parameters
+    ----------
+    link_config : BB84Config
+    registry : SaeRegistry
+    link_factory : callable
+        Makes each pair's link; :class:`BB84Link` (OS randomness) unless a test passes a
+        seeded one.
+    key_ttl_s : float
+        A key not fetched by its slave within this time is destroyed.
+    max_stored_keys : int
+        Keys a pair may hold for its slave at once; beyond it ``enc_keys`` is refused.
+    clock : callable
+        Seconds, monotonic (a seam for expiry tests).
+    """
+
+    def __init__(
+        self,
+        link_config: BB84Config,
+        registry: SaeRegistry,
+        *,
+        link_factory: Callable[[BB84Config], BB84Link] = BB84Link,
+        key_ttl_s: float = DEFAULT_KEY_TTL_S,
+        max_stored_keys: int = DEFAULT_MAX_STORED_KEYS,
+        kme_id: str = "qfl-kme",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not key_ttl_s > 0 or max_stored_keys < 1:
+            raise ValueError(f"key_ttl_s must be > 0 and max_stored_keys >= 1, got {key_ttl_s}, {max_stored_keys}")
+        self.link_config, self.registry, self.link_factory = link_config, registry, link_factory
+        self.key_ttl_s, self.max_stored_keys, self.kme_id, self.clock = key_ttl_s, max_stored_keys, kme_id, clock
+        self._pairs: dict[tuple[str, str], _Pair] = {}
+        self._owner: dict[str, tuple[str, str]] = {}  # key_ID -> (master, slave), for every live key
+        self._lock = threading.Lock()  # guards the two dicts above, never held while distilling
+
+    def _pair(self, caller: str, peer: str, master: str, slave: str) -> _Pair:
+        """The pair ``master -> slave``, once ``caller`` and ``peer`` are both registered."""
+        for sae, role in ((caller, "calling"), (peer, "peer")):
+            if sae not in self.registry:
+                raise Refused(401, f"{role} SAE {sae!r} is not registered")
+        with self._lock:
+            pair = self._pairs.get((master, slave))
+            if pair is None:
+                pair = self._pairs[(master, slave)] = _Pair(self.link_factory(self.link_config))
+            return pair
+
+    def _expire(self, pair: _Pair) -> None:
+        """Destroy the pair's keys past their expiry (call with ``pair.keys_lock`` held)."""
+        now = self.clock()
+        gone = [k for k, (_, expiry) in pair.delivered.items() if expiry <= now]
+        for key_id in gone:
+            del pair.delivered[key_id]
+        with self._lock:
+            for key_id in gone:
+                self._owner.pop(key_id, None)
 
     def enc_keys(self, master: str, slave: str, number: int, size: int) -> list[tuple[str, bytes]]:
-        """New keys for ``master`` to use with ``slave``. Raises :class:`QKDAbort`."""
-        with self._lock:
-            pair = self._pair(master, slave)
+        """New keys for ``master`` to use with ``slave``. Raises :class:`Refused`."""
+        if number * size > MAX_BITS_PER_REQUEST:
+            raise Refused(400, f"{number} keys of {size} bits exceed {MAX_BITS_PER_REQUEST} bits per request")
+        pair = self._pair(master, slave, master, slave)
+        if not pair.distill_lock.acquire(timeout=PAIR_LOCK_TIMEOUT_S):
+            raise Refused(503, f"the {master} -> {slave} link is busy; retry")
+        try:
             if pair.aborted:
-                raise QKDAbort(pair.aborted)
-            need = number * size
-            batches = 0
-            while len(pair.pool) < need:
-                if batches == MAX_BATCHES_PER_REQUEST:
-                    raise QKDAbort(f"out of key: {batches} batches of {PULSES_PER_BATCH} pulses gave too little")
-                batches += 1
-                pair.pulses += PULSES_PER_BATCH
-                try:
-                    batch = pair.link.generate_key(PULSES_PER_BATCH)
-                except QBERAbort as err:
-                    pair.aborted = str(err)  # a detected eavesdropper stops the link for good
-                    raise
-                except QKDAbort:
-                    continue  # this batch distilled no key (finite size): send more pulses
-                pair.pool = np.concatenate([pair.pool, batch.key])
-            out = []
+                raise Refused(503, f"QKD link aborted: {pair.aborted}")
+            with pair.keys_lock:
+                self._expire(pair)
+                if len(pair.delivered) + number > self.max_stored_keys:
+                    raise Refused(503, f"{len(pair.delivered)} keys wait for {slave}: the store is full")
+            self._distill(pair, number * size)
+            keys = []
             for _ in range(number):
                 bits, pair.pool = pair.pool[:size], pair.pool[size:]
-                key_id = str(uuid.uuid4())
-                key = np.packbits(bits).tobytes()
-                pair.delivered[key_id] = key
-                out.append((key_id, key))
-            return out
-
-    def dec_keys(self, master: str, slave: str, key_ids: list[str]) -> list[tuple[str, bytes]]:
-        """The keys ``master`` obtained for ``slave``; each is removed once returned."""
+                keys.append((str(uuid.uuid4()), np.packbits(bits).tobytes()))
+        finally:
+            pair.distill_lock.release()
+        expiry = self.clock() + self.key_ttl_s
+        with pair.keys_lock:
+            pair.delivered.update((k, (key, expiry)) for k, key in keys)
         with self._lock:
-            pair = self._pair(master, slave)
+            self._owner.update((k, (master, slave)) for k, _ in keys)
+        return keys
+
+    def _distill(self, pair: _Pair, need: int) -> None:
+        batches = 0
+        while len(pair.pool) < need:
+            if batches == MAX_BATCHES_PER_REQUEST:
+                raise Refused(503, f"out of key: {batches} batches of {PULSES_PER_BATCH} pulses gave too little")
+            batches += 1
+            pair.pulses += PULSES_PER_BATCH
+            try:
+                batch = pair.link.generate_key(PULSES_PER_BATCH)
+            except QBERAbort as err:
+                pair.aborted = str(err)  # a detected eavesdropper stops the link for good
+                raise Refused(503, f"QKD link aborted: {err}") from err
+            except QKDAbort:
+                continue  # this batch distilled no key (finite size): send more pulses
+            pair.pool = np.concatenate([pair.pool, batch.key])
+
+    def dec_keys(self, slave: str, master: str, key_ids: list[str]) -> list[tuple[str, bytes]]:
+        """The keys ``master`` obtained for ``slave`` (the caller); each is removed once returned."""
+        pair = self._pair(slave, master, master, slave)
+        with self._lock:
+            owners = {k: self._owner.get(k) for k in key_ids}
+        stolen = [k for k, owner in owners.items() if owner is not None and owner != (master, slave)]
+        if stolen:
+            raise Refused(401, f"key_ID(s) {stolen} were not issued by {master} to {slave}")
+        with pair.keys_lock:
+            self._expire(pair)
             missing = [k for k in key_ids if k not in pair.delivered]
             if missing:
-                raise KeyError(missing)
-            return [(k, pair.delivered.pop(k)) for k in key_ids]
+                raise Refused(400, f"unknown, expired or already used key_ID(s): {missing}")
+            out = [(k, pair.delivered.pop(k)[0]) for k in key_ids]
+        with self._lock:
+            for k in key_ids:
+                self._owner.pop(k, None)
+        return out
 
     def status(self, master: str, slave: str) -> dict:
+        pair = self._pair(master, slave, master, slave)
+        return {
+            "source_KME_ID": self.kme_id,
+            "target_KME_ID": self.kme_id,
+            "master_SAE_ID": master,
+            "slave_SAE_ID": slave,
+            "key_size": KEY_SIZE_BITS,
+            "stored_key_count": len(pair.pool) // KEY_SIZE_BITS,
+            "max_key_count": self.max_stored_keys,
+            "max_key_per_request": MAX_KEYS_PER_REQUEST,
+            "max_key_size": MAX_KEY_SIZE_BITS,
+            "min_key_size": 8,
+            "max_SAE_ID_count": 0,
+            # simulator extras (not in ETSI 014)
+            "pulses_sent": pair.pulses,
+            "link_aborted": pair.aborted,
+        }
+
+    def stored_keys(self) -> int:
+        """Keys issued and not yet fetched, over every pair (a leak check)."""
         with self._lock:
-            pair = self._pair(master, slave)
-            return {
-                "source_KME_ID": self.kme_id,
-                "target_KME_ID": self.kme_id,
-                "master_SAE_ID": master,
-                "slave_SAE_ID": slave,
-                "key_size": KEY_SIZE_BITS,
-                "stored_key_count": len(pair.pool) // KEY_SIZE_BITS,
-                "max_key_count": 10**6,
-                "max_key_per_request": MAX_KEYS_PER_REQUEST,
-                "max_key_size": 4096,
-                "min_key_size": 8,
-                "max_SAE_ID_count": 0,
-                # simulator extras (not in ETSI 014)
-                "pulses_sent": pair.pulses,
-                "link_aborted": pair.aborted,
-            }
+            return len(self._owner)
+
+
+# --- HTTPS with client certificates ---------------------------------------------------
+
+
+def caller_of(request: Request) -> str:
+    """The caller's SAE ID, from the client certificate the TLS layer verified."""
+    tls = request.scope.get("extensions", {}).get("tls", {})
+    der = tls.get("client_cert_der")
+    if der is None:  # cannot happen behind :func:`serve` (CERT_REQUIRED); refuse anyway
+        raise HTTPException(status_code=401, detail="no verified client certificate")
+    try:
+        return sae_id_of(x509.load_der_x509_certificate(der))
+    except ValueError as err:
+        raise HTTPException(status_code=401, detail=f"client certificate: {err}") from err
 
 
 def create_app(store: KeyStore) -> FastAPI:
-    """The ETSI GS QKD 014 REST API over ``store``."""
+    """The ETSI GS QKD 014 REST API over ``store``; the caller is :func:`caller_of`."""
     app = FastAPI(title="qfl simulated QKD key manager (ETSI GS QKD 014)")
 
-    def keys_json(keys: list[tuple[str, bytes]]) -> dict:
+    def answer(fn: Callable[[], list[tuple[str, bytes]]]) -> dict:
+        try:
+            keys = fn()
+        except Refused as err:
+            raise HTTPException(status_code=err.status, detail=str(err)) from err
         return {"keys": [{"key_ID": k, "key": base64.b64encode(v).decode()} for k, v in keys]}
 
-    def enc(slave: str, caller: str, number: int, size: int) -> dict:
-        try:
-            return keys_json(store.enc_keys(caller, slave, number, size))
-        except QKDAbort as err:
-            raise HTTPException(status_code=503, detail=f"QKD link aborted: {err}") from err
-
-    def dec(master: str, caller: str, ids: list[str]) -> dict:
-        try:
-            return keys_json(store.dec_keys(master, caller, ids))
-        except KeyError as err:
-            raise HTTPException(status_code=404, detail=f"unknown or already used key_ID(s): {err.args[0]}") from err
-
     @app.get("/api/v1/keys/{slave_sae_id}/status")
-    def status(slave_sae_id: str, x_sae_id: str = Header(...)) -> dict:
-        return store.status(x_sae_id, slave_sae_id)
+    def status(slave_sae_id: str, request: Request) -> dict:
+        try:
+            return store.status(caller_of(request), slave_sae_id)
+        except Refused as err:
+            raise HTTPException(status_code=err.status, detail=str(err)) from err
 
     @app.post("/api/v1/keys/{slave_sae_id}/enc_keys")
-    def enc_keys_post(slave_sae_id: str, request: KeyRequest, x_sae_id: str = Header(...)) -> dict:
-        return enc(slave_sae_id, x_sae_id, request.number, request.size)
+    def enc_keys_post(slave_sae_id: str, body: KeyRequest, request: Request) -> dict:
+        return answer(lambda: store.enc_keys(caller_of(request), slave_sae_id, body.number, body.size))
 
     @app.get("/api/v1/keys/{slave_sae_id}/enc_keys")
     def enc_keys_get(
         slave_sae_id: str,
-        x_sae_id: str = Header(...),
+        request: Request,
         number: int = Query(1, ge=1, le=MAX_KEYS_PER_REQUEST),
-        size: int = Query(KEY_SIZE_BITS, ge=8, le=4096, multiple_of=8),
+        size: int = Query(KEY_SIZE_BITS, ge=8, le=MAX_KEY_SIZE_BITS, multiple_of=8),
     ) -> dict:
-        return enc(slave_sae_id, x_sae_id, number, size)
+        return answer(lambda: store.enc_keys(caller_of(request), slave_sae_id, number, size))
 
     @app.post("/api/v1/keys/{master_sae_id}/dec_keys")
-    def dec_keys_post(master_sae_id: str, request: KeyIdsRequest, x_sae_id: str = Header(...)) -> dict:
-        return dec(master_sae_id, x_sae_id, [k.key_ID for k in request.key_IDs])
+    def dec_keys_post(master_sae_id: str, body: KeyIdsRequest, request: Request) -> dict:
+        return answer(lambda: store.dec_keys(caller_of(request), master_sae_id, [k.key_ID for k in body.key_IDs]))
 
     @app.get("/api/v1/keys/{master_sae_id}/dec_keys")
-    def dec_keys_get(master_sae_id: str, key_ID: str, x_sae_id: str = Header(...)) -> dict:  # noqa: N803
-        return dec(master_sae_id, x_sae_id, [key_ID])
+    def dec_keys_get(master_sae_id: str, request: Request, key_ID: str = Query(max_length=64)) -> dict:  # noqa: N803
+        return answer(lambda: store.dec_keys(caller_of(request), master_sae_id, [key_ID]))
+
+    # FastAPI answers a malformed body with 422; the standard's code is 400
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"message": "bad request format", "details": exc.errors()})
 
     return app
+
+
+def _tls_protocol():  # -> type[asyncio.Protocol]
+    """uvicorn's HTTP/1.1 protocol, adding the ASGI TLS extension (the verified peer
+    certificate) to every request's scope, which uvicorn itself does not."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class MutualTLSProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            app = self.app
+
+            async def with_peer(scope, receive, send):  # type: ignore[no-untyped-def]
+                scope.setdefault("extensions", {})["tls"] = {"client_cert_der": der}
+                await app(scope, receive, send)
+
+            self.app = with_peer
+
+    return MutualTLSProtocol
+
+
+def server_config(store: KeyStore, certs: Path, host: str, port: int):  # -> uvicorn.Config
+    """A uvicorn config serving :func:`create_app` over HTTPS with required client certificates.
+
+    ``certs`` holds ``kme.pem``/``kme.key`` (this server) and ``ca.crt`` (whose client
+    certificates are accepted), as ``scripts/gen_certs.py --sae ...`` writes them.
+    """
+    import uvicorn
+
+    return uvicorn.Config(
+        create_app(store),
+        host=host,
+        port=port,
+        http=_tls_protocol(),
+        ws="none",
+        log_level="warning",
+        ssl_certfile=str(certs / "kme.pem"),
+        ssl_keyfile=str(certs / "kme.key"),
+        ssl_ca_certs=str(certs / "ca.crt"),
+        ssl_cert_reqs=ssl.CERT_REQUIRED,
+        limit_concurrency=64,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     defaults = BB84Config()
-    parser = argparse.ArgumentParser(description="Simulated QKD key manager (ETSI GS QKD 014)")
+    parser = argparse.ArgumentParser(description="Simulated QKD key manager (ETSI GS QKD 014, HTTPS + client certificates)")
+    parser.add_argument("--certs", type=Path, required=True, help="ca.crt, kme.pem, kme.key and sae/*.pem (scripts/gen_certs.py)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8470)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--key-ttl-s", type=float, default=DEFAULT_KEY_TTL_S, help="destroy keys not fetched within this time")
+    parser.add_argument("--max-stored-keys", type=int, default=DEFAULT_MAX_STORED_KEYS, help="keys a pair may hold at once")
     for name, value in asdict(defaults).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--source", default=defaults.source, choices=("wcp", "single-photon"))
     args = parser.parse_args(argv)
+    for name in ("ca.crt", "kme.pem", "kme.key", SAE_DIR):
+        if not (args.certs / name).exists():
+            parser.error(f"--certs {args.certs}: {name} is missing (make it with scripts/gen_certs.py --sae ID ...)")
     config = replace(defaults, **{k: getattr(args, k) for k in asdict(defaults)})
-    uvicorn.run(create_app(KeyStore(config, seed=args.seed)), host=args.host, port=args.port, log_level="warning", ws="none")
+    store = KeyStore(config, SaeRegistry(args.certs / SAE_DIR), key_ttl_s=args.key_ttl_s, max_stored_keys=args.max_stored_keys)
+    uvicorn.Server(server_config(store, args.certs, args.host, args.port)).run()
 
 
 if __name__ == "__main__":

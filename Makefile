@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/qfl launch --clients $(CLIENTS) --rounds $(ROUNDS) --dataset $(DATASET) --run-name demo
+	$(VENV)/bin/qfl launch --clients $(CLIENTS) --rounds $(ROUNDS) --dataset $(DATASET)
 
 test: install
 	cd tests && ../$(PY) -m pytest

@@ -64,7 +64,8 @@ def train(msg: Message, context: Context) -> Message:
             "arrays": ArrayRecord(model.state_dict()),
             "metrics": MetricRecord(metrics),
             # what the server logs per client (strings do not fit a MetricRecord)
-            "device": ConfigRecord({"profile": spec, "zne": model.zne, "partition-id": pid}),
+            "device": ConfigRecord({"profile": spec, "zne": model.zne, "partition-id": pid,
+                                    "num-partitions": context.node_config["num-partitions"]}),
         }
     )
     return Message(content=reply, reply_to=msg)

@@ -48,6 +48,8 @@ ROUND_DEADLINE = "round-deadline"
 STRAGGLER_POLICY = "straggler-policy"
 STALENESS_DISCOUNT = "staleness-discount"
 STRATEGY_OPTIONS = "strategy-options"
+ROBUST_NORM_FACTOR = "robust-norm-factor"
+ROBUST_EXAMPLES_FACTOR = "robust-examples-factor"
 FRACTION_TRAIN = "fraction-train"
 FRACTION_EVALUATE = "fraction-evaluate"
 MIN_NODES = "min-nodes"
@@ -126,6 +128,8 @@ class RunConfig:
     staleness_discount: float
     strategy: str
     strategy_options: str
+    robust_norm_factor: float
+    robust_examples_factor: float
     fraction_train: float
     fraction_evaluate: float
     min_nodes: int
@@ -224,6 +228,9 @@ class RunConfig:
             raise ConfigError(STALENESS_DISCOUNT, f"must be in (0, 1], got {self.staleness_discount}")
         if not self.strategy.strip():
             raise ConfigError(STRATEGY, "must name a strategy")
+        for key, factor in ((ROBUST_NORM_FACTOR, self.robust_norm_factor), (ROBUST_EXAMPLES_FACTOR, self.robust_examples_factor)):
+            if factor != 0 and not factor > 1:
+                raise ConfigError(key, f"must be 0 (off) or > 1, got {factor}")
         _unit_interval(FRACTION_TRAIN, self.fraction_train)
         if self.fraction_train == 0.0:
             raise ConfigError(FRACTION_TRAIN, "must be > 0: nothing would train")
@@ -232,12 +239,14 @@ class RunConfig:
         _positive_float(ROUND_TIMEOUT, self.round_timeout)
         if not self.output_dir:
             raise ConfigError(OUTPUT_DIR, "must be a directory path")
-        if not _RUN_NAME_RE.match(self.run_name):
+        if self.run_name and not _RUN_NAME_RE.match(self.run_name) or self.run_name == "latest":
             raise ConfigError(
                 RUN_NAME,
-                f"{self.run_name!r} must be 1-64 letters, digits, '.', '_' or '-' "
-                "and start with a letter or digit",
+                f"{self.run_name!r} must be 1-64 letters, digits, '.', '_' or '-', start with a letter or "
+                "digit, and not be 'latest' ('' names a new run by its start time)",
             )
+        if self.resume and not self.run_name:
+            raise ConfigError(RESUME, "names no run: set run-name to the run to continue")
 
 
     def uses_transport(self, name: str) -> bool:

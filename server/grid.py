@@ -46,7 +46,7 @@ class MeteredGrid(DelegatingGrid):
         self.poll_interval = poll_interval
         self.bytes_down = 0
         self.bytes_up = 0
-        self.missing_replies = 0
+        self.missing_replies: list[int] = []  # nodes that did not answer in time
 
     # --- metered ---------------------------------------------------------------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
@@ -85,7 +85,7 @@ class MeteredGrid(DelegatingGrid):
                 break
             time.sleep(self.poll_interval)
         if pending:
-            self.missing_replies += len(pending)
+            self.missing_replies += sorted(dst[i] for i in pending)
             log(
                 WARNING,
                 "No reply from %d node(s) within %.0f s (nodes %s): going on without them",
@@ -95,8 +95,9 @@ class MeteredGrid(DelegatingGrid):
             )
         return replies
 
-    def take_counters(self) -> tuple[int, int, int]:
-        """Return and reset ``(bytes_down, bytes_up, missing_replies)``."""
+    def take_counters(self) -> tuple[int, int, list[int]]:
+        """Return and reset ``(bytes_down, bytes_up, nodes that did not reply)``."""
         out = (self.bytes_down, self.bytes_up, self.missing_replies)
-        self.bytes_down = self.bytes_up = self.missing_replies = 0
+        self.bytes_down = self.bytes_up = 0
+        self.missing_replies = []
         return out

@@ -1,41 +1,94 @@
 """A wrapper that guards and records what any strategy's training round produced.
 
-It delegates every hook to the inner strategy (the shape of Flower's DP wrappers),
-so ``Strategy.start`` runs the inner strategy's logic unchanged. Before the inner
-strategy aggregates, replies whose parameters have the wrong names or shapes or hold
-NaN/Inf are rejected and logged (:mod:`strategies.validation`), whatever the strategy;
-per round it keeps the aggregated train metrics and how many clients replied, failed
-or were rejected.
+It delegates every hook to the inner strategy (the shape of Flower's DP wrappers), so
+``Strategy.start`` runs the inner strategy's logic unchanged. Before the inner strategy
+aggregates, whatever the strategy:
+
+1. replies that are not exactly what a sound ClientApp sends are rejected
+   (:func:`~strategies.validation.filter_replies` with a :class:`~strategies.validation.ReplySchema`):
+   other records or keys, unreadable or non-float or non-finite data, a bad example count;
+2. well-formed replies that would still dominate are bounded
+   (:func:`~strategies.validation.robust_screen`): an update far outside the round's
+   spread is rejected, an inflated example count is capped;
+3. coordinates a quantum network lost are filled from the clients that delivered them
+   (:func:`~strategies.fidelity_weighted.impute_lost`), so no strategy reads a loss as a
+   zero update.
+
+No reply can end the run: a failure while validating one drops it, and an aggregation
+that still fails keeps the previous global model for that round, with the error logged.
+Per round it keeps the aggregated train metrics, how many clients replied, failed, were
+rejected or trimmed, and one row per client with its status.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from logging import INFO
+import traceback
+from collections.abc import Callable, Iterable
+from logging import ERROR, INFO
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from strategies.validation import filter_replies, shapes_of
+from strategies.fidelity_weighted import impute_lost
+from strategies.validation import ReplySchema, filter_replies, is_finite_number, robust_screen, shapes_of
+from transport.contract import (
+    CIRCUIT_DEPTH,
+    DEVICE,
+    DEVICE_KEYS,
+    DEVICE_PARTITION,
+    DEVICE_PROFILE,
+    DEVICE_ZNE,
+    EVAL_METRICS,
+    FIDELITY,
+    LATENCY_S,
+    NOISE_GAP,
+    NUM_EXAMPLES,
+    QCN_LOST_FRACTION,
+    SWAPS,
+    TRAIN_LOSS,
+    TRAIN_METRICS,
+    TRAIN_TIME_S,
+    TWO_QUBIT_GATES,
+)
+
+CLIENT_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, NOISE_GAP, CIRCUIT_DEPTH, TWO_QUBIT_GATES, SWAPS, TRAIN_TIME_S,
+                  FIDELITY, LATENCY_S, QCN_LOST_FRACTION)
 
 
 class InstrumentedStrategy(Strategy):
-    """Delegate to ``strategy``; remember each round's train metrics and reply counts."""
+    """Delegate to ``strategy``; guard its training replies; remember each round.
 
-    def __init__(self, strategy: Strategy) -> None:
+    Parameters
+    ----------
+    strategy : Strategy
+    schema : ReplySchema, optional
+        What a sound training reply holds exactly; ``None`` checks parameters only.
+    norm_factor, examples_factor : float
+        :func:`~strategies.validation.robust_screen`'s :math:`\\rho` and :math:`\\nu` (0: off).
+    examples_bounds : callable, optional
+        The most examples each of a round's replies can hold (e.g. its partition's size).
+    """
+
+    def __init__(self, strategy: Strategy, schema: ReplySchema | None = None, norm_factor: float = 0.0,
+                 examples_factor: float = 0.0,
+                 examples_bounds: Callable[[list[Message]], list[float | None]] | None = None) -> None:
         self.strategy = strategy
+        self.schema = schema
+        self.norm_factor, self.examples_factor, self.examples_bounds = norm_factor, examples_factor, examples_bounds
         self._round_stats: dict[str, float] = {}
         self._client_rows: list[dict[str, object]] = []
         self._reference: dict[str, tuple[int, ...]] | None = None
+        self._global: ArrayRecord | None = None
         self.current_round = 0  # the round being configured (transports bind it)
 
     def take_round_stats(self) -> dict[str, float]:
         """Return and clear the last training round's stats.
 
         Keys: the aggregated train metrics (e.g. ``train-loss``), ``clients-ok``,
-        ``clients-failed`` (error replies and rejected updates) and ``clients-rejected``.
+        ``clients-failed`` (error replies), ``clients-rejected``, ``clients-trimmed``,
+        ``clients-capped`` and ``aggregation-failed``.
         """
         out, self._round_stats = self._round_stats, {}
         return out
@@ -43,9 +96,10 @@ class InstrumentedStrategy(Strategy):
     def take_client_rows(self) -> list[dict[str, object]]:
         """Return and clear the last training round's per-client rows.
 
-        One row per sound reply: its node, partition, device profile, train and noise
-        metrics, and, if the strategy exposes ``last_estimates`` (as
-        :class:`~strategies.NoiseIsolatingFedAvg` does), its noise estimate and weight.
+        One row per reply that arrived without an error: its node, partition, device
+        profile, train and noise metrics, its ``status`` (``ok``, ``late``, ``trimmed``,
+        ``capped``, ``rejected: <why>``) and, if the strategy exposes ``last_estimates``
+        (as :class:`~strategies.NoiseIsolatingFedAvg` does), its noise estimate and weight.
         """
         out, self._client_rows = self._client_rows, []
         return out
@@ -58,6 +112,7 @@ class InstrumentedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._reference = shapes_of(arrays)
+        self._global = arrays
         self.current_round = server_round
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
@@ -65,19 +120,38 @@ class InstrumentedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        rejected: list = []
-        if self._reference is not None:
-            replies, rejected = filter_replies(replies, self._reference)
-        failed = sum(1 for m in replies if m.has_error())
-        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        stats: dict[str, float] = dict(metrics) if metrics is not None else {}
-        stats["clients-ok"] = len(replies) - failed
-        stats["clients-failed"] = failed + len(rejected)
-        stats["clients-rejected"] = len(rejected)
-        stats.update(getattr(self.strategy, "last_stats", {}))  # a RoundDeadline's straggler counts
+        rejected: list[tuple[Message, str]] = []
+        capped: dict[int, tuple[float, float]] = {}
+        if self._reference is not None and self._global is not None:
+            replies, rejected = filter_replies(replies, self._reference, schema=self.schema)
+            screen = robust_screen(replies, self._global, self.norm_factor, self.examples_factor,
+                                   examples_bounds=self.examples_bounds)
+            replies, capped = screen.kept, screen.capped
+            rejected += screen.rejected
+            replies = impute_lost(replies, self._global)
+        failed = [m for m in replies if m.has_error()]
+        try:
+            arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+            aggregation_failed = 0
+        except Exception as err:  # noqa: BLE001 - a round may fail, the run does not
+            log(ERROR, "Aggregation failed in round %d, the global model stays as it was: %s: %s\n%s",
+                server_round, type(err).__name__, err, traceback.format_exc(limit=3))
+            arrays, metrics, aggregation_failed = None, None, 1
+        estimates = {e.node_id: e for e in getattr(self.strategy, "last_estimates", None) or []}
         late = getattr(self.strategy, "last_late_nodes", set())
-        self._client_rows = _client_rows(replies, getattr(self.strategy, "last_estimates", None), late)
+        stats: dict[str, float] = dict(metrics) if metrics is not None else {}
+        sound = [m for m in replies if not m.has_error()]
+        trimmed = sum(1 for m in sound if (e := estimates.get(m.metadata.src_node_id)) is not None and e.trimmed)
+        stats["clients-ok"] = len(sound) - trimmed
+        stats["clients-failed"] = len(failed)
+        stats["clients-rejected"] = len(rejected)
+        stats["clients-trimmed"] = trimmed
+        stats["clients-capped"] = len(capped)
+        stats["aggregation-failed"] = aggregation_failed
+        stats.update(getattr(self.strategy, "last_stats", {}))  # a RoundDeadline's straggler counts
+        self._client_rows = _client_rows(sound, estimates, late, capped)
         self._client_rows += [{**_identity(m), "status": f"rejected: {why}"} for m, why in rejected]
+        self._client_rows += [{"node_id": m.metadata.src_node_id, "status": f"failed: {_short(m.error.reason)}"} for m in failed]
         self._round_stats = stats
         return arrays, metrics
 
@@ -90,37 +164,85 @@ class InstrumentedStrategy(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        schema = ReplySchema(metrics=frozenset(EVAL_METRICS))
+        sound = []
+        for msg in replies:
+            try:
+                problem = None if msg.has_error() else _evaluate_problem(msg, schema)
+            except Exception as err:  # noqa: BLE001
+                problem = f"{type(err).__name__} while validating"
+            if problem is None:
+                sound.append(msg)
+            else:
+                log(ERROR, "Rejected the evaluation reply of node %d: %s", msg.metadata.src_node_id, problem)
+        try:
+            return self.strategy.aggregate_evaluate(server_round, sound)
+        except Exception as err:  # noqa: BLE001
+            log(ERROR, "Aggregating evaluation replies failed in round %d: %s: %s", server_round, type(err).__name__, err)
+            return None
 
 
-def _client_rows(replies: list[Message], estimates, late: set[int]) -> list[dict[str, object]]:  # noqa: ANN001
-    by_node = {e.node_id: e for e in estimates or []}
+def _evaluate_problem(msg: Message, schema: ReplySchema) -> str | None:
+    """Why an evaluation reply is not exactly one MetricRecord with the schema's finite keys."""
+    content = msg.content
+    if content.array_records or content.config_records:
+        return "an evaluation reply carries only metrics"
+    records = content.metric_records
+    if set(records) != {schema.metricrecord_key}:
+        return f"MetricRecords {sorted(records)}, expected exactly ['{schema.metricrecord_key}']"
+    metrics = records[schema.metricrecord_key]
+    if set(metrics.keys()) != schema.metrics:
+        return f"metric keys {sorted(metrics.keys())}, expected {sorted(schema.metrics)}"
+    if not all(is_finite_number(v) for v in metrics.values()):
+        return "metrics must be finite numbers"
+    return None
+
+
+def train_reply_schema(extra_metrics: Iterable[str] = (), extra_configs: dict[str, frozenset[str]] | None = None) -> ReplySchema:
+    """What our ClientApp's training reply holds, plus what the transports add."""
+    configs = {DEVICE: frozenset(DEVICE_KEYS), **(extra_configs or {})}
+    return ReplySchema(metrics=frozenset((*TRAIN_METRICS, *extra_metrics)), configs=configs)
+
+
+def _client_rows(replies: list[Message], estimates: dict, late: set[int], capped: dict[int, tuple[float, float]]) -> list[dict[str, object]]:
     rows = []
     for msg in replies:
-        if msg.has_error():
-            continue
+        node = msg.metadata.src_node_id
         metrics = next(iter(msg.content.metric_records.values()), {})
         row = _identity(msg)
-        for key in ("num-examples", "train-loss", "noise-gap", "circuit-depth", "two-qubit-gates", "swaps", "train-time-s",
-                    "fidelity", "latency-s", "qcn-lost-fraction"):
+        for key in CLIENT_METRICS:
             row[key.replace("-", "_")] = metrics.get(key, "")
-        row["late"] = int(msg.metadata.src_node_id in late)
-        est = by_node.get(msg.metadata.src_node_id)
+        if node in capped:
+            row["num_examples"] = capped[node][1]
+        row["late"] = int(node in late)
+        est = estimates.get(node)
         row["noise_var"] = "" if est is None else est.noise_var
         row["snr"] = "" if est is None else est.snr
         row["weight"] = "" if est is None else est.weight
         row["trimmed"] = "" if est is None else est.trimmed
-        row["status"] = "late" if row["late"] else "trimmed" if est is not None and est.trimmed else "ok"
+        row["status"] = ("late" if node in late else "trimmed" if est is not None and est.trimmed
+                         else f"capped: claimed {capped[node][0]:g} examples" if node in capped else "ok")
         rows.append(row)
     return rows
 
 
+def _short(text: str, limit: int = 300) -> str:
+    """A node's own words, on one line and bounded (they go to the console and clients.csv)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _identity(msg: Message) -> dict[str, object]:
     """Node, partition and device a reply says it comes from (claims, for the record)."""
-    device = msg.content.config_records.get("device", {})
+    device = msg.content.config_records.get(DEVICE, {})
+
+    def claim(key: str) -> str:
+        value = device.get(key, "")
+        return value if isinstance(value, (str, int, bool)) and len(str(value)) <= 200 else "?"
+
     return {
         "node_id": msg.metadata.src_node_id,
-        "partition_id": device.get("partition-id", ""),
-        "profile": device.get("profile", ""),
-        "zne": device.get("zne", ""),
+        "partition_id": claim(DEVICE_PARTITION),
+        "profile": claim(DEVICE_PROFILE),
+        "zne": claim(DEVICE_ZNE),
     }

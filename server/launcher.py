@@ -116,9 +116,9 @@ def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, in
         "seed": args.seed,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
-    if args.resume:
-        values["resume"] = True
     values["output-dir"] = str(Path(str(values["output-dir"])).expanduser().resolve())
+    values["run-name"], values["resume"] = run_name_for(Path(str(values["output-dir"])), str(values["run-name"]),
+                                                        args.resume, bool(values["resume"]))
     if args.clients < 1:
         raise ConfigError("--clients", f"must be a positive integer, got {args.clients}")
     # The server starts round 1 once every launched node is connected.
@@ -129,6 +129,81 @@ def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, in
                                        "the simulation engine runs every client in one process tree")
     check_feasible(cfg, args.clients)
     return cfg, args.clients
+
+
+LATEST = "latest"  # <output-dir>/latest -> the newest run folder
+RESULTS = ("metrics.json", "checkpoints")  # what makes a folder a run's
+
+
+def run_name_for(output_dir: Path, name: str, resume_flag: str | None, resume: bool) -> tuple[str, bool]:
+    """``(run-name, resume)``: a new run gets a fresh timestamped name unless one is given;
+    ``--resume RUN`` continues RUN, a bare ``--resume`` the run ``latest`` points at.
+
+    Raises :class:`ConfigError` when a new run would write into an existing run's folder,
+    or the run to resume does not exist.
+    """
+    if resume_flag is not None:
+        name = resume_flag or name
+        if not name:
+            link = output_dir / LATEST
+            if not link.is_symlink():
+                raise ConfigError("--resume", f"no run to continue: {link} does not exist (name the run: --resume RUN)")
+            name = os.readlink(link)
+        if not holds_run(output_dir / name):
+            raise ConfigError("--resume", f"{output_dir / name} holds no run to continue")
+        return name, True
+    if not name:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = next(n for n in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000))) if not (output_dir / n).exists())
+    elif not resume and holds_run(output_dir / name):
+        raise ConfigError("--run-name", f"{output_dir / name} holds a run already: --resume {name} continues it, "
+                                        "another --run-name (or none, for a timestamped one) starts a new one")
+    return name, resume
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a folder holds a run's results (metrics or checkpoints)."""
+    return any((run_dir / name).exists() for name in RESULTS)
+
+
+class RunLock:
+    """An exclusive lock on a run folder for as long as one launcher uses it.
+
+    A second launch of the same run is refused at once, before it touches anything.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".qfl.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LaunchError(f"{self.path.parent} is in use by qfl launch (pid {holder}); wait for it or choose another --run-name") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
+
+
+def point_latest(output_dir: Path, run_name: str) -> None:
+    """``<output-dir>/latest`` -> ``run_name`` (relative, replaced atomically)."""
+    tmp = output_dir / f".{LATEST}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(run_name, tmp)
+    os.replace(tmp, output_dir / LATEST)
 
 
 def check_feasible(cfg: RunConfig, clients: int) -> None:
@@ -170,13 +245,22 @@ def check_feasible(cfg: RunConfig, clients: int) -> None:
 
 
 def run_config_arg(cfg: RunConfig) -> str:
-    """``--run-config`` value for ``flwr run``: every key, as TOML values."""
+    """``--run-config`` value for ``flwr run``: every key, as TOML values.
+
+    Flower splits the value on ``key=value`` pairs whose strings are quoted with ``"`` or
+    ``'`` and contain no quote of that kind: each string gets the quote it does not hold.
+    """
     parts = []
     for key, value in cfg.to_run_config().items():
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, str):
-            text = json.dumps(value)
+            if '"' not in value and "\\" not in value:
+                text = f'"{value}"'
+            elif "'" not in value:
+                text = f"'{value}'"  # a TOML literal string: no escapes, no single quote
+            else:
+                raise ConfigError(key, "a value cannot hold both ' and \" (Flower's --run-config cannot carry it)")
         else:
             text = repr(value)
         parts.append(f"{key}={text}")
@@ -264,6 +348,22 @@ def qkd_credentials(certs: Path, clients: int, make: bool) -> dict[str, dict[str
             raise ConfigError("--qkd-certs", f"{creds.cert} or its key is missing (scripts/gen_certs.py --sae {sae})")
         out[process] = creds.env()
     return out
+
+
+def check_key_manager(url: str, certs: Path, sae_id: str, peer: str) -> None:
+    """Fail before anything else starts if the key manager cannot be reached as ``sae_id``
+    (address, TLS, certificate, registration): a run would otherwise have no client."""
+    from transport.base import TransportError
+    from transport.qkd.client import KeyManagerClient
+    from transport.qkd.identity import SaeCredentials
+
+    client = KeyManagerClient(url, SaeCredentials.in_dir(certs, sae_id), timeout=10.0)
+    try:
+        client.status(peer)
+    except TransportError as err:
+        raise LaunchError(f"the QKD key manager at {url} does not serve SAE {sae_id!r}: {err}") from err
+    finally:
+        client.close()
 
 
 # --- processes ----------------------------------------------------------------------
@@ -432,11 +532,20 @@ def write_flower_config(flwr_home: Path, port: int, num_supernodes: int | None) 
 
 
 def launch(args: argparse.Namespace) -> int:
-    """Validate, start the federation, stream progress, print the table, clean up."""
+    """Validate, lock the run folder, start the federation, stream progress, clean up."""
     app_dir = Path(args.app).resolve()
     cfg, clients = build_config(args, app_dir)
     run_dir = Path(cfg.output_dir) / cfg.run_name
+    with RunLock(run_dir):
+        point_latest(Path(cfg.output_dir), cfg.run_name)
+        return _launch(args, app_dir, cfg, clients, run_dir)
+
+
+def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: int, run_dir: Path) -> int:
     log_dir = run_dir / "logs"
+    if log_dir.exists() and cfg.resume:  # keep the earlier part's logs
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(log_dir.stat().st_mtime))
+        log_dir.rename(run_dir / f"logs-{stamp}")
     log_dir.mkdir(parents=True, exist_ok=True)
     flwr_home = run_dir / "flwr-home"
     env = flwr_env(flwr_home, Path(cfg.output_dir) / ".cache")
@@ -444,7 +553,8 @@ def launch(args: argparse.Namespace) -> int:
     print(
         f"{PROGRESS_TAG} {mode}: {clients} clients, {cfg.num_server_rounds} rounds, "
         f"dataset={cfg.dataset} partitioner={cfg.partitioner} strategy={cfg.strategy} "
-        f"qubits={cfg.n_qubits} layers={cfg.n_layers} -> {run_dir}",
+        f"qubits={cfg.n_qubits} layers={cfg.n_layers} -> {run_dir}"
+        + (" (resumed)" if cfg.resume else ""),
         flush=True,
     )
     group = ProcessGroup(env, log_dir)
@@ -463,6 +573,7 @@ def launch(args: argparse.Namespace) -> int:
                                   cwd=run_dir)
                 wait_for_port(kms_port, kms, STARTUP_TIMEOUT_S, "QKD key manager", log_dir / "key-manager.log")
                 cfg = replace(cfg, kms_url=f"https://127.0.0.1:{kms_port}")
+            check_key_manager(cfg.kms_url, certs, "server", "node-0")
         link = group.start("superlink", superlink_cmd, cwd=run_dir, env=credentials.get("superlink"))
         wait_for_port(port, link, STARTUP_TIMEOUT_S, "flower-superlink", log_dir / "superlink.log")
         if not args.simulation:
@@ -535,10 +646,14 @@ def stream_run(
         watchdog.start()
         try:
             assert proc.stdout is not None
+            in_traceback = False
             for line in proc.stdout:
                 log.write(line)
                 log.flush()
-                if verbose or PROGRESS_TAG in line or "ERROR" in line or "Traceback" in line:
+                # a traceback's last line (not indented) says what went wrong: show it
+                cause = in_traceback and line[:1] not in (" ", "\t", "\n")
+                in_traceback = (in_traceback and not cause) or "Traceback (most recent call last)" in line
+                if verbose or cause or PROGRESS_TAG in line or "ERROR" in line:
                     print(_strip_ansi(line).rstrip(), flush=True)
             proc.wait()
         finally:
@@ -600,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-layers", type=int, dest="n_layers")
     p.add_argument("--device", help="default.qubit | lightning.qubit")
     p.add_argument("--strategy", help="fedavg | noise-isolating | fedmedian | fedtrimmedavg | package.module:Class")
-    p.add_argument("--run-name", dest="run_name", help="outputs go to <output-dir>/<run-name>")
+    p.add_argument("--run-name", dest="run_name", help="outputs go to <output-dir>/<run-name> (default: a timestamp)")
     p.add_argument("--seed", type=int)
     p.add_argument("--transport", help="plain | qkd | dp | qcn | package.module:Class (compose with +, e.g. qkd+qcn)")
     p.add_argument("--qkd-length-km", type=float, default=10.0, dest="qkd_length_km", help="fiber length of the simulated QKD links")
@@ -610,7 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CA and SAE certificates (sae/server, sae/node-<i>) for qkd; default: made for the run")
     p.add_argument("--config", metavar="FILE", help="a TOML file of run-config values (before --set)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--resume", nargs="?", const="", metavar="RUN",
+                   help="continue RUN (default: the run <output-dir>/latest points at) from its newest intact checkpoint")
     p.add_argument("--simulation", action="store_true", help="use Flower's simulation engine")
     p.add_argument("--verbose", action="store_true", help="show every log line of the run")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")

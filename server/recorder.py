@@ -9,18 +9,21 @@ Files (all rewritten atomically after every round, so a crash loses nothing):
   routed circuit, noise-capturing metrics, (noise-isolating strategy) weight and the
   client's DP epsilon;
 - ``privacy.json``: the DP ledger (each client's releases, or each round's sample);
-- ``checkpoints/round-NNNN.npz``: the global parameters after round ``NNNN``;
-  ``checkpoints/latest.npz`` the newest, with its round number under ``__round__``.
+- ``checkpoints/round-NNNN.npz``: the global parameters after round ``NNNN``, with the
+  round under ``__round__`` and a SHA-256 of everything under ``__sha256__``;
+  ``checkpoints/latest.npz`` a copy of the newest. A resume takes the newest intact one.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +40,60 @@ COLUMNS = (
     "bytes_up",
     "clients_ok",
     "clients_failed",
+    "clients_rejected",
+    "clients_trimmed",
+    "clients_capped",
     "dp_epsilon",
     "stragglers",
     "stale_folded",
 )
 ROUND_KEY = "__round__"
+CHECKSUM_KEY = "__sha256__"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of the run can be trusted."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint that passed every check, and the newer ones that did not."""
+
+    server_round: int
+    arrays: ArrayRecord
+    path: Path
+    skipped: list[tuple[str, str]]  # (file, why) of newer checkpoints passed over
+
+
+def _checksum(payload: dict[str, np.ndarray]) -> bytes:
+    """SHA-256 over every array's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(k for k in payload if k != CHECKSUM_KEY):
+        value = np.ascontiguousarray(payload[name])
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.digest()
+
+
+def _read_checkpoint(path: Path, max_round: int | None) -> tuple[str | None, tuple[int, ArrayRecord] | None]:
+    """``(problem, None)`` or ``(None, (round, arrays))``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            payload = {k: f[k] for k in f.files}
+    except Exception as err:  # noqa: BLE001 - a damaged file is a reason, not a crash
+        return f"unreadable ({type(err).__name__}: {err})", None
+    if CHECKSUM_KEY not in payload or ROUND_KEY not in payload:
+        return "no checksum or round", None
+    if payload[CHECKSUM_KEY].tobytes() != _checksum(payload):
+        return "checksum mismatch", None
+    server_round = int(payload[ROUND_KEY])
+    if path.name != f"round-{server_round:04d}.npz" or server_round < 0 or (max_round is not None and server_round > max_round):
+        return f"impossible round {server_round}", None
+    arrays = {k: v for k, v in payload.items() if k not in (ROUND_KEY, CHECKSUM_KEY)}
+    for name, value in arrays.items():
+        if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+            return f"'{name}' is not finite floating point", None
+    return None, (server_round, ArrayRecord({k: Array(v) for k, v in arrays.items()}))
 CLIENT_COLUMNS = (
     "round", "node_id", "partition_id", "profile", "zne", "num_examples", "train_loss",
     "noise_gap", "circuit_depth", "two_qubit_gates", "swaps", "train_time_s",
@@ -69,9 +121,14 @@ class RunRecorder:
 
     # --- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> Path:
-        """Save the global parameters after ``server_round``; return the file."""
+        """Save the global parameters after ``server_round`` with their checksum; return the file.
+
+        Written to a temporary file, flushed to disk and renamed: a crash leaves the old
+        file or the new one, never half of one.
+        """
         payload = {k: v.numpy() for k, v in arrays.items()}
         payload[ROUND_KEY] = np.asarray(server_round)
+        payload[CHECKSUM_KEY] = np.frombuffer(_checksum(payload), dtype=np.uint8)
         path = self.ckpt_dir / f"round-{server_round:04d}.npz"
         buf = io.BytesIO()
         np.savez(buf, **payload)
@@ -79,14 +136,35 @@ class RunRecorder:
         _atomic_write(self.ckpt_dir / "latest.npz", buf.getvalue())
         return path
 
-    def load_latest(self) -> tuple[int, ArrayRecord] | None:
-        """``(round, arrays)`` of the newest checkpoint, or ``None`` if there is none."""
-        path = self.ckpt_dir / "latest.npz"
-        if not path.exists():
+    def load_latest(self, max_round: int | None = None) -> Checkpoint | None:
+        """The newest intact checkpoint (``None`` if there is no checkpoint at all).
+
+        Checkpoints are tried newest first; one that cannot be read, fails its checksum,
+        holds a non-finite value or an impossible round (negative, above ``max_round``, or
+        not the round its name says) is skipped, and the reason is kept in
+        :attr:`Checkpoint.skipped`. Metrics rows after the chosen round are dropped.
+
+        Raises
+        ------
+        CheckpointError
+            Checkpoints exist but none is intact.
+        """
+        files = sorted(self.ckpt_dir.glob("round-*.npz"), reverse=True)
+        if not files:
             return None
-        with np.load(path, allow_pickle=False) as f:
-            server_round = int(f[ROUND_KEY])
-            arrays = ArrayRecord({k: Array(f[k]) for k in f.files if k != ROUND_KEY})
+        skipped: list[tuple[str, str]] = []
+        for path in files:
+            problem, loaded = _read_checkpoint(path, max_round)
+            if problem is not None:
+                skipped.append((path.name, problem))
+                continue
+            server_round, arrays = loaded
+            self._keep_history(server_round)
+            return Checkpoint(server_round, arrays, path, skipped)
+        raise CheckpointError("no intact checkpoint in " + str(self.ckpt_dir) + ": "
+                              + "; ".join(f"{name}: {why}" for name, why in skipped))
+
+    def _keep_history(self, server_round: int) -> None:
         metrics = self.run_dir / "metrics.json"
         if metrics.exists():
             rows = json.loads(metrics.read_text())["rounds"]
@@ -95,7 +173,6 @@ class RunRecorder:
         if clients.exists():
             with open(clients) as f:
                 self.client_rows = [r for r in csv.DictReader(f) if int(r["round"]) <= server_round]
-        return server_round, arrays
 
     # --- privacy ledger ------------------------------------------------------------------
     def save_privacy(self, state: dict) -> None:
@@ -176,6 +253,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

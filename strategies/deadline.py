@@ -30,7 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-LATENCY_KEY = "latency-s"
+from transport.contract import LATENCY_S as LATENCY_KEY
 POLICIES = ("drop", "stale")
 
 

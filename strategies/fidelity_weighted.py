@@ -6,6 +6,7 @@ quantum state fidelity" and notes that lost qubits leave sparse updates.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import numpy as np
@@ -13,8 +14,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-MASK_KEY = "mask"
-FIDELITY_KEY = "fidelity"
+from transport.contract import FIDELITY as FIDELITY_KEY
+from transport.contract import MASK as MASK_KEY
 
 
 def fidelity_weight(fidelity: float | np.ndarray) -> np.ndarray:
@@ -94,3 +95,45 @@ class FidelityWeightedFedAvg(FedAvg):
         kept = [m.content for m, a in zip(valid, alphas) if a > 0] or [valid[0].content]
         metrics = self.train_metrics_aggr_fn(kept, self.weighted_by_key)
         return ArrayRecord(out), metrics
+
+
+def impute_lost(replies: list[Message], global_arrays: ArrayRecord, arrayrecord_key: str = "arrays",
+                weighted_by_key: str = "num-examples") -> list[Message]:
+    r"""Replies whose lost coordinates (``mask`` bit 0) hold what the others delivered.
+
+    Coordinate :math:`j` of reply :math:`k`, if lost, becomes
+    :math:`\sum_i n_i m_{ij} x_{ij} / \sum_i n_i m_{ij}` over the replies that delivered it
+    (the global value if none did). Any strategy then aggregates as if the value had not
+    been lost: FedAvg's result is exactly the per-coordinate average over the clients that
+    delivered it, instead of counting a lost value as a zero update. Masks stay in the
+    replies, so :class:`FidelityWeightedFedAvg`, which reads them, is unaffected. Replies
+    without a mask are returned as they are.
+    """
+    if not any(MASK_KEY in m.content.config_records for m in replies if not m.has_error()):
+        return replies
+    sound = [m for m in replies if not m.has_error()]
+    weights = np.array([float(next(r[weighted_by_key] for r in m.content.metric_records.values() if weighted_by_key in r))
+                        for m in sound])
+    imputed: dict[int, dict[str, Array]] = {i: {} for i in range(len(sound))}
+    for name in global_arrays.keys():
+        values = np.stack([m.content[arrayrecord_key][name].numpy().astype(np.float64) for m in sound])
+        masks = np.stack([unpack_mask(m.content, name, values.shape[1:]) for m in sound])
+        w = weights.reshape((-1,) + (1,) * (values.ndim - 1)) * masks
+        den = w.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(den > 0, (w * values).sum(axis=0) / np.where(den > 0, den, 1.0), global_arrays[name].numpy())
+        for i, m in enumerate(sound):
+            template = m.content[arrayrecord_key][name].numpy()
+            imputed[i][name] = Array(np.where(masks[i] > 0, values[i], mean).astype(template.dtype))
+    out, it = [], iter(range(len(sound)))
+    for m in replies:
+        if m.has_error():
+            out.append(m)
+            continue
+        i = next(it)
+        content = RecordDict(dict(m.content.items()))
+        content[arrayrecord_key] = ArrayRecord(imputed[i])
+        copy_ = copy.copy(m)
+        copy_.content = content
+        out.append(copy_)
+    return out

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from strategies.validation import filter_replies, shapes_of
+from strategies.validation import filter_replies, flatten, shapes_of
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class NoiseIsolatingFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._reference = shapes_of(arrays)
-        self._global = _flatten(arrays, list(self._reference))
+        self._global = flatten(arrays, list(self._reference))
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -122,7 +122,7 @@ class NoiseIsolatingFedAvg(FedAvg):
             return None, None
 
         names = list(self._reference)
-        stacked = np.stack([_flatten(m.content[self.arrayrecord_key], names) for m in valid])  # (K, d)
+        stacked = np.stack([flatten(m.content[self.arrayrecord_key], names) for m in valid])  # (K, d)
         counts = np.array([_num_examples(m, self.weighted_by_key) for m in valid])
         consensus, weights, shrinkage, noise_var, trimmed = isolate_noise(
             stacked, counts, self.trim_threshold, self.shrink
@@ -188,10 +188,6 @@ def _num_examples(message: Message, key: str) -> float:
         if key in record:
             return float(record[key])
     raise KeyError(key)
-
-
-def _flatten(arrays: ArrayRecord, names: list[str]) -> np.ndarray:
-    return np.concatenate([arrays[n].numpy().astype(np.float64, copy=False).ravel() for n in names])
 
 
 def _unflatten(vector: np.ndarray, like: ArrayRecord, names: list[str]) -> ArrayRecord:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def test_resume_continues_from_last_checkpoint(two_node_run):
 def test_dead_supernode_does_not_stop_the_run(tmp_path):
     run_dir = tmp_path / "dead-node"
     proc = subprocess.Popen(
-        _launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "3", "--set", "round-timeout=20.0"),
+        _launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "3", "--set", "round-timeout=60.0"),
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -171,20 +172,67 @@ def test_qkd_transport_delivers_the_same_plaintext(two_node_run, tmp_path):
     assert _processes_in(run_dir) == []
 
 
-def test_eavesdropped_qkd_link_fails_clients_not_the_run(tmp_path):
+def test_eavesdropped_qkd_link_stops_the_run_and_says_why(tmp_path):
     proc = subprocess.run(
         _launch_cmd(tmp_path, "eve", "--clients", "2", "--rounds", "2", "--transport", "qkd", "--qkd-eve-fraction", "1.0"),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode != 0  # a round without one valid update ends the run
     run_dir = tmp_path / "eve"
     rows = _rows(run_dir)
-    assert [r["round"] for r in rows] == [0, 1, 2]
-    assert all(r["clients_ok"] == 0 and r["clients_failed"] == 2 for r in rows[1:])
-    assert rows[2]["test_accuracy"] == rows[0]["test_accuracy"]  # nothing was aggregated
-    log = (run_dir / "logs" / "flwr-run.log").read_text()
-    assert "QKD link aborted: QBER" in log and "nothing sent to node" in log
+    assert [r["round"] for r in rows] == [0, 1]  # round 1 is recorded, nothing is lost
+    assert rows[1]["clients_ok"] == 0 and rows[1]["clients_failed"] == 2
+    assert rows[1]["test_accuracy"] == rows[0]["test_accuracy"]  # nothing was aggregated, nothing sent in the clear
+    # the cause is on the console, with the QBER and the bound
+    assert re.search(r"QKD link aborted: QBER 0\.2\d+ above the 0\.11 bound", proc.stdout), proc.stdout[-3000:]
+    assert "RunFailed: round 1 got no valid update" in proc.stdout
     assert _processes_in(run_dir) == []
+
+
+def test_a_malicious_client_in_a_real_deployment_is_named_and_the_run_goes_on(tmp_path):
+    # the reply Flower's own aggregation used to die on: one extra metric key
+    app_dir = _attack_app(tmp_path, "extra-key")
+    proc = subprocess.run(
+        _launch_cmd(tmp_path, "attack", "--clients", "3", "--rounds", "2", "--app", str(app_dir)),
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _rows(tmp_path / "attack")
+    assert [(r["clients_ok"], r["clients_rejected"]) for r in rows[1:]] == [(2, 1), (2, 1)]
+    assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
+    attacker = [c for c in _client_rows(tmp_path / "attack") if c["partition_id"] == "0"]
+    assert len(attacker) == 2 and all("unexpected ['evil']" in c["status"] for c in attacker)
+    assert "unexpected ['evil']" in proc.stdout  # named on the console too
+
+
+def _attack_app(tmp_path: Path, attack: str) -> Path:
+    """A Flower app whose ClientApp is ours, but partition 0 corrupts its training reply."""
+    app_dir = tmp_path / f"attack-app-{attack}"
+    app_dir.mkdir()
+    pyproject = (PROJECT_DIR / "pyproject.toml").read_text()
+    (app_dir / "pyproject.toml").write_text(pyproject.replace('clientapp = "client.app:app"', 'clientapp = "malicious:app"'))
+    (app_dir / "malicious.py").write_text(f'''
+from flwr.app import MetricRecord
+from flwr.clientapp import ClientApp
+
+import client.app as honest
+from transport.flower import HELLO_ACTION, answer_hello, transport_mod
+
+
+def corrupt(msg, context, call_next):
+    reply = call_next(msg, context)
+    if msg.metadata.message_type == "train" and context.node_config["partition-id"] == 0:
+        assert {attack!r} == "extra-key"
+        reply.content["metrics"] = MetricRecord({{**dict(reply.content["metrics"]), "evil": 1.0}})
+    return reply
+
+
+app = ClientApp(mods=[transport_mod, corrupt])
+app.train()(honest.train)
+app.evaluate()(honest.evaluate)
+app.query(HELLO_ACTION)(answer_hello)
+''')
+    return app_dir
 
 
 def test_qkd_plus_dp_composes_and_reports_the_accountants_epsilon(two_node_run, tmp_path):

@@ -58,7 +58,7 @@ def test_config_file_sets_values_and_rejects_unknown_keys(tmp_path, defaults):
     good = tmp_path / "devices.toml"
     good.write_text('device-profiles = "ibm-heron;noisy-nisq"\nstrategy = "noise-isolating"\n')
     args = argparse.Namespace(
-        config=str(good), set=[f'output-dir="{tmp_path}"'], clients=2, simulation=False, resume=False,
+        config=str(good), set=[f'output-dir="{tmp_path}"'], clients=2, simulation=False, resume=None,
         rounds=None, dataset=None, partitioner=None, n_qubits=None, n_layers=None, device=None,
         strategy=None, transport=None, run_name=None, seed=None,
     )
@@ -69,3 +69,53 @@ def test_config_file_sets_values_and_rejects_unknown_keys(tmp_path, defaults):
     args.config = str(bad)
     with pytest.raises(Exception, match="'device_profile': unknown key"):
         build_config(args, PROJECT_DIR)
+
+
+# --- one launch per run folder; no run replaces another -----------------------------------
+
+
+def test_a_new_run_is_refused_a_folder_that_holds_a_run(capsys, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "metrics.json").write_text("{}")
+    code = main(["launch", "--set", f'output-dir="{tmp_path}"', "--run-name", "taken", "--dataset", "iris"])
+    assert code == 2 and "holds a run already: --resume taken continues it" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "metrics.json").read_text() == "{}"  # untouched
+
+
+def test_a_second_launch_of_a_run_in_use_is_refused(tmp_path):
+    from server.launcher import LaunchError, RunLock
+
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(LaunchError, match=r"in use by qfl launch \(pid \d+\)"):
+            with RunLock(tmp_path / "run"):
+                pass
+    with RunLock(tmp_path / "run"):  # free again once the first is done
+        pass
+
+
+def test_new_runs_get_fresh_timestamped_names_and_resume_finds_latest(tmp_path):
+    from server.launcher import point_latest, run_name_for
+
+    first, resume = run_name_for(tmp_path, "", None, False)
+    assert resume is False and len(first) == len("20261127-120000")
+    (tmp_path / first).mkdir()
+    second, _ = run_name_for(tmp_path, "", None, False)
+    assert second != first and second.startswith(first[:8])
+    with pytest.raises(Exception, match="does not exist"):
+        run_name_for(tmp_path, "", "", False)  # nothing to continue yet
+    (tmp_path / first / "checkpoints").mkdir()
+    point_latest(tmp_path, first)
+    assert run_name_for(tmp_path, "", "", False) == (first, True)  # bare --resume
+    assert run_name_for(tmp_path, "", first, False) == (first, True)  # --resume NAME
+    with pytest.raises(Exception, match="holds no run"):
+        run_name_for(tmp_path, "", "nothing-here", False)
+
+
+@pytest.mark.parametrize("options", ['{ trim-threshold = 4.0, mode = "x" }', "{ trim-threshold = 4.0, mode = 'x' }"])
+def test_strategy_options_with_either_quote_reach_flower_intact(defaults, options):
+    from flwr.common.config import parse_config_args
+
+    from client.config import RunConfig
+
+    cfg = RunConfig.from_run_config({**defaults, "strategy-options": options})
+    assert parse_config_args([run_config_arg(cfg)]) == cfg.to_run_config()  # what flwr run will read

@@ -148,3 +148,22 @@ def test_held_update_is_a_copy(task_identity):
     late = _timed(9.0, 10, 1.5, 2)
     strategy.aggregate_train(1, [late])
     assert late.content["metrics"]["num-examples"] == 10
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedmedian", "noise-isolating", "fidelity-weighted"])
+def test_every_strategy_honours_the_loss_mask_behind_the_server_guard(task_identity, strategy):
+    from flwr.app import Array, ArrayRecord
+
+    from server.instrumented import InstrumentedStrategy
+    from strategies import load_strategy
+
+    # the global value of every coordinate is 0; both clients moved coordinate 0 to 0.98,
+    # but client 2's copy of it was lost on the way (the wire carries the global value there)
+    glob = ArrayRecord({"w": Array(np.zeros(4))})
+    a = make_reply({"w": np.array([0.98, 0.1, 0.2, 0.3])}, 10, node_id=1)
+    b = make_reply({"w": np.array([0.0, 0.1, 0.2, 0.3])}, 10, node_id=2)
+    b.content["mask"] = ConfigRecord({"w": np.packbits(np.array([0, 1, 1, 1], dtype=np.uint8)).tobytes()})
+    guard = InstrumentedStrategy(load_strategy(strategy))
+    guard._reference, guard._global = {"w": (4,)}, glob  # as configure_train records them
+    arrays, _ = guard.aggregate_train(1, [a, b])
+    np.testing.assert_allclose(arrays["w"].numpy(), [0.98, 0.1, 0.2, 0.3], atol=1e-12)  # not 0.49

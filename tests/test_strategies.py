@@ -109,7 +109,7 @@ def test_outlier_beyond_threshold_is_trimmed():
     [
         (lambda p: {**p, "scale": np.array([np.nan, 1.0, 1.0])}, "NaN or Inf"),
         (lambda p: {**p, "bias": np.array([np.inf, 1.0, 1.0])}, "NaN or Inf"),
-        (lambda p: {**p, "weights": np.zeros((2, 4, 3))}, "has shape (2, 4, 3)"),
+        (lambda p: {**p, "weights": np.zeros((2, 4, 3))}, "holds data of shape (2, 4, 3)"),
         (lambda p: {k: v for k, v in p.items() if k != "bias"}, "parameter names"),
     ],
 )

@@ -70,6 +70,10 @@ class Transport(ABC):
     #: This end's proven identity (e.g. the key manager's view of it), or ``None`` when the
     #: transport does not identify ends; then ``"server"`` / ``"node-<id>"`` are used.
     sae_id: str | None = None
+    #: Metric keys this transport adds to a node's training reply, and ConfigRecords with
+    #: the keys they may hold (``None``: any); the server accepts replies with exactly these.
+    reply_metrics: tuple[str, ...] = ()
+    reply_configs: dict[str, frozenset[str] | None] = {}
 
     @abstractmethod
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
@@ -106,6 +110,8 @@ class TransportStack(Transport):
         if len(identities) > 1:
             raise ValueError(f"transports {self.name} disagree on this end's identity: {sorted(identities)}")
         self.sae_id = identities.pop() if identities else None
+        self.reply_metrics = tuple(m for t in self.transports for m in t.reply_metrics)
+        self.reply_configs = {k: v for t in self.transports for k, v in t.reply_configs.items()}
 
     @property
     def identifies_peers(self) -> bool:

@@ -151,7 +151,7 @@ class TransportGrid(DelegatingGrid):
         self.hello_timeout = hello_timeout
         self.sae_id = stack.sae_id or SERVER_SAE
         self.peers: dict[int, str] = {}  # node ID -> its SAE ID
-        self.unsent = 0  # messages a transport refused to send (e.g. no key)
+        self.unsent: list[tuple[int, str]] = []  # (node, why) of messages a transport refused to send
         self.refused: list[tuple[int, str]] = []  # (node, reason) of replies a transport refused
         self._sent: dict[str, tuple[Message, int]] = {}
 
@@ -197,7 +197,7 @@ class TransportGrid(DelegatingGrid):
                 envelope = Envelope(self.run_id, server_round, dst, self.sae_id, peer, "down")
                 content = self.stack.encode(msg.content, envelope)
             except TransportError as err:
-                self.unsent += 1
+                self.unsent.append((dst, str(err)))
                 log(WARNING, "transport %s: nothing sent to node %d this round: %s", self.stack.name, dst, err)
                 continue
             out.append(Message(content=_with_envelope(content, server_round, self.sae_id), dst_node_id=dst,
@@ -254,6 +254,7 @@ class TransportGrid(DelegatingGrid):
             self._sent.pop(i, None)
         return decoded
 
-    def take_unsent(self) -> int:
-        out, self.unsent = self.unsent, 0
+    def take_unsent(self) -> list[tuple[int, str]]:
+        """Return and reset the ``(node, why)`` of messages not sent since the last call."""
+        out, self.unsent = self.unsent, []
         return out

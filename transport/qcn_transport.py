@@ -32,13 +32,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from transport.base import Envelope, Transport
 from transport.qcn import QCNPath, get_path, transmit
 
+from transport.contract import FIDELITY, LATENCY_S, MASK, QCN_LOST_FRACTION, QCN_METRICS, QCN_PAIRS
+
 PATHS_KEY = "qcn-paths"
 COPIES_KEY = "qcn-copies"
 CHANNELS_KEY = "qcn-channels"
 NODE_PATH_KEY = "qcn-path"
-MASK_RECORD = "mask"
-FIDELITY_METRIC = "fidelity"
-LATENCY_METRIC = "latency-s"
 
 
 def path_specs(paths: str) -> list[str]:
@@ -73,6 +72,8 @@ class QCNTransport(Transport):
     """
 
     name = "qcn"
+    reply_metrics = QCN_METRICS
+    reply_configs = {MASK: None}  # its keys are parameter names, checked against the model
 
     def __init__(self, path: QCNPath | None, copies: int = 100, channels: int = 16, seed: int = 0, partition: int = 0) -> None:
         if copies < 0 or channels < 1:
@@ -114,15 +115,15 @@ class QCNTransport(Transport):
                 mask[n] = np.packbits(sent.delivered[offset : offset + size]).tobytes()
                 offset += size
             out[key] = ArrayRecord(arrays)
-            out[MASK_RECORD] = ConfigRecord(mask)
+            out[MASK] = ConfigRecord(mask)
             for mkey, metrics in content.metric_records.items():
                 out[mkey] = MetricRecord(
                     {
                         **dict(metrics),
-                        FIDELITY_METRIC: sent.fidelity,
-                        LATENCY_METRIC: sent.latency_s,
-                        "qcn-lost-fraction": float(1.0 - sent.delivered.mean()),
-                        "qcn-pairs": sent.pairs,
+                        FIDELITY: sent.fidelity,
+                        LATENCY_S: sent.latency_s,
+                        QCN_LOST_FRACTION: float(1.0 - sent.delivered.mean()),
+                        QCN_PAIRS: sent.pairs,
                     }
                 )
         return out

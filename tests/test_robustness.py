@@ -1,0 +1,143 @@
+"""No client can crash, poison or hide in a run: a malicious client against the server's guard.
+
+The federation runs in this process with the real pieces: the real ClientApp (``client.app``)
+trains three iris partitions; the real strategies aggregate behind the server's real guard
+(:class:`server.instrumented.InstrumentedStrategy`, as ``server.app`` builds it). One client
+(partition 0) is malicious: it trains honestly, then corrupts its reply the way a hostile
+ClientApp would. For every attack and strategy the run finishes, the attacker is named, and
+the final accuracy stays within :data:`MARGIN` of the same federation without the attacker's
+corruption. A real deployment with a malicious ClientApp is in ``test_integration.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from client.app import app as honest_app
+from client.config import RunConfig
+from client.task import build_dataset, build_model
+from client.train import evaluate
+from server.app import PartitionSizes, build_strategy
+from server.instrumented import InstrumentedStrategy, train_reply_schema
+
+ROUNDS = 5
+CLIENTS = 3
+MALICIOUS = 1  # node ID of partition 0
+MARGIN = 0.08  # final accuracy within 8 points (3 test samples of 38) of the clean run
+
+
+def _array_with_data(template: np.ndarray, data: np.ndarray) -> Array:
+    """An Array that *declares* ``template``'s shape but carries ``data``'s bytes."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, data, allow_pickle=False)
+    return Array(dtype=str(template.dtype), shape=tuple(template.shape), stype="numpy.ndarray", data=buf.getvalue())
+
+
+def _corrupt(kind: str, reply: Message) -> Message:
+    """What a hostile ClientApp sends instead of its honest ``reply``."""
+    content = RecordDict(dict(reply.content.items()))
+    arrays = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    metrics = dict(reply.content["metrics"])
+    if kind == "scaled":
+        content["arrays"] = ArrayRecord({k: Array(v * 1e6) for k, v in arrays.items()})
+    elif kind == "inflated-examples":
+        # a free rider that claims all the data in the world: it sends back the model it
+        # got, which uncapped would freeze FedAvg at the initial model
+        sent = _request_of[reply.metadata.reply_to_message_id].content["arrays"]
+        metrics["num-examples"] = 1e9
+        content["arrays"] = ArrayRecord({k: Array(v.numpy()) for k, v in sent.items()})
+    elif kind == "spoofed-shape":
+        content["arrays"] = ArrayRecord({k: _array_with_data(v, np.zeros(7)) for k, v in arrays.items()})
+    elif kind == "extra-key":
+        metrics["evil"] = 1.0
+    elif kind == "missing-key":
+        del metrics["train-loss"]
+    elif kind == "second-record":
+        content["arrays-2"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    elif kind == "complex":
+        content["arrays"] = ArrayRecord({k: Array(v.astype(np.complex128) * (1 + 1j)) for k, v in arrays.items()})
+    elif kind == "nan":
+        content["arrays"] = ArrayRecord({k: Array(np.full_like(v, np.nan)) for k, v in arrays.items()})
+    elif kind == "inf":
+        content["arrays"] = ArrayRecord({k: Array(np.full_like(v, -np.inf)) for k, v in arrays.items()})
+    elif kind == "huge":
+        content["arrays"] = ArrayRecord({k: Array(np.full_like(v, 1e300)) for k, v in arrays.items()})
+    else:
+        raise ValueError(kind)
+    content["metrics"] = MetricRecord(metrics)
+    out = Message(content=content, reply_to=_request_of[reply.metadata.reply_to_message_id])
+    return out
+
+
+ATTACKS = ["scaled", "inflated-examples", "spoofed-shape", "extra-key", "missing-key", "second-record",
+           "complex", "nan", "inf", "huge"]
+STRATEGIES = ["fedavg", "noise-isolating", "fedmedian"]
+_request_of: dict[str, Message] = {}
+
+
+class _Grid:
+    """The nodes of an in-process federation: IDs only (a unit-test stand-in for Flower's grid)."""
+
+    def get_node_ids(self):  # noqa: ANN201
+        return list(range(1, CLIENTS + 1))
+
+
+def _federation(defaults, strategy: str, attack: str | None) -> tuple[float, list[dict], list[dict]]:
+    """Final central accuracy, per-round stats and per-client rows of one in-process run."""
+    run_config = {**defaults, "dataset": "iris", "local-epochs": 3, "learning-rate": 0.1, "strategy": strategy}
+    cfg = RunConfig.from_run_config(run_config)
+    data = build_dataset(cfg)
+    model = build_model(cfg, data)
+    arrays = ArrayRecord(model.state_dict())
+    guard = InstrumentedStrategy(build_strategy(cfg), train_reply_schema(), cfg.robust_norm_factor,
+                                 cfg.robust_examples_factor, PartitionSizes(cfg, data))
+    stats, rows = [], []
+    for rnd in range(1, ROUNDS + 1):
+        replies = []
+        for i, msg in enumerate(guard.configure_train(rnd, arrays, ConfigRecord({"round-offset": 0}), _Grid())):
+            msg.metadata.__dict__["_message_id"] = f"r{rnd}-{i}"
+            _request_of[msg.metadata.message_id] = msg
+            node = msg.metadata.dst_node_id
+            ctx = Context(run_id=1, node_id=node, node_config={"partition-id": node - 1, "num-partitions": CLIENTS},
+                          state=RecordDict(), run_config=run_config)
+            reply = honest_app(msg, ctx)
+            replies.append(_corrupt(attack, reply) if attack and node == MALICIOUS else reply)
+        new, _ = guard.aggregate_train(rnd, replies)
+        arrays = new if new is not None else arrays
+        stats.append(guard.take_round_stats())
+        rows += guard.take_client_rows()
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return evaluate(model, data.x_test, data.y_test)["accuracy"], stats, rows
+
+
+@pytest.fixture(scope="module")
+def clean():
+    """The clean run of each strategy, computed once."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.launcher import PROJECT_DIR, app_defaults
+
+    with pytest.MonkeyPatch.context() as mp:  # as the task_identity fixture, for the module
+        for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+            mp.setattr(TaskIdentity, attr, value)
+        return {s: _federation(app_defaults(PROJECT_DIR), s, None)[0] for s in STRATEGIES}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_one_malicious_client_neither_crashes_nor_poisons_nor_hides(task_identity, defaults, clean, strategy, attack):
+    accuracy, stats, rows = _federation(defaults, strategy, attack)
+    assert len(stats) == ROUNDS  # the run finished
+    assert accuracy >= clean[strategy] - MARGIN, f"{attack} vs {strategy}: {accuracy:.3f}, clean {clean[strategy]:.3f}"
+    attacker = [r for r in rows if r["node_id"] == MALICIOUS]
+    # the attacker is named every round: rejected, capped or trimmed, never silently "ok"
+    assert len(attacker) == ROUNDS and all(r["status"] != "ok" for r in attacker), [r["status"] for r in attacker]
+    assert all(s["clients-rejected"] + s["clients-capped"] + s["clients-trimmed"] >= 1 for s in stats)
+
+
+def test_the_clean_runs_learn(clean):
+    assert all(acc > 0.75 for acc in clean.values()), clean  # a margin around chance would prove nothing

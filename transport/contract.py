@@ -1,0 +1,52 @@
+"""The contract between the parts: every name that crosses a package boundary.
+
+ClientApp, transports, strategies and ServerApp meet only through Flower messages; this
+module names what those messages carry, once. It imports nothing, so every package may
+import it (strategies included: it is the one module of ``transport`` they may use).
+``tests/test_contract.py`` checks that these strings are written nowhere else.
+"""
+
+from __future__ import annotations
+
+# --- records of a message's RecordDict ------------------------------------------------
+ARRAYS = "arrays"  # ArrayRecord: the model's parameters (both directions)
+METRICS = "metrics"  # MetricRecord: a reply's numbers
+CONFIG = "config"  # ConfigRecord: the server's instructions (Flower's name)
+DEVICE = "device"  # ConfigRecord: who a reply says it is (claims, for the record)
+MASK = "mask"  # ConfigRecord: per parameter, the coordinates that arrived (qcn), packed bits
+
+# --- the server's instructions (CONFIG) ------------------------------------------------
+SERVER_ROUND = "server-round"  # Flower's: the round within this ServerApp run
+ROUND_OFFSET = "round-offset"  # rounds done before a resume: the run's round is the sum
+
+# --- DEVICE keys -------------------------------------------------------------------------
+DEVICE_PROFILE = "profile"
+DEVICE_ZNE = "zne"
+DEVICE_PARTITION = "partition-id"
+DEVICE_NUM_PARTITIONS = "num-partitions"
+DEVICE_KEYS = (DEVICE_PROFILE, DEVICE_ZNE, DEVICE_PARTITION, DEVICE_NUM_PARTITIONS)
+
+# --- METRICS of a training reply -------------------------------------------------------------
+NUM_EXAMPLES = "num-examples"  # the weight FedAvg and friends use
+TRAIN_LOSS = "train-loss"
+TRAIN_ACCURACY = "train-accuracy"
+TRAIN_TIME_S = "train-time-s"
+NOISE_GAP = "noise-gap"  # noiseless minus noisy accuracy on the local data
+CIRCUIT_DEPTH = "circuit-depth"  # of the circuit as routed to the device
+GATES = "gates"
+TWO_QUBIT_GATES = "two-qubit-gates"
+SWAPS = "swaps"
+TRAIN_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, NUM_EXAMPLES, TRAIN_TIME_S, NOISE_GAP, CIRCUIT_DEPTH, GATES,
+                 TWO_QUBIT_GATES, SWAPS)
+
+# added by the qcn transport on the way up
+FIDELITY = "fidelity"  # mean fidelity of the pairs that carried the update
+LATENCY_S = "latency-s"  # arrival time on the simulated network clock
+QCN_LOST_FRACTION = "qcn-lost-fraction"
+QCN_PAIRS = "qcn-pairs"
+QCN_METRICS = (FIDELITY, LATENCY_S, QCN_LOST_FRACTION, QCN_PAIRS)
+
+# --- METRICS of an evaluation reply ------------------------------------------------------------
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+EVAL_METRICS = (EVAL_LOSS, EVAL_ACCURACY, NUM_EXAMPLES)

@@ -17,18 +17,19 @@ message starts a fresh ClientApp process, and importing scikit-learn costs ~1.5 
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from client import tfim
-from client.config import DATASETS, PARTITIONERS
+from transport.config import DATASETS, PARTITIONERS
 
 CACHE_VERSION = 1
-CACHE_DIR_ENV = "QFL_CACHE_DIR"
+from transport.contract import CACHE_DIR_ENV
+from transport.files import atomic_write
 
 # n_samples, n_features, n_classes of scikit-learn's bundled copies
 CLASSICAL_SHAPES = {"iris": (150, 4, 3), "wine": (178, 13, 3), "breast-cancer": (569, 30, 2)}
@@ -278,12 +279,6 @@ def _cache_dir() -> Path:
 
 def _atomic_save(path: Path, arrays: dict) -> None:
     # Several ClientApp processes may miss the cache at once: write then rename.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())

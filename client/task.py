@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from client.config import RunConfig
+from typing import TYPE_CHECKING
+
 from client.data import Dataset, load_dataset
-from client.model import PQCClassifier
+from transport.config import RunConfig
+
+if TYPE_CHECKING:
+    from client.model import PQCClassifier
 
 
 def build_dataset(cfg: RunConfig) -> Dataset:
@@ -20,7 +24,8 @@ def build_model(
     Parameters are initialised from ``cfg.seed`` (the same global model everywhere);
     ``profile_spec`` puts it on a simulated device whose noise draws use ``seed``.
     """
-    from client.noise import get_profile
+    from client.model import PQCClassifier  # torch and PennyLane: only where a model is built
+    from client.profiles import get_profile
 
     profile = None if profile_spec is None else get_profile(profile_spec)
     model = PQCClassifier(

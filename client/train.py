@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from client.model import PQCClassifier
+from transport.contract import TRAIN_ACCURACY, TRAIN_LOSS
 
 
 def train_local(
@@ -41,7 +42,7 @@ def train_local(
             opt.step()
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(dim=1) == yt[idx]).sum())
-    return {"train-loss": loss_sum / len(yt), "train-accuracy": correct / len(yt)}
+    return {TRAIN_LOSS: loss_sum / len(yt), TRAIN_ACCURACY: correct / len(yt)}
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ direction. It also notices nodes that went away during a round.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import WARNING
 
 from flwr.app import Message
@@ -39,11 +39,13 @@ class MeteredGrid(DelegatingGrid):
         Bytes of reply content pulled from nodes since then.
     """
 
-    def __init__(self, grid: Grid, poll_interval: float = 0.1) -> None:
+    def __init__(self, grid: Grid, poll_interval: float = 0.1,
+                 on_replies: Callable[[str, int, int], None] | None = None) -> None:
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
         super().__init__(grid)
         self.poll_interval = poll_interval
+        self.on_replies = on_replies  # (phase, received, expected), as replies come in
         self.bytes_down = 0
         self.bytes_up = 0
         self.missing_replies: list[int] = []  # nodes that did not answer in time
@@ -69,17 +71,25 @@ class MeteredGrid(DelegatingGrid):
         missing ones are logged and counted in :attr:`missing_replies`.
         """
         messages = list(messages)
+        if not messages:
+            return []
         ids = list(self.push_messages(messages))  # same order as ``messages``
-        dst = {i: m.metadata.dst_node_id for i, m in zip(ids, messages) if i is not None}
+        sent = {i: m for i, m in zip(ids, messages) if i is not None}
+        dst = {i: m.metadata.dst_node_id for i, m in sent.items()}
         if len(dst) < len(messages):
             log(WARNING, "%d message(s) could not be pushed", len(messages) - len(dst))
+        phase = messages[0].metadata.message_type.split(".")[0]
         del messages
         pending = set(dst)
         end = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
+        if self.on_replies is not None:
+            self.on_replies(phase, 0, len(dst))
         while pending:
-            got = list(self.pull_messages(pending))
+            got = [_about_its_node(m, sent, dst) for m in self.pull_messages(pending)]
             replies.extend(got)
+            if got and self.on_replies is not None:
+                self.on_replies(phase, len(replies), len(dst))
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
             if not pending or (end is not None and time.monotonic() >= end):
                 break
@@ -101,3 +111,12 @@ class MeteredGrid(DelegatingGrid):
         self.bytes_down = self.bytes_up = 0
         self.missing_replies = []
         return out
+
+
+def _about_its_node(reply: Message, sent: dict[str, Message], dst: dict[str, int]) -> Message:
+    """An error the SuperLink wrote for an unavailable node, as a reply from that node
+    (Flower sends it under its own ID), so that the round names the node that failed."""
+    request_id = reply.metadata.reply_to_message_id
+    if reply.has_error() and request_id in dst and reply.metadata.src_node_id != dst[request_id]:
+        return Message(reply.error, reply_to=sent[request_id])
+    return reply

@@ -31,7 +31,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from strategies.delegating import DelegatingStrategy, RoundReport, round_report
 from strategies.fidelity_weighted import impute_lost
+from server.recorder import CLIENT_METRICS, column
 from strategies.validation import ReplySchema, filter_replies, is_finite_number, robust_screen, shapes_of
 from transport.contract import (
     CIRCUIT_DEPTH,
@@ -46,6 +48,9 @@ from transport.contract import (
     NOISE_GAP,
     NUM_EXAMPLES,
     QCN_LOST_FRACTION,
+    REPORT_COLUMNS,
+    REPORT_LATE,
+    REPORT_TRIMMED,
     SWAPS,
     TRAIN_LOSS,
     TRAIN_METRICS,
@@ -53,11 +58,9 @@ from transport.contract import (
     TWO_QUBIT_GATES,
 )
 
-CLIENT_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, NOISE_GAP, CIRCUIT_DEPTH, TWO_QUBIT_GATES, SWAPS, TRAIN_TIME_S,
-                  FIDELITY, LATENCY_S, QCN_LOST_FRACTION)
 
 
-class InstrumentedStrategy(Strategy):
+class InstrumentedStrategy(DelegatingStrategy):
     """Delegate to ``strategy``; guard its training replies; remember each round.
 
     Parameters
@@ -74,7 +77,7 @@ class InstrumentedStrategy(Strategy):
     def __init__(self, strategy: Strategy, schema: ReplySchema | None = None, norm_factor: float = 0.0,
                  examples_factor: float = 0.0,
                  examples_bounds: Callable[[list[Message]], list[float | None]] | None = None) -> None:
-        self.strategy = strategy
+        super().__init__(strategy)
         self.schema = schema
         self.norm_factor, self.examples_factor, self.examples_bounds = norm_factor, examples_factor, examples_bounds
         self._round_stats: dict[str, float] = {}
@@ -96,10 +99,10 @@ class InstrumentedStrategy(Strategy):
     def take_client_rows(self) -> list[dict[str, object]]:
         """Return and clear the last training round's per-client rows.
 
-        One row per reply that arrived without an error: its node, partition, device
-        profile, train and noise metrics, its ``status`` (``ok``, ``late``, ``trimmed``,
-        ``capped``, ``rejected: <why>``) and, if the strategy exposes ``last_estimates``
-        (as :class:`~strategies.NoiseIsolatingFedAvg` does), its noise estimate and weight.
+        One row per reply: its node, partition, device profile, train and noise metrics,
+        its ``status`` (``ok``, ``late``, ``trimmed``, ``capped``, ``rejected: <why>``,
+        ``failed: <why>``) and what the strategies reported about it
+        (:func:`~strategies.delegating.round_report`: e.g. noise-isolating's estimates).
         """
         out, self._client_rows = self._client_rows, []
         return out
@@ -137,19 +140,18 @@ class InstrumentedStrategy(Strategy):
             log(ERROR, "Aggregation failed in round %d, the global model stays as it was: %s: %s\n%s",
                 server_round, type(err).__name__, err, traceback.format_exc(limit=3))
             arrays, metrics, aggregation_failed = None, None, 1
-        estimates = {e.node_id: e for e in getattr(self.strategy, "last_estimates", None) or []}
-        late = getattr(self.strategy, "last_late_nodes", set())
+        report = RoundReport() if aggregation_failed else round_report(self.strategy)
         stats: dict[str, float] = dict(metrics) if metrics is not None else {}
         sound = [m for m in replies if not m.has_error()]
-        trimmed = sum(1 for m in sound if (e := estimates.get(m.metadata.src_node_id)) is not None and e.trimmed)
+        trimmed = sum(1 for m in sound if report.clients.get(m.metadata.src_node_id, {}).get(REPORT_TRIMMED))
         stats["clients-ok"] = len(sound) - trimmed
         stats["clients-failed"] = len(failed)
         stats["clients-rejected"] = len(rejected)
         stats["clients-trimmed"] = trimmed
         stats["clients-capped"] = len(capped)
         stats["aggregation-failed"] = aggregation_failed
-        stats.update(getattr(self.strategy, "last_stats", {}))  # a RoundDeadline's straggler counts
-        self._client_rows = _client_rows(sound, estimates, late, capped)
+        stats.update(report.stats)  # e.g. a round deadline's straggler counts
+        self._client_rows = _client_rows(sound, report, capped)
         self._client_rows += [{**_identity(m), "status": f"rejected: {why}"} for m, why in rejected]
         self._client_rows += [{"node_id": m.metadata.src_node_id, "status": f"failed: {_short(m.error.reason)}"} for m in failed]
         self._round_stats = stats
@@ -159,7 +161,7 @@ class InstrumentedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.current_round = server_round
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -204,23 +206,20 @@ def train_reply_schema(extra_metrics: Iterable[str] = (), extra_configs: dict[st
     return ReplySchema(metrics=frozenset((*TRAIN_METRICS, *extra_metrics)), configs=configs)
 
 
-def _client_rows(replies: list[Message], estimates: dict, late: set[int], capped: dict[int, tuple[float, float]]) -> list[dict[str, object]]:
+def _client_rows(replies: list[Message], report: RoundReport, capped: dict[int, tuple[float, float]]) -> list[dict[str, object]]:
     rows = []
     for msg in replies:
         node = msg.metadata.src_node_id
         metrics = next(iter(msg.content.metric_records.values()), {})
         row = _identity(msg)
         for key in CLIENT_METRICS:
-            row[key.replace("-", "_")] = metrics.get(key, "")
+            row[column(key)] = metrics.get(key, "")
         if node in capped:
-            row["num_examples"] = capped[node][1]
-        row["late"] = int(node in late)
-        est = estimates.get(node)
-        row["noise_var"] = "" if est is None else est.noise_var
-        row["snr"] = "" if est is None else est.snr
-        row["weight"] = "" if est is None else est.weight
-        row["trimmed"] = "" if est is None else est.trimmed
-        row["status"] = ("late" if node in late else "trimmed" if est is not None and est.trimmed
+            row[column(NUM_EXAMPLES)] = capped[node][1]
+        said = report.clients.get(node, {})
+        row.update({column: said.get(column, "") for column in REPORT_COLUMNS})
+        row[REPORT_LATE] = int(bool(said.get(REPORT_LATE)))
+        row["status"] = (REPORT_LATE if row[REPORT_LATE] else REPORT_TRIMMED if said.get(REPORT_TRIMMED)
                          else f"capped: claimed {capped[node][0]:g} examples" if node in capped else "ok")
         rows.append(row)
     return rows
@@ -242,7 +241,7 @@ def _identity(msg: Message) -> dict[str, object]:
 
     return {
         "node_id": msg.metadata.src_node_id,
-        "partition_id": claim(DEVICE_PARTITION),
-        "profile": claim(DEVICE_PROFILE),
-        "zne": claim(DEVICE_ZNE),
+        column(DEVICE_PARTITION): claim(DEVICE_PARTITION),
+        DEVICE_PROFILE: claim(DEVICE_PROFILE),
+        DEVICE_ZNE: claim(DEVICE_ZNE),
     }

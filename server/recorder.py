@@ -21,13 +21,37 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+
+from transport.files import atomic_write
+from transport.contract import (
+    CIRCUIT_DEPTH,
+    DEVICE_PARTITION,
+    DEVICE_PROFILE,
+    DEVICE_ZNE,
+    FIDELITY,
+    LATENCY_S,
+    NOISE_GAP,
+    NUM_EXAMPLES,
+    QCN_LOST_FRACTION,
+    REPORT_COLUMNS,
+    ROUND_STALE_FOLDED,
+    ROUND_STRAGGLERS,
+    SWAPS,
+    TRAIN_LOSS,
+    TRAIN_TIME_S,
+    TWO_QUBIT_GATES,
+)
+
+
+def column(name: str) -> str:
+    """A contract name as a CSV column: dashes become underscores."""
+    return name.replace("-", "_")
+
 
 COLUMNS = (
     "round",
@@ -44,11 +68,17 @@ COLUMNS = (
     "clients_trimmed",
     "clients_capped",
     "dp_epsilon",
-    "stragglers",
-    "stale_folded",
+    column(ROUND_STRAGGLERS),
+    column(ROUND_STALE_FOLDED),
 )
+RESULTS = ("metrics.json", "checkpoints")  # what makes a folder a run's
 ROUND_KEY = "__round__"
 CHECKSUM_KEY = "__sha256__"
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a folder holds a run's results (metrics or checkpoints): never reuse it for a new run."""
+    return any((Path(run_dir) / name).exists() for name in RESULTS)
 
 
 class CheckpointError(RuntimeError):
@@ -94,11 +124,12 @@ def _read_checkpoint(path: Path, max_round: int | None) -> tuple[str | None, tup
         if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
             return f"'{name}' is not finite floating point", None
     return None, (server_round, ArrayRecord({k: Array(v) for k, v in arrays.items()}))
+# clients.csv: who (claims), what it reported, what the strategies made of it, its epsilon, its fate
+CLIENT_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, NOISE_GAP, CIRCUIT_DEPTH, TWO_QUBIT_GATES, SWAPS, TRAIN_TIME_S,
+                  FIDELITY, LATENCY_S, QCN_LOST_FRACTION)
 CLIENT_COLUMNS = (
-    "round", "node_id", "partition_id", "profile", "zne", "num_examples", "train_loss",
-    "noise_gap", "circuit_depth", "two_qubit_gates", "swaps", "train_time_s",
-    "noise_var", "snr", "weight", "trimmed", "fidelity", "latency_s", "qcn_lost_fraction", "late",
-    "dp_epsilon", "status",
+    "round", "node_id", column(DEVICE_PARTITION), DEVICE_PROFILE, DEVICE_ZNE, *map(column, CLIENT_METRICS),
+    *REPORT_COLUMNS, "dp_epsilon", "status",
 )
 
 
@@ -132,8 +163,8 @@ class RunRecorder:
         path = self.ckpt_dir / f"round-{server_round:04d}.npz"
         buf = io.BytesIO()
         np.savez(buf, **payload)
-        _atomic_write(path, buf.getvalue())
-        _atomic_write(self.ckpt_dir / "latest.npz", buf.getvalue())
+        atomic_write(path, buf.getvalue())
+        atomic_write(self.ckpt_dir / "latest.npz", buf.getvalue())
         return path
 
     def load_latest(self, max_round: int | None = None) -> Checkpoint | None:
@@ -177,7 +208,7 @@ class RunRecorder:
     # --- privacy ledger ------------------------------------------------------------------
     def save_privacy(self, state: dict) -> None:
         """The DP ledger's state (releases so far), for a resumed run to continue from."""
-        _atomic_write(self.privacy_path, json.dumps(state, indent=1).encode())
+        atomic_write(self.privacy_path, json.dumps(state, indent=1).encode())
 
     def load_privacy(self) -> dict | None:
         if not self.privacy_path.exists():
@@ -192,7 +223,7 @@ class RunRecorder:
         writer = csv.DictWriter(out, fieldnames=CLIENT_COLUMNS)
         writer.writeheader()
         writer.writerows(self.client_rows)
-        _atomic_write(self.run_dir / "clients.csv", out.getvalue().encode())
+        atomic_write(self.run_dir / "clients.csv", out.getvalue().encode())
 
     def add_row(self, row: dict[str, float]) -> None:
         """Append one round's metrics and rewrite the CSV, JSON and plot."""
@@ -207,10 +238,10 @@ class RunRecorder:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(self.rows)
-        _atomic_write(self.run_dir / "metrics.csv", out.getvalue().encode())
+        atomic_write(self.run_dir / "metrics.csv", out.getvalue().encode())
         # JSON has no NaN: missing values (round 0 has no training) become null.
         clean = [{k: (None if _is_nan(v) else v) for k, v in r.items()} for r in self.rows]
-        _atomic_write(
+        atomic_write(
             self.run_dir / "metrics.json",
             json.dumps({"columns": list(COLUMNS), "rounds": clean}, indent=1).encode(),
         )
@@ -241,21 +272,8 @@ def plot_metrics(rows: list[dict[str, float]], path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _is_nan(v: object) -> bool:
     return isinstance(v, float) and math.isnan(v)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -30,11 +30,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from strategies.delegating import DelegatingStrategy, RoundReport
+
 from transport.contract import LATENCY_S as LATENCY_KEY
+from transport.contract import NUM_EXAMPLES, REPORT_LATE, ROUND_STALE_FOLDED, ROUND_STRAGGLERS
 POLICIES = ("drop", "stale")
 
 
-class RoundDeadline(Strategy):
+class RoundDeadline(DelegatingStrategy):
     """Delegate to ``strategy``; apply a deadline to its training replies.
 
     Parameters
@@ -48,7 +51,7 @@ class RoundDeadline(Strategy):
     staleness_discount : float
         :math:`\\gamma \\in (0, 1]`, per round late.
     weighted_by_key : str
-        The metric holding :math:`n_k` (the inner strategy's, by default).
+        The metric holding :math:`n_k` (``num-examples`` by default).
     """
 
     def __init__(
@@ -65,17 +68,16 @@ class RoundDeadline(Strategy):
             raise ValueError(f"straggler policy must be one of {POLICIES}, got {policy!r}")
         if not 0 < staleness_discount <= 1:
             raise ValueError(f"staleness discount must be in (0, 1], got {staleness_discount}")
-        self.strategy = strategy
+        super().__init__(strategy)
         self.deadline_s, self.policy, self.staleness_discount = deadline_s, policy, staleness_discount
-        self.weighted_by_key = weighted_by_key or getattr(strategy, "weighted_by_key", "num-examples")
+        self.weighted_by_key = weighted_by_key or NUM_EXAMPLES
         self._held: dict[int, list[Message]] = {}
-        self.last_stats: dict[str, int] = {}
+        self.last_stats: dict[str, float] = {ROUND_STRAGGLERS: 0, ROUND_STALE_FOLDED: 0}
         self.last_late_nodes: set[int] = set()
 
-    def __getattr__(self, name: str):  # e.g. last_estimates of the inner strategy
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
+    def round_report(self) -> RoundReport:
+        """Which nodes were late in the last round, and the round's straggler counts."""
+        return RoundReport({node: {REPORT_LATE: 1} for node in self.last_late_nodes}, dict(self.last_stats))
 
     def summary(self) -> None:
         log(INFO, "\t├──> Round deadline %.3g s, stragglers: %s (discount %.3g per round late)",
@@ -88,11 +90,6 @@ class RoundDeadline(Strategy):
             if LATENCY_KEY in metrics:
                 return float(metrics[LATENCY_KEY])  # type: ignore[arg-type]
         return 0.0
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -117,7 +114,7 @@ class RoundDeadline(Strategy):
                 msg.metadata.src_node_id, latency, self.deadline_s, server_round + rounds_late,
                 self.staleness_discount**rounds_late)
         folded = self._held.pop(server_round, [])
-        self.last_stats = {"stragglers": late, "stale-folded": len(folded)}
+        self.last_stats = {ROUND_STRAGGLERS: late, ROUND_STALE_FOLDED: len(folded)}
         return self.strategy.aggregate_train(server_round, on_time + folded)
 
     def _discounted(self, msg: Message, rounds_late: int) -> Message:
@@ -137,10 +134,3 @@ class RoundDeadline(Strategy):
         """Late updates held for later rounds."""
         return sum(len(v) for v in self._held.values())
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)

@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from transport.contract import ARRAYS, NUM_EXAMPLES
 from transport.contract import FIDELITY as FIDELITY_KEY
 from transport.contract import MASK as MASK_KEY
 
@@ -97,8 +98,8 @@ class FidelityWeightedFedAvg(FedAvg):
         return ArrayRecord(out), metrics
 
 
-def impute_lost(replies: list[Message], global_arrays: ArrayRecord, arrayrecord_key: str = "arrays",
-                weighted_by_key: str = "num-examples") -> list[Message]:
+def impute_lost(replies: list[Message], global_arrays: ArrayRecord, arrayrecord_key: str = ARRAYS,
+                weighted_by_key: str = NUM_EXAMPLES) -> list[Message]:
     r"""Replies whose lost coordinates (``mask`` bit 0) hold what the others delivered.
 
     Coordinate :math:`j` of reply :math:`k`, if lost, becomes

@@ -19,7 +19,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from strategies.validation import filter_replies, flatten, shapes_of
+from strategies.delegating import RoundReport
+from strategies.validation import filter_replies, shapes_of
+from transport.records import flatten, unflatten
+from transport.contract import REPORT_NOISE_VAR, REPORT_SNR, REPORT_TRIMMED, REPORT_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,13 @@ class NoiseIsolatingFedAvg(FedAvg):
         self._reference: dict[str, tuple[int, ...]] | None = None
         self._global: np.ndarray | None = None
 
+    def round_report(self) -> RoundReport:
+        """Each client's noise estimate, signal-to-noise ratio, weight and trimming, last round."""
+        return RoundReport({
+            e.node_id: {REPORT_NOISE_VAR: e.noise_var, REPORT_SNR: e.snr, REPORT_WEIGHT: e.weight, REPORT_TRIMMED: e.trimmed}
+            for e in self.last_estimates
+        })
+
     def summary(self) -> None:
         log(INFO, "\t├──> Noise isolation: trim above %.1f x median variance, shrink=%s", self.trim_threshold, self.shrink)
         super().summary()
@@ -111,6 +121,7 @@ class NoiseIsolatingFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        self.last_estimates = []
         if self._reference is None:  # called without configure_train: take the first reply's
             sound = [m for m in replies if not m.has_error()]
             if not sound:
@@ -128,7 +139,7 @@ class NoiseIsolatingFedAvg(FedAvg):
             stacked, counts, self.trim_threshold, self.shrink
         )
         merged = consensus + (weights * shrinkage) @ (stacked - consensus)
-        arrays = _unflatten(merged, valid[0].content[self.arrayrecord_key], names)
+        arrays = unflatten(merged, valid[0].content[self.arrayrecord_key], names)
 
         # signal: how far the consensus moved from the global model, per coordinate
         signal = float(np.mean((consensus - self._global) ** 2)) if self._global is not None else float("nan")
@@ -188,14 +199,3 @@ def _num_examples(message: Message, key: str) -> float:
         if key in record:
             return float(record[key])
     raise KeyError(key)
-
-
-def _unflatten(vector: np.ndarray, like: ArrayRecord, names: list[str]) -> ArrayRecord:
-    out: dict[str, Array] = {}
-    offset = 0
-    for n in names:
-        template = like[n].numpy()
-        size = template.size
-        out[n] = Array(vector[offset : offset + size].reshape(template.shape).astype(template.dtype))
-        offset += size
-    return ArrayRecord(out)

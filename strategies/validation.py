@@ -28,6 +28,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from transport.contract import ARRAYS, MASK, METRICS, NUM_EXAMPLES
+from transport.records import flatten
 
 
 def _array(record: ArrayRecord, name: str) -> np.ndarray:
@@ -170,11 +171,6 @@ def filter_replies(
 def shapes_of(arrays: ArrayRecord) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of an ``ArrayRecord``."""
     return {k: tuple(v.shape) for k, v in arrays.items()}
-
-
-def flatten(arrays: ArrayRecord, names: list[str]) -> np.ndarray:
-    """The named parameters of ``arrays`` as one float64 vector, in ``names`` order."""
-    return np.concatenate([arrays[n].numpy().astype(np.float64, copy=False).ravel() for n in names])
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ def _qfl_cache(tmp_path_factory):
 @pytest.fixture
 def defaults():
     """The run-config defaults declared in pyproject.toml."""
-    from server.launcher import PROJECT_DIR, app_defaults
+    from server.launch.config import app_defaults
+    from server.launcher import PROJECT_DIR
 
     return app_defaults(PROJECT_DIR)
 

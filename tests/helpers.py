@@ -21,18 +21,16 @@ def make_reply(params: dict[str, np.ndarray], num_examples: float, node_id: int)
 
 def processes(match) -> list[str]:  # noqa: ANN001 (a predicate on (cwd, cmdline))
     """``"pid: cmdline"`` of every live process for which ``match(cwd, cmdline)`` holds."""
-    import os
-    from pathlib import Path
+    import psutil
 
     found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue  # gone, or a zombie
-        if match(cwd, cmd):
-            found.append(f"{pid}: {cmd}")
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd", "status"]):
+        info = proc.info
+        if info["status"] == psutil.STATUS_ZOMBIE or info["cwd"] is None:
+            continue  # gone, a zombie, or not ours to read
+        cmd = " ".join(info["cmdline"] or [])
+        if match(info["cwd"], cmd):
+            found.append(f"{info['pid']}: {cmd}")
     return found
 
 

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from client.app import app
-from client.config import RunConfig
+from transport.config import RunConfig
 from client.task import build_dataset, build_model
 
 

@@ -11,8 +11,10 @@ import re
 import yaml
 from flwr.common.config import parse_config_args
 
-from client.config import RunConfig, node_partition
-from server.launcher import PROJECT_DIR, app_defaults, superlink_command, supernode_command
+from transport.config import NodeConfig, RunConfig
+from server.launch.commands import superlink_command, supernode_command
+from server.launch.config import app_defaults
+from server.launcher import PROJECT_DIR
 
 COMPOSE = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -49,7 +51,8 @@ def test_each_supernode_has_its_own_partition_key_and_the_launchers_command():
             f"superlink:{PORT}", 9094, i, n, root_cert="/certs/ca.crt", auth_key=f"/certs/node-{i}"
         )
         node_config = parse_config_args([service["command"][service["command"].index("--node-config") + 1]])
-        assert node_partition(node_config) == (i, n)
+        node = NodeConfig.from_node_config(node_config)
+        assert (node.partition_id, node.num_partitions) == (i, n)
         assert service["depends_on"]["register"]["condition"] == "service_completed_successfully"
 
 
@@ -77,7 +80,7 @@ def test_submit_uses_the_compose_connection_and_a_valid_run_config():
 
 
 def test_key_manager_service_is_the_launchers_with_tls_and_every_sae_certified():
-    from server.launcher import key_manager_command
+    from server.launch.commands import key_manager_command
 
     cmd = SERVICES["key-manager"]["command"]
     port = int(cmd[cmd.index("--port") + 1])

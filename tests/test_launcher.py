@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.launcher import main, parse_overrides, run_config_arg
+from server.launch.config import parse_overrides, run_config_arg
+from server.launcher import main
 
 
 def _launch_error(capsys, tmp_path, *argv):
@@ -19,17 +20,18 @@ def _launch_error(capsys, tmp_path, *argv):
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["--dataset", "mnist"], "'dataset': unknown value 'mnist'"),
-        (["--rounds", "0"], "'num-server-rounds': must be a positive integer"),
+        (["--dataset", "mnist"], "'dataset': input should be 'iris', 'wine', 'breast-cancer' or 'tfim', got 'mnist'"),
+        (["--rounds", "0"], "'num-server-rounds': input should be greater than or equal to 1, got 0"),
         (["--clients", "0"], "'--clients': must be a positive integer"),
         (["--clients", "-3"], "'--clients': must be a positive integer"),
         (["--clients", "200", "--dataset", "iris"], "'--clients': 200 clients but dataset 'iris' has only 112"),
-        (["--device", "qiskit.aer"], "'device': unknown value 'qiskit.aer'"),
+        (["--device", "qiskit.aer"], "'device': input should be 'default.qubit' or 'lightning.qubit', got 'qiskit.aer'"),
         (["--dataset", "iris", "--n-qubits", "2"], "'n-qubits': dataset 'iris' has 3 classes"),
         (["--strategy", "nosuch"], "'strategy': unknown strategy 'nosuch'"),
         (["--strategy", "nosuch.module:Thing"], "cannot import module 'nosuch.module'"),
         (["--set", "learning_rate=0.1"], "'learning_rate': unknown key"),
-        (["--set", "n-layers=0"], "'n-layers': must be a positive integer"),
+        (["--set", "n-layers=0"], "'n-layers': input should be greater than or equal to 1, got 0"),
+        (["--log-to", "wandb"], "'log-to': unknown ['wandb']"),
     ],
 )
 def test_bad_input_fails_before_launch(capsys, tmp_path, argv, fragment):
@@ -43,7 +45,7 @@ def test_overrides_parse_toml_and_bare_words(defaults):
 
 
 def test_run_config_arg_round_trips(defaults):
-    from client.config import RunConfig
+    from transport.config import RunConfig
 
     cfg = RunConfig.from_run_config(defaults)
     items = run_config_arg(cfg).split(" ")
@@ -53,15 +55,14 @@ def test_run_config_arg_round_trips(defaults):
 def test_config_file_sets_values_and_rejects_unknown_keys(tmp_path, defaults):
     import argparse
 
-    from server.launcher import PROJECT_DIR, build_config
+    from server.launch.config import build_config
+    from server.launcher import PROJECT_DIR
 
     good = tmp_path / "devices.toml"
     good.write_text('device-profiles = "ibm-heron;noisy-nisq"\nstrategy = "noise-isolating"\n')
-    args = argparse.Namespace(
-        config=str(good), set=[f'output-dir="{tmp_path}"'], clients=2, simulation=False, resume=None,
-        rounds=None, dataset=None, partitioner=None, n_qubits=None, n_layers=None, device=None,
-        strategy=None, transport=None, run_name=None, seed=None,
-    )
+    from server.launcher import build_parser
+
+    args = build_parser().parse_args(["launch", "--config", str(good), "--set", f'output-dir="{tmp_path}"', "--clients", "2"])
     cfg, _ = build_config(args, PROJECT_DIR)
     assert cfg.profile_specs() == ["ibm-heron", "noisy-nisq"] and cfg.strategy == "noise-isolating"
     bad = tmp_path / "bad.toml"
@@ -83,7 +84,8 @@ def test_a_new_run_is_refused_a_folder_that_holds_a_run(capsys, tmp_path):
 
 
 def test_a_second_launch_of_a_run_in_use_is_refused(tmp_path):
-    from server.launcher import LaunchError, RunLock
+    from server.launch.processes import LaunchError
+    from server.launch.runs import RunLock
 
     with RunLock(tmp_path / "run"):
         with pytest.raises(LaunchError, match=r"in use by qfl launch \(pid \d+\)"):
@@ -94,7 +96,7 @@ def test_a_second_launch_of_a_run_in_use_is_refused(tmp_path):
 
 
 def test_new_runs_get_fresh_timestamped_names_and_resume_finds_latest(tmp_path):
-    from server.launcher import point_latest, run_name_for
+    from server.launch.runs import point_latest, run_name_for
 
     first, resume = run_name_for(tmp_path, "", None, False)
     assert resume is False and len(first) == len("20261127-120000")
@@ -115,7 +117,7 @@ def test_new_runs_get_fresh_timestamped_names_and_resume_finds_latest(tmp_path):
 def test_strategy_options_with_either_quote_reach_flower_intact(defaults, options):
     from flwr.common.config import parse_config_args
 
-    from client.config import RunConfig
+    from transport.config import RunConfig
 
     cfg = RunConfig.from_run_config({**defaults, "strategy-options": options})
     assert parse_config_args([run_config_arg(cfg)]) == cfg.to_run_config()  # what flwr run will read

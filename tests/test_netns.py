@@ -21,18 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from client.config import RunConfig
 from helpers import processes
-from server.launcher import (
-    PROJECT_DIR,
-    ProcessGroup,
-    app_defaults,
-    flower_config,
-    flwr_env,
-    stream_run,
-    superlink_command,
-    supernode_command,
-)
+from server.launch.commands import flower_config, flwr_env, superlink_command, supernode_command
+from server.launch.config import app_defaults
+from server.launch.console import stream_run
+from server.launch.processes import ProcessGroup
+from server.launcher import PROJECT_DIR
+from transport.config import RunConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 

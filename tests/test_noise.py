@@ -117,7 +117,7 @@ def test_routing_adds_swaps_only_when_needed():
         counts[coupling] = circuit_metrics(tape)
     assert counts["all-to-all"]["swaps"] == 0 and counts["ring"]["swaps"] == 0
     assert counts["line"]["swaps"] > 0  # the ring's closing CNOT needs routing on a line
-    assert counts["line"]["depth"] > counts["ring"]["depth"]
+    assert counts["line"]["circuit-depth"] > counts["ring"]["circuit-depth"]
 
 
 def test_noisy_device_lowers_read_out_contrast():

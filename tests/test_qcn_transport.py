@@ -10,13 +10,18 @@ from flwr.serverapp.strategy import FedAvg
 from helpers import make_reply
 from strategies import FidelityWeightedFedAvg, RoundDeadline, filter_replies, unpack_mask
 from transport.base import Envelope
+from transport.config import NodeConfig, RunConfig
 from transport.registry import build_transport
 
 UP = Envelope(run_id=7, server_round=3, node_id=5, src="node-5", dst="server", direction="up")
 
 
 def _config(defaults, **over):
-    return {**defaults, **{k.replace("_", "-"): v for k, v in over.items()}}
+    return RunConfig.from_run_config({**defaults, **{k.replace("_", "-"): v for k, v in over.items()}})
+
+
+def _node(**node_config):
+    return NodeConfig.from_node_config({"num-partitions": 2, **node_config})
 
 
 def _exchange(seed=0, size=40):
@@ -36,7 +41,7 @@ def _exchange(seed=0, size=40):
 def test_ideal_path_with_exact_readout_is_bit_identical(defaults):
     old, new, request, reply = _exchange()
     cfg = _config(defaults, qcn_paths="ideal", qcn_copies=0)
-    stack = build_transport("qcn", cfg, {"partition-id": 0, "num-partitions": 2})
+    stack = build_transport(cfg.replace(transport="qcn"), _node(**{"partition-id": 0, "num-partitions": 2}))
     wire = stack.encode(reply, UP, request)
     for k in new:
         np.testing.assert_array_equal(wire["arrays"][k].numpy(), new[k])
@@ -49,8 +54,8 @@ def test_ideal_path_with_exact_readout_is_bit_identical(defaults):
 def test_partition_picks_its_path_and_lost_values_keep_the_global_value(defaults):
     old, new, request, reply = _exchange(1)
     cfg = _config(defaults, qcn_paths="metro;long-haul:cutoff_s=0.03", qcn_copies=1)
-    near = build_transport("qcn", cfg, {"partition-id": 0}).encode(reply, UP, request)
-    far = build_transport("qcn", cfg, {"partition-id": 1}).encode(reply, UP, request)
+    near = build_transport(cfg.replace(transport="qcn"), _node(**{"partition-id": 0})).encode(reply, UP, request)
+    far = build_transport(cfg.replace(transport="qcn"), _node(**{"partition-id": 1})).encode(reply, UP, request)
     assert near["metrics"]["fidelity"] > 0.9 > far["metrics"]["fidelity"]
     assert far["metrics"]["latency-s"] > 10 * near["metrics"]["latency-s"]
     lost = 0
@@ -61,16 +66,16 @@ def test_partition_picks_its_path_and_lost_values_keep_the_global_value(defaults
         lost += (~mask).sum()
     assert lost > 0 and far["metrics"]["qcn-lost-fraction"] == pytest.approx(lost / 40)
     # a node's own qcn-path overrides its partition's
-    own = build_transport("qcn", cfg, {"partition-id": 1, "qcn-path": "ideal"}).encode(reply, UP, request)
+    own = build_transport(cfg.replace(transport="qcn"), _node(**{"partition-id": 1, "qcn-path": "ideal"})).encode(reply, UP, request)
     assert own["metrics"]["fidelity"] == 1.0
 
 
 def test_same_seed_round_and_partition_give_the_same_channel(defaults):
     _, _, request, reply = _exchange(2)
     cfg = _config(defaults, qcn_paths="regional")
-    a = build_transport("qcn", cfg, {"partition-id": 0}).encode(reply, UP, request)
-    b = build_transport("qcn", cfg, {"partition-id": 0}).encode(reply, UP, request)
-    c = build_transport("qcn", cfg, {"partition-id": 1}).encode(reply, UP, request)
+    a = build_transport(cfg.replace(transport="qcn"), _node(**{"partition-id": 0})).encode(reply, UP, request)
+    b = build_transport(cfg.replace(transport="qcn"), _node(**{"partition-id": 0})).encode(reply, UP, request)
+    c = build_transport(cfg.replace(transport="qcn"), _node(**{"partition-id": 1})).encode(reply, UP, request)
     np.testing.assert_array_equal(a["arrays"]["a"].numpy(), b["arrays"]["a"].numpy())
     assert not np.array_equal(a["arrays"]["a"].numpy(), c["arrays"]["a"].numpy())
 
@@ -78,10 +83,10 @@ def test_same_seed_round_and_partition_give_the_same_channel(defaults):
 def test_qcn_composes_with_dp_dp_first(defaults):
     old, new, request, reply = _exchange(3)
     cfg = _config(defaults, qcn_paths="ideal", qcn_copies=0, dp_clip=0.01, dp_noise_multiplier=1e-12)
-    both = build_transport("qcn+dp", cfg, {"partition-id": 0})
+    both = build_transport(cfg.replace(transport="qcn+dp"), _node(**{"partition-id": 0}))
     assert both.name == "qcn+dp"
     wire = both.encode(reply, UP, request)
-    dp_only = build_transport("dp", cfg, {"partition-id": 0}).encode(reply, UP, request)
+    dp_only = build_transport(cfg.replace(transport="dp"), _node(**{"partition-id": 0})).encode(reply, UP, request)
     # over an ideal channel, what arrives is the clipped update (DP noise is fresh each
     # time, so it is all but switched off here to compare)
     for k in new:
@@ -89,7 +94,7 @@ def test_qcn_composes_with_dp_dp_first(defaults):
         assert not np.allclose(wire["arrays"][k].numpy(), new[k])  # clipped: not the raw update
     assert wire["metrics"]["fidelity"] == 1.0
     # the server side of qcn has nothing to undo
-    assert build_transport("qcn", cfg).decode(wire, UP) is wire
+    assert build_transport(cfg.replace(transport="qcn")).decode(wire, UP) is wire
 
 
 def test_a_mask_of_the_wrong_size_is_rejected_before_aggregation(task_identity):

@@ -16,10 +16,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.app import app as honest_app
-from client.config import RunConfig
+from transport.config import RunConfig
 from client.task import build_dataset, build_model
 from client.train import evaluate
-from server.app import PartitionSizes, build_strategy
+from server.app import PartitionSizes
+from server.chain import build_strategy
 from server.instrumented import InstrumentedStrategy, train_reply_schema
 
 ROUNDS = 5
@@ -119,12 +120,12 @@ def clean():
     """The clean run of each strategy, computed once."""
     from flwr.supercore.task_identity import TaskIdentity
 
-    from server.launcher import PROJECT_DIR, app_defaults
+    from transport.config import defaults as app_defaults
 
     with pytest.MonkeyPatch.context() as mp:  # as the task_identity fixture, for the module
         for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
             mp.setattr(TaskIdentity, attr, value)
-        return {s: _federation(app_defaults(PROJECT_DIR), s, None)[0] for s in STRATEGIES}
+        return {s: _federation(app_defaults(), s, None)[0] for s in STRATEGIES}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

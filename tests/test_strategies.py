@@ -150,3 +150,21 @@ def test_registry_names_paths_and_options():
         resolve_strategy("numpy:ndarray")
     with pytest.raises(ValueError, match="inline table"):
         parse_strategy_options("trim = 4")
+
+
+def test_wrappers_compose_central_dp_keeps_noise_isolatings_per_client_columns():
+    # Flower's DP wrapper forwards no attributes; the per-client report still gets through
+    from server.instrumented import InstrumentedStrategy
+    from transport.dp import CentralDPFixedClipping
+
+    rng = np.random.default_rng(7)
+    base = random_params(rng)
+    replies = [make_reply({k: v + 0.01 * rng.normal(size=v.shape) for k, v in base.items()}, 10, i) for i in range(4)]
+    guard = InstrumentedStrategy(CentralDPFixedClipping(NoiseIsolatingFedAvg(), noise_multiplier=0.1, clipping_norm=1.0))
+    glob = ArrayRecord({k: __import__("flwr.app", fromlist=["Array"]).Array(v) for k, v in base.items()})
+    guard._reference, guard._global = dict(SHAPES), glob  # as configure_train records them
+    guard.strategy.current_arrays = glob
+    guard.aggregate_train(1, replies)
+    rows = guard.take_client_rows()
+    assert len(rows) == 4
+    assert all(isinstance(r["noise_var"], float) and isinstance(r["weight"], float) for r in rows)

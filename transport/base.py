@@ -66,7 +66,7 @@ class Transport(ABC):
     """Encode what leaves, decode what arrives. Subclasses are small and stateless
     between messages (a node runs each message in a fresh process)."""
 
-    name = "transport"
+    name = "unnamed"
     #: This end's proven identity (e.g. the key manager's view of it), or ``None`` when the
     #: transport does not identify ends; then ``"server"`` / ``"node-<id>"`` are used.
     sae_id: str | None = None

@@ -19,11 +19,18 @@ MASK = "mask"  # ConfigRecord: per parameter, the coordinates that arrived (qcn)
 SERVER_ROUND = "server-round"  # Flower's: the round within this ServerApp run
 ROUND_OFFSET = "round-offset"  # rounds done before a resume: the run's round is the sum
 
+# --- node config keys (``--node-config``; declared with their types in transport.config) ---
+NODE_PARTITION_ID = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"
+NODE_DEVICE_PROFILE = "device-profile"
+NODE_ZNE = "zne"
+NODE_QCN_PATH = "qcn-path"
+
 # --- DEVICE keys -------------------------------------------------------------------------
 DEVICE_PROFILE = "profile"
-DEVICE_ZNE = "zne"
-DEVICE_PARTITION = "partition-id"
-DEVICE_NUM_PARTITIONS = "num-partitions"
+DEVICE_ZNE = NODE_ZNE
+DEVICE_PARTITION = NODE_PARTITION_ID
+DEVICE_NUM_PARTITIONS = NODE_NUM_PARTITIONS
 DEVICE_KEYS = (DEVICE_PROFILE, DEVICE_ZNE, DEVICE_PARTITION, DEVICE_NUM_PARTITIONS)
 
 # --- METRICS of a training reply -------------------------------------------------------------
@@ -50,3 +57,18 @@ QCN_METRICS = (FIDELITY, LATENCY_S, QCN_LOST_FRACTION, QCN_PAIRS)
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 EVAL_METRICS = (EVAL_LOSS, EVAL_ACCURACY, NUM_EXAMPLES)
+
+# --- what strategies report about a round (strategies.delegating.RoundReport) ---------------
+# per client: columns of clients.csv
+REPORT_NOISE_VAR = "noise_var"
+REPORT_SNR = "snr"
+REPORT_WEIGHT = "weight"
+REPORT_TRIMMED = "trimmed"
+REPORT_LATE = "late"
+REPORT_COLUMNS = (REPORT_NOISE_VAR, REPORT_SNR, REPORT_WEIGHT, REPORT_TRIMMED, REPORT_LATE)
+# per round: columns of metrics.csv (dashes become underscores there)
+ROUND_STRAGGLERS = "stragglers"
+ROUND_STALE_FOLDED = "stale-folded"
+
+# --- the environment -------------------------------------------------------------------
+CACHE_DIR_ENV = "QFL_CACHE_DIR"  # where prepared data sets are cached (launcher -> ClientApps)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
 from logging import INFO, WARNING
 
 import numpy as np
@@ -37,17 +36,20 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore import log
 
 from transport.base import Envelope, Transport
+from transport.config import KEY, NodeConfig, RunConfig
+from transport.contract import ARRAYS, NUM_EXAMPLES
+from transport.records import flatten, unflatten
 
 DP_MODES = ("local", "central")
 
 
 def validate_dp(clip: float, noise_multiplier: float, delta: float) -> None:
     """Check DP parameters at start-up (Flower accepts some that fail only later)."""
-    for name, v in (("dp-clip", clip), ("dp-noise-multiplier", noise_multiplier)):
+    for name, v in ((KEY.dp_clip, clip), (KEY.dp_noise_multiplier, noise_multiplier)):
         if isinstance(v, bool) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     if isinstance(delta, bool) or not 0 < delta < 1:
-        raise ValueError(f"dp-delta must be in (0, 1), got {delta!r}")
+        raise ValueError(f"{KEY.dp_delta} must be in (0, 1), got {delta!r}")
 
 
 def clip_update(update: np.ndarray, clip: float) -> np.ndarray:
@@ -79,16 +81,12 @@ class LocalDPTransport(Transport):
     def __init__(self, clip: float, noise_multiplier: float, mode: str = "local") -> None:
         validate_dp(clip, noise_multiplier, 0.5)
         if mode not in DP_MODES:
-            raise ValueError(f"dp-mode must be one of {DP_MODES}, got {mode!r}")
+            raise ValueError(f"the DP mode must be one of {DP_MODES}, got {mode!r}")
         self.clip, self.noise_multiplier, self.mode = clip, noise_multiplier, mode
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, object], node_config: Mapping[str, object] | None = None) -> LocalDPTransport:
-        return cls(
-            float(run_config["dp-clip"]),  # type: ignore[arg-type]
-            float(run_config["dp-noise-multiplier"]),  # type: ignore[arg-type]
-            str(run_config["dp-mode"]),
-        )
+    def from_run_config(cls, cfg: RunConfig, node: NodeConfig | None = None) -> LocalDPTransport:
+        return cls(cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_mode)
 
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         if self.mode != "local" or envelope.direction != "up" or request is None:
@@ -99,16 +97,9 @@ class LocalDPTransport(Transport):
             if key not in request.array_records:
                 continue
             names = list(record.keys())
-            new = np.concatenate([record[n].numpy().ravel() for n in names])
-            old = np.concatenate([request.array_records[key][n].numpy().ravel() for n in names])
+            new, old = flatten(record, names), flatten(request.array_records[key], names)
             noisy = old + clip_update(new - old, self.clip) + rng.normal(0.0, self.noise_multiplier * self.clip, new.shape)
-            arrays, offset = {}, 0
-            for n in names:
-                shape = record[n].numpy().shape
-                size = int(np.prod(shape))
-                arrays[n] = Array(noisy[offset : offset + size].reshape(shape))
-                offset += size
-            out[key] = ArrayRecord(arrays)
+            out[key] = unflatten(noisy, record, names)
         return out
 
     def decode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
@@ -135,7 +126,7 @@ def epsilon_of(events: list[tuple[object, int]], delta: float, accountant: str =
     accountant has no such event).
     """
     if accountant not in ACCOUNTANTS:
-        raise ValueError(f"dp-accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+        raise ValueError(f"the accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
     if not events:
         return 0.0
     from dp_accounting import dp_event
@@ -149,7 +140,7 @@ def epsilon_of(events: list[tuple[object, int]], delta: float, accountant: str =
         acc = rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
     else:
         if sampled:
-            raise ValueError("the PLD accountant has no event for fixed-size sampling: use dp-accountant = \"rdp\"")
+            raise ValueError("the PLD accountant has no event for fixed-size sampling: use the RDP accountant")
         from dp_accounting.pld import pld_privacy_accountant
 
         acc = pld_privacy_accountant.PLDAccountant(neighboring_relation=relation)
@@ -225,7 +216,7 @@ class CentralDPLedger:
         if self.accountant == "pld" and sampled < available:
             raise ValueError(
                 f"round sampled {sampled} of {available} nodes: the PLD accountant cannot amplify fixed-size "
-                "sampling; use dp-accountant = \"rdp\" or fraction-train = 1.0"
+                "sampling; use the RDP accountant or sample every node"
             )
         self.rounds.append((available, sampled))
 
@@ -287,23 +278,16 @@ class CentralDPFixedClipping(DifferentialPrivacyServerSideFixedClipping):
         return messages
 
     def aggregate_train(self, server_round: int, replies):  # noqa: ANN001
-        weight_key = getattr(self.strategy, "weighted_by_key", "num-examples")
-        arrays_key = getattr(self.strategy, "arrayrecord_key", "arrays")
-        current = {k: v.numpy() for k, v in self.current_arrays.items()}
+        weight_key, arrays_key = NUM_EXAMPLES, ARRAYS  # what our ClientApp sends
         sound = []
         for reply in replies:
             if not reply.has_error():
                 content = RecordDict(dict(reply.content.items()))
                 record = content.array_records[arrays_key]
                 names = list(record.keys())
-                update = np.concatenate([record[n].numpy().ravel() - current[n].ravel() for n in names])
-                clipped = clip_update(update, self.clipping_norm)
-                arrays, offset = {}, 0
-                for n in names:
-                    size = current[n].size
-                    arrays[n] = Array((current[n].ravel() + clipped[offset : offset + size]).reshape(current[n].shape))
-                    offset += size
-                content[arrays_key] = ArrayRecord(arrays)
+                start = flatten(self.current_arrays, names)
+                clipped = clip_update(flatten(record, names) - start, self.clipping_norm)
+                content[arrays_key] = unflatten(start + clipped, self.current_arrays, names)
                 for key, metrics in reply.content.metric_records.items():
                     content[key] = MetricRecord({**dict(metrics), weight_key: 1.0})
                 reply = copy.copy(reply)

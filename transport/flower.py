@@ -19,7 +19,8 @@ from flwr.supercore import log
 
 from transport.base import SERVER_SAE, Envelope, TransportError, TransportStack, node_sae
 from transport.qkd.identity import SAE_ID_RE
-from transport.registry import TRANSPORT_KEY, build_transport
+from transport.config import NodeConfig, RunConfig
+from transport.registry import build_transport
 
 ENVELOPE_RECORD = "transport-envelope"
 HELLO_RECORD = "transport-hello"
@@ -60,8 +61,8 @@ def answer_hello(msg: Message, context: Context) -> Message:
 def transport_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """ClientApp mod: decode what arrives, encode the reply, per the run's ``transport``."""
     try:
-        stack = build_transport(str(context.run_config[TRANSPORT_KEY]), context.run_config, context.node_config)
-    except ValueError as err:  # e.g. no SAE certificate on this node: say so to the server
+        stack = build_transport(RunConfig.from_run_config(context.run_config), NodeConfig.from_node_config(context.node_config))
+    except ValueError as err:  # e.g. no SAE certificate on this node, or a bad node config: say so to the server
         log(ERROR, "transport: cannot start on this node: %s", err)
         return Message(Error(TRANSPORT_ERROR_CODE, f"transport unavailable on this node: {err}"), reply_to=msg)
     if not stack.transports:

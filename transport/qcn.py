@@ -44,6 +44,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from transport.specs import from_spec
+
 C_FIBER_KM_S = 2.0e5  # speed of light in fiber (km/s)
 
 
@@ -179,28 +181,7 @@ def get_path(spec: str) -> QCNPath:
     ValueError
         Unknown name or field, or a value out of range (naming it).
     """
-    name, _, overrides = spec.strip().partition(":")
-    if name not in PATHS:
-        raise ValueError(f"unknown QCN path {name!r} (choose from {', '.join(PATHS)})")
-    path = PATHS[name]
-    if not overrides:
-        return path
-    fields = {f: type(getattr(path, f)) for f in path.__dataclass_fields__}
-    changes: dict[str, object] = {}
-    for item in overrides.split(","):
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in fields:
-            raise ValueError(f"QCN path {spec!r}: bad override {item!r} (fields: {', '.join(fields)})")
-        raw = raw.strip()
-        try:
-            changes[key] = raw if fields[key] is str else int(raw) if fields[key] is int else float(raw)
-        except ValueError as err:
-            raise ValueError(f"QCN path {spec!r}: {key}={raw!r} is not a number") from err
-    try:
-        return replace(path, **changes)
-    except ValueError as err:
-        raise ValueError(f"QCN path {spec!r}: {err}") from err
+    return from_spec(spec, PATHS, "QCN path")[0]
 
 
 # --- Monte Carlo of end-to-end pairs ----------------------------------------------------

@@ -24,37 +24,14 @@ run config's ``qcn-paths`` (";"-separated specs, as ``device-profiles``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from transport.base import Envelope, Transport
+from transport.config import KEY, NodeConfig, RunConfig
+from transport.contract import FIDELITY, LATENCY_S, MASK, NODE_QCN_PATH, QCN_LOST_FRACTION, QCN_METRICS, QCN_PAIRS
 from transport.qcn import QCNPath, get_path, transmit
-
-from transport.contract import FIDELITY, LATENCY_S, MASK, QCN_LOST_FRACTION, QCN_METRICS, QCN_PAIRS
-
-PATHS_KEY = "qcn-paths"
-COPIES_KEY = "qcn-copies"
-CHANNELS_KEY = "qcn-channels"
-NODE_PATH_KEY = "qcn-path"
-
-
-def path_specs(paths: str) -> list[str]:
-    """The entries of a ``qcn-paths`` value, in order."""
-    return [s.strip() for s in paths.split(";") if s.strip()]
-
-
-def path_for(run_config: Mapping[str, object], node_config: Mapping[str, object]) -> str:
-    """The path spec of a node: its ``qcn-path``, else its partition's ``qcn-paths`` entry."""
-    spec = node_config.get(NODE_PATH_KEY)  # optional per node, by design
-    if spec is not None:
-        return str(spec)
-    specs = path_specs(str(run_config[PATHS_KEY]))
-    if not specs:
-        raise ValueError(f"run config '{PATHS_KEY}' names no path")
-    return specs[int(node_config.get("partition-id", 0)) % len(specs)]  # type: ignore[call-overload]
-
+from transport.records import flatten, unflatten
 
 class QCNTransport(Transport):
     """Send a node's update over its simulated QCN path (see the module doc).
@@ -77,22 +54,18 @@ class QCNTransport(Transport):
 
     def __init__(self, path: QCNPath | None, copies: int = 100, channels: int = 16, seed: int = 0, partition: int = 0) -> None:
         if copies < 0 or channels < 1:
-            raise ValueError(f"{COPIES_KEY} must be >= 0 and {CHANNELS_KEY} >= 1, got {copies}, {channels}")
+            raise ValueError(f"{KEY.qcn_copies} must be >= 0 and {KEY.qcn_channels} >= 1, got {copies}, {channels}")
         self.path, self.copies, self.channels, self.seed, self.partition = path, copies, channels, seed, partition
 
     @classmethod
-    def from_run_config(
-        cls, run_config: Mapping[str, object], node_config: Mapping[str, object] | None = None
-    ) -> QCNTransport:
-        copies, channels, seed = (int(run_config[k]) for k in (COPIES_KEY, CHANNELS_KEY, "seed"))  # type: ignore[call-overload]
-        if node_config is None:  # the server
-            return cls(None, copies, channels, seed)
-        spec = path_for(run_config, node_config)
+    def from_run_config(cls, cfg: RunConfig, node: NodeConfig | None = None) -> QCNTransport:
+        if node is None:  # the server
+            return cls(None, cfg.qcn_copies, cfg.qcn_channels, cfg.seed)
         try:
-            path = get_path(spec)
+            path = get_path(node.path_for(cfg))
         except ValueError as err:
-            raise ValueError(f"{NODE_PATH_KEY}: {err}") from err
-        return cls(path, copies, channels, seed, int(node_config.get("partition-id", 0)))  # type: ignore[call-overload]
+            raise ValueError(f"{NODE_QCN_PATH}: {err}") from err
+        return cls(path, cfg.qcn_copies, cfg.qcn_channels, cfg.seed, node.partition_id)
 
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         if self.path is None or envelope.direction != "up" or request is None:
@@ -103,19 +76,12 @@ class QCNTransport(Transport):
             if key not in request.array_records:
                 continue
             names = list(record.keys())
-            new = np.concatenate([record[n].numpy().ravel() for n in names]).astype(np.float64)
-            old = np.concatenate([request.array_records[key][n].numpy().ravel() for n in names]).astype(np.float64)
+            new, old = flatten(record, names), flatten(request.array_records[key], names)
             sent = transmit(new - old, self.path, self.copies, rng, self.channels)
             received = np.where(sent.delivered, old + np.nan_to_num(sent.estimates), old)
-            arrays, mask, offset = {}, {}, 0
-            for n in names:
-                template = record[n].numpy()
-                size = template.size
-                arrays[n] = Array(received[offset : offset + size].astype(template.dtype).reshape(template.shape))
-                mask[n] = np.packbits(sent.delivered[offset : offset + size]).tobytes()
-                offset += size
-            out[key] = ArrayRecord(arrays)
-            out[MASK] = ConfigRecord(mask)
+            out[key] = unflatten(received, record, names)
+            bounds = np.cumsum([0, *(record[n].numpy().size for n in names)])
+            out[MASK] = ConfigRecord({n: np.packbits(sent.delivered[a:b]).tobytes() for n, a, b in zip(names, bounds, bounds[1:])})
             for mkey, metrics in content.metric_records.items():
                 out[mkey] = MetricRecord(
                     {

@@ -5,13 +5,9 @@ compositions such as ``"qkd+qcn+dp"`` (the first nearest the wire), or
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
-
 from transport.base import PlainTransport, Transport, TransportStack
+from transport.config import NodeConfig, RunConfig
 
-TRANSPORT_KEY = "transport"
-KMS_URL_KEY = "kms-url"
-QKD_SERVER_SAE_KEY = "qkd-server-sae"
 BUILTIN_TRANSPORTS = ("plain", "qkd", "dp", "qcn")
 
 
@@ -45,15 +41,13 @@ def transport_parts(spec: str) -> list[str]:
     return parts
 
 
-def build_transport(
-    spec: str, run_config: Mapping[str, object], node_config: Mapping[str, object] | None = None
-) -> TransportStack:
-    """The transport stack ``spec`` names, for this end of the federation.
+def build_transport(cfg: RunConfig, node: NodeConfig | None = None) -> TransportStack:
+    """The transport stack ``cfg.transport`` names, for this end of the federation.
 
-    ``node_config`` is the SuperNode's node config on a node, ``None`` on the server. A
-    user class is built with ``Class.from_run_config(run_config, node_config)`` if it has
-    that classmethod, else ``Class()``. ``qkd`` reads this end's SAE certificate from the
-    environment (:class:`~transport.qkd.identity.SaeCredentials`).
+    ``node`` is the SuperNode's node config on a node, ``None`` on the server. A user class
+    is built with ``Class.from_run_config(cfg, node)`` if it has that classmethod, else
+    ``Class()``. ``qkd`` reads this end's SAE certificate from the environment
+    (:class:`~transport.qkd.identity.SaeCredentials`).
 
     Raises
     ------
@@ -62,7 +56,7 @@ def build_transport(
         says why, e.g. a missing SAE certificate).
     """
     stack: list[Transport] = []
-    for part in transport_parts(spec):
+    for part in transport_parts(cfg.transport):
         if part == "plain":
             stack.append(PlainTransport())
         elif part == "qkd":
@@ -70,18 +64,18 @@ def build_transport(
             from transport.qkd.identity import SaeCredentials
             from transport.qkd.transport import QKDTransport
 
-            kms = KeyManagerClient(str(run_config[KMS_URL_KEY]), SaeCredentials.from_env())
-            stack.append(QKDTransport(kms, str(run_config[QKD_SERVER_SAE_KEY]), on_server=node_config is None))
+            kms = KeyManagerClient(cfg.kms_url, SaeCredentials.from_env())
+            stack.append(QKDTransport(kms, cfg.qkd_server_sae, on_server=node is None))
         elif part == "dp":
             from transport.dp import LocalDPTransport
 
-            stack.append(LocalDPTransport.from_run_config(run_config, node_config))
+            stack.append(LocalDPTransport.from_run_config(cfg, node))
         elif part == "qcn":
             from transport.qcn_transport import QCNTransport
 
-            stack.append(QCNTransport.from_run_config(run_config, node_config))
+            stack.append(QCNTransport.from_run_config(cfg, node))
         else:
             cls = _user_class(part)
             factory = getattr(cls, "from_run_config", None)
-            stack.append(factory(run_config, node_config) if factory else cls())
+            stack.append(factory(cfg, node) if factory else cls())
     return TransportStack([t for t in stack if not isinstance(t, PlainTransport)])

@@ -1,0 +1,152 @@
+"""What a client does with a message: train or evaluate the global model on its partition.
+
+A :class:`LocalTask` holds what one node needs for one model-defining configuration (its
+data partition and its model on its simulated device); :func:`answer` turns a request into
+a reply with it. Both the warm worker (:mod:`client.worker`) and the in-process path
+(:mod:`client.runtime`) call :func:`answer`, so the numbers cannot differ: every message
+reloads the parameters and reseeds every random draw from the seed, the round and the
+partition, whatever the task did before.
+
+Requests (:func:`client.runtime.request`) and replies are Flower ``RecordDict`` objects
+(arrays and plain values only).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from client.data import load_partition
+from client.task import build_dataset, build_model
+from client.train import evaluate as evaluate_model
+from client.train import train_local
+from client.runtime import JOB, OPS, model_key
+from transport.config import NodeConfig, RunConfig
+from transport.contract import (
+    ARRAYS,
+    CONFIG,
+    DEVICE,
+    DEVICE_NUM_PARTITIONS,
+    DEVICE_PARTITION,
+    DEVICE_PROFILE,
+    DEVICE_ZNE,
+    EVAL_ACCURACY,
+    EVAL_LOSS,
+    METRICS,
+    NOISE_GAP,
+    NUM_EXAMPLES,
+    ROUND_OFFSET,
+    SERVER_ROUND,
+    TRAIN_TIME_S,
+)
+
+CACHE_SIZE = 8  # tasks one process keeps (the simulation engine runs many clients per worker)
+# One thread for torch: a node's circuits are small, and several nodes (or a node and the
+# server) share the machine's cores; more threads only fight over them. Same on every path,
+# so the warm and cold paths add in the same order.
+TORCH_THREADS = 1
+
+
+class LocalTask:
+    """One node's partition and model, for one model-defining configuration."""
+
+    def __init__(self, cfg: RunConfig, node: NodeConfig) -> None:
+        import torch
+
+        torch.set_num_threads(TORCH_THREADS)
+        data = build_dataset(cfg)
+        self.x, self.y = load_partition(data, node.partition_id, node.num_partitions, cfg.partitioner, cfg.seed,
+                                        cfg.dirichlet_alpha)
+        self.spec, zne = node.device_for(cfg)
+        self.node = node
+        self.model = build_model(cfg, data, self.spec, zne)
+
+    def _prepare(self, cfg: RunConfig, arrays: ArrayRecord, server_round: int) -> None:
+        # noise draws differ per client and round, and are reproducible
+        self.model.reseed_noise(cfg.seed * 7919 + server_round * 104_729 + self.node.partition_id)
+        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+
+    def train(self, cfg: RunConfig, arrays: ArrayRecord, server_round: int) -> RecordDict:
+        """Train the global model on the partition (on this node's simulated device); the new
+        parameters, train metrics and noise-capturing metrics."""
+        self._prepare(cfg, arrays, server_round)
+        start = time.perf_counter()
+        metrics = train_local(self.model, self.x, self.y, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+                              learning_rate=cfg.learning_rate,
+                              # a different, reproducible shuffle per client and round
+                              seed=cfg.seed * 1_000_003 + server_round * 1009 + self.node.partition_id)
+        train_time = time.perf_counter() - start
+        metrics.update(noise_metrics(cfg, self.model, self.x, self.y))
+        metrics.update({TRAIN_TIME_S: train_time, NUM_EXAMPLES: len(self.y)})
+        return RecordDict({
+            ARRAYS: ArrayRecord(self.model.state_dict()),
+            METRICS: MetricRecord(metrics),
+            # what the server logs per client (strings do not fit a MetricRecord)
+            DEVICE: ConfigRecord({DEVICE_PROFILE: self.spec, DEVICE_ZNE: self.model.zne, DEVICE_PARTITION: self.node.partition_id,
+                                  DEVICE_NUM_PARTITIONS: self.node.num_partitions}),
+        })
+
+    def evaluate(self, cfg: RunConfig, arrays: ArrayRecord, server_round: int) -> RecordDict:
+        """Loss and accuracy of the global model on the partition, on this node's device."""
+        self._prepare(cfg, arrays, server_round)
+        metrics = evaluate_model(self.model, self.x, self.y)
+        return RecordDict({METRICS: MetricRecord({EVAL_LOSS: metrics["loss"], EVAL_ACCURACY: metrics["accuracy"],
+                                                  NUM_EXAMPLES: len(self.y)})})
+
+
+def noise_metrics(cfg: RunConfig, model, x, y) -> dict[str, float]:  # noqa: ANN001
+    """Hardware and noise-capturing metrics of a trained model on its device.
+
+    ``noise-gap``: noiseless minus noisy accuracy of the same parameters on the local
+    data (the accuracy the device's noise costs); ``circuit-depth``, ``gates``,
+    ``two-qubit-gates`` and ``swaps`` of the circuit as routed to the device's coupling map.
+    """
+    import torch
+
+    from client.model import PQCClassifier
+
+    out: dict[str, float] = {k: float(v) for k, v in model.routed_metrics(torch.as_tensor(x)).items()}
+    if model.profile is None or model.profile.is_noiseless:
+        out[NOISE_GAP] = 0.0
+        return out
+    ideal = PQCClassifier(model.n_qubits, model.n_layers, model.n_classes, kind=model.kind, seed=cfg.seed)
+    ideal.load_state_dict(model.state_dict())
+    out[NOISE_GAP] = evaluate_model(ideal, x, y)["accuracy"] - evaluate_model(model, x, y)["accuracy"]
+    return out
+
+
+class TaskCache:
+    """The :class:`LocalTask` of each model key, the least recently used dropped first."""
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self._tasks: OrderedDict[str, LocalTask] = OrderedDict()
+
+    def get(self, cfg: RunConfig, node: NodeConfig) -> LocalTask:
+        key = model_key(cfg, node)
+        if key in self._tasks:
+            self._tasks.move_to_end(key)
+        else:
+            self._tasks[key] = LocalTask(cfg, node)
+            while len(self._tasks) > self.size:
+                self._tasks.popitem(last=False)
+        return self._tasks[key]
+
+
+def answer(req: RecordDict, tasks: TaskCache | None = None) -> RecordDict:
+    """The reply content for a request (:func:`request`); ``tasks=None`` builds a fresh task."""
+    job = req.config_records[JOB]
+    op = job["op"]
+    if op not in OPS:
+        raise ValueError(f"unknown operation {op!r}")
+    cfg = RunConfig.from_run_config(json.loads(str(job["run-config"])))
+    node = NodeConfig.from_node_config(json.loads(str(job["node-config"])))
+    config = req.config_records[CONFIG]
+    # the round number of the whole run, also after the server resumed a checkpoint
+    server_round = int(config[SERVER_ROUND]) + int(config[ROUND_OFFSET])
+    task = tasks.get(cfg, node) if tasks is not None else LocalTask(cfg, node)
+    handler = task.train if op == "train" else task.evaluate
+    return handler(cfg, req.array_records[ARRAYS], server_round)

@@ -1,0 +1,242 @@
+"""Where a ClientApp's work runs: in a warm per-node worker, or in this process.
+
+Flower starts a fresh ClientApp process for every message; importing torch and PennyLane
+and building the data partition and the model costs seconds each time. With
+``warm-runtime = true`` (the default) the ClientApp stays thin (flwr, numpy, the
+transports) and hands each message to a long-lived worker process (:mod:`client.worker`)
+that the node's first message starts and later messages reuse:
+
+- **one worker per node and model-defining configuration** (:func:`client.local.model_key`)
+  and code version: a run with other settings gets its own;
+- **bounded lifetime**: the worker exits when its SuperNode exits (it watches its PID),
+  after ``worker-idle-timeout`` seconds without work, and on SIGTERM;
+- **private IPC**: a Unix-domain socket in a directory only this user can open
+  (``$XDG_RUNTIME_DIR/qfl`` or ``/tmp/qfl-<uid>``, mode 0700, checked), with a random
+  authentication key (HMAC challenge of ``multiprocessing.connection``); only bytes cross
+  it: Flower ``RecordDict`` protobufs, arrays and plain values, never pickles;
+- **failure**: a worker that dies or does not answer within ``round-timeout`` is killed and
+  started again once; if that fails too, the ClientApp replies an error naming the cause.
+
+The in-process path computes the same numbers (:mod:`client.local`): it is the reference
+(``warm-runtime = false``: a fresh task every message) and the path taken where no
+SuperNode is found among the ClientApp's ancestors, i.e. on Flower's simulation engine,
+whose Ray workers stay alive anyway (a small per-process cache of tasks keeps them warm).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Client, Connection
+from pathlib import Path
+
+from flwr.app import ConfigRecord, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+
+from transport.config import KEY, NodeConfig, RunConfig
+from transport.contract import ARRAYS, CONFIG
+
+SUPERNODE = "flower-supernode"
+JOB = "qfl-job"  # a request's ConfigRecord: op, run config and node config (JSON)
+OPS = ("train", "evaluate")
+CONNECT_TIMEOUT_S = 30.0
+
+
+class WorkerError(RuntimeError):
+    """The warm worker failed twice on one message; the message says why."""
+
+
+def encode(content: RecordDict) -> bytes:
+    return recorddict_to_proto(content).SerializeToString()
+
+
+def decode(data: bytes) -> RecordDict:
+    proto = ProtoRecordDict()
+    proto.ParseFromString(data)
+    return recorddict_from_proto(proto)
+
+
+def request(op: str, content: RecordDict, run_config: dict, node_config: dict) -> RecordDict:
+    """The request for ``op`` on a message's ``content`` (global arrays and the server's config)."""
+    job = ConfigRecord({"op": op, "run-config": json.dumps(run_config), "node-config": json.dumps(node_config)})
+    return RecordDict({ARRAYS: content[ARRAYS], CONFIG: content[CONFIG], JOB: job})
+
+
+def model_key(cfg: RunConfig, node: NodeConfig) -> str:
+    """What decides a node's data partition and model: two messages with the same key can
+    share a :class:`LocalTask`. Training settings (epochs, learning rate, ...) are not in it."""
+    run = cfg.to_run_config()
+    keys = (KEY.dataset, KEY.partitioner, KEY.dirichlet_alpha, KEY.test_fraction, KEY.tfim_samples, KEY.seed,
+            KEY.n_qubits, KEY.n_layers, KEY.device, KEY.diff_method, KEY.device_profiles, KEY.zne)
+    return json.dumps({**{k: run[k] for k in keys}, **node.model_dump()}, sort_keys=True)
+
+
+def supernode_pid() -> int | None:
+    """The PID of the ``flower-supernode`` this ClientApp runs under, or ``None`` (simulation)."""
+    import psutil
+
+    try:
+        for parent in psutil.Process().parents():
+            if any(SUPERNODE in part for part in parent.cmdline()[:2]):
+                return parent.pid
+    except psutil.Error:
+        return None
+    return None
+
+
+def private_dir() -> Path:
+    """This user's directory for worker sockets and keys, mode 0700; refused if anyone else owns it."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+    path = base / ("qfl" if "XDG_RUNTIME_DIR" in os.environ else f"qfl-{os.getuid()}")
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if path.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise WorkerError(f"{path} must be a directory of this user's with mode 0700")
+    return path
+
+
+@dataclass(frozen=True)
+class WorkerFiles:
+    """The files of one worker: its socket, key, PID and the lock around starting it."""
+
+    base: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.base.with_suffix(".sock")
+
+    @property
+    def key(self) -> Path:
+        return self.base.with_suffix(".key")
+
+    @property
+    def pid(self) -> Path:
+        return self.base.with_suffix(".pid")
+
+    @property
+    def lock(self) -> Path:
+        return self.base.with_suffix(".lock")
+
+
+def worker_files(node_id: int, cfg: RunConfig, node: NodeConfig) -> WorkerFiles:
+    code = str(Path(__file__).resolve().parents[1])  # the FAB's code: a new version gets a new worker
+    digest = hashlib.sha256("\0".join((model_key(cfg, node), code, sys.executable)).encode()).hexdigest()[:16]
+    return WorkerFiles(private_dir() / f"node-{node_id}-{digest}")
+
+
+@contextmanager
+def _locked(path: Path):  # noqa: ANN202
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class WarmWorker:
+    """The ClientApp's side of one worker: connect (starting it if needed), ask, restart once."""
+
+    def __init__(self, files: WorkerFiles, watch_pid: int, idle_timeout: float, timeout: float) -> None:
+        self.files, self.watch_pid, self.idle_timeout, self.timeout = files, watch_pid, idle_timeout, timeout
+
+    def call(self, request: bytes) -> bytes:
+        with _locked(self.files.lock):
+            try:
+                return self._ask(request)
+            except (OSError, EOFError, TimeoutError) as first:
+                self.stop()  # dead, hung or half-started: a fresh one gets the message once more
+                try:
+                    return self._ask(request)
+                except (OSError, EOFError, TimeoutError) as second:
+                    self.stop()
+                    raise WorkerError(f"the warm worker failed twice: {_why(first)}; then {_why(second)}") from second
+
+    def _ask(self, request: bytes) -> bytes:
+        conn = self._connect()
+        try:
+            conn.send_bytes(request)
+            if not conn.poll(self.timeout):
+                raise TimeoutError(f"no answer within {self.timeout:.0f} s")
+            return conn.recv_bytes()
+        finally:
+            conn.close()
+
+    def _connect(self) -> Connection:
+        if self.files.socket.exists() and self.files.key.exists():
+            try:
+                return Client(str(self.files.socket), family="AF_UNIX", authkey=self.files.key.read_bytes())
+            except (OSError, EOFError):
+                self.stop()  # a stale socket (its worker is gone)
+        proc = self._start()
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while True:
+            try:
+                return Client(str(self.files.socket), family="AF_UNIX", authkey=self.files.key.read_bytes())
+            except (FileNotFoundError, ConnectionRefusedError):
+                if proc.poll() is not None:
+                    raise EOFError(f"the worker exited (code {proc.returncode}) before opening its socket") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the worker did not open its socket within {CONNECT_TIMEOUT_S:.0f} s") from None
+                time.sleep(0.02)
+
+    def _start(self) -> subprocess.Popen:
+        self.files.key.unlink(missing_ok=True)
+        fd = os.open(self.files.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        code = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "client.worker", "--files", str(self.files.base), "--watch-pid", str(self.watch_pid),
+             "--idle-timeout", str(self.idle_timeout)],
+            stdin=subprocess.DEVNULL, env=env, start_new_session=True,  # it outlives this ClientApp by design
+        )
+        self.files.pid.write_text(str(proc.pid))
+        return proc
+
+    def stop(self) -> None:
+        """End this worker, if one runs, and remove its files."""
+        try:
+            pid = int(self.files.pid.read_text())
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        for path in (self.files.socket, self.files.pid):
+            path.unlink(missing_ok=True)
+
+
+def _why(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+_IN_PROCESS = None  # the task cache of the in-process path (made on first use)
+
+
+def run(req: RecordDict, cfg: RunConfig, node: NodeConfig, node_id: int) -> RecordDict:
+    """The reply content for ``req``: in this node's warm worker if it has one, else here."""
+    watch = supernode_pid() if cfg.warm_runtime else None
+    if watch is None:
+        global _IN_PROCESS
+        from client.local import TaskCache, answer
+
+        if not cfg.warm_runtime:
+            return answer(req)  # the reference path: a fresh task, as a cold process would
+        _IN_PROCESS = _IN_PROCESS or TaskCache()
+        return answer(req, _IN_PROCESS)
+    worker = WarmWorker(worker_files(node_id, cfg, node), watch, cfg.worker_idle_timeout, cfg.round_timeout)
+    reply = decode(worker.call(encode(req)))
+    error = reply.config_records.get("error")
+    if error is not None:
+        raise WorkerError(str(error["why"]))
+    return reply

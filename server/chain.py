@@ -1,0 +1,43 @@
+"""The strategy Flower runs for a run: the named one, wrapped as the run asks.
+
+From the wire inwards: the server's guard (``server.instrumented``, added by the ServerApp),
+a round deadline, central DP, the named strategy. No torch here: the launcher builds the
+chain before launch to check a strategy's name and options.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import Strategy
+
+from strategies import RoundDeadline, load_strategy, parse_strategy_options
+from transport.config import RunConfig
+from transport.dp import CentralDPFixedClipping
+
+
+def build_strategy(cfg: RunConfig):  # -> flwr.serverapp.strategy.Strategy
+    """The strategy the run config names, with its sampling settings and options.
+
+    Every strategy gets FedAvg's sampling keywords, then ``strategy-options``.
+    """
+    options = {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
+        # Wait for `min-nodes` once, before round 1; after that a round goes on with
+        # the nodes still connected, so a node that dies cannot stall the run.
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1 if cfg.fraction_evaluate > 0 else 0,
+        "min_available_nodes": 1,
+    }
+    options.update(parse_strategy_options(cfg.strategy_options))
+    return load_strategy(cfg.strategy, **options)
+
+
+def server_strategy(cfg: RunConfig) -> tuple[Strategy, CentralDPFixedClipping | None]:
+    """The named strategy wrapped as the run asks: central DP, then a round deadline."""
+    inner: Strategy = build_strategy(cfg)
+    central_dp = None
+    if cfg.uses_transport("dp") and cfg.dp_mode == "central":
+        inner = central_dp = CentralDPFixedClipping(inner, cfg.dp_noise_multiplier, cfg.dp_clip)
+    if cfg.round_deadline > 0:
+        inner = RoundDeadline(inner, cfg.round_deadline, cfg.straggler_policy, cfg.staleness_discount)
+    return inner, central_dp

@@ -1,0 +1,51 @@
+"""Checks a run needs before it starts, that the configuration model alone cannot make.
+
+They need another package's knowledge: the data set (classes, size, partitions), the
+device profiles (``client.noise``), the quantum-network paths (``transport.qcn``), the
+strategy and its options, the transports. The launcher runs them before any process
+starts; the ServerApp runs them too, for runs started with plain ``flwr run``.
+"""
+
+from __future__ import annotations
+
+from transport.config import KEY, ConfigError, RunConfig
+
+
+def check_run(cfg: RunConfig, clients: int | None = None) -> None:
+    """Raise :class:`ConfigError` (naming the key) if ``cfg`` cannot run with ``clients`` nodes."""
+    from client.data import num_classes, partition_indices
+    from client.profiles import check_profile
+    from client.task import build_dataset
+    from server.chain import build_strategy
+    from transport.qcn import get_path
+    from transport.registry import transport_parts
+
+    n_classes = num_classes(cfg.dataset)
+    if n_classes > cfg.n_qubits:
+        raise ConfigError(KEY.n_qubits, f"dataset '{cfg.dataset}' has {n_classes} classes: needs >= {n_classes} qubits")
+    for spec in cfg.profile_specs():
+        check_profile(KEY.device_profiles, spec, cfg.n_qubits)
+    for spec in cfg.path_specs():
+        try:
+            get_path(spec)
+        except ValueError as err:
+            raise ConfigError(KEY.qcn_paths, str(err)) from err
+    try:
+        build_strategy(cfg)  # the class must exist and the options must suit its constructor
+    except (ValueError, TypeError) as err:
+        key = KEY.strategy if "unknown strategy" in str(err) or "cannot import" in str(err) else KEY.strategy_options
+        raise ConfigError(key, str(err)) from err
+    try:
+        transport_parts(cfg.transport)
+    except ValueError as err:
+        raise ConfigError(KEY.transport, str(err)) from err
+    if clients is None:
+        return
+    data = build_dataset(cfg)  # also fills the cache the ClientApps read
+    n_train = len(data.y_train)
+    if clients > n_train:
+        raise ConfigError("--clients", f"{clients} clients but dataset '{cfg.dataset}' has only {n_train} training samples")
+    try:
+        partition_indices(data.y_train, clients, cfg.partitioner, cfg.seed, cfg.dirichlet_alpha, data.h_train)
+    except ValueError as err:
+        raise ConfigError(KEY.partitioner, str(err)) from err

@@ -1,0 +1,163 @@
+"""Every process a launch starts, watched and stopped with psutil.
+
+The launcher makes itself a child subreaper (Linux): a process whose parent exits (a
+ClientApp's warm worker, a ClientApp that outlives its SuperExec) is handed to the launcher
+instead of to init, so teardown finds it among the launcher's descendants. A reaper thread
+collects such adopted processes as soon as they exit (no zombies), leaving alone the
+children the launcher waits for itself.
+Each process's output goes through the launcher into ``logs/<name>.log``, with terminal
+colour codes removed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+PR_SET_CHILD_SUBREAPER = 36
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class LaunchError(RuntimeError):
+    """The federation could not be launched or did not finish."""
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI.sub("", text)
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux ``prctl``); ``False`` where it is not available."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
+    """Wait until ``port`` accepts connections; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LaunchError(f"{what} exited with code {proc.returncode}; see {log}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise LaunchError(f"{what} did not open port {port} within {timeout:.0f} s; see {log}")
+
+
+def _pump(stream, path: Path) -> None:  # noqa: ANN001
+    """Copy a process's output to ``path``, line by line, without colour codes."""
+    with open(path, "w") as log:
+        for line in stream:
+            log.write(strip_ansi(line))
+            log.flush()
+
+
+class ProcessGroup:
+    """Every process the launcher starts; :meth:`stop` ends them and all their descendants."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self._pumps: list[threading.Thread] = []
+        self._own: set[int] = set()  # children someone here waits for: never reaped behind their back
+        self._stopped = threading.Event()
+        if become_subreaper():
+            threading.Thread(target=self._reap_adopted, daemon=True).start()
+
+    def own(self, pid: int) -> None:
+        """A child this process waits for itself (e.g. ``flwr run``)."""
+        self._own.add(pid)
+
+    def _reap_adopted(self) -> None:
+        import os
+
+        while not self._stopped.wait(0.5):
+            while True:
+                try:
+                    info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:
+                    break
+                if info is None or info.si_pid in self._own:
+                    break
+                try:
+                    os.waitpid(info.si_pid, os.WNOHANG)  # an adopted orphan: nobody else will
+                except ChildProcessError:
+                    break
+
+    def start(self, name: str, cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start ``cmd`` with the group's environment plus ``env``; its output to ``<name>.log``."""
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**self.env, **(env or {})},
+            cwd=cwd,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # its own process group: a Ctrl-C at the terminal is ours to handle
+        )
+        self.own(proc.pid)
+        pump = threading.Thread(target=_pump, args=(proc.stdout, self.log_dir / f"{name}.log"), daemon=True)
+        pump.start()
+        self._pumps.append(pump)
+        self.procs.append((name, proc))
+        # which process is which, for users (and tests) who want to inspect or kill one
+        (self.log_dir / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs}, indent=1))
+        return proc
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM every process we started and every descendant (ServerApp, ClientApps,
+        warm workers), SIGKILL what is left after ``grace_s``, and reap them all."""
+        self._stopped.set()
+        family = descendants()
+        for proc in family:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(family, timeout=grace_s)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        for pump in self._pumps:
+            pump.join(timeout=5)
+        self.procs.clear()
+        self._pumps.clear()
+
+
+def descendants() -> list[psutil.Process]:
+    """Every live descendant of this process (orphans it adopted as a subreaper included)."""
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []

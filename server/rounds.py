@@ -1,0 +1,176 @@
+"""What the ServerApp does after every round: :class:`RoundRecorder`.
+
+Flower's ``Strategy.start`` calls it with the new global model after each round (its
+``evaluate_fn``). In order: evaluate centrally on the held-out split; gather what the round
+did (the guard's counts and per-client rows, bytes, nodes that did not answer, messages a
+transport refused); account privacy; write the row, the client rows, the privacy ledger
+and a checkpoint; then tell the log, the progress file and any metric sinks. A round in
+which no client sent a valid update ends the run (:class:`RunFailed`), after it is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from logging import INFO, WARNING
+
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.supercore import log
+
+from client.train import evaluate
+from server.grid import MeteredGrid
+from server.instrumented import InstrumentedStrategy
+from server.progress import ProgressLog
+from server.recorder import RunRecorder, column
+from server.sinks import MetricSink
+from transport.config import RunConfig
+from transport.contract import ROUND_STALE_FOLDED, ROUND_STRAGGLERS, TRAIN_ACCURACY, TRAIN_LOSS
+from transport.dp import CentralDPFixedClipping, CentralDPLedger, LocalDPLedger
+from transport.flower import TransportGrid
+
+PROGRESS_TAG = "[qfl]"  # the ServerApp's own lines in Flower's log
+TEST_LOSS, TEST_ACCURACY = "test-loss", "test-accuracy"  # the MetricRecord Flower gets back
+
+
+class RunFailed(RuntimeError):
+    """The run cannot go on (e.g. a round without a single valid update); the message says why."""
+
+
+@dataclass
+class RoundRecorder:
+    """The ServerApp's per-round bookkeeping; call it as Flower's ``evaluate_fn``.
+
+    Attributes
+    ----------
+    cfg : RunConfig
+    start_round : int
+        Rounds done before this ServerApp started (a resume): Flower counts from 0 again.
+    model, data
+        The model to evaluate the global parameters with, and the data set.
+    files : RunRecorder
+    guard : InstrumentedStrategy
+        The strategy Flower runs; it knows the round's replies.
+    metered : MeteredGrid
+    wire : TransportGrid or None
+    ledger : LocalDPLedger, CentralDPLedger or None
+    central_dp : CentralDPFixedClipping or None
+    progress : ProgressLog
+    sinks : list[MetricSink]
+    """
+
+    cfg: RunConfig
+    start_round: int
+    model: object
+    data: object
+    files: RunRecorder
+    guard: InstrumentedStrategy
+    metered: MeteredGrid
+    wire: TransportGrid | None
+    ledger: LocalDPLedger | CentralDPLedger | None
+    central_dp: CentralDPFixedClipping | None
+    progress: ProgressLog
+    sinks: list[MetricSink]
+
+    def __post_init__(self) -> None:
+        self._clock = time.monotonic()
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        test = self.evaluate(arrays)
+        result = MetricRecord({TEST_LOSS: test["loss"], TEST_ACCURACY: test["accuracy"]})
+        if server_round == 0 and self.start_round > 0:
+            return result  # resumed: this round is recorded already
+        absolute = self.start_round + server_round
+        row, clients, causes = self.gather(server_round, absolute, test)
+        self.account_privacy(server_round, row, clients)
+        self.record(absolute, row, clients, arrays)
+        self.report(absolute, row, causes)
+        if server_round > 0 and row["clients_ok"] == 0:
+            raise RunFailed(f"round {absolute} got no valid update: "
+                            + ("; ".join(f"node {n}: {why}" for n, why in causes) or "no client was sampled"))
+        return result
+
+    def evaluate(self, arrays: ArrayRecord) -> dict[str, float]:
+        """Loss and accuracy of the global model on the held-out split."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        return evaluate(self.model, self.data.x_test, self.data.y_test)
+
+    def gather(self, server_round: int, absolute: int, test: dict[str, float]) -> tuple[dict, list[dict], list[tuple[int, str]]]:
+        """The round's row of ``metrics.csv``, its client rows, and every client it went without, with why."""
+        now = time.monotonic()
+        train = self.guard.take_round_stats()
+        bytes_down, bytes_up, missing = self.metered.take_counters()
+        unsent = self.wire.take_unsent() if self.wire is not None else []
+        row = {
+            "round": absolute,
+            "train_loss": train.get(TRAIN_LOSS, float("nan")),
+            "train_accuracy": train.get(TRAIN_ACCURACY, float("nan")),
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "round_time_s": 0.0 if server_round == 0 else now - self._clock,
+            "bytes_down": bytes_down,
+            "bytes_up": bytes_up,
+            "clients_ok": int(train.get("clients-ok", 0)),
+            "clients_failed": int(train.get("clients-failed", 0)) + len(missing) + len(unsent),
+            "clients_rejected": int(train.get("clients-rejected", 0)),
+            "clients_trimmed": int(train.get("clients-trimmed", 0)),
+            "clients_capped": int(train.get("clients-capped", 0)),
+            column(ROUND_STRAGGLERS): int(train.get(ROUND_STRAGGLERS, 0)),
+            column(ROUND_STALE_FOLDED): int(train.get(ROUND_STALE_FOLDED, 0)),
+            "dp_epsilon": float("nan"),
+        }
+        self._clock = now
+        clients = self.guard.take_client_rows() if server_round > 0 else []
+        causes = [(r["node_id"], str(r["status"])) for r in clients if r["status"] != "ok"]
+        causes += [(node, f"nothing sent: {why}") for node, why in unsent]
+        causes += [(node, "no reply within the round timeout") for node in missing]
+        return row, clients, causes
+
+    def account_privacy(self, server_round: int, row: dict, clients: list[dict]) -> None:
+        """Epsilon so far: each client's own (local DP), or the released models' (central DP)."""
+        if isinstance(self.ledger, LocalDPLedger):
+            senders = [r for r in clients if not str(r["status"]).startswith("failed")]  # an error reply releases nothing
+            self.ledger.record([privacy_unit(r) for r in senders])
+            for r in senders:
+                r["dp_epsilon"] = self.ledger.epsilon(privacy_unit(r))
+            row["dp_epsilon"] = self.ledger.worst()
+        elif isinstance(self.ledger, CentralDPLedger):
+            if server_round > 0 and self.central_dp is not None and self.central_dp.last_sample is not None:
+                self.ledger.record(*self.central_dp.last_sample)
+                self.central_dp.last_sample = None
+            row["dp_epsilon"] = self.ledger.epsilon
+            for r in clients:
+                r["dp_epsilon"] = row["dp_epsilon"]
+
+    def record(self, absolute: int, row: dict, clients: list[dict], arrays: ArrayRecord) -> None:
+        """Write the row, the client rows, the privacy ledger, then the checkpoint."""
+        self.files.add_row(row)
+        if clients:
+            self.files.add_client_rows(absolute, clients)
+        if self.ledger is not None:
+            self.files.save_privacy(self.ledger.state())  # before the checkpoint: never under-counted
+        self.files.save_checkpoint(absolute, arrays)
+        for sink in self.sinks:
+            sink.log_round(absolute, row)
+
+    def report(self, absolute: int, row: dict, causes: list[tuple[int, str]]) -> None:
+        self.progress.emit("round", **row)
+        log(INFO, "%s round %d/%d  test-acc %.3f  test-loss %.4f  train-loss %.4f  clients %d ok / %d failed  "
+            "%.1f s  %d B down / %d B up", PROGRESS_TAG, absolute, self.cfg.num_server_rounds, row["test_accuracy"],
+            row["test_loss"], row["train_loss"], row["clients_ok"], row["clients_failed"], row["round_time_s"],
+            row["bytes_down"], row["bytes_up"])
+        late, folded = row[column(ROUND_STRAGGLERS)], row[column(ROUND_STALE_FOLDED)]
+        if late or folded:
+            log(INFO, "%s round %d: %d straggler(s) past the %.3g s deadline (%s), %d late update(s) folded in",
+                PROGRESS_TAG, absolute, late, self.cfg.round_deadline, self.cfg.straggler_policy, folded)
+        if causes:
+            log(WARNING, "%s round %d: %d ok, %d failed, %d rejected, %d trimmed, %d capped", PROGRESS_TAG, absolute,
+                row["clients_ok"], row["clients_failed"], row["clients_rejected"], row["clients_trimmed"], row["clients_capped"])
+            for node, why in causes:
+                log(WARNING, "%s   node %s: %s", PROGRESS_TAG, node, why)
+                self.progress.emit("issue", round=absolute, node=node, why=why)
+
+
+def privacy_unit(client_row: dict[str, object]) -> str:
+    """Whose privacy a reply spends: its data partition (the data owner), else its node."""
+    pid = client_row.get("partition_id", "")
+    return f"partition-{pid}" if pid != "" else f"node-{client_row['node_id']}"

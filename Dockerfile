@@ -1,24 +1,50 @@
-# The project's image: SuperLink, SuperNodes, the ServerApp/ClientApp processes they
-# start, the QKD key manager and the submit step all run from it (docker-compose.yml).
-FROM python:3.11-slim
+# The project's image: SuperLink, SuperNodes (and the ServerApp, ClientApp and warm worker
+# processes they start), the QKD key manager and the submit step all run from it
+# (docker-compose.yml).
+#
+#   docker build -t qfl:latest .
+#
+# BASE_IMAGE: any image with Python 3.11 and python3 -m venv (default: the official one).
+# Two build inputs exist for machines behind a TLS-intercepting proxy and without PyPI's
+# torch index (the tests use them; the image users build gets neither):
+# - PIP_EXTRA_CA_B64: extra CA certificates (PEM, base64), used by pip during the build only;
+# - a .docker-wheels/ folder in the build context: torch wheels installed from there.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.05 \
-    QFL_CACHE_DIR=/tmp/qfl-cache
+    QFL_CACHE_DIR=/tmp/qfl-cache \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
 
-# CPU torch first, from PyTorch's CPU index: a plain `torch` would pull a multi-GB CUDA build
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-
+ARG PIP_EXTRA_CA_B64=""
 WORKDIR /app
-# dependencies before the code, so code changes reuse this layer
-COPY pyproject.toml README.md ./
+# dependencies before the code, so code changes reuse this layer; the bracket makes the
+# optional wheels folder match nothing rather than fail when it is absent
+COPY pyproject.toml README.md .docker-wheel[s] /build/
 COPY client/__init__.py client/__init__.py
 COPY server/__init__.py server/__init__.py
+COPY server/launch/__init__.py server/launch/__init__.py
 COPY strategies/__init__.py strategies/__init__.py
 COPY transport/__init__.py transport/__init__.py
-RUN pip install -e .
+COPY transport/qkd/__init__.py transport/qkd/__init__.py
+RUN set -eu; \
+    python3 -m venv /opt/venv; \
+    if [ -n "$PIP_EXTRA_CA_B64" ]; then \
+        cat /etc/ssl/certs/ca-certificates.crt > /tmp/pip-ca.pem 2>/dev/null || true; \
+        echo "$PIP_EXTRA_CA_B64" | base64 -d >> /tmp/pip-ca.pem; \
+        export PIP_CERT=/tmp/pip-ca.pem; \
+    fi; \
+    pip install --upgrade pip; \
+    # CPU torch first: a plain `torch` would pull a multi-GB CUDA build
+    if ls /build/torch-*.whl >/dev/null 2>&1; then pip install /build/torch-*.whl; \
+    else pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; fi; \
+    cp /build/pyproject.toml /build/README.md /app/; \
+    pip install -e .; \
+    rm -rf /build /tmp/pip-ca.pem
 COPY . .
 
 # the ServerApp writes metrics, plots and checkpoints here (a volume in compose)

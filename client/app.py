@@ -10,11 +10,12 @@ simulation engine and with ``warm-runtime = false``, in this process
 
 from __future__ import annotations
 
-from flwr.app import Context, Error, Message
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.runtime import WorkerError, request, run
+from client.runtime import WorkerError, request, run, supernode_pid
 from transport.config import ConfigError, NodeConfig, RunConfig
+from transport.contract import WARM_UP_ACTION
 from transport.flower import HELLO_ACTION, answer_hello, transport_mod
 
 WORKER_ERROR_CODE = 4301
@@ -46,3 +47,13 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local partition, on this node's device."""
     return _reply("evaluate", msg, context)
+
+
+@app.query(WARM_UP_ACTION)
+def warm_up(msg: Message, context: Context) -> Message:
+    """Start this node's warm worker and build its task now, while the server still builds
+    its own model: round 1 then finds it ready. Without a warm runtime there is nothing to do."""
+    cfg = RunConfig.from_run_config(context.run_config)
+    if not cfg.warm_runtime or supernode_pid() is None:
+        return Message(RecordDict(), reply_to=msg)
+    return _reply("prepare", msg, context)

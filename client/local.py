@@ -64,6 +64,16 @@ class LocalTask:
         self.node = node
         self.model = build_model(cfg, data, self.spec, zne)
 
+    def warm_up(self) -> None:
+        """One forward and backward pass on two samples, thrown away: the first pass of a
+        process pays for lazy set-up (autograd, the circuit's construction). Every message
+        reloads the parameters and reseeds every draw, so this changes no result."""
+        import torch
+
+        out = self.model(torch.as_tensor(self.x[:2]))
+        out.sum().backward()
+        self.model.zero_grad(set_to_none=True)
+
     def _prepare(self, cfg: RunConfig, arrays: ArrayRecord, server_round: int) -> None:
         # noise draws differ per client and round, and are reproducible
         self.model.reseed_noise(cfg.seed * 7919 + server_round * 104_729 + self.node.partition_id)
@@ -144,9 +154,12 @@ def answer(req: RecordDict, tasks: TaskCache | None = None) -> RecordDict:
         raise ValueError(f"unknown operation {op!r}")
     cfg = RunConfig.from_run_config(json.loads(str(job["run-config"])))
     node = NodeConfig.from_node_config(json.loads(str(job["node-config"])))
+    task = tasks.get(cfg, node) if tasks is not None else LocalTask(cfg, node)
+    if op == "prepare":
+        task.warm_up()
+        return RecordDict()
     config = req.config_records[CONFIG]
     # the round number of the whole run, also after the server resumed a checkpoint
     server_round = int(config[SERVER_ROUND]) + int(config[ROUND_OFFSET])
-    task = tasks.get(cfg, node) if tasks is not None else LocalTask(cfg, node)
     handler = task.train if op == "train" else task.evaluate
     return handler(cfg, req.array_records[ARRAYS], server_round)

@@ -48,7 +48,7 @@ from transport.contract import ARRAYS, CONFIG
 
 SUPERNODE = "flower-supernode"
 JOB = "qfl-job"  # a request's ConfigRecord: op, run config and node config (JSON)
-OPS = ("train", "evaluate")
+OPS = ("train", "evaluate", "prepare")
 CONNECT_TIMEOUT_S = 30.0
 
 
@@ -69,6 +69,8 @@ def decode(data: bytes) -> RecordDict:
 def request(op: str, content: RecordDict, run_config: dict, node_config: dict) -> RecordDict:
     """The request for ``op`` on a message's ``content`` (global arrays and the server's config)."""
     job = ConfigRecord({"op": op, "run-config": json.dumps(run_config), "node-config": json.dumps(node_config)})
+    if op == "prepare":  # builds the task, trains nothing: no arrays, no round
+        return RecordDict({JOB: job})
     return RecordDict({ARRAYS: content[ARRAYS], CONFIG: content[CONFIG], JOB: job})
 
 

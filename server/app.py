@@ -20,7 +20,7 @@ from collections import Counter
 from logging import INFO, WARNING
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -39,12 +39,13 @@ from transport.base import TransportStack
 from transport.config import RunConfig
 from transport.contract import DEVICE, DEVICE_NUM_PARTITIONS, DEVICE_PARTITION, ROUND_OFFSET
 from transport.dp import CentralDPLedger, LocalDPLedger
-from transport.flower import TransportGrid
+from transport.flower import WARM_UP_TYPE, TransportGrid
 from transport.registry import build_transport
 
 app = ServerApp()
 
-NODE_WAIT_POLL_S = 0.5
+NODE_WAIT_POLL_S = 0.2
+WARM_UP_MAX_NODES = 64
 
 __all__ = ["RunFailed", "app", "build_strategy", "run_dir_of"]
 
@@ -59,6 +60,7 @@ def run_dir_of(cfg: RunConfig, run_id: int) -> Path:
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds (fewer if resuming) and record every one."""
     cfg = RunConfig.from_run_config(context.run_config)
+    _warm_up(grid, cfg)  # first: the nodes build their models while this process builds its own
     check_run(cfg)  # what the configuration model cannot check alone, before round 1
     # Flower samples nodes with the global `random` module: seed it for this process.
     random.seed(cfg.seed)
@@ -82,6 +84,13 @@ def main(grid: Grid, context: Context) -> None:
 
 def _run(grid: Grid, context: Context, cfg: RunConfig, run_dir: Path, progress: ProgressLog, sinks: list) -> None:
     files = RunRecorder(run_dir)
+    try:
+        _federate(grid, context, cfg, files, progress, sinks)
+    finally:
+        files.close()
+
+
+def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, progress: ProgressLog, sinks: list) -> None:
     data = build_dataset(cfg)
     model = build_model(cfg, data)
     arrays, start_round = _starting_point(cfg, files, ArrayRecord(model.state_dict()))
@@ -114,6 +123,19 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, run_dir: Path, progress: 
         evaluate_config=ConfigRecord({ROUND_OFFSET: start_round}),
         evaluate_fn=on_round,
     )
+
+
+def _warm_up(grid: Grid, cfg: RunConfig) -> None:
+    """Ask every connected node to start its warm worker now (a query no one waits for).
+
+    Skipped for large federations (the simulation engine's virtual nodes have no worker to
+    start) and with the cold runtime."""
+    if not cfg.warm_runtime:
+        return
+    _wait_for_nodes(grid, cfg.min_nodes)
+    nodes = list(grid.get_node_ids())
+    if len(nodes) <= WARM_UP_MAX_NODES:
+        grid.push_messages([Message(RecordDict(), dst_node_id=n, message_type=WARM_UP_TYPE) for n in nodes])
 
 
 def _starting_point(cfg: RunConfig, files: RunRecorder, fresh: ArrayRecord) -> tuple[ArrayRecord, int]:

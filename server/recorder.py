@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 import io
 import json
 import math
@@ -147,6 +148,9 @@ class RunRecorder:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.privacy_path = self.run_dir / "privacy.json"
+        # the plot is redrawn off the round's critical path, one at a time
+        self._plotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-plot")
+        self._plot: Future | None = None
         self.rows: list[dict[str, float]] = []
         self.client_rows: list[dict[str, object]] = []
 
@@ -245,7 +249,13 @@ class RunRecorder:
             self.run_dir / "metrics.json",
             json.dumps({"columns": list(COLUMNS), "rounds": clean}, indent=1).encode(),
         )
-        plot_metrics(self.rows, self.run_dir / "metrics.png")
+        self._plot = self._plotter.submit(plot_metrics, [dict(r) for r in self.rows], self.run_dir / "metrics.png")
+
+    def close(self) -> None:
+        """Wait for the last plot (files are complete after this)."""
+        self._plotter.shutdown(wait=True)
+        if self._plot is not None:
+            self._plot.result()  # a plotting error surfaces here
 
 
 def plot_metrics(rows: list[dict[str, float]], path: Path) -> None:

@@ -17,7 +17,6 @@ from logging import INFO, WARNING
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.supercore import log
 
-from client.train import evaluate
 from server.grid import MeteredGrid
 from server.instrumented import InstrumentedStrategy
 from server.progress import ProgressLog
@@ -91,6 +90,8 @@ class RoundRecorder:
 
     def evaluate(self, arrays: ArrayRecord) -> dict[str, float]:
         """Loss and accuracy of the global model on the held-out split."""
+        from client.train import evaluate  # torch
+
         self.model.load_state_dict(arrays.to_torch_state_dict())
         return evaluate(self.model, self.data.x_test, self.data.y_test)
 

@@ -25,6 +25,7 @@ def test_metrics_files_and_plot(tmp_path):
     rec = RunRecorder(tmp_path / "run")
     for r, acc in enumerate([0.3, 0.5, 0.7]):
         rec.add_row(_row(r, acc))
+    rec.close()  # the plot is drawn in the background
     with open(tmp_path / "run" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["test_accuracy"]) for r in rows] == [0.3, 0.5, 0.7]

@@ -15,6 +15,9 @@ CONFIG = "config"  # ConfigRecord: the server's instructions (Flower's name)
 DEVICE = "device"  # ConfigRecord: who a reply says it is (claims, for the record)
 MASK = "mask"  # ConfigRecord: per parameter, the coordinates that arrived (qcn), packed bits
 
+# --- message types of our own (Flower's "query.<action>") ---------------------------------
+WARM_UP_ACTION = "qfl_warm_up"  # the ServerApp asks every node to start its warm worker
+
 # --- the server's instructions (CONFIG) ------------------------------------------------
 SERVER_ROUND = "server-round"  # Flower's: the round within this ServerApp run
 ROUND_OFFSET = "round-offset"  # rounds done before a resume: the run's round is the sum

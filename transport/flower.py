@@ -20,12 +20,14 @@ from flwr.supercore import log
 from transport.base import SERVER_SAE, Envelope, TransportError, TransportStack, node_sae
 from transport.qkd.identity import SAE_ID_RE
 from transport.config import NodeConfig, RunConfig
+from transport.contract import WARM_UP_ACTION
 from transport.registry import build_transport
 
 ENVELOPE_RECORD = "transport-envelope"
 HELLO_RECORD = "transport-hello"
 HELLO_ACTION = "qfl_transport_hello"
 HELLO_TYPE = f"query.{HELLO_ACTION}"
+WARM_UP_TYPE = f"query.{WARM_UP_ACTION}"
 TRANSPORT_ERROR_CODE = 4201
 
 
@@ -65,8 +67,8 @@ def transport_mod(msg: Message, context: Context, call_next: Callable[[Message, 
     except ValueError as err:  # e.g. no SAE certificate on this node, or a bad node config: say so to the server
         log(ERROR, "transport: cannot start on this node: %s", err)
         return Message(Error(TRANSPORT_ERROR_CODE, f"transport unavailable on this node: {err}"), reply_to=msg)
-    if not stack.transports:
-        return call_next(msg, context)
+    if not stack.transports or msg.metadata.message_type == WARM_UP_TYPE:
+        return call_next(msg, context)  # nothing to protect (a warm-up carries nothing)
     me = stack.sae_id or node_sae(context.node_id)
     if msg.metadata.message_type == HELLO_TYPE:  # the server asks who we are (once a run)
         return Message(RecordDict({HELLO_RECORD: ConfigRecord({"sae": me})}), reply_to=msg)

@@ -227,9 +227,7 @@ def test_a_third_client_added_while_the_superlink_runs_joins_the_next_run(federa
     # as docs/deploy.md tells a user: its key and SAE certificate, its registration, its container
     compose("run", "--rm", "certs", "python", "scripts/gen_certs.py", "/certs", "--nodes", "3",
             "--sae", "server", "--sae", "node-0", "--sae", "node-1", "--sae", "node-2")
-    compose("run", "--rm", "register", "sh", "-c",
-            "mkdir -p $FLWR_HOME && cp scripts/compose/config.toml $FLWR_HOME/config.toml && "
-            "flwr supernode register /certs/node-2.pub compose")
+    compose("run", "--rm", "register", "python", "scripts/compose/register.py", "/certs/node-2.pub")
     override = tmp_path / "third-client.yml"
     override.write_text((PROJECT_DIR / "docs" / "examples" / "third-client.yml").read_text())
     compose("-f", "docker-compose.yml", "-f", str(override), "up", "-d", "--no-deps", "supernode-2")

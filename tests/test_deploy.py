@@ -60,8 +60,9 @@ def test_certs_and_registration_cover_every_node():
     certs = SERVICES["certs"]["command"]
     assert certs[:3] == ["python", "scripts/gen_certs.py", "/certs"]
     assert int(certs[certs.index("--nodes") + 1]) == len(NODES)
-    registered = re.findall(r"flwr supernode register (\S+) compose", _shell("register"))
-    assert registered == [f"/certs/node-{i}.pub" for i in range(len(NODES))]
+    register = SERVICES["register"]["command"]
+    assert register[:2] == ["python", "scripts/compose/register.py"]
+    assert register[2:] == [f"/certs/node-{i}.pub" for i in range(len(NODES))]
 
 
 def test_submit_uses_the_compose_connection_and_a_valid_run_config():

@@ -89,7 +89,7 @@ def test_resume_continues_from_last_checkpoint(two_node_run):
 def test_dead_supernode_does_not_stop_the_run(tmp_path):
     run_dir = tmp_path / "dead-node"
     proc = subprocess.Popen(
-        _launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "3", "--set", "round-timeout=45.0"),
+        _launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "3", "--set", "round-timeout=40.0"),
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -292,7 +292,7 @@ def _client_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("policy", ["drop", "stale"])
+@pytest.mark.parametrize("policy", ["stale"])  # "drop" is the same path minus folding: unit-tested
 def test_qcn_straggler_past_the_deadline_is_dropped_or_folded(tmp_path, policy):
     # partition 0 on a metro link (~0.1 s), partition 1 on a long-haul path (~14 s):
     # with a 10 s deadline the far client is late by one round, every round

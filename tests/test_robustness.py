@@ -23,7 +23,7 @@ from server.app import PartitionSizes
 from server.chain import build_strategy
 from server.instrumented import InstrumentedStrategy, train_reply_schema
 
-ROUNDS = 5
+ROUNDS = 4
 CLIENTS = 3
 MALICIOUS = 1  # node ID of partition 0
 MARGIN = 0.08  # final accuracy within 8 points (3 test samples of 38) of the clean run

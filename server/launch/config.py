@@ -4,6 +4,7 @@ then ``--set KEY=VALUE``, then the named flags; validated whole before anything 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import tomllib
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, in
         raise ConfigError("--clients", f"must be a positive integer, got {args.clients}")
     values[KEY.min_nodes] = args.clients  # the server starts round 1 once every launched node is connected
     cfg = RunConfig.from_run_config(values)
+    if args.simulation and importlib.util.find_spec("ray") is None:
+        raise ConfigError("--simulation", "Flower's simulation engine needs Ray: pip install 'qfl[simulation]'")
     if args.simulation and cfg.uses_transport("qkd"):
         raise ConfigError(KEY.transport, "qkd needs each client in its own SuperNode, with its own SAE certificate; "
                                          "the simulation engine runs every client in one process tree")

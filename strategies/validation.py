@@ -36,6 +36,24 @@ def _array(record: ArrayRecord, name: str) -> np.ndarray:
     return np.asarray(record[name].numpy())
 
 
+def arrays_problem(arrays: ArrayRecord, reference: Mapping[str, tuple[int, ...]], what: str = "") -> str | None:
+    """Why ``arrays`` are not the model's parameters (names, real shapes, real floats, finite), or ``None``."""
+    if set(arrays.keys()) != set(reference):
+        return f"{what}parameter names {sorted(arrays.keys())} differ from the model's {sorted(reference)}"
+    for name, shape in reference.items():
+        try:
+            values = _array(arrays, name)
+        except Exception as err:  # noqa: BLE001 - whatever the bytes are, they are not an array
+            return f"{what}'{name}' is not a readable array ({type(err).__name__})"
+        if values.shape != tuple(shape):
+            return f"{what}'{name}' holds data of shape {values.shape}, expected {tuple(shape)}"
+        if values.dtype.kind != "f":
+            return f"{what}'{name}' has dtype {values.dtype}, expected a real floating type"
+        if not np.all(np.isfinite(values)):
+            return f"{what}'{name}' holds NaN or Inf"
+    return None
+
+
 def reply_problem(
     message: Message,
     reference: Mapping[str, tuple[int, ...]],
@@ -54,20 +72,9 @@ def reply_problem(
     content = message.content
     if arrayrecord_key not in content.array_records:
         return f"no ArrayRecord under '{arrayrecord_key}'"
-    arrays: ArrayRecord = content.array_records[arrayrecord_key]
-    if set(arrays.keys()) != set(reference):
-        return f"parameter names {sorted(arrays.keys())} differ from the model's {sorted(reference)}"
-    for name, shape in reference.items():
-        try:
-            values = _array(arrays, name)
-        except Exception as err:  # noqa: BLE001 - whatever the bytes are, they are not an array
-            return f"'{name}' is not a readable array ({type(err).__name__})"
-        if values.shape != tuple(shape):
-            return f"'{name}' holds data of shape {values.shape}, expected {tuple(shape)}"
-        if values.dtype.kind != "f":
-            return f"'{name}' has dtype {values.dtype}, expected a real floating type"
-        if not np.all(np.isfinite(values)):
-            return f"'{name}' holds NaN or Inf"
+    problem = arrays_problem(content.array_records[arrayrecord_key], reference)
+    if problem is not None:
+        return problem
     masks = content.config_records.get(MASK)  # optional: coordinates that arrived (qcn)
     if masks is not None:
         if set(masks.keys()) - set(reference):
@@ -99,20 +106,24 @@ class ReplySchema:
         The ConfigRecords it may carry, each with the keys it may hold (a subset; ``None``:
         keys checked elsewhere, e.g. a ``mask``'s by :func:`reply_problem`).
     arrayrecord_key, metricrecord_key : str
-        The names of its one ArrayRecord and its one MetricRecord.
+        The names of its one parameter ArrayRecord and its one MetricRecord.
+    extra_arrays : frozenset[str]
+        Further ArrayRecords it must carry, each with the model's parameter names and shapes.
     """
 
     metrics: frozenset[str]
     configs: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
     arrayrecord_key: str = ARRAYS
     metricrecord_key: str = METRICS
+    extra_arrays: frozenset[str] = frozenset()  # more ArrayRecords of the model's parameters (e.g. SCAFFOLD's)
 
 
 def schema_problem(message: Message, schema: ReplySchema) -> str | None:
     """Why a reply's records or keys are not exactly the schema's, or ``None``."""
     content: RecordDict = message.content
-    if set(content.array_records) != {schema.arrayrecord_key}:
-        return f"ArrayRecords {sorted(content.array_records)}, expected exactly ['{schema.arrayrecord_key}']"
+    expected = {schema.arrayrecord_key, *schema.extra_arrays}
+    if set(content.array_records) != expected:
+        return f"ArrayRecords {sorted(content.array_records)}, expected exactly {sorted(expected)}"
     if set(content.metric_records) != {schema.metricrecord_key}:
         return f"MetricRecords {sorted(content.metric_records)}, expected exactly ['{schema.metricrecord_key}']"
     extra = set(content.config_records) - set(schema.configs)
@@ -158,6 +169,8 @@ def filter_replies(
             if not msg.has_error():
                 problem = schema_problem(msg, schema) if schema is not None else None
                 problem = problem or reply_problem(msg, reference, arrayrecord_key, weighted_by_key)
+                for name in schema.extra_arrays if schema is not None else ():
+                    problem = problem or arrays_problem(msg.content.array_records[name], reference, f"{name}: ")
         except Exception as err:  # noqa: BLE001 - one bad reply is dropped and named, never fatal
             problem = f"{type(err).__name__} while validating"
         if problem is None:
@@ -214,7 +227,8 @@ def robust_screen(
     the server knows better (the size of the partition each reply claims, rebuilt from the
     seed), caps each :math:`n_k` further (``None``: no bound known). A honest client's update is a few
     local epochs from the same start, so its distance is of the same order as the others';
-    a scaled or random update is not. Capping the claim keeps one client from outweighing
+    a scaled or random update is not. A reply identical to :math:`w` (:math:`d_k = 0`) with
+    :math:`n_k > 0` is rejected whatever the count: it trained on nothing. Capping the claim keeps one client from outweighing
     the rest by saying it holds more data. With fewer than 3 replies nothing is rejected
     (no majority says what is typical), and the examples cap still applies.
     """
@@ -222,11 +236,20 @@ def robust_screen(
     sound = [m for m in replies if not m.has_error()]
     rejected: list[tuple[Message, str]] = []
     capped: dict[int, tuple[float, float]] = {}
+    names = list(global_arrays.keys())
+    reference = flatten(global_arrays, names)
+    with np.errstate(over="ignore", invalid="ignore"):
+        dist = np.array([np.linalg.norm(flatten(m.content[arrayrecord_key], names) - reference) for m in sound])
+    # a reply that claims examples but returns the global model bit for bit trained on
+    # nothing: a free rider whose stale copy would hold a median or a mean back
+    stale = [i for i, (m, d) in enumerate(zip(sound, dist)) if d == 0 and _examples(m, weighted_by_key) > 0]
+    for i in stale:
+        reason = "returned the global model unchanged while claiming to have trained"
+        rejected.append((sound[i], reason))
+        log(WARNING, "Rejected the update of node %d: %s", sound[i].metadata.src_node_id, reason)
+    sound = [m for i, m in enumerate(sound) if i not in stale]
+    dist = np.delete(dist, stale)
     if norm_factor > 0 and len(sound) >= 3:
-        names = list(global_arrays.keys())
-        reference = flatten(global_arrays, names)
-        with np.errstate(over="ignore", invalid="ignore"):
-            dist = np.array([np.linalg.norm(flatten(m.content[arrayrecord_key], names) - reference) for m in sound])
         bar = norm_factor * _lower_median(dist[np.isfinite(dist)]) if np.isfinite(dist).any() else 0.0
         kept = []
         for msg, d in zip(sound, dist):

@@ -10,10 +10,13 @@ simulation engine and with ``warm-runtime = false``, in this process
 
 from __future__ import annotations
 
+from logging import INFO
+
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.supercore import log
 
-from client.runtime import WorkerError, request, run, supernode_pid
+from client.runtime import CLIENT_CONTROL, WorkerError, request, run, supernode_pid
 from transport.config import ConfigError, NodeConfig, RunConfig
 from transport.contract import WARM_UP_ACTION
 from transport.flower import HELLO_ACTION, answer_hello, transport_mod
@@ -30,8 +33,14 @@ def _reply(op: str, msg: Message, context: Context) -> Message:
     try:
         cfg = RunConfig.from_run_config(context.run_config)
         node = NodeConfig.from_node_config(context.node_config)
-        req = request(op, msg.content, dict(context.run_config), dict(context.node_config))
-        return Message(content=run(req, cfg, node, context.node_id), reply_to=msg)
+        req = request(op, msg.content, dict(context.run_config), dict(context.node_config), context.state)
+        reply = run(req, cfg, node, context.node_id)
+        if CLIENT_CONTROL in reply.array_records:  # SCAFFOLD: this client's variate stays on the node
+            log(INFO, "SCAFFOLD: control variate %s, kept in the node's state",
+                "updated" if CLIENT_CONTROL in context.state.array_records else "started")
+            context.state[CLIENT_CONTROL] = reply.array_records[CLIENT_CONTROL]
+            del reply[CLIENT_CONTROL]
+        return Message(content=reply, reply_to=msg)
     except (ConfigError, WorkerError) as err:
         return Message(Error(WORKER_ERROR_CODE, f"client: {err}"), reply_to=msg)
 

@@ -17,17 +17,20 @@ import json
 import time
 from collections import OrderedDict
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.data import load_partition
 from client.task import build_dataset, build_model
 from client.train import evaluate as evaluate_model
-from client.train import train_local
-from client.runtime import JOB, OPS, model_key
+from client.train import full_gradient, train_local
+from client.runtime import CLIENT_CONTROL, JOB, OPS, model_key
 from transport.config import NodeConfig, RunConfig
 from transport.contract import (
     ARRAYS,
+    CIRCUIT_DEPTH,
     CONFIG,
+    CONTROL,
+    CONTROL_DELTA,
     DEVICE,
     DEVICE_NUM_PARTITIONS,
     DEVICE_PARTITION,
@@ -35,12 +38,16 @@ from transport.contract import (
     DEVICE_ZNE,
     EVAL_ACCURACY,
     EVAL_LOSS,
+    GATES,
     METRICS,
     NOISE_GAP,
     NUM_EXAMPLES,
+    PROXIMAL_MU,
     ROUND_OFFSET,
     SERVER_ROUND,
+    SWAPS,
     TRAIN_TIME_S,
+    TWO_QUBIT_GATES,
 )
 
 CACHE_SIZE = 8  # tasks one process keeps (the simulation engine runs many clients per worker)
@@ -79,25 +86,46 @@ class LocalTask:
         self.model.reseed_noise(cfg.seed * 7919 + server_round * 104_729 + self.node.partition_id)
         self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
 
-    def train(self, cfg: RunConfig, arrays: ArrayRecord, server_round: int) -> RecordDict:
+    def train(self, cfg: RunConfig, req: RecordDict, server_round: int) -> RecordDict:
         """Train the global model on the partition (on this node's simulated device); the new
-        parameters, train metrics and noise-capturing metrics."""
-        self._prepare(cfg, arrays, server_round)
+        parameters, train metrics and noise-capturing metrics.
+
+        The server's message may turn on corrections of client drift, whatever its strategy:
+        ``proximal-mu`` in its config (FedProx), a ``control`` variate (SCAFFOLD: the reply
+        then carries ``control-delta``, and this client's own variate comes back as
+        :data:`~client.runtime.CLIENT_CONTROL` for the ClientApp to keep in its node's state).
+        """
+        self._prepare(cfg, req[ARRAYS], server_round)
+        mu = float(req[CONFIG].get(PROXIMAL_MU, 0.0))
+        control = req.array_records.get(CONTROL)
+        correction, new_control = None, None
+        if control is not None:
+            own = req.array_records.get(CLIENT_CONTROL)
+            server_c = control.to_torch_state_dict()
+            client_c = own.to_torch_state_dict() if own is not None else {n: 0.0 * v for n, v in server_c.items()}
+            correction = {n: server_c[n] - client_c[n] for n in server_c}
+            # option I of the paper: c_i+ = the full local gradient at the global model
+            new_control = full_gradient(self.model, self.x, self.y)
         start = time.perf_counter()
         metrics = train_local(self.model, self.x, self.y, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                               learning_rate=cfg.learning_rate,
                               # a different, reproducible shuffle per client and round
-                              seed=cfg.seed * 1_000_003 + server_round * 1009 + self.node.partition_id)
+                              seed=cfg.seed * 1_000_003 + server_round * 1009 + self.node.partition_id,
+                              proximal_mu=mu, correction=correction)
         train_time = time.perf_counter() - start
         metrics.update(noise_metrics(cfg, self.model, self.x, self.y))
         metrics.update({TRAIN_TIME_S: train_time, NUM_EXAMPLES: len(self.y)})
-        return RecordDict({
+        reply = RecordDict({
             ARRAYS: ArrayRecord(self.model.state_dict()),
             METRICS: MetricRecord(metrics),
             # what the server logs per client (strings do not fit a MetricRecord)
             DEVICE: ConfigRecord({DEVICE_PROFILE: self.spec, DEVICE_ZNE: self.model.zne, DEVICE_PARTITION: self.node.partition_id,
                                   DEVICE_NUM_PARTITIONS: self.node.num_partitions}),
         })
+        if new_control is not None:
+            reply[CONTROL_DELTA] = ArrayRecord({n: Array((new_control[n] - client_c[n]).numpy()) for n in new_control})
+            reply[CLIENT_CONTROL] = ArrayRecord({n: Array(v.numpy()) for n, v in new_control.items()})
+        return reply
 
     def evaluate(self, cfg: RunConfig, arrays: ArrayRecord, server_round: int) -> RecordDict:
         """Loss and accuracy of the global model on the partition, on this node's device."""
@@ -118,11 +146,14 @@ def noise_metrics(cfg: RunConfig, model, x, y) -> dict[str, float]:  # noqa: ANN
 
     from client.model import PQCClassifier
 
+    if not isinstance(model, PQCClassifier):  # the classical baseline: no circuit, no device
+        return {CIRCUIT_DEPTH: 0.0, GATES: 0.0, TWO_QUBIT_GATES: 0.0, SWAPS: 0.0, NOISE_GAP: 0.0}
     out: dict[str, float] = {k: float(v) for k, v in model.routed_metrics(torch.as_tensor(x)).items()}
     if model.profile is None or model.profile.is_noiseless:
         out[NOISE_GAP] = 0.0
         return out
-    ideal = PQCClassifier(model.n_qubits, model.n_layers, model.n_classes, kind=model.kind, seed=cfg.seed)
+    ideal = PQCClassifier(model.n_qubits, model.n_layers, model.n_classes, kind=model.kind, seed=cfg.seed,
+                          embedding=model.embedding_kind)
     ideal.load_state_dict(model.state_dict())
     out[NOISE_GAP] = evaluate_model(ideal, x, y)["accuracy"] - evaluate_model(model, x, y)["accuracy"]
     return out
@@ -161,5 +192,6 @@ def answer(req: RecordDict, tasks: TaskCache | None = None) -> RecordDict:
     config = req.config_records[CONFIG]
     # the round number of the whole run, also after the server resumed a checkpoint
     server_round = int(config[SERVER_ROUND]) + int(config[ROUND_OFFSET])
-    handler = task.train if op == "train" else task.evaluate
-    return handler(cfg, req.array_records[ARRAYS], server_round)
+    if op == "train":
+        return task.train(cfg, req, server_round)
+    return task.evaluate(cfg, req.array_records[ARRAYS], server_round)

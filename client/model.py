@@ -27,6 +27,7 @@ evaluates the whole batch (inputs of shape ``(B, n)`` or ``(B, 2**n)``).
 On a simulated NISQ device (``profile``, see :mod:`client.noise`) the circuit is routed to
 the device's coupling map, optionally folded for zero-noise extrapolation, run with
 sampled Pauli-error trajectories, and read out with bit-flip error and finite shots.
+With a trainable embedding (:func:`make_circuit`) a parameter ``embedding`` joins them.
 Parameters (``torch.float64``) are named ``weights (L, n, 3)``, ``scale (C,)``,
 ``bias (C,)`` in the state dict that travels as Flower's ``ArrayRecord``.
 """
@@ -59,20 +60,33 @@ def entangling_layer(weights: torch.Tensor, wires: range) -> None:
             qml.CNOT(wires=[i, (i + 1) % n])
 
 
-def make_circuit(n_qubits: int, n_layers: int, n_classes: int, kind: str):
-    """The circuit function ``(inputs, weights) -> [<Z_0>, ..., <Z_{C-1}>]``."""
-    wires = range(n_qubits)
+def make_circuit(n_qubits: int, n_layers: int, n_classes: int, kind: str, embedding: str = "fixed"):
+    r"""The circuit function ``(inputs, weights, embed) -> [<Z_0>, ..., <Z_{C-1}>]``.
 
-    def circuit(inputs: torch.Tensor, weights: torch.Tensor):
+    With ``embedding = "trainable"`` the data embedding learns too (Lloyd et al.,
+    "Quantum embeddings for machine learning", 2020: train the embedding, not only the
+    classifier): angle data are re-uploaded as :math:`R_Y(a_{l,i} x_i + b_{l,i})` with
+    ``embed`` of shape ``(L, n, 2)`` (starting at :math:`a = 1, b = 0`, the fixed embedding);
+    a state is followed by a trainable ``Rot`` on every wire, ``embed`` of shape ``(n, 3)``
+    (starting at the identity). With ``"fixed"``, ``embed`` is not used.
+    """
+    wires = range(n_qubits)
+    trainable = embedding == "trainable"
+
+    def circuit(inputs: torch.Tensor, weights: torch.Tensor, embed: torch.Tensor | None = None):
         if kind == "states":
             qml.StatePrep(inputs, wires=wires, normalize=False)
+            if trainable:
+                for i in wires:
+                    qml.Rot(embed[i, 0], embed[i, 1], embed[i, 2], wires=i)
             for layer in range(n_layers):
                 entangling_layer(weights[layer], wires)
         else:
             for layer in range(n_layers):
                 # RY(x_i) per wire, as AngleEmbedding, written out for routing
                 for i in wires:
-                    qml.RY(inputs[..., i], wires=i)
+                    angle = embed[layer, i, 0] * inputs[..., i] + embed[layer, i, 1] if trainable else inputs[..., i]
+                    qml.RY(angle, wires=i)
                 entangling_layer(weights[layer], wires)
         return [qml.expval(qml.PauliZ(c)) for c in range(n_classes)]
 
@@ -125,8 +139,11 @@ class PQCClassifier(torch.nn.Module):
         seed: int = 0,
         profile: DeviceProfile | None = None,
         zne: bool = False,
+        embedding: str = "fixed",
     ) -> None:
         super().__init__()
+        if embedding not in ("fixed", "trainable"):
+            raise ValueError(f"embedding must be 'fixed' or 'trainable', got {embedding!r}")
         if n_classes > n_qubits:
             raise ValueError(
                 f"n_qubits={n_qubits} is too small for {n_classes} classes "
@@ -143,6 +160,13 @@ class PQCClassifier(torch.nn.Module):
         )
         self.scale = torch.nn.Parameter(torch.full((n_classes,), SCALE_INIT, dtype=torch.float64))
         self.bias = torch.nn.Parameter(torch.zeros(n_classes, dtype=torch.float64))
+        self.embedding_kind = embedding
+        if embedding == "trainable":  # a parameter, federated like the others
+            start = (torch.tensor([1.0, 0.0], dtype=torch.float64).repeat(n_layers, n_qubits, 1) if kind == "angles"
+                     else torch.zeros(n_qubits, 3, dtype=torch.float64))
+            self.embedding = torch.nn.Parameter(start)
+        else:
+            self.register_buffer("embedding", torch.zeros(0, dtype=torch.float64), persistent=False)  # not a contract name
         if diff_method == "best":
             diff_method = "adjoint" if device == "lightning.qubit" else "backprop"
         self.device_name, self.diff_method = device, diff_method
@@ -153,7 +177,7 @@ class PQCClassifier(torch.nn.Module):
         self.profile, self.zne = profile, zne
         dev = qml.device(device, wires=n_qubits)
         qnode = qml.QNode(
-            make_circuit(n_qubits, n_layers, n_classes, kind),
+            make_circuit(n_qubits, n_layers, n_classes, kind, embedding),
             dev,
             interface="torch",
             diff_method=diff_method,
@@ -193,12 +217,12 @@ class PQCClassifier(torch.nn.Module):
         """Depth, gate, 2-qubit-gate and SWAP counts of the circuit as routed to the device."""
         from client.noise import circuit_metrics
 
-        tape = qml.workflow.construct_batch(self.routed_qnode, level="user")(x[:1], self.weights)[0][0]
+        tape = qml.workflow.construct_batch(self.routed_qnode, level="user")(x[:1], self.weights, self.embedding)[0][0]
         return circuit_metrics(tape)
 
     def expvals(self, x: torch.Tensor) -> torch.Tensor:
         """Pauli-Z expectations, shape ``(B, C)`` for a batch ``x``, as the device reports them."""
-        out = torch.stack(list(self.qnode(x, self.weights)), dim=-1)
+        out = torch.stack(list(self.qnode(x, self.weights, self.embedding)), dim=-1)
         if self.profile is None:
             return out
         out = out * (1.0 - 2.0 * self.profile.readout_error)

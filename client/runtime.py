@@ -44,11 +44,12 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from transport.config import KEY, NodeConfig, RunConfig
-from transport.contract import ARRAYS, CONFIG
+from transport.contract import ARRAYS, CONFIG, CONTROL
 
 SUPERNODE = "flower-supernode"
 JOB = "qfl-job"  # a request's ConfigRecord: op, run config and node config (JSON)
 OPS = ("train", "evaluate", "prepare")
+CLIENT_CONTROL = "client-control"  # SCAFFOLD: this client's control variate, kept in its node's state
 CONNECT_TIMEOUT_S = 30.0
 
 
@@ -66,12 +67,19 @@ def decode(data: bytes) -> RecordDict:
     return recorddict_from_proto(proto)
 
 
-def request(op: str, content: RecordDict, run_config: dict, node_config: dict) -> RecordDict:
-    """The request for ``op`` on a message's ``content`` (global arrays and the server's config)."""
+def request(op: str, content: RecordDict, run_config: dict, node_config: dict, state: RecordDict | None = None) -> RecordDict:
+    """The request for ``op`` on a message's ``content`` (global arrays, the server's config, and
+    SCAFFOLD's control variate if it sent one); ``state`` is the node's Flower state, where
+    this client's own control variate lives between rounds."""
     job = ConfigRecord({"op": op, "run-config": json.dumps(run_config), "node-config": json.dumps(node_config)})
     if op == "prepare":  # builds the task, trains nothing: no arrays, no round
         return RecordDict({JOB: job})
-    return RecordDict({ARRAYS: content[ARRAYS], CONFIG: content[CONFIG], JOB: job})
+    req = RecordDict({ARRAYS: content[ARRAYS], CONFIG: content[CONFIG], JOB: job})
+    if CONTROL in content.array_records:
+        req[CONTROL] = content.array_records[CONTROL]
+        if state is not None and CLIENT_CONTROL in state.array_records:
+            req[CLIENT_CONTROL] = state.array_records[CLIENT_CONTROL]
+    return req
 
 
 def model_key(cfg: RunConfig, node: NodeConfig) -> str:
@@ -79,7 +87,7 @@ def model_key(cfg: RunConfig, node: NodeConfig) -> str:
     share a :class:`LocalTask`. Training settings (epochs, learning rate, ...) are not in it."""
     run = cfg.to_run_config()
     keys = (KEY.dataset, KEY.partitioner, KEY.dirichlet_alpha, KEY.test_fraction, KEY.tfim_samples, KEY.seed,
-            KEY.n_qubits, KEY.n_layers, KEY.device, KEY.diff_method, KEY.device_profiles, KEY.zne)
+            KEY.n_qubits, KEY.n_layers, KEY.device, KEY.diff_method, KEY.device_profiles, KEY.zne, KEY.embedding, KEY.model)
     return json.dumps({**{k: run[k] for k in keys}, **node.model_dump()}, sort_keys=True)
 
 

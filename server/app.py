@@ -105,9 +105,9 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
         "replies", round=start_round + guard_ref[0].current_round, phase=phase, received=got, expected=want))
     _wait_for_nodes(metered, cfg.min_nodes)
     progress.emit("ready", nodes=len(list(metered.get_node_ids())))
-    inner, central_dp = server_strategy(cfg)
+    inner, central_dp, reply_arrays = server_strategy(cfg)
     ledger = _privacy_ledger(cfg, files, start_round)
-    guard = InstrumentedStrategy(inner, train_reply_schema(stack.reply_metrics, stack.reply_configs),
+    guard = InstrumentedStrategy(inner, train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays),
                                  cfg.robust_norm_factor, cfg.robust_examples_factor, PartitionSizes(cfg, data))
     guard_ref.append(guard)
     # strategy -> transport -> wire: the transport encodes what the metered grid sends

@@ -32,12 +32,15 @@ def build_strategy(cfg: RunConfig):  # -> flwr.serverapp.strategy.Strategy
     return load_strategy(cfg.strategy, **options)
 
 
-def server_strategy(cfg: RunConfig) -> tuple[Strategy, CentralDPFixedClipping | None]:
-    """The named strategy wrapped as the run asks: central DP, then a round deadline."""
+def server_strategy(cfg: RunConfig) -> tuple[Strategy, CentralDPFixedClipping | None, tuple[str, ...]]:
+    """The named strategy wrapped as the run asks (central DP, then a round deadline), and
+    the ArrayRecords its replies carry besides the parameters (a strategy declares them in
+    ``reply_arrays``, as SCAFFOLD does)."""
     inner: Strategy = build_strategy(cfg)
+    reply_arrays = tuple(getattr(inner, "reply_arrays", ()))
     central_dp = None
     if cfg.uses_transport("dp") and cfg.dp_mode == "central":
         inner = central_dp = CentralDPFixedClipping(inner, cfg.dp_noise_multiplier, cfg.dp_clip)
     if cfg.round_deadline > 0:
         inner = RoundDeadline(inner, cfg.round_deadline, cfg.straggler_policy, cfg.staleness_discount)
-    return inner, central_dp
+    return inner, central_dp, reply_arrays

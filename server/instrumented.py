@@ -200,10 +200,13 @@ def _evaluate_problem(msg: Message, schema: ReplySchema) -> str | None:
     return None
 
 
-def train_reply_schema(extra_metrics: Iterable[str] = (), extra_configs: dict[str, frozenset[str]] | None = None) -> ReplySchema:
-    """What our ClientApp's training reply holds, plus what the transports add."""
+def train_reply_schema(extra_metrics: Iterable[str] = (), extra_configs: dict[str, frozenset[str]] | None = None,
+                       extra_arrays: Iterable[str] = ()) -> ReplySchema:
+    """What our ClientApp's training reply holds, plus what the transports add (metrics,
+    records) and what the strategy asks for (ArrayRecords, e.g. SCAFFOLD's ``control-delta``)."""
     configs = {DEVICE: frozenset(DEVICE_KEYS), **(extra_configs or {})}
-    return ReplySchema(metrics=frozenset((*TRAIN_METRICS, *extra_metrics)), configs=configs)
+    return ReplySchema(metrics=frozenset((*TRAIN_METRICS, *extra_metrics)), configs=configs,
+                       extra_arrays=frozenset(extra_arrays))
 
 
 def _client_rows(replies: list[Message], report: RoundReport, capped: dict[int, tuple[float, float]]) -> list[dict[str, object]]:

@@ -11,18 +11,40 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Strategy
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
 
 from strategies.fidelity_weighted import FidelityWeightedFedAvg
 from strategies.noise_isolating import NoiseIsolatingFedAvg
+from strategies.scaffold import Scaffold
 
 # Built-in names -> classes. Every class accepts FedAvg's sampling keyword arguments.
 BUILTIN_STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": FedAvg,
     "fedmedian": FedMedian,
     "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
     "noise-isolating": NoiseIsolatingFedAvg,
     "fidelity-weighted": FidelityWeightedFedAvg,
+    # client drift on non-IID data: a proximal term, control variates, server optimisers
+    "fedprox": FedProx,  # the client adds (proximal-mu / 2) ||w - w_global||^2 (Li et al. 2020)
+    "scaffold": Scaffold,  # control variates (Karimireddy et al. 2020)
+    "fedavgm": FedAvgM,  # server momentum (Hsu et al. 2019)
+    "fedadam": FedAdam,  # adaptive server optimisers (Reddi et al., ICLR 2021)
+    "fedyogi": FedYogi,
+    "fedadagrad": FedAdagrad,
 }
 
 

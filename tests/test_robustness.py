@@ -13,15 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from client.app import app as honest_app
-from transport.config import RunConfig
-from client.task import build_dataset, build_model
-from client.train import evaluate
-from server.app import PartitionSizes
-from server.chain import build_strategy
-from server.instrumented import InstrumentedStrategy, train_reply_schema
+from helpers import InProcessFederation
 
 ROUNDS = 4
 CLIENTS = 3
@@ -77,42 +71,21 @@ def _corrupt(kind: str, reply: Message) -> Message:
 ATTACKS = ["scaled", "inflated-examples", "spoofed-shape", "extra-key", "missing-key", "second-record",
            "complex", "nan", "inf", "huge"]
 STRATEGIES = ["fedavg", "noise-isolating", "fedmedian"]
-_request_of: dict[str, Message] = {}
-
-
-class _Grid:
-    """The nodes of an in-process federation: IDs only (a unit-test stand-in for Flower's grid)."""
-
-    def get_node_ids(self):  # noqa: ANN201
-        return list(range(1, CLIENTS + 1))
+_request_of: dict[str, Message] = {}  # the federation's requests, by message ID (what an attacker answers)
 
 
 def _federation(defaults, strategy: str, attack: str | None) -> tuple[float, list[dict], list[dict]]:
     """Final central accuracy, per-round stats and per-client rows of one in-process run."""
     run_config = {**defaults, "dataset": "iris", "local-epochs": 3, "learning-rate": 0.1, "strategy": strategy}
-    cfg = RunConfig.from_run_config(run_config)
-    data = build_dataset(cfg)
-    model = build_model(cfg, data)
-    arrays = ArrayRecord(model.state_dict())
-    guard = InstrumentedStrategy(build_strategy(cfg), train_reply_schema(), cfg.robust_norm_factor,
-                                 cfg.robust_examples_factor, PartitionSizes(cfg, data))
-    stats, rows = [], []
-    for rnd in range(1, ROUNDS + 1):
-        replies = []
-        for i, msg in enumerate(guard.configure_train(rnd, arrays, ConfigRecord({"round-offset": 0}), _Grid())):
-            msg.metadata.__dict__["_message_id"] = f"r{rnd}-{i}"
-            _request_of[msg.metadata.message_id] = msg
-            node = msg.metadata.dst_node_id
-            ctx = Context(run_id=1, node_id=node, node_config={"partition-id": node - 1, "num-partitions": CLIENTS},
-                          state=RecordDict(), run_config=run_config)
-            reply = honest_app(msg, ctx)
-            replies.append(_corrupt(attack, reply) if attack and node == MALICIOUS else reply)
-        new, _ = guard.aggregate_train(rnd, replies)
-        arrays = new if new is not None else arrays
-        stats.append(guard.take_round_stats())
-        rows += guard.take_client_rows()
-    model.load_state_dict(arrays.to_torch_state_dict())
-    return evaluate(model, data.x_test, data.y_test)["accuracy"], stats, rows
+
+    def corrupt(node: int, reply: Message) -> Message:
+        return _corrupt(attack, reply) if attack and node == MALICIOUS else reply
+
+    fed = InProcessFederation(run_config, CLIENTS, corrupt)
+    global _request_of
+    _request_of = fed.requests
+    fed.run(ROUNDS)
+    return fed.accuracy[-1], fed.stats, fed.rows
 
 
 @pytest.fixture(scope="module")

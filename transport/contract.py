@@ -21,6 +21,11 @@ WARM_UP_ACTION = "qfl_warm_up"  # the ServerApp asks every node to start its war
 # --- the server's instructions (CONFIG) ------------------------------------------------
 SERVER_ROUND = "server-round"  # Flower's: the round within this ServerApp run
 ROUND_OFFSET = "round-offset"  # rounds done before a resume: the run's round is the sum
+PROXIMAL_MU = "proximal-mu"  # Flower's FedProx: the client adds mu/2 ||w - w_global||^2
+
+# --- SCAFFOLD's control variates (ArrayRecords, the model's parameter names) --------------
+CONTROL = "control"  # server -> client: the server's control variate c
+CONTROL_DELTA = "control-delta"  # client -> server: the change of the client's c_i
 
 # --- node config keys (``--node-config``; declared with their types in transport.config) ---
 NODE_PARTITION_ID = "partition-id"

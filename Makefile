@@ -10,7 +10,7 @@ CLIENTS ?= 4
 ROUNDS  ?= 10
 DATASET ?= wine
 
-.PHONY: install demo test test-unit bench clean
+.PHONY: install demo test test-unit bench experiments clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test-unit: install
 
 bench: install
 	$(PY) bench/client_training.py
+
+# every named experiment over 10 seeds on the simulation engine (docs/experiments.md);
+# an interrupted run resumes: finished runs are kept under experiments/<name>/runs
+experiments: install
+	$(VENV)/bin/qfl experiment all
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache tests/.pytest_cache

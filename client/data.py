@@ -1,6 +1,7 @@
 """Data sets and partitions, all made or shipped locally (no hub downloads).
 
-Classical sets (scikit-learn's bundled copies): ``iris``, ``wine``, ``breast-cancer``.
+Classical sets (scikit-learn's bundled copies): ``iris``, ``wine``, ``breast-cancer``,
+``digits`` (the 8x8 hand-written digits 0-3: 720 images, 4 classes).
 Each is split train/test (stratified, seeded), standardised, reduced by PCA to at most
 ``n_qubits`` components and rescaled to rotation angles in ``[0, pi]``, all fitted on
 the training split only. If the set has fewer components than qubits, the angles are
@@ -32,7 +33,8 @@ from transport.contract import CACHE_DIR_ENV
 from transport.files import atomic_write
 
 # n_samples, n_features, n_classes of scikit-learn's bundled copies
-CLASSICAL_SHAPES = {"iris": (150, 4, 3), "wine": (178, 13, 3), "breast-cancer": (569, 30, 2)}
+CLASSICAL_SHAPES = {"iris": (150, 4, 3), "wine": (178, 13, 3), "breast-cancer": (569, 30, 2), "digits": (720, 64, 4)}
+DIGITS_CLASSES = 4  # digits 0-3: as many classes as the default register has qubits
 
 
 @dataclass(frozen=True)
@@ -197,8 +199,12 @@ def _prepare_classical(name: str, n_qubits: int, seed: int, test_fraction: float
         "iris": datasets.load_iris,
         "wine": datasets.load_wine,
         "breast-cancer": datasets.load_breast_cancer,
+        "digits": datasets.load_digits,
     }[name]
     x, y = loader(return_X_y=True)
+    if name == "digits":
+        keep = y < DIGITS_CLASSES
+        x, y = x[keep], y[keep]
     n_test = int(np.ceil(len(y) * test_fraction))
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=n_test, stratify=y, random_state=seed

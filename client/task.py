@@ -8,6 +8,7 @@ from client.data import Dataset, load_dataset
 from transport.config import RunConfig
 
 if TYPE_CHECKING:
+    from client.classical import MLPClassifier
     from client.model import PQCClassifier
 
 
@@ -18,12 +19,22 @@ def build_dataset(cfg: RunConfig) -> Dataset:
 
 def build_model(
     cfg: RunConfig, data: Dataset, profile_spec: str | None = None, zne: bool = False, seed: int | None = None
-) -> PQCClassifier:
-    """The PQC a run config names, for a data set's shape.
+) -> PQCClassifier | MLPClassifier:
+    """The model a run config names, for a data set's shape: the PQC, or with
+    ``model = "mlp"`` its classical twin of about the same parameter count.
 
     Parameters are initialised from ``cfg.seed`` (the same global model everywhere);
-    ``profile_spec`` puts it on a simulated device whose noise draws use ``seed``.
+    ``profile_spec`` puts the PQC on a simulated device whose noise draws use ``seed``.
     """
+    if cfg.model == "mlp":
+        from client.classical import MLPClassifier, matched_hidden_width, pqc_parameter_count
+
+        if zne or profile_spec not in (None, "ideal"):
+            raise ValueError(f"the classical baseline runs noiselessly: device profile {profile_spec!r} "
+                             f"and zne={zne} do not apply to model 'mlp'")
+        n_inputs = data.x_train.shape[1]
+        target = pqc_parameter_count(cfg.n_qubits, cfg.n_layers, data.n_classes)
+        return MLPClassifier(n_inputs, data.n_classes, matched_hidden_width(n_inputs, data.n_classes, target), cfg.seed)
     from client.model import PQCClassifier  # torch and PennyLane: only where a model is built
     from client.profiles import get_profile
 
@@ -38,6 +49,7 @@ def build_model(
         seed=cfg.seed,
         profile=profile,
         zne=zne,
+        embedding=cfg.embedding,
     )
     if seed is not None and profile is not None:
         model.reseed_noise(seed)

@@ -25,6 +25,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -188,7 +189,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show every log line of the run")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     p.add_argument("--app", default=str(PROJECT_DIR), help="the Flower app directory (pyproject.toml)")
+    e = sub.add_parser("experiment", help="run a named experiment over many seeds on the simulation engine (docs/experiments.md)")
+    e.add_argument("name", help="an experiment's name, or all")
+    e.add_argument("--seeds", type=int, help="seeds 1..N (default: the experiment's, 10)")
+    e.add_argument("--rounds", type=int, help="rounds per run (default: the experiment's)")
+    e.add_argument("--out", default="experiments", help="where experiments/<name>/ go (default: experiments)")
     return parser
+
+
+def experiment(args: argparse.Namespace) -> int:
+    """``qfl experiment NAME|all``: run (or resume) experiments and write their evidence."""
+    from server.experiments.catalogue import EXPERIMENTS
+    from server.experiments.engine import RunError
+    from server.experiments.runner import command_line, run_experiment, with_overrides
+
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise LaunchError(f"unknown experiment {unknown[0]!r} (choose from {', '.join(EXPERIMENTS)} or all)")
+    if (args.seeds is not None and args.seeds < 2) or (args.rounds is not None and args.rounds < 1):
+        raise LaunchError("--seeds needs at least 2 (a paired test needs pairs) and --rounds at least 1")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    for name in names:
+        exp = with_overrides(EXPERIMENTS[name], args.seeds, args.rounds)
+        try:
+            out = run_experiment(exp, Path(args.out), command_line(), say=lambda line: print(line, flush=True))
+        except RunError as err:
+            print(f"qfl: error: experiment {name}: {err}", file=sys.stderr)
+            return 1
+        print(f"[qfl] {name}: {out / 'summary.md'}", flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     update_console_handler(colored=sys.stdout.isatty())  # Flower's own lines in this process: no escape codes in a pipe
     args = build_parser().parse_args(argv)
     try:
-        return launch(args)
+        return experiment(args) if args.command == "experiment" else launch(args)
     except (ConfigError, LaunchError) as err:
         print(f"qfl: error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ def test_defaults_are_valid(defaults):
 @pytest.mark.parametrize(
     ("key", "value", "fragment"),
     [
-        ("dataset", "mnist", "'iris', 'wine', 'breast-cancer' or 'tfim', got 'mnist'"),
+        ("dataset", "mnist", "'iris', 'wine', 'breast-cancer', 'digits' or 'tfim', got 'mnist'"),
         ("num-server-rounds", 0, "greater than or equal to 1"),
         ("num-server-rounds", 2.5, "valid integer"),
         ("n-qubits", -1, "greater than or equal to 1"),

@@ -20,7 +20,7 @@ def _launch_error(capsys, tmp_path, *argv):
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["--dataset", "mnist"], "'dataset': input should be 'iris', 'wine', 'breast-cancer' or 'tfim', got 'mnist'"),
+        (["--dataset", "mnist"], "'dataset': input should be 'iris', 'wine', 'breast-cancer', 'digits' or 'tfim', got 'mnist'"),
         (["--rounds", "0"], "'num-server-rounds': input should be greater than or equal to 1, got 0"),
         (["--clients", "0"], "'--clients': must be a positive integer"),
         (["--clients", "-3"], "'--clients': must be a positive integer"),

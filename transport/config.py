@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from transport.contract import NODE_NUM_PARTITIONS, NODE_PARTITION_ID
 
-DATASETS = ("iris", "wine", "breast-cancer", "tfim")
+DATASETS = ("iris", "wine", "breast-cancer", "digits", "tfim")
+MODELS = ("pqc", "mlp")
 PARTITIONERS = ("iid", "dirichlet", "h-range")
 DEVICES = ("default.qubit", "lightning.qubit")
 # Which differentiation methods each device supports (PennyLane 0.45).
@@ -68,15 +69,20 @@ class RunConfig(_Strict):
     round_timeout: float = Field(120.0, gt=0, description="seconds to wait for replies; a node that does not answer is left out of that round")
     seed: int = Field(42, ge=0, description="seeds the split, partitions, initial parameters, shuffles, node sampling (never keys or DP noise)")
     # --- data
-    dataset: Literal["iris", "wine", "breast-cancer", "tfim"] = Field("wine", description="iris, wine, breast-cancer, tfim")
+    dataset: Literal["iris", "wine", "breast-cancer", "digits", "tfim"] = Field(
+        "wine", description="iris, wine, breast-cancer, digits (0-3), tfim")
     partitioner: Literal["iid", "dirichlet", "h-range"] = Field(
         "iid", description="iid, dirichlet (label skew), h-range (TFIM only: each client its own field range)")
     dirichlet_alpha: float = Field(0.5, gt=0, description="concentration of the Dirichlet split; smaller is more skewed")
     test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share for the server's central evaluation")
     tfim_samples: int = Field(240, ge=8, description="size of the TFIM data set")
-    # --- the PQC and its devices
+    # --- the model and its devices
+    model: Literal["pqc", "mlp"] = Field(
+        "pqc", description="pqc, or mlp: the classical baseline, a tanh MLP with about the PQC's parameter count (noiseless)")
     n_qubits: int = Field(4, ge=1, le=MAX_QUBITS, description="register size; at least the number of classes")
     n_layers: int = Field(3, ge=1, description="re-uploading + trainable layers")
+    embedding: Literal["fixed", "trainable"] = Field(
+        "fixed", description="data embedding: fixed angles/states, or trainable (per-layer input scale and shift; a Rot layer after a state)")
     device: Literal["default.qubit", "lightning.qubit"] = Field(
         "default.qubit", description="default.qubit or lightning.qubit (adjoint differentiation; pays off from ~16 qubits)")
     diff_method: Literal["best", "backprop", "adjoint", "parameter-shift"] = Field(
@@ -115,7 +121,8 @@ class RunConfig(_Strict):
     # --- the server
     strategy: str = Field(
         "fedavg", min_length=1,
-        description="fedavg, noise-isolating, fidelity-weighted, fedmedian, fedtrimmedavg, or package.module:Class")
+        description="fedavg, noise-isolating, fidelity-weighted, fedmedian, fedtrimmedavg, krum, multikrum, fedprox, "
+                    "scaffold, fedavgm, fedadam, fedyogi, fedadagrad, or package.module:Class")
     strategy_options: str = Field("{}", description="constructor options as a TOML inline table, e.g. { trim-threshold = 4.0 }")
     robust_norm_factor: float = Field(
         4.0, ge=0, description="the guard rejects an update farther from the global model than this many times the round's median distance (0: off)")
@@ -168,6 +175,10 @@ class RunConfig(_Strict):
         if self.diff_method not in DEVICE_DIFF_METHODS[self.device]:
             raise _Conflict("diff-method", f"'{self.diff_method}' is not supported on device '{self.device}' "
                             f"(choose from {', '.join(DEVICE_DIFF_METHODS[self.device])})")
+        if self.model == "mlp" and (self.device_profiles.strip() != "ideal" or self.zne or self.embedding != "fixed"):
+            key = "zne" if self.zne else "embedding" if self.embedding != "fixed" else "device-profiles"
+            raise _Conflict(key, "the classical baseline (model = \"mlp\") runs noiselessly with no embedding: "
+                            "keep device-profiles = \"ideal\", zne = false, embedding = \"fixed\"")
         if self.zne and self.dataset == "tfim":
             raise _Conflict("zne", "zero-noise extrapolation needs angle data; the tfim set is loaded as states")
         if self.uses_transport("dp") and self.dp_mode == "central" and self.dp_accountant == "pld" and self.fraction_train < 1:

@@ -1,0 +1,76 @@
+"""The experiment runner: its statistics (known answers) and a smoke run (2 seeds x 2 rounds)
+on Flower's real simulation engine, not the experiments themselves."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from server.experiments import stats
+from server.experiments.catalogue import EXPERIMENTS, Arm, Experiment
+from server.experiments.runner import run_experiment
+
+
+def test_rounds_to_target_counts_a_run_that_never_gets_there_as_censored():
+    reached = [stats.rounds_to_target(c, 0.9) for c in ([0.9, 0.5, 0.95], [0.2, 0.4, 0.6])]
+    assert reached == [2, None]  # round 0 does not count: it is the initial model
+    assert stats.censored_rounds(reached, 2).tolist() == [2.0, 3.0]
+
+
+def test_confidence_interval_and_paired_tests_have_their_textbook_values():
+    ci = stats.mean_ci([1.0, 2.0, 3.0])  # t_{0.975,2} = 4.303, s = 1
+    assert ci.mean == 2.0 and math.isclose(ci.high - 2.0, 4.302653 / math.sqrt(3), rel_tol=1e-5)
+    # scipy's own paired t-test on a textbook pair: differences 1, 2, 3, 4 -> t = 3.873, p = 0.0305
+    test = stats.paired_test([2.0, 4.0, 6.0, 8.0], [1.0, 2.0, 3.0, 4.0])
+    assert math.isclose(test.t_p, 0.0305, abs_tol=5e-4) and test.mean_difference == 2.5
+    assert stats.paired_test([0.5, 0.6], [0.5, 0.6]).t_p == 1.0  # identical arms: no evidence at all
+    assert stats.holm([0.01, 0.04, 0.03]) == [0.03, 0.06, 0.06]
+
+
+def test_the_catalogue_names_every_claim_with_ten_seeds_and_a_valid_baseline():
+    assert set(EXPERIMENTS) == {"noise", "qcn", "privacy", "noniid", "quantum-vs-classical", "scale"}
+    assert all(e.seeds >= 10 for e in EXPERIMENTS.values())
+    assert EXPERIMENTS["scale"].clients == 1000
+    for e in EXPERIMENTS.values():
+        from transport.config import RunConfig
+
+        for arm in e.arms:  # every arm's settings are a valid run config
+            RunConfig.model_validate({k.replace("-", "_"): v for k, v in {**e.config, **arm.config}.items()})
+
+
+@pytest.mark.integration
+def test_a_smoke_experiment_runs_resumes_and_gives_the_same_curve_for_the_same_seed(tmp_path):
+    smoke = Experiment(
+        name="smoke", claim="the runner works", clients=2, rounds=2, target=0.6, seeds=2,
+        config={"dataset": "iris", "learning-rate": 0.1, "local-epochs": 1},
+        # the same settings twice: on the same seed they must give the same curve
+        arms=(Arm("fedavg", {"strategy": "fedavg"}), Arm("fedavg-again", {"strategy": "fedavg"}),
+              Arm("fedmedian", {"strategy": "fedmedian"})),
+        baseline="fedavg",
+    )
+    out = run_experiment(smoke, tmp_path, "qfl experiment smoke", say=print)
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 3 * 3  # seeds x arms x rounds (0, 1, 2)
+    curve = {(r["arm"], r["seed"]): [] for r in rows}
+    for r in rows:
+        curve[(r["arm"], r["seed"])].append(float(r["test_accuracy"]))
+    for seed in ("1", "2"):
+        assert curve[("fedavg", seed)] == curve[("fedavg-again", seed)]
+    assert curve[("fedavg", "1")] != curve[("fedavg", "2")]  # the seed reaches the runs
+    summary = (out / "summary.md").read_text()
+    assert "Command: `qfl experiment smoke`" in summary and "Running time:" in summary
+    assert "| fedavg-again | fedavg | +0.000 | 1 (1) |" in summary  # identical arms: p = 1, not significant
+    assert (out / "curves.png").stat().st_size > 0
+
+    class NoSession:  # a resumed experiment with every run complete starts nothing
+        def __enter__(self):
+            raise AssertionError("a complete run was run again")
+
+    before = (out / "results.csv").read_text()
+    run_experiment(smoke, tmp_path, "qfl experiment smoke", session_factory=NoSession)
+    assert (out / "results.csv").read_text() == before
+    assert np.isfinite([float(r["test_accuracy"]) for r in rows]).all()

@@ -34,7 +34,7 @@ from server.launch.commands import flwr_env, key_manager_command, superlink_comm
 from server.launch.config import FLAGS, build_config
 from server.launch.console import TAG, LiveDisplay, format_table, read_rows, stream_run
 from server.launch.processes import LaunchError, ProcessGroup, free_port, wait_for_port
-from server.launch.runs import RunLock, point_latest
+from server.launch.runs import RunLock, point_latest, stage_app
 from transport.config import ConfigError, RunConfig, describe, keys
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -62,6 +62,7 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
     print(f"{TAG} {mode}: {clients} clients, {cfg.num_server_rounds} rounds, dataset={cfg.dataset} "
           f"partitioner={cfg.partitioner} strategy={cfg.strategy} qubits={cfg.n_qubits} layers={cfg.n_layers} -> {run_dir}"
           + (" (resumed)" if cfg.resume else ""), flush=True)
+    staged = stage_app(app_dir, run_dir / "app")  # what flwr run bundles, without the venv's files to walk
     group = ProcessGroup(env, log_dir)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -81,7 +82,7 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
                 wait_for_port(node_port, node, STARTUP_TIMEOUT_S, f"flower-supernode {pid}", log_dir / f"supernode-{pid}.log")
         write_flower_config(flwr_home, port, clients if args.simulation else None)
         with LiveDisplay(run_dir, cfg.num_server_rounds):
-            code = stream_run(app_dir, cfg, env, log_dir / "flwr-run.log", args.verbose, args.timeout, group=group)
+            code = stream_run(staged, cfg, env, log_dir / "flwr-run.log", args.verbose, args.timeout, group=group)
     except KeyboardInterrupt:
         print(f"\n{TAG} interrupted: stopping the federation", flush=True)
         code = 130

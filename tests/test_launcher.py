@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.launch.config import parse_overrides, run_config_arg
-from server.launcher import main
+from server.launcher import PROJECT_DIR, main
 
 
 def _launch_error(capsys, tmp_path, *argv):
@@ -121,3 +121,22 @@ def test_strategy_options_with_either_quote_reach_flower_intact(defaults, option
 
     cfg = RunConfig.from_run_config({**defaults, "strategy-options": options})
     assert parse_config_args([run_config_arg(cfg)]) == cfg.to_run_config()  # what flwr run will read
+
+
+@pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")  # Flower's own FAB builder
+def test_the_staged_app_bundles_to_the_same_fab_without_walking_ignored_folders(tmp_path):
+    from flwr.cli.build import build_fab_from_disk
+
+    from server.launch.runs import stage_app
+
+    app = tmp_path / "app"
+    for rel, text in {"pyproject.toml": (PROJECT_DIR / "pyproject.toml").read_text(), ".gitignore": ".venv/\nruns/\n*.log\n",
+                      "pkg/__init__.py": "", "pkg/mod.py": "X = 1\n", "docs/a.md": "# a\n", "pkg/data.json": "{}",
+                      ".venv/lib/site.py": "venv\n", "runs/r1/metrics.json": "{}", "pkg/run.log": "log\n",
+                      "pkg/blob.bin": "binary\n"}.items():
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app / rel).write_text(text)
+    staged = stage_app(app, tmp_path / "staged")
+    copied = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+    assert copied == [".gitignore", "docs/a.md", "pkg/__init__.py", "pkg/data.json", "pkg/mod.py", "pyproject.toml"]
+    assert build_fab_from_disk(staged) == build_fab_from_disk(app)  # byte for byte: the same FAB and hash

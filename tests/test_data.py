@@ -9,7 +9,7 @@ from client import tfim
 from client.data import load_dataset, load_partition, num_train_samples, partition_indices
 
 
-@pytest.mark.parametrize(("name", "n_classes"), [("iris", 3), ("wine", 3), ("breast-cancer", 2), ("tfim", 2)])
+@pytest.mark.parametrize(("name", "n_classes"), [("iris", 3), ("wine", 3), ("breast-cancer", 2), ("digits", 4), ("tfim", 2)])
 def test_datasets_are_prepared(name, n_classes):
     data = load_dataset(name, n_qubits=4, seed=7, tfim_samples=64)
     assert data.n_classes == n_classes
@@ -106,3 +106,9 @@ def test_tfim_fields_avoid_the_critical_window():
     lo, hi = tfim.H_GAP
     assert not np.any((h > lo) & (h < hi))
     assert h.min() >= tfim.H_RANGE[0] and h.max() <= tfim.H_RANGE[1]
+
+
+def test_digits_keep_classes_zero_to_three_with_a_test_set_large_enough_to_decide():
+    data = load_dataset("digits", n_qubits=4, seed=1)
+    assert len(data.y_test) == 180 and len(data.y_train) + len(data.y_test) == 720
+    assert np.bincount(data.y_test).min() >= 40  # stratified: every class well represented

@@ -89,7 +89,7 @@ def test_resume_continues_from_last_checkpoint(two_node_run):
 def test_dead_supernode_does_not_stop_the_run(tmp_path):
     run_dir = tmp_path / "dead-node"
     proc = subprocess.Popen(
-        _launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "3", "--set", "round-timeout=40.0"),
+        _launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "2", "--set", "round-timeout=25.0"),
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -106,11 +106,10 @@ def test_dead_supernode_does_not_stop_the_run(tmp_path):
             proc.kill()
     assert proc.returncode == 0, out[-4000:]
     rows = _rows(run_dir)
-    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert [r["round"] for r in rows] == [0, 1, 2]  # the run finished
     assert rows[1]["clients_ok"] == 3
-    after = rows[2:]
-    assert all(r["clients_ok"] == 2 for r in after)  # the rest kept training
-    assert after[0]["clients_failed"] >= 1  # ... and the round said one was missing
+    assert rows[2]["clients_ok"] == 2  # the rest kept training
+    assert rows[2]["clients_failed"] >= 1  # ... and the round said one was missing
     # and the console says who and why: Flower reports the node unavailable, or it never answers
     victim_node = next(c["node_id"] for c in _client_rows(run_dir) if c["partition_id"] == "2")
     assert re.search(rf"round 2, node {victim_node}: (failed: .*Node Unavailable|no reply within the round timeout)", out), out[-3000:]

@@ -95,3 +95,28 @@ def test_local_training_lowers_loss():
     after = evaluate(model, x4, y)
     assert after["loss"] < before["loss"] - 0.1
     assert after["accuracy"] >= 0.8
+
+
+@pytest.mark.parametrize(("dataset", "n_inputs"), [("digits", 4), ("breast-cancer", 4), ("tfim", 16)])
+def test_the_classical_baseline_has_about_the_pqcs_parameter_count_and_learns(dataset, n_inputs):
+    from client.classical import MLPClassifier, pqc_parameter_count
+    from client.task import build_dataset, build_model
+    from transport.config import RunConfig
+
+    cfg = RunConfig(dataset=dataset, model="mlp", tfim_samples=200, seed=3)
+    data = build_dataset(cfg)
+    mlp = build_model(cfg, data)
+    assert isinstance(mlp, MLPClassifier) and mlp.hidden.in_features == n_inputs
+    count = sum(p.numel() for p in mlp.parameters())
+    per_unit = n_inputs + data.n_classes + 1  # what one hidden unit more or less changes
+    assert abs(count - pqc_parameter_count(cfg.n_qubits, cfg.n_layers, data.n_classes)) <= per_unit / 2
+    before = evaluate(mlp, data.x_train, data.y_train)["loss"]
+    train_local(mlp, data.x_train, data.y_train, epochs=3, batch_size=32, learning_rate=0.05, seed=1)
+    assert evaluate(mlp, data.x_train, data.y_train)["loss"] < before
+
+
+def test_the_classical_baseline_refuses_a_noisy_device():
+    from transport.config import ConfigError, RunConfig, defaults
+
+    with pytest.raises(ConfigError, match="'device-profiles': the classical baseline"):
+        RunConfig.from_run_config({**defaults(), "model": "mlp", "device-profiles": "noisy-nisq"})

@@ -132,7 +132,7 @@ NONIID_SPLITS = {
 NONIID_METHODS = {
     "fedavg": settings(strategy="fedavg"),
     "fedprox": settings(strategy="fedprox", strategy_options="{ proximal-mu = 0.1 }"),
-    "trainable-emb": settings(strategy="fedavg", embedding="trainable"),
+    "scaffold": settings(strategy="scaffold"),
 }
 
 
@@ -146,7 +146,7 @@ def _noniid() -> Experiment:
         name="noniid",
         claim="non-IID data slows federated learning, most where each client sees one phase, and drift corrections help",
         clients=4, rounds=20, target=0.95,
-        config=settings(dataset="tfim", tfim_samples=1000, learning_rate=0.1),
+        config=settings(dataset="tfim", tfim_samples=1000),
         arms=tuple(arms), baseline="iid/fedavg",
     )
 

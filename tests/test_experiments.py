@@ -34,11 +34,12 @@ def test_the_catalogue_names_every_claim_with_ten_seeds_and_a_valid_baseline():
     assert set(EXPERIMENTS) == {"noise", "qcn", "privacy", "noniid", "quantum-vs-classical", "scale"}
     assert all(e.seeds >= 10 for e in EXPERIMENTS.values())
     assert EXPERIMENTS["scale"].clients == 1000
-    for e in EXPERIMENTS.values():
-        from transport.config import RunConfig
+    from server.chain import server_strategy
+    from transport.config import RunConfig, defaults
 
-        for arm in e.arms:  # every arm's settings are a valid run config
-            RunConfig.model_validate({k.replace("-", "_"): v for k, v in {**e.config, **arm.config}.items()})
+    for e in EXPERIMENTS.values():
+        for arm in e.arms:  # every arm's settings are a valid run config, and its strategy builds
+            server_strategy(RunConfig.from_run_config({**defaults(), **e.config, **arm.config}))
 
 
 @pytest.mark.integration

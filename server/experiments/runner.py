@@ -158,7 +158,7 @@ def summary_markdown(experiment: Experiment, results: dict[str, ArmResult], comm
         censored = " (censored)" if reached < len(res.seeds) else ""
         eps = f"{np.mean(res.final_epsilon):.3g}" if any(res.final_epsilon) else "-"
         lines.append(f"| {res.arm.name} | `{_toml(res.arm.config)}` | {stats.mean_ci(res.accuracy[:, -1])} | "
-                     f"{stats.mean_ci(rounds)}{censored} | {reached}/{len(res.seeds)} | {eps} |")
+                     f"{stats.mean_ci(rounds).format(1)}{censored} | {reached}/{len(res.seeds)} | {eps} |")
     comparisons = [(res, results[other]) for res in results.values() if (other := e.versus(res.arm)) is not None]
     if comparisons:
         lines += ["", "Paired tests against the baseline on the same seeds (arm minus baseline; two-sided; "

@@ -54,7 +54,10 @@ class Interval:
     n: int
 
     def __str__(self) -> str:
-        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
+        return self.format(3)
+
+    def format(self, digits: int) -> str:
+        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
 def mean_ci(values: list[float] | np.ndarray, level: float = 0.95) -> Interval:

@@ -140,3 +140,30 @@ def test_the_staged_app_bundles_to_the_same_fab_without_walking_ignored_folders(
     copied = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
     assert copied == [".gitignore", "docs/a.md", "pkg/__init__.py", "pkg/data.json", "pkg/mod.py", "pyproject.toml"]
     assert build_fab_from_disk(staged) == build_fab_from_disk(app)  # byte for byte: the same FAB and hash
+
+
+def test_ports_handed_to_nodes_started_at_once_never_repeat():
+    from server.launch.processes import free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_a_port_another_process_holds_is_not_taken_for_the_node_that_failed_to_bind(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from server.launch.processes import LaunchError, free_port, wait_for_port
+
+    port = free_port()
+    with socket.socket() as holder:  # this test process holds the port, as a node started first would
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        node = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            with pytest.raises(LaunchError, match=f"port {port} is held by another process"):
+                wait_for_port(port, node, 5, "flower-supernode 1", tmp_path / "node.log")
+        finally:
+            node.kill()
+            node.wait()

@@ -43,11 +43,31 @@ def become_subreaper() -> bool:
         return False
 
 
+_HANDED_OUT: set[int] = set()  # ports this launcher gave a process, bound or not yet
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free right now and was not handed out before.
+
+    The OS may return a port it just returned again while the first process has not yet
+    bound it: SuperNodes started at once once got the same port, and one died.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+
+
+def _listener_pids(port: int) -> set[int | None]:
+    """Processes listening on ``port`` (``None`` where the OS does not say)."""
+    try:
+        return {c.pid for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+    except psutil.Error:
+        return {None}
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
@@ -59,9 +79,20 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str, 
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(0.2)
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+                owners = _listener_pids(port)
+                family = {proc.pid} | {c.pid for c in _children(proc.pid)}
+                if None in owners or owners & family:
+                    return
+                raise LaunchError(f"{what}: port {port} is held by another process {sorted(owners)}; see {log}")
         time.sleep(0.05)
     raise LaunchError(f"{what} did not open port {port} within {timeout:.0f} s; see {log}")
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def _pump(stream, path: Path) -> None:  # noqa: ANN001

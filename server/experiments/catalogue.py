@@ -145,7 +145,7 @@ def _noniid() -> Experiment:
     return Experiment(
         name="noniid",
         claim="non-IID data slows federated learning, most where each client sees one phase, and drift corrections help",
-        clients=4, rounds=15, target=0.95,
+        clients=4, rounds=10, target=0.95,
         config=settings(dataset="tfim", tfim_samples=1000),
         arms=tuple(arms), baseline="iid/fedavg",
     )

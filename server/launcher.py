@@ -215,7 +215,7 @@ def experiment(args: argparse.Namespace) -> int:
         exp = with_overrides(EXPERIMENTS[name], args.seeds, args.rounds)
         try:
             out = run_experiment(exp, Path(args.out), command_line(), say=lambda line: print(line, flush=True))
-        except RunError as err:
+        except (RunError, FileNotFoundError) as err:  # a run failed, or left no complete metrics
             print(f"qfl: error: experiment {name}: {err}", file=sys.stderr)
             return 1
         print(f"[qfl] {name}: {out / 'summary.md'}", flush=True)

@@ -167,3 +167,10 @@ def test_a_port_another_process_holds_is_not_taken_for_the_node_that_failed_to_b
         finally:
             node.kill()
             node.wait()
+
+
+def test_an_unknown_experiment_or_a_single_seed_is_refused_before_anything_runs(capsys):
+    assert main(["experiment", "nosuch"]) == 2
+    assert "unknown experiment 'nosuch' (choose from noise, qcn" in capsys.readouterr().err
+    assert main(["experiment", "noise", "--seeds", "1"]) == 2
+    assert "--seeds needs at least 2" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def _noise() -> Experiment:
     return Experiment(
         name="noise",
         claim="heterogeneous NISQ noise costs FedAvg accuracy, and aggregation that isolates noisy clients recovers it",
-        clients=6, rounds=15, target=0.9,
+        clients=6, rounds=12, target=0.9,
         config=settings(dataset="breast-cancer", device_profiles=devices, learning_rate=0.1),
         arms=(
             Arm("fedavg", settings(strategy="fedavg")),

@@ -231,6 +231,8 @@ def plot_privacy(experiment: Experiment, results: dict[str, ArmResult], path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import matplotlib.ticker  # noqa: F401 (matplotlib.ticker below)
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode in ("local", "central"):
         pts = [(np.mean(r.final_epsilon), stats.mean_ci(r.accuracy[:, -1])) for r in results.values()
@@ -244,6 +246,7 @@ def plot_privacy(experiment: Experiment, results: dict[str, ArmResult], path: Pa
     base = results[experiment.baseline]
     ax.axhline(base.accuracy[:, -1].mean(), color="grey", ls="--", label=f"{experiment.baseline} (no DP)")
     ax.set(xscale="log", xlabel="epsilon (delta = 1e-5)", ylabel="final test accuracy", title="accuracy against epsilon")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels overlap
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

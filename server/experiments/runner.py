@@ -45,6 +45,7 @@ class ArmResult:
     seeds: list[int]
     accuracy: np.ndarray
     final_epsilon: list[float]
+    rows: list[list[dict]]  # each seed's metrics.json rounds, as read once by collect
 
 
 def run_folder_name(arm: Arm, seed: int) -> str:
@@ -98,7 +99,7 @@ def run_experiment(
     spent = (json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0) + elapsed
     timing.write_text(json.dumps({"seconds": spent}))
     results = collect(experiment, runs, seeds)
-    write_results_csv(experiment, results, runs, out / "results.csv")
+    write_results_csv(experiment, results, out / "results.csv")
     (out / "summary.md").write_text(summary_markdown(experiment, results, command, spent))
     plot_curves(experiment, results, out / "curves.png")
     if experiment.privacy:
@@ -110,24 +111,25 @@ def collect(experiment: Experiment, runs: Path, seeds: list[int]) -> dict[str, A
     """Every arm's curves from its runs' ``metrics.json``."""
     results = {}
     for arm in experiment.arms:
-        curves, eps = [], []
+        curves, eps, all_rows = [], [], []
         for seed in seeds:
             rows = _complete_rows(runs / run_folder_name(arm, seed), experiment.rounds)
             if rows is None:
                 raise FileNotFoundError(f"run {run_folder_name(arm, seed)} of {experiment.name} is missing or incomplete")
+            all_rows.append(rows)
             curves.append([r["test_accuracy"] for r in rows])
             eps.append(float(rows[-1].get("dp_epsilon") or 0.0))
-        results[arm.name] = ArmResult(arm, seeds, np.array(curves, dtype=float), eps)
+        results[arm.name] = ArmResult(arm, seeds, np.array(curves, dtype=float), eps, all_rows)
     return results
 
 
-def write_results_csv(experiment: Experiment, results: dict[str, ArmResult], runs: Path, path: Path) -> None:
+def write_results_csv(experiment: Experiment, results: dict[str, ArmResult], path: Path) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
         for res in results.values():
-            for seed in res.seeds:
-                for row in _complete_rows(runs / run_folder_name(res.arm, seed), experiment.rounds) or []:
+            for seed, seed_rows in zip(res.seeds, res.rows):
+                for row in seed_rows:
                     writer.writerow([experiment.name, res.arm.name, seed, row["round"], row["test_accuracy"],
                                      row["test_loss"], row.get("dp_epsilon", ""), row.get("clients_ok", ""),
                                      row.get("clients_failed", ""), row.get("round_time_s", "")])

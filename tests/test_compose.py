@@ -169,6 +169,31 @@ def _wait_for_exit(compose, service: str, timeout: float) -> int:
         time.sleep(2)
 
 
+def _start_again(compose, service: str, timeout: float = 240) -> None:
+    """Start a killed SuperNode's container again and wait until it holds a node ID.
+
+    A SuperNode killed without deactivating stays online at the SuperLink until it misses
+    two heartbeats (up to 60 s), and until then the SuperLink refuses to activate its key:
+    a container started sooner exits ("Failed to initialize the connection"). It is
+    started again until the SuperLink takes it back."""
+    container = compose("ps", "-a", "-q", service).stdout.split()[0]
+
+    def joined() -> int:  # how often this container has been given a node ID
+        logs = _run(["docker", "logs", container], check=False)
+        return (logs.stdout + logs.stderr).count("SuperNode ID:")
+
+    before = joined()
+    deadline = time.monotonic() + timeout
+    compose("--profile", "qkd", "start", service)
+    while joined() == before:
+        assert time.monotonic() < deadline, f"{service} did not rejoin:\n{compose('logs', '--tail', '40', service).stdout}"
+        state = _run(["docker", "inspect", "-f", "{{.State.Status}}", container]).stdout.strip()
+        if state == "exited":  # refused while its old instance still counts as online
+            time.sleep(5)
+            compose("--profile", "qkd", "start", service)
+        time.sleep(2)
+
+
 def _config(run_name: str, rounds: int, nodes: int = 2, **extra: str) -> str:
     items = {"num-server-rounds": str(rounds), "min-nodes": str(nodes), "output-dir": '"/app/runs"',
              "run-name": f'"{run_name}"', "transport": '"qkd"', "kms-url": '"https://key-manager:8470"', **extra}
@@ -219,7 +244,7 @@ def test_a_supernode_killed_mid_run_and_the_run_finishes_without_it(federation):
         time.sleep(2)
     rows = _rows("compose-kill")
     assert int(rows[1]["clients_ok"]) == 2 and int(rows[3]["clients_ok"]) == 1
-    compose("--profile", "qkd", "start", "supernode-1")  # back for the next test
+    _start_again(compose, "supernode-1")  # back for the next test
 
 
 def test_a_third_client_added_while_the_superlink_runs_joins_the_next_run(federation, tmp_path):

@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, help="seeds 1..N (default: the experiment's, 10)")
     e.add_argument("--rounds", type=int, help="rounds per run (default: the experiment's)")
     e.add_argument("--out", default="experiments", help="where experiments/<name>/ go (default: experiments)")
+    e.add_argument("--compare", action="append", metavar="ARM:OTHER",
+                   help="run nothing: paired tests of ARM against OTHER in the finished experiment (repeatable; "
+                        "Holm-adjusted over those given)")
     return parser
 
 
@@ -210,6 +213,8 @@ def experiment(args: argparse.Namespace) -> int:
         raise LaunchError(f"unknown experiment {unknown[0]!r} (choose from {', '.join(EXPERIMENTS)} or all)")
     if (args.seeds is not None and args.seeds < 2) or (args.rounds is not None and args.rounds < 1):
         raise LaunchError("--seeds needs at least 2 (a paired test needs pairs) and --rounds at least 1")
+    if args.compare:
+        return _compare(args, names)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     for name in names:
         exp = with_overrides(EXPERIMENTS[name], args.seeds, args.rounds)
@@ -219,6 +224,23 @@ def experiment(args: argparse.Namespace) -> int:
             print(f"qfl: error: experiment {name}: {err}", file=sys.stderr)
             return 1
         print(f"[qfl] {name}: {out / 'summary.md'}", flush=True)
+    return 0
+
+
+def _compare(args: argparse.Namespace, names: list[str]) -> int:
+    from server.experiments.catalogue import EXPERIMENTS
+    from server.experiments.runner import compare, with_overrides
+
+    if len(names) != 1:
+        raise LaunchError("--compare needs one experiment's name, not all")
+    pairs = [tuple(item.split(":")) for item in args.compare]
+    bad = [item for item, pair in zip(args.compare, pairs) if len(pair) != 2 or not all(pair)]
+    if bad:
+        raise LaunchError(f"--compare {bad[0]!r}: give two arm names as ARM:OTHER")
+    try:
+        print(compare(with_overrides(EXPERIMENTS[names[0]], args.seeds, args.rounds), Path(args.out), pairs))
+    except (ValueError, FileNotFoundError) as err:
+        raise LaunchError(f"experiment {names[0]}: {err}") from err
     return 0
 
 

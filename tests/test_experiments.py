@@ -11,7 +11,8 @@ import pytest
 
 from server.experiments import stats
 from server.experiments.catalogue import EXPERIMENTS, Arm, Experiment
-from server.experiments.runner import run_experiment
+from server.experiments.runner import compare, run_experiment
+from server.launcher import main
 
 
 def test_rounds_to_target_counts_a_run_that_never_gets_there_as_censored():
@@ -42,6 +43,15 @@ def test_the_catalogue_names_every_claim_with_ten_seeds_and_a_valid_baseline():
             server_strategy(RunConfig.from_run_config({**defaults(), **e.config, **arm.config}))
 
 
+def test_compare_names_a_wrong_arm_or_pair_before_reading_any_run(tmp_path, capsys):
+    with pytest.raises(ValueError, match="privacy has no arm 'central'.*its arms: no-dp"):
+        compare(EXPERIMENTS["privacy"], tmp_path, [("central", "no-dp")])
+    assert main(["experiment", "privacy", "--out", str(tmp_path), "--compare", "no-dp"]) == 2
+    assert "give two arm names as ARM:OTHER" in capsys.readouterr().err
+    assert main(["experiment", "privacy", "--out", str(tmp_path), "--compare", "central-sigma1:local-sigma1"]) == 2
+    assert "is missing or incomplete" in capsys.readouterr().err  # nothing ran: nothing to compare
+
+
 @pytest.mark.integration
 def test_a_smoke_experiment_runs_resumes_and_gives_the_same_curve_for_the_same_seed(tmp_path):
     smoke = Experiment(
@@ -66,6 +76,11 @@ def test_a_smoke_experiment_runs_resumes_and_gives_the_same_curve_for_the_same_s
     assert "Command: `qfl experiment smoke`" in summary and "Running time:" in summary
     assert "| fedavg-again | fedavg | +0.000 | 1 (1) |" in summary  # identical arms: p = 1, not significant
     assert (out / "curves.png").stat().st_size > 0
+
+    # any two arms compared after the fact, from the same runs, Holm over the pairs given
+    table = compare(smoke, tmp_path, [("fedavg-again", "fedavg"), ("fedmedian", "fedavg-again")])
+    assert "over these 2 comparisons" in table and "| fedavg-again | fedavg | +0.000 | 1 (1) |" in table
+    assert "| fedmedian | fedavg-again |" in table
 
     class NoSession:  # a resumed experiment with every run complete starts nothing
         def __enter__(self):

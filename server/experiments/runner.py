@@ -165,19 +165,40 @@ def summary_markdown(experiment: Experiment, results: dict[str, ArmResult], comm
     if comparisons:
         lines += ["", "Paired tests against the baseline on the same seeds (arm minus baseline; two-sided; "
                   "p adjusted with Holm's method over all the comparisons of this table, per quantity; "
-                  "significant means adjusted p < 0.05 in the t-test).", "",
-                  "| arm | vs | final acc. diff | t p (Holm) | Wilcoxon p | rounds diff | t p (Holm) | verdict |",
-                  "|---|---|---|---|---|---|---|---|"]
-        finals = [stats.paired_test(a.accuracy[:, -1], b.accuracy[:, -1]) for a, b in comparisons]
-        rnds = [stats.paired_test(_rounds(a, e)[0], _rounds(b, e)[0]) for a, b in comparisons]
-        final_adj = stats.holm([t.t_p for t in finals])
-        rounds_adj = stats.holm([t.t_p for t in rnds])
-        for (a, b), f, fp, r, rp in zip(comparisons, finals, final_adj, rnds, rounds_adj):
-            lines.append(f"| {a.arm.name} | {b.arm.name} | {f.mean_difference:+.3f} | {_p(f.t_p)} ({_p(fp)}) | "
-                         f"{_p(f.wilcoxon_p)} | {r.mean_difference:+.2f} | {_p(r.t_p)} ({_p(rp)}) | {_verdict(f, fp, r, rp)} |")
+                  "significant means adjusted p < 0.05 in the t-test).", "", *comparison_table(e, comparisons)]
     lines += ["", "Files: `results.csv` (one row per seed x arm x round), `curves.png`, `runs/<arm>-s<seed>/` "
               "(each run's metrics and checkpoints)." + (" `privacy.png`: final accuracy against epsilon." if e.privacy else ""), ""]
     return "\n".join(lines)
+
+
+def comparison_table(experiment: Experiment, comparisons: list[tuple[ArmResult, ArmResult]]) -> list[str]:
+    """Markdown rows of paired tests, arm minus other, of final accuracy and of rounds to
+    target, each quantity's p-values Holm-adjusted over the given comparisons."""
+    finals = [stats.paired_test(a.accuracy[:, -1], b.accuracy[:, -1]) for a, b in comparisons]
+    rnds = [stats.paired_test(_rounds(a, experiment)[0], _rounds(b, experiment)[0]) for a, b in comparisons]
+    final_adj = stats.holm([t.t_p for t in finals])
+    rounds_adj = stats.holm([t.t_p for t in rnds])
+    lines = ["| arm | vs | final acc. diff | t p (Holm) | Wilcoxon p | rounds diff | t p (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (a, b), f, fp, r, rp in zip(comparisons, finals, final_adj, rnds, rounds_adj):
+        lines.append(f"| {a.arm.name} | {b.arm.name} | {f.mean_difference:+.3f} | {_p(f.t_p)} ({_p(fp)}) | "
+                     f"{_p(f.wilcoxon_p)} | {r.mean_difference:+.2f} | {_p(r.t_p)} ({_p(rp)}) | {_verdict(f, fp, r, rp)} |")
+    return lines
+
+
+def compare(experiment: Experiment, out_root: Path, pairs: list[tuple[str, str]]) -> str:
+    """Paired tests between any arms of a finished experiment (``qfl experiment NAME
+    --compare A:B``), from its runs, Holm-adjusted over ``pairs``; runs nothing."""
+    names = [a.name for a in experiment.arms]
+    for name in (n for pair in pairs for n in pair):
+        if name not in names:
+            raise ValueError(f"{experiment.name} has no arm {name!r} (its arms: {', '.join(names)})")
+    results = collect(experiment, out_root / experiment.name / "runs", list(range(1, experiment.seeds + 1)))
+    return "\n".join([
+        f"Paired tests in `{experiment.name}`, seeds {res_seeds(results)} (arm minus vs; two-sided; p adjusted with "
+        f"Holm's method over these {len(pairs)} comparisons, per quantity; rounds to {experiment.target:g}, "
+        f"censored at {experiment.rounds + 1}).", "",
+        *comparison_table(experiment, [(results[a], results[b]) for a, b in pairs]), ""])
 
 
 def _verdict(final: stats.PairedTest, final_p: float, rounds: stats.PairedTest, rounds_p: float) -> str:

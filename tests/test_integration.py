@@ -135,6 +135,9 @@ def test_ctrl_c_stops_every_process(tmp_path):
     proc = subprocess.Popen(
         _launch_cmd(tmp_path, "interrupted", "--clients", "2", "--rounds", "5"),
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # Ctrl-C as at a terminal: a suite started in the background (`make test &`) hands
+        # its children SIGINT ignored, and Python keeps it ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S

@@ -64,7 +64,8 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
           + (" (resumed)" if cfg.resume else ""), flush=True)
     staged = stage_app(app_dir, run_dir / "app")  # what flwr run bundles, without the venv's files to walk
     group = ProcessGroup(env, log_dir)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    env = group.env  # with the launch's token: the watchdog finds every process by it
+    previous = _stop_on_signals()
     try:
         cfg, credentials = _start_key_manager(args, cfg, clients, run_dir, group)
         port = free_port()
@@ -88,7 +89,8 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
         code = 130
     finally:
         group.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     rows = read_rows(run_dir)
     if rows:
         print(format_table(rows), flush=True)
@@ -159,6 +161,16 @@ def check_key_manager(url: str, certs: Path, sae_id: str, peer: str) -> None:
 
 def _raise_keyboard_interrupt(signum, frame):  # type: ignore[no-untyped-def]
     raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> dict[int, object]:
+    """SIGTERM and SIGHUP (the terminal closed) stop the federation as Ctrl-C does; the handlers
+    they had before. A signal the launcher inherited as ignored (``nohup``) stays ignored."""
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, _raise_keyboard_interrupt)
+    return previous
 
 
 # --- CLI ------------------------------------------------------------------------------

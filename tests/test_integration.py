@@ -130,29 +130,59 @@ def test_simulation_engine_runs_the_same_app(tmp_path):
     assert _processes_in(run_dir) == []
 
 
-def test_ctrl_c_stops_every_process(tmp_path):
-    run_dir = tmp_path / "interrupted"
+def _launch_until_round_0(tmp_path: Path, name: str, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """A launch whose ServerApp is up (round 0 recorded) and whose round 1 is under way."""
+    run_dir = tmp_path / name
     proc = subprocess.Popen(
-        _launch_cmd(tmp_path, "interrupted", "--clients", "2", "--rounds", "5"),
+        _launch_cmd(tmp_path, name, "--clients", "2", "--rounds", "6", *extra),
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        # Ctrl-C as at a terminal: a suite started in the background (`make test &`) hands
+        # signals as at a terminal: a suite started in the background (`make test &`) hands
         # its children SIGINT ignored, and Python keeps it ignored
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+    while not _rows(run_dir):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the ServerApp never recorded round 0"
+        time.sleep(0.2)
+    return proc, run_dir
+
+
+def _none_left(run_dir: Path, within_s: float = 60.0) -> list[str]:
+    """The launch's processes still alive once ``within_s`` passed (polled: none, as soon as none)."""
+    deadline = time.monotonic() + within_s
+    while (left := _processes_in(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=lambda s: s.name)
+def test_ctrl_c_a_closed_terminal_and_sigterm_stop_every_process(tmp_path, sig):
+    """Ctrl-C (SIGINT), the terminal closing (SIGHUP) and ``kill`` (SIGTERM) mid-round: the
+    launcher says so, exits 130 and leaves no process (Flower's detached SuperExec included)."""
+    proc, run_dir = _launch_until_round_0(tmp_path, f"signal-{sig.name}")
     try:
-        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-        while not _rows(run_dir):  # the ServerApp is up and round 1 is under way
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted: stopping the federation" in out
-    assert _processes_in(run_dir) == []
+    assert _none_left(run_dir, within_s=0.0) == []
+
+
+def test_a_launcher_killed_outright_leaves_no_process(tmp_path):
+    """SIGKILL runs no handler: the launch's watchdog ends what the launcher had started."""
+    proc, run_dir = _launch_until_round_0(tmp_path, "sigkill")
+    assert len(_processes_in(run_dir)) >= 3  # SuperLink, SuperNodes, SuperExec, ServerApp, ...
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _none_left(run_dir) == []
+    log, deadline = run_dir / "logs" / "watchdog.log", time.monotonic() + 30
+    while "the launcher was gone; stopped" not in log.read_text():  # written once they are all gone
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
 
 
 def test_qkd_transport_delivers_the_same_plaintext(two_node_run, tmp_path):

@@ -6,7 +6,9 @@ instead of to init, so teardown finds it among the launcher's descendants. A rea
 collects such adopted processes as soon as they exit (no zombies), leaving alone the
 children the launcher waits for itself.
 Each process's output goes through the launcher into ``logs/<name>.log``, with terminal
-colour codes removed.
+colour codes removed. Should the launcher die without stopping them (SIGKILL), its
+:mod:`~server.launch.watchdog` does: every process started through the group carries the
+launch's token in its environment.
 """
 
 from __future__ import annotations
@@ -14,14 +16,18 @@ from __future__ import annotations
 import ctypes
 import json
 import re
+import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import psutil
+
+from server.launch.watchdog import MARKER
 
 PR_SET_CHILD_SUBREAPER = 36
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -107,7 +113,8 @@ class ProcessGroup:
     """Every process the launcher starts; :meth:`stop` ends them and all their descendants."""
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
+        token = secrets.token_hex(16)
+        self.env = {**env, MARKER: token}  # every process started here, and theirs, inherit it
         self.log_dir = log_dir
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self._pumps: list[threading.Thread] = []
@@ -115,6 +122,17 @@ class ProcessGroup:
         self._stopped = threading.Event()
         if become_subreaper():
             threading.Thread(target=self._reap_adopted, daemon=True).start()
+        self._watchdog = self._start_watchdog(token)
+
+    def _start_watchdog(self, token: str) -> subprocess.Popen:
+        """The process that ends the launch's processes if this one dies first (its stdin: our pipe)."""
+        env = {k: v for k, v in self.env.items() if k != MARKER}
+        with open(self.log_dir / "watchdog.log", "a") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "server.launch.watchdog", token], stdin=subprocess.PIPE,
+                                    stdout=log, stderr=log, env=env, cwd=Path(__file__).resolve().parents[2],
+                                    start_new_session=True)  # the terminal's hang-up must not reach it
+        self.own(proc.pid)
+        return proc
 
     def own(self, pid: int) -> None:
         """A child this process waits for itself (e.g. ``flwr run``)."""
@@ -162,7 +180,7 @@ class ProcessGroup:
         """SIGTERM every process we started and every descendant (ServerApp, ClientApps,
         warm workers), SIGKILL what is left after ``grace_s``, and reap them all."""
         self._stopped.set()
-        family = descendants()
+        family = [p for p in descendants() if p.pid != self._watchdog.pid]
         for proc in family:
             try:
                 proc.send_signal(signal.SIGTERM)
@@ -184,6 +202,11 @@ class ProcessGroup:
             pump.join(timeout=5)
         self.procs.clear()
         self._pumps.clear()
+        self._watchdog.stdin.close()  # its last sweep: anything of the launch that escaped the tree
+        try:
+            self._watchdog.wait(timeout=2 * grace_s + 5)
+        except subprocess.TimeoutExpired:
+            self._watchdog.kill()
 
 
 def descendants() -> list[psutil.Process]:

@@ -12,7 +12,9 @@ Keys (ETSI GS QKD 014 key manager, over real HTTPS with client certificates on l
 5. a client without a certificate, or with one from another CA, is refused in the TLS
    handshake;
 6. one caller cannot stall another: a large request does not delay another SAE's small
-   request; requests are bounded; keys not fetched expire; the store is bounded;
+   request; a flood of hundreds of concurrent requests from one SAE leaves another pair
+   served (the excess is answered 429/503 at once); requests and bodies are bounded (413,
+   never echoed); keys not fetched expire; the store is bounded;
 7. no key material in any log line or error message;
 
 Messages (the ``qkd`` transport):
@@ -30,9 +32,12 @@ Privacy (``dp``):
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
 import logging
 import ssl
+import statistics
 import threading
 import time
 
@@ -47,7 +52,14 @@ from transport.base import Envelope, TransportError, TransportStack
 from transport.dp import CentralDPLedger, LocalDPLedger, LocalDPTransport, epsilon_of, gaussian_event
 from transport.qkd.bb84 import BB84Config, InsecureSeededBB84Link
 from transport.qkd.identity import SaeCredentials
-from transport.qkd.key_manager import MAX_BITS_PER_REQUEST, KeyStore, SaeRegistry
+from transport.qkd.key_manager import (
+    MAX_BITS_PER_REQUEST,
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS_PER_SAE,
+    MAX_IN_FLIGHT_PER_SAE,
+    KeyStore,
+    SaeRegistry,
+)
 from transport.qkd.transport import QKDTransport
 
 SAES = ["server", "node-1", "node-2"]
@@ -166,6 +178,83 @@ def _small_during_large(kms) -> tuple[float, float, float]:  # noqa: ANN001
     during = time.perf_counter() - start
     big.join()
     return alone, during, took[0]
+
+
+FLOOD = 100  # concurrent requests, each on its own connection: over every per-SAE cap
+FLOOD_SLACK_S = 5.0  # generous: unprotected, the probe waited ~20 s for a thread, or got 503
+
+
+def test_a_flood_from_one_sae_leaves_another_pair_served(kms):
+    assert FLOOD > MAX_CONNECTIONS_PER_SAE > MAX_IN_FLIGHT_PER_SAE
+    small, server = kms.client("node-2"), kms.client("server")
+    _timed_keys(small, server, 2)  # node-2's link has distilled, its connections are open
+    alone = statistics.median(_timed_keys(small, server, 5))
+    codes, up, stop = collections.Counter(), threading.Event(), threading.Event()
+    flooder = threading.Thread(target=lambda: asyncio.run(_flood(kms, FLOOD, codes, up, stop)))
+    flooder.start()
+    try:
+        assert up.wait(60), f"the flood never got going: {dict(codes)}"
+        during = _timed_keys(small, server, 5)  # raises if node-2 is refused
+    finally:
+        stop.set()
+        flooder.join(60)
+    assert max(during) - alone < FLOOD_SLACK_S, f"node-2 took up to {max(during):.2f} s under a flood, {alone:.3f} s alone"
+    assert codes["429"] > 0 and codes["503"] > 0, dict(codes)  # beyond its caps, the flooder is told at once
+    assert set(codes) <= {"200", "429", "503", "RemoteProtocolError", "ReadError", "WriteError"}, dict(codes)
+
+
+def _timed_keys(small, server, n: int) -> list[float]:  # noqa: ANN001
+    """Seconds for each of ``n`` keys node-2 asks to share with the server (redeemed, untimed)."""
+    took = []
+    for _ in range(n):
+        start = time.perf_counter()
+        key_id, _ = small.enc_key("server")
+        took.append(time.perf_counter() - start)
+        server.dec_key("node-2", key_id)
+    return took
+
+
+async def _flood(kms, n: int, codes, up, stop) -> None:  # noqa: ANN001
+    """SAE node-1 keeps ``n`` requests for keys on its own pair in flight (re-sent when answered)."""
+    creds = SaeCredentials.in_dir(kms.certs, "node-1")
+    context = ssl.create_default_context(cafile=str(kms.certs / "ca.crt"))
+    context.load_cert_chain(str(creds.cert), str(creds.key))
+    one_each = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    clients = [httpx.AsyncClient(base_url=kms.url, verify=context, limits=one_each, timeout=60) for _ in range(n)]
+    answered = set()
+
+    async def keep_asking(i: int) -> None:
+        for _ in range(100):  # bounded, whatever happens
+            if stop.is_set():
+                return
+            try:
+                codes[str((await clients[i].post("/api/v1/keys/server/enc_keys", json={"number": 1, "size": 256})).status_code)] += 1
+            except httpx.HTTPError as err:  # a connection over the cap, closed
+                codes[type(err).__name__] += 1
+                await asyncio.sleep(0.05)
+            answered.add(i)
+            if len(answered) == n:
+                up.set()
+
+    await asyncio.gather(*(keep_asking(i) for i in range(n)))
+    for client in clients:
+        await client.aclose()
+
+
+def test_an_oversized_body_is_refused_unread_and_not_echoed(kms):
+    marker = b"ECHO-ME-"
+    with _raw(kms, "server") as c:
+        declared = c.post("/api/v1/keys/node-1/dec_keys", content=marker * (4 * MAX_BODY_BYTES // len(marker)),
+                          headers={"content-type": "application/json"})
+        streamed = c.post("/api/v1/keys/node-1/dec_keys", content=iter([marker * 1024] * 64),  # chunked: no length
+                          headers={"content-type": "application/json"})
+        malformed = c.post("/api/v1/keys/node-1/enc_keys", content=b'{"number": "' + marker * 100 + b'"}',
+                           headers={"content-type": "application/json"})
+        fine = c.post("/api/v1/keys/node-1/enc_keys", json={"number": 1, "size": 256})
+    assert declared.status_code == 413 and streamed.status_code == 413
+    assert malformed.status_code == 400 and fine.status_code == 200  # the guard lets a sound request through
+    for reply in (declared, streamed, malformed):
+        assert marker not in reply.content and len(reply.content) < 1024
 
 
 def test_requests_are_bounded(kms):

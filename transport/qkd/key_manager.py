@@ -14,7 +14,10 @@ no header or parameter can claim another. A client without a certificate, or wit
 from another CA, fails the TLS handshake and never reaches the API. Answers follow the
 standard's codes: ``400`` a malformed request or an unknown/used key ID, ``401`` a caller
 or slave SAE that is not registered, or a key ID issued to someone else, ``503`` a link
-that aborted (QBER above the bound), a store that is full or a pair that is busy.
+that aborted (QBER above the bound), a store that is full or a pair that is busy; and
+``413`` a body over :data:`MAX_BODY_BYTES`, ``429`` a caller with
+:data:`MAX_IN_FLIGHT_PER_SAE` requests already in flight. No error reply repeats what the
+request carried beyond an SAE ID or key ID (both short and validated).
 
 Registered SAEs are the certificates in the registry directory (``sae/*.pem``, made by
 ``scripts/gen_certs.py --sae ID``): a key is issued only between two of them. The
@@ -28,13 +31,23 @@ removes it). Keys never fetched expire after ``key_ttl_s``; a pair holds at most
 ``max_stored_keys`` of them. Each pair has its own lock, so distilling for one pair never
 holds up another; a request asks for at most :data:`MAX_BITS_PER_REQUEST` bits.
 
+One caller cannot starve the others (:class:`CallerGuard`, :func:`_tls_protocol`): each
+SAE has at most :data:`MAX_IN_FLIGHT_PER_SAE` requests in flight (the rest are answered
+``429`` at once, before any body is read or any thread is taken) and at most
+:data:`MAX_CONNECTIONS_PER_SAE` connections open (a further one answers ``503`` and is
+closed); an SAE's key requests wait for its earlier ones on an ``asyncio`` lock, so a
+waiting request holds no worker thread, and a request body is refused (``413``) as soon
+as it is known to exceed :data:`MAX_BODY_BYTES`.
+
 Run: ``python -m transport.qkd.key_manager --certs DIR [--port 8470] [--length-km 10]``
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import json
 import ssl
 import threading
 import time
@@ -49,7 +62,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from transport.qkd.bb84 import BB84Config, BB84Link, QBERAbort, QKDAbort
-from transport.qkd.identity import SAE_DIR, sae_id_of
+from transport.qkd.identity import SAE_DIR, SAE_ID_RE, sae_id_of
 
 KEY_SIZE_BITS = 256
 MAX_KEY_SIZE_BITS = 1024
@@ -61,6 +74,12 @@ DEFAULT_KEY_TTL_S = 300.0
 DEFAULT_MAX_STORED_KEYS = 1024
 PAIR_LOCK_TIMEOUT_S = 20.0
 REGISTRY_RESCAN_S = 1.0
+MAX_BODY_BYTES = 64 * 1024  # the largest valid body (64 key IDs) is under 6 KiB
+MAX_IN_FLIGHT_PER_SAE = 8  # an SAE's requests being served at once; more are answered 429
+MAX_CONNECTIONS_PER_SAE = 32  # an SAE's open connections; a further one answers 503, closed
+MAX_CONNECTIONS = 1024  # all connections (uvicorn's limit): 32 SAEs at their cap to fill it
+OVER_CAP_GRACE_S = 1.0  # a connection over its SAE's cap that sends nothing is closed after this
+MAX_ERROR_CHARS = 200
 
 
 class KeyRequest(BaseModel):
@@ -162,6 +181,8 @@ class KeyStore:
 
     def _pair(self, caller: str, peer: str, master: str, slave: str) -> _Pair:
         """The pair ``master -> slave``, once ``caller`` and ``peer`` are both registered."""
+        if not SAE_ID_RE.match(peer):  # not echoed: it may be anything the URL could hold
+            raise Refused(400, "malformed SAE ID: 1-64 letters, digits, '.', '_' or '-' expected")
         for sae, role in ((caller, "calling"), (peer, "peer")):
             if sae not in self.registry:
                 raise Refused(401, f"{role} SAE {sae!r} is not registered")
@@ -272,21 +293,145 @@ class KeyStore:
 # --- HTTPS with client certificates ---------------------------------------------------
 
 
+def _der_of(scope) -> bytes | None:  # type: ignore[no-untyped-def]
+    return scope.get("extensions", {}).get("tls", {}).get("client_cert_der")
+
+
+def _sae_of_der(der: bytes | None) -> str:
+    """The SAE ID a verified client certificate (DER) proves; ``ValueError`` if there is none."""
+    if der is None:  # cannot happen behind :func:`server_config` (CERT_REQUIRED); refuse anyway
+        raise ValueError("no verified client certificate")
+    return sae_id_of(x509.load_der_x509_certificate(der))
+
+
 def caller_of(request: Request) -> str:
     """The caller's SAE ID, from the client certificate the TLS layer verified."""
-    tls = request.scope.get("extensions", {}).get("tls", {})
-    der = tls.get("client_cert_der")
-    if der is None:  # cannot happen behind :func:`serve` (CERT_REQUIRED); refuse anyway
-        raise HTTPException(status_code=401, detail="no verified client certificate")
     try:
-        return sae_id_of(x509.load_der_x509_certificate(der))
+        return _sae_of_der(_der_of(request.scope))
     except ValueError as err:
         raise HTTPException(status_code=401, detail=f"client certificate: {err}") from err
 
 
-def create_app(store: KeyStore) -> FastAPI:
-    """The ETSI GS QKD 014 REST API over ``store``; the caller is :func:`caller_of`."""
+async def _refuse(send, status: int, detail: str, *, close: bool = False, retry_after: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Answer ``status`` with ``{"detail": detail}`` (FastAPI's shape), straight from ASGI."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    if close:  # the rest of the request is not read: the connection cannot carry another
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Gone(Exception):
+    """The client disconnected while its body came in."""
+
+
+class CallerGuard:
+    """ASGI middleware in front of the API: bounds each SAE's requests in flight, and bodies.
+
+    It runs on the event loop before routing, so a request it refuses costs neither a
+    worker thread nor a body read: ``429`` when the caller already has ``max_in_flight``
+    requests being served; ``413`` (and the connection closed) as soon as the body is
+    known to exceed ``max_body`` bytes, from ``Content-Length`` or while it streams in.
+    Neither answer repeats anything the request carried.
+
+    Parameters
+    ----------
+    app : ASGI application
+    max_in_flight : int
+        Requests of one SAE (its certificate's common name) served at once.
+    max_body : int
+        Largest request body, in bytes.
+    """
+
+    def __init__(self, app, max_in_flight: int = MAX_IN_FLIGHT_PER_SAE, max_body: int = MAX_BODY_BYTES) -> None:  # type: ignore[no-untyped-def]
+        if max_in_flight < 1 or max_body < 1:
+            raise ValueError(f"max_in_flight and max_body must be >= 1, got {max_in_flight}, {max_body}")
+        self.app, self.max_in_flight, self.max_body = app, max_in_flight, max_body
+        self.in_flight: dict[str, int] = {}  # SAE ID -> requests being served (event loop only)
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            caller = _sae_of_der(_der_of(scope))
+        except ValueError as err:
+            await _refuse(send, 401, f"client certificate: {err}")
+            return
+        if _declared_length(scope) > self.max_body:
+            await _refuse(send, 413, f"request body over {self.max_body} bytes", close=True)
+            return
+        busy = self.in_flight.get(caller, 0)
+        if busy >= self.max_in_flight:
+            await _refuse(send, 429, f"SAE {caller!r} has {busy} requests in flight; retry later", retry_after=True)
+            return
+        self.in_flight[caller] = busy + 1
+        try:
+            body = await self._body(receive)
+            if body is None:
+                await _refuse(send, 413, f"request body over {self.max_body} bytes", close=True)
+                return
+            await self.app(scope, _replay(body, receive), send)
+        except _Gone:
+            return
+        finally:
+            left = self.in_flight.pop(caller) - 1
+            if left:
+                self.in_flight[caller] = left
+
+    async def _body(self, receive) -> bytes | None:  # type: ignore[no-untyped-def]
+        """The whole body, or ``None`` once it exceeds ``max_body`` (the rest is never read)."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _Gone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _declared_length(scope) -> int:  # type: ignore[no-untyped-def]
+    """``Content-Length`` (h11 has already refused a malformed one), 0 if absent (chunked)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value)
+    return 0
+
+
+def _replay(body: bytes, receive):  # type: ignore[no-untyped-def]
+    """An ASGI ``receive`` that hands over ``body`` (already read) and then defers to ``receive``."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed():  # type: ignore[no-untyped-def]
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+def create_app(store: KeyStore, max_in_flight: int = MAX_IN_FLIGHT_PER_SAE, max_body: int = MAX_BODY_BYTES) -> FastAPI:
+    """The ETSI GS QKD 014 REST API over ``store``; the caller is :func:`caller_of`.
+
+    Behind :class:`CallerGuard`. An SAE's key requests (``enc_keys``, which may distil)
+    are served one at a time; the next waits on an ``asyncio`` lock, holding no worker
+    thread, at most :data:`PAIR_LOCK_TIMEOUT_S` (then ``503``). Every pair an SAE is
+    master of is distilled only on its requests, so no SAE holds more than one thread
+    distilling, and another SAE's request never waits for it.
+    """
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
     app = FastAPI(title="qfl simulated QKD key manager (ETSI GS QKD 014)")
+    app.add_middleware(CallerGuard, max_in_flight=max_in_flight, max_body=max_body)
+    serving: dict[str, asyncio.Lock] = {}  # caller -> its key requests, one at a time (event loop only)
 
     def answer(fn: Callable[[], list[tuple[str, bytes]]]) -> dict:
         try:
@@ -294,6 +439,18 @@ def create_app(store: KeyStore) -> FastAPI:
         except Refused as err:
             raise HTTPException(status_code=err.status, detail=str(err)) from err
         return {"keys": [{"key_ID": k, "key": base64.b64encode(v).decode()} for k, v in keys]}
+
+    async def enc_keys(caller: str, slave: str, number: int, size: int) -> dict:
+        lock = serving.setdefault(caller, asyncio.Lock())
+        try:
+            async with asyncio.timeout(PAIR_LOCK_TIMEOUT_S):
+                await lock.acquire()
+        except TimeoutError:
+            raise HTTPException(status_code=503, detail=f"the links of {caller} are busy; retry") from None
+        try:
+            return await run_in_threadpool(answer, lambda: store.enc_keys(caller, slave, number, size))
+        finally:
+            lock.release()
 
     @app.get("/api/v1/keys/{slave_sae_id}/status")
     def status(slave_sae_id: str, request: Request) -> dict:
@@ -303,17 +460,17 @@ def create_app(store: KeyStore) -> FastAPI:
             raise HTTPException(status_code=err.status, detail=str(err)) from err
 
     @app.post("/api/v1/keys/{slave_sae_id}/enc_keys")
-    def enc_keys_post(slave_sae_id: str, body: KeyRequest, request: Request) -> dict:
-        return answer(lambda: store.enc_keys(caller_of(request), slave_sae_id, body.number, body.size))
+    async def enc_keys_post(slave_sae_id: str, body: KeyRequest, request: Request) -> dict:
+        return await enc_keys(caller_of(request), slave_sae_id, body.number, body.size)
 
     @app.get("/api/v1/keys/{slave_sae_id}/enc_keys")
-    def enc_keys_get(
+    async def enc_keys_get(
         slave_sae_id: str,
         request: Request,
         number: int = Query(1, ge=1, le=MAX_KEYS_PER_REQUEST),
         size: int = Query(KEY_SIZE_BITS, ge=8, le=MAX_KEY_SIZE_BITS, multiple_of=8),
     ) -> dict:
-        return answer(lambda: store.enc_keys(caller_of(request), slave_sae_id, number, size))
+        return await enc_keys(caller_of(request), slave_sae_id, number, size)
 
     @app.post("/api/v1/keys/{master_sae_id}/dec_keys")
     def dec_keys_post(master_sae_id: str, body: KeyIdsRequest, request: Request) -> dict:
@@ -323,34 +480,62 @@ def create_app(store: KeyStore) -> FastAPI:
     def dec_keys_get(master_sae_id: str, request: Request, key_ID: str = Query(max_length=64)) -> dict:  # noqa: N803
         return answer(lambda: store.dec_keys(caller_of(request), master_sae_id, [key_ID]))
 
-    # FastAPI answers a malformed body with 422; the standard's code is 400
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-
+    # FastAPI answers a malformed body with 422 and the input in it; the standard's code is
+    # 400, and what was sent is not repeated (it may be large, or someone else's)
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"message": "bad request format", "details": exc.errors()})
+        details = [{"loc": [str(part)[:64] for part in e.get("loc", ())], "msg": str(e.get("msg", ""))[:MAX_ERROR_CHARS]}
+                   for e in exc.errors()[:8]]
+        return JSONResponse(status_code=400, content={"message": "bad request format", "details": details})
 
     return app
 
 
-def _tls_protocol():  # -> type[asyncio.Protocol]
+def _tls_protocol(max_per_sae: int = MAX_CONNECTIONS_PER_SAE):  # -> type[asyncio.Protocol]
     """uvicorn's HTTP/1.1 protocol, adding the ASGI TLS extension (the verified peer
-    certificate) to every request's scope, which uvicorn itself does not."""
+    certificate) to every request's scope, which uvicorn itself does not, and holding each
+    SAE to ``max_per_sae`` open connections: on a further one, a request is answered ``503``
+    and the connection closed (closed anyway after :data:`OVER_CAP_GRACE_S` if it sends
+    nothing). The count is this server's (a new class per call), kept on its event loop."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    open_by_sae: dict[str, int] = {}
+
     class MutualTLSProtocol(H11Protocol):
+        sae: str | None = None  # counted in ``open_by_sae`` while set
+
         def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
             super().connection_made(transport)
             ssl_object = transport.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-            app = self.app
+            try:
+                self.sae = _sae_of_der(der)
+            except ValueError:
+                self.sae = None  # CallerGuard answers 401
+            over = False
+            if self.sae is not None:
+                open_by_sae[self.sae] = open_by_sae.get(self.sae, 0) + 1
+                over = open_by_sae[self.sae] > max_per_sae
+            app, sae = self.app, self.sae
 
             async def with_peer(scope, receive, send):  # type: ignore[no-untyped-def]
                 scope.setdefault("extensions", {})["tls"] = {"client_cert_der": der}
+                if over:
+                    await _refuse(send, 503, f"SAE {sae!r} has {max_per_sae} connections open; reuse them", close=True)
+                    return
                 await app(scope, receive, send)
 
             self.app = with_peer
+            if over:
+                self.loop.call_later(OVER_CAP_GRACE_S, transport.close)
+
+        def connection_lost(self, exc) -> None:  # type: ignore[no-untyped-def]
+            super().connection_lost(exc)
+            if self.sae is not None:
+                left = open_by_sae.pop(self.sae) - 1
+                if left:
+                    open_by_sae[self.sae] = left
+                self.sae = None
 
     return MutualTLSProtocol
 
@@ -374,7 +559,7 @@ def server_config(store: KeyStore, certs: Path, host: str, port: int):  # -> uvi
         ssl_keyfile=str(certs / "kme.key"),
         ssl_ca_certs=str(certs / "ca.crt"),
         ssl_cert_reqs=ssl.CERT_REQUIRED,
-        limit_concurrency=64,
+        limit_concurrency=MAX_CONNECTIONS,
     )
 
 

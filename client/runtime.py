@@ -11,7 +11,8 @@ that the node's first message starts and later messages reuse:
 - **bounded lifetime**: the worker exits when its SuperNode exits (it watches its PID),
   after ``worker-idle-timeout`` seconds without work, and on SIGTERM;
 - **private IPC**: a Unix-domain socket in a directory only this user can open
-  (``$XDG_RUNTIME_DIR/qfl`` or ``/tmp/qfl-<uid>``, mode 0700, checked), with a random
+  (``$QFL_RUNTIME_DIR``, ``$XDG_RUNTIME_DIR/qfl`` or ``/tmp/qfl-<uid>``, mode 0700, this
+  user's and not a link, else refused with a message naming it), with a random
   authentication key (HMAC challenge of ``multiprocessing.connection``); only bytes cross
   it: Flower ``RecordDict`` protobufs, arrays and plain values, never pickles;
 - **failure**: a worker that dies or does not answer within ``round-timeout`` is killed and
@@ -31,6 +32,7 @@ import json
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -51,6 +53,8 @@ JOB = "qfl-job"  # a request's ConfigRecord: op, run config and node config (JSO
 OPS = ("train", "evaluate", "prepare")
 CLIENT_CONTROL = "client-control"  # SCAFFOLD: this client's control variate, kept in its node's state
 CONNECT_TIMEOUT_S = 30.0
+RUNTIME_DIR_ENV = "QFL_RUNTIME_DIR"  # where worker sockets and keys go (see private_dir)
+SHARED_TMP = Path("/tmp")  # the fallback's parent, shared by every user of the machine
 
 
 class WorkerError(RuntimeError):
@@ -105,13 +109,31 @@ def supernode_pid() -> int | None:
 
 
 def private_dir() -> Path:
-    """This user's directory for worker sockets and keys, mode 0700; refused if anyone else owns it."""
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
-    path = base / ("qfl" if "XDG_RUNTIME_DIR" in os.environ else f"qfl-{os.getuid()}")
-    path.mkdir(mode=0o700, exist_ok=True)
-    info = path.lstat()
-    if path.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise WorkerError(f"{path} must be a directory of this user's with mode 0700")
+    """This user's directory for worker sockets and keys: ``$QFL_RUNTIME_DIR``, else
+    ``$XDG_RUNTIME_DIR/qfl``, else ``/tmp/qfl-<uid>`` (made if missing, mode 0700).
+
+    Every ClientApp process of a node must find its worker there, so the path is fixed; in a
+    shared ``/tmp`` another user can make the last one first. A directory that is a link,
+    not this user's, or open to others is refused with a :class:`WorkerError` that names it
+    and says what to set: nothing is ever written into it.
+    """
+    if os.environ.get(RUNTIME_DIR_ENV):
+        path = Path(os.environ[RUNTIME_DIR_ENV])
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "qfl"
+    else:
+        path = SHARED_TMP / f"qfl-{os.getuid()}"
+    fix = f"set {RUNTIME_DIR_ENV} (or XDG_RUNTIME_DIR) to a directory only this user can open (mode 0700)"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+    except OSError as err:
+        raise WorkerError(f"cannot make the warm worker's directory {path}: {err}; {fix}") from err
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise WorkerError(f"{path} is not a directory (a link, or a file): someone may have made it first; {fix}")
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise WorkerError(f"{path} is owned by uid {info.st_uid} with mode {oct(info.st_mode & 0o777)}, not this "
+                          f"user's (uid {os.getuid()}) with mode 0700: someone may have made it first; {fix}")
     return path
 
 

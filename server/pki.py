@@ -17,7 +17,8 @@ out of git; the launcher uses ``<run>/certs``):
   014). The key manager takes ``sae/`` as its registry of SAEs.
 
 Existing files are kept unless ``--force``: re-running is safe, e.g. from the compose
-``certs`` service. Everything is made with ``cryptography``; no openssl needed.
+``certs`` service. Everything is made with ``cryptography``; no openssl needed. Private
+keys are created with mode 0600 from their first byte; the folders this makes are 0700.
 
 Usage: ``python scripts/gen_certs.py [DIR] [--san 10.0.0.5] [--nodes 2] [--sae server --sae node-0]``
 """
@@ -54,9 +55,22 @@ def _san(entry: str) -> x509.GeneralName:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.write_bytes(data)
-    if private:
-        os.chmod(path, 0o600)
+    """Write ``data``; a ``private`` file is created anew with mode 0600 from its first byte
+    (an old one is removed first: truncating it would keep its mode), never through a link."""
+    if not private:
+        path.write_bytes(data)
+        return
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _private_dir(path: Path) -> None:
+    """Make ``path`` (mode 0700) if it is missing; one that exists keeps its mode."""
+    if not path.exists():
+        path.mkdir(mode=0o700, parents=True)
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask; nothing is in it yet
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -117,7 +131,7 @@ def make_sae_cert(out: Path, sae_id: str, ca: x509.Certificate, ca_key: ec.Ellip
         raise ValueError(f"SAE ID {sae_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
     key = ec.generate_private_key(ec.SECP384R1())
     cert = _signed(sae_id, key, ca, ca_key, ExtendedKeyUsageOID.CLIENT_AUTH)
-    (out / SAE_DIR).mkdir(exist_ok=True)
+    _private_dir(out / SAE_DIR)
     _write(out / SAE_DIR / f"{sae_id}.pem", cert.public_bytes(serialization.Encoding.PEM))
     _write(out / SAE_DIR / f"{sae_id}.key", _key_pem(key), private=True)
 
@@ -133,7 +147,7 @@ def make_node_key(out: Path, name: str) -> None:
 def generate(out: Path, sans: list[str] | None = None, nodes: int = 2, force: bool = False,
              saes: list[str] | None = None, kme_sans: list[str] | None = None) -> list[Path]:
     """Make what is missing in ``out`` (everything with ``force``); return what was written."""
-    out.mkdir(parents=True, exist_ok=True)
+    _private_dir(out)
     written: list[Path] = []
     if force or not (out / "ca.crt").exists():
         ca, ca_key = make_ca(out)

@@ -88,8 +88,9 @@ def _content() -> RecordDict:
     )
 
 
-def _down_envelope(round_=2, node_id=11):
-    return Envelope(run_id=9, server_round=round_, node_id=node_id, src="server", dst="node-1", direction="down")
+def _down_envelope(round_=2, node_id=11, message_type="train"):
+    return Envelope(run_id=9, server_round=round_, node_id=node_id, src="server", dst="node-1", direction="down",
+                    message_type=message_type)
 
 
 def test_same_plaintext_in_and_out(kms):
@@ -101,7 +102,7 @@ def test_same_plaintext_in_and_out(kms):
     assert back["config"]["server-round"] == 2
 
 
-@pytest.mark.parametrize("attack", ["flip", "wrong-key-id", "replay", "other-round", "other-node", "short-nonce"])
+@pytest.mark.parametrize("attack", ["flip", "wrong-key-id", "replay", "other-round", "other-node", "other-type", "short-nonce"])
 def test_tampering_is_rejected(kms, attack):
     sender, receiver = QKDTransport(kms.client("server")), QKDTransport(kms.client("node-1"))
     wire = sender.encode(_content(), _down_envelope())
@@ -123,6 +124,9 @@ def test_tampering_is_rejected(kms, attack):
         expected = "authentication failed"
     elif attack == "other-node":
         envelope = _down_envelope(node_id=12)  # the same SAE, but another Flower node relays it
+        expected = "authentication failed"
+    elif attack == "other-type":
+        envelope = _down_envelope(message_type="evaluate")  # this round's train message, relabelled
         expected = "authentication failed"
     else:
         record["nonce"] = b"\x00" * 4

@@ -19,9 +19,15 @@ Keys (ETSI GS QKD 014 key manager, over real HTTPS with client certificates on l
 
 Messages (the ``qkd`` transport):
 
-8. a message minted by another SAE and presented as the server's is refused;
+8. a message minted by another SAE and presented as the server's is refused; a train
+   message presented as an evaluate message (same round, node and ends) is refused;
 9. a reply whose envelope claims another node's SAE, or a malformed envelope, is refused
-   and named, never fatal;
+   and named, never fatal; one SAE stands behind one node per run;
+
+Files and folders:
+
+12. private keys are mode 0600 from their first byte, their folders 0700; the warm
+    worker's directory, if someone else made it first, is refused with a named error.
 
 Privacy (``dp``):
 
@@ -40,6 +46,7 @@ import ssl
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -314,14 +321,22 @@ def test_a_server_needs_the_certificate_it_claims(kms):
         QKDTransport(kms.client("node-1"), server_sae="server", on_server=True)
 
 
+def test_a_train_message_presented_as_evaluate_is_refused(kms):
+    sender, receiver = QKDTransport(kms.client("server")), QKDTransport(kms.client("node-1"))
+    train = Envelope(1, 3, 11, "server", "node-1", "down", "train")
+    wire = sender.encode(RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(3))})}), train)
+    with pytest.raises(TransportError, match="authentication failed"):
+        receiver.decode(wire, Envelope(1, 3, 11, "server", "node-1", "down", "evaluate"))
+
+
 class _Grid:
     """A stand-in for Flower's grid (unit test): replies with what ``answer`` builds."""
 
-    def __init__(self, answer) -> None:  # noqa: ANN001
-        self.answer = answer
+    def __init__(self, answer, nodes=(7,)) -> None:  # noqa: ANN001
+        self.answer, self.nodes = answer, list(nodes)
 
     def get_node_ids(self):  # noqa: ANN201
-        return [7]
+        return list(self.nodes)
 
     def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
         out = []
@@ -358,6 +373,80 @@ def test_a_reply_that_lies_about_its_sender_is_dropped_and_named(task_identity, 
     assert len(replies) == 1 and replies[0].has_error()  # counted as a failed client, the run goes on
     assert grid.refused and grid.refused[0][0] == 7
     assert "rejected the reply of node 7" in caplog.text
+
+
+def test_one_sae_stands_behind_one_node_per_run(task_identity, caplog):
+    from transport.base import PlainTransport
+    from transport.flower import ENVELOPE_RECORD, HELLO_TYPE, TransportGrid
+
+    class Identified(PlainTransport):  # a transport whose ends are certificates, as qkd's
+        sae_id = "server"
+
+    def answer(msg: Message) -> Message:  # nodes 7 and 8 both say they are SAE node-7
+        if msg.metadata.message_type == HELLO_TYPE:
+            return Message(RecordDict({"transport-hello": ConfigRecord({"sae": "node-7"})}), reply_to=msg)
+        content = RecordDict(dict(make_reply({"w": np.zeros(3)}, 10, 7).content.items()))
+        content[ENVELOPE_RECORD] = ConfigRecord({"round": 1, "sae": "node-7"})
+        return Message(content, reply_to=msg)
+
+    inner = _Grid(answer, nodes=[7, 8])
+    grid = TransportGrid(inner, TransportStack([Identified()]), run_id=1, round_fn=lambda: 1)
+    train = [Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(3))})}), dst_node_id=n, message_type="train")
+             for n in (7, 8)]
+    replies = list(grid.send_and_receive(train, timeout=5))
+    assert grid.peers == {7: "node-7"} and len(replies) == 1 and not replies[0].has_error()
+    assert grid.take_unsent() == [(8, "SAE node-7 already stands behind node 7 in this run (one node per SAE)")]
+    assert "node 8 refused: SAE node-7 already stands behind node 7" in caplog.text
+    inner.nodes = [8]  # node 7 left (a restarted SuperNode comes back under a new node ID)
+    list(grid.send_and_receive(train[1:], timeout=5))
+    assert grid.peers == {8: "node-7"} and grid.take_unsent() == []
+
+
+def test_private_keys_are_0600_from_the_first_byte_and_their_folders_0700(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    import server.pki as pki
+
+    certs = tmp_path / "new" / "certs"
+    chmodded, chmod = [], os.chmod
+    old_umask = os.umask(0)  # what a file gets is what it was created with
+    try:
+        monkeypatch.setattr(pki.os, "chmod", lambda path, mode, **kw: chmodded.append(Path(path)) or chmod(path, mode, **kw))
+        generate(certs, nodes=1, saes=["server"])
+        chmod(certs / "ca.key", 0o644)  # a key left readable by an older version ...
+        generate(certs, nodes=1, saes=["server"], force=True)  # ... is replaced by a 0600 one
+    finally:
+        os.umask(old_umask)
+    assert all(p.is_dir() for p in chmodded), f"files chmod-ed after being written: {chmodded}"
+    modes = {p.relative_to(certs).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [certs, *certs.rglob("*")]}
+    private = {"ca.key", "server.key", "node-0", "kme.key", "sae/server.key"}
+    assert {k: m for k, m in modes.items() if k in private} == dict.fromkeys(private, 0o600)
+    assert modes["."] == modes["sae"] == 0o700
+    assert modes["ca.crt"] & 0o044  # certificates stay readable
+
+
+def test_the_worker_directory_made_first_by_someone_else_is_refused(tmp_path, monkeypatch):
+    import os
+
+    import client.runtime as runtime
+
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv(runtime.RUNTIME_DIR_ENV, raising=False)
+    monkeypatch.setattr(runtime, "SHARED_TMP", tmp_path)
+    squatted = tmp_path / f"qfl-{os.getuid()}"
+    squatted.mkdir(mode=0o700)
+    os.chown(squatted, 65534, 65534)  # "nobody" made /tmp/qfl-<our uid> before us
+    with pytest.raises(runtime.WorkerError, match=rf"{squatted} is owned by uid 65534.*set {runtime.RUNTIME_DIR_ENV}"):
+        runtime.private_dir()
+    squatted.rmdir()
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    squatted.symlink_to(tmp_path / "elsewhere")  # a link to a folder it can swap
+    with pytest.raises(runtime.WorkerError, match=r"is not a directory \(a link"):
+        runtime.private_dir()
+    chosen = tmp_path / "mine" / "qfl"
+    monkeypatch.setenv(runtime.RUNTIME_DIR_ENV, str(chosen))  # the way out the message names
+    assert runtime.private_dir() == chosen and oct(chosen.stat().st_mode & 0o777) == "0o700"
 
 
 # --- 10-11. privacy ------------------------------------------------------------------------------

@@ -40,6 +40,9 @@ class Envelope:
         certificates; otherwise ``"server"`` and ``"node-<node_id>"``.
     direction : str
         ``"down"`` (server to node) or ``"up"`` (node to server).
+    message_type : str
+        The Flower message type of the exchange (``"train"``, ``"evaluate"``, ...; a reply
+        has its request's), so one round's train and evaluate messages are not interchangeable.
     """
 
     run_id: int
@@ -48,12 +51,13 @@ class Envelope:
     src: str
     dst: str
     direction: str
+    message_type: str = ""
 
     def associated_data(self, key_id: str) -> bytes:
         """Bytes that bind a ciphertext to this exchange and to its key."""
         return (
-            f"qfl/v2|{key_id}|run={self.run_id}|round={self.server_round}|node={self.node_id}"
-            f"|{self.src}->{self.dst}|{self.direction}"
+            f"qfl/v3|{key_id}|run={self.run_id}|round={self.server_round}|node={self.node_id}"
+            f"|{self.src}->{self.dst}|{self.direction}|type={self.message_type}"
         ).encode()
 
 

@@ -74,7 +74,8 @@ def transport_mod(msg: Message, context: Context, call_next: Callable[[Message, 
         return Message(RecordDict({HELLO_RECORD: ConfigRecord({"sae": me})}), reply_to=msg)
     try:
         content, server_round, server = _without_envelope(msg.content)
-        request = stack.decode(content, Envelope(context.run_id, server_round, context.node_id, server, me, "down"))
+        kind = msg.metadata.message_type
+        request = stack.decode(content, Envelope(context.run_id, server_round, context.node_id, server, me, "down", kind))
         msg.content = request
     except TransportError as err:
         log(WARNING, "transport %s: refused the server's message: %s", stack.name, err)
@@ -83,7 +84,7 @@ def transport_mod(msg: Message, context: Context, call_next: Callable[[Message, 
     if reply.has_error():
         return reply
     try:
-        envelope = Envelope(context.run_id, server_round, context.node_id, me, server, "up")
+        envelope = Envelope(context.run_id, server_round, context.node_id, me, server, "up", kind)
         wire = stack.encode(reply.content, envelope, request)
     except TransportError as err:
         # nothing goes out in the clear: the server learns why, not the update
@@ -131,8 +132,10 @@ class TransportGrid(DelegatingGrid):
     When the stack identifies its ends by certificate (``qkd``), the server first asks each
     node it has not heard from who it is (a :data:`HELLO_TYPE` query, once per node and
     run) and then encrypts for that SAE only. A node's claim cannot steal anything: keys
-    for an SAE are handed only to the holder of its certificate, and the Flower node ID is
-    bound into every ciphertext.
+    for an SAE are handed only to the holder of its certificate, and the Flower node ID and
+    the message type are bound into every ciphertext. One SAE stands behind one node per
+    run: a second node claiming an SAE that a connected node already is gets nothing, and
+    the reason is logged and counted as the message it was not sent.
 
     Parameters
     ----------
@@ -153,7 +156,8 @@ class TransportGrid(DelegatingGrid):
         self.round_fn = round_fn
         self.hello_timeout = hello_timeout
         self.sae_id = stack.sae_id or SERVER_SAE
-        self.peers: dict[int, str] = {}  # node ID -> its SAE ID
+        self.peers: dict[int, str] = {}  # node ID -> its SAE ID (one node per SAE)
+        self.not_peers: dict[int, str] = {}  # node ID -> why its SAE claim was refused
         self.unsent: list[tuple[int, str]] = []  # (node, why) of messages a transport refused to send
         self.refused: list[tuple[int, str]] = []  # (node, reason) of replies a transport refused
         self._sent: dict[str, tuple[Message, int]] = {}
@@ -180,11 +184,26 @@ class TransportGrid(DelegatingGrid):
                 continue
             record = reply.content.config_records.get(HELLO_RECORD)
             sae = record.get("sae") if record is not None else None
-            if isinstance(sae, str) and SAE_ID_RE.match(sae):
-                self.peers[node] = sae
-                log(INFO, "transport %s: node %d is SAE %s", self.stack.name, node, sae)
-            else:
+            if not (isinstance(sae, str) and SAE_ID_RE.match(sae)):
                 log(WARNING, "transport %s: node %d answered no valid SAE ID", self.stack.name, node)
+                continue
+            holder = self._holder(sae)
+            if holder is not None and holder != node:
+                self.not_peers[node] = f"SAE {sae} already stands behind node {holder} in this run (one node per SAE)"
+                log(WARNING, "transport %s: node %d refused: %s", self.stack.name, node, self.not_peers[node])
+                continue
+            self.peers[node] = sae
+            self.not_peers.pop(node, None)
+            log(INFO, "transport %s: node %d is SAE %s", self.stack.name, node, sae)
+
+    def _holder(self, sae: str) -> int | None:
+        """The node that is ``sae`` in this run, if it is still connected (a node that left,
+        e.g. restarted under a new node ID, frees its SAE)."""
+        holder = next((n for n, s in self.peers.items() if s == sae), None)
+        if holder is not None and holder not in set(self._grid.get_node_ids()):
+            del self.peers[holder]
+            return None
+        return holder
 
     def _encode(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
         messages = list(messages)
@@ -196,8 +215,8 @@ class TransportGrid(DelegatingGrid):
             peer = self._peer(dst)
             try:
                 if peer is None:
-                    raise TransportError("it never said which SAE it is")
-                envelope = Envelope(self.run_id, server_round, dst, self.sae_id, peer, "down")
+                    raise TransportError(self.not_peers.get(dst, "it never said which SAE it is"))
+                envelope = Envelope(self.run_id, server_round, dst, self.sae_id, peer, "down", msg.metadata.message_type)
                 content = self.stack.encode(msg.content, envelope)
             except TransportError as err:
                 self.unsent.append((dst, str(err)))
@@ -222,7 +241,8 @@ class TransportGrid(DelegatingGrid):
                 peer = self._peer(node)
                 if claimed_sae != peer:
                     raise TransportError(f"reply claims SAE {claimed_sae!r}, the node is {peer!r}")
-                envelope = Envelope(self.run_id, server_round, node, peer, self.sae_id, "up")
+                kind = (request or reply).metadata.message_type  # what we asked for, not what it says
+                envelope = Envelope(self.run_id, server_round, node, peer, self.sae_id, "up", kind)
                 reply.content = self.stack.decode(content, envelope)
                 out.append(reply)
             except Exception as err:  # noqa: BLE001 - one bad reply is dropped and named, never fatal

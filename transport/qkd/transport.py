@@ -33,12 +33,13 @@ class QKDTransport(Transport):
     The sender asks the key manager for a new key shared with the receiver
     (``enc_keys``), derives an AES-256 key with HKDF, and encrypts the serialised
     content with AES-GCM under a random 96-bit nonce; the associated data binds the key
-    ID, run, round, the Flower node, both ends and the direction
+    ID, run, round, the Flower node, both ends, the direction and the message type
     (:meth:`Envelope.associated_data`). The
     message carries only ``{key-id, nonce, ciphertext}``. The receiver fetches the key by
     ID (``dec_keys``: the key manager hands it out once), rebuilds the associated data
     from what *it* expects, and decrypts. A flipped byte, a wrong key ID, a key used
-    before (a replayed message) or a message from another round or node are rejected.
+    before (a replayed message) or a message from another round, node or of another type
+    (a train message presented as an evaluate one) are rejected.
     If no key can be had (link aborted, key manager down), nothing is sent.
 
     Parameters

@@ -46,6 +46,11 @@ def launch(args: argparse.Namespace) -> int:
     app_dir = Path(args.app).resolve()
     cfg, clients = build_config(args, app_dir)
     run_dir = Path(cfg.output_dir) / cfg.run_name
+    if args.check:  # validated whole, as before every launch; nothing is started or written
+        mode = "simulation" if args.simulation else "deployment"
+        print(f"{TAG} check: the options are valid ({mode}, {clients} clients, {cfg.num_server_rounds} rounds, "
+              f"strategy={cfg.strategy}, transport={cfg.transport}) -> {run_dir}", flush=True)
+        return 0
     with RunLock(run_dir):
         point_latest(Path(cfg.output_dir), cfg.run_name)
         return _launch(args, app_dir, cfg, clients, run_dir)
@@ -202,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show every log line of the run")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     p.add_argument("--app", default=str(PROJECT_DIR), help="the Flower app directory (pyproject.toml)")
+    p.add_argument("--check", action="store_true", help="validate every option as a launch would, then exit: start nothing")
     e = sub.add_parser("experiment", help="run a named experiment over many seeds on the simulation engine (docs/experiments.md)")
     e.add_argument("name", help="an experiment's name, or all")
     e.add_argument("--seeds", type=int, help="seeds 1..N (default: the experiment's, 10)")

@@ -10,7 +10,7 @@ Three parts, each measured in the same run as its baseline:
 3. Local DP on Wine (simulation engine, 8 clients, half sampled per round): final
    accuracy against the reported epsilon for several noise multipliers.
 
-Run: ``python bench/transport.py [--part 1 2 3]``
+Run: ``python bench/transport_cost.py [--part 1 2 3]``
 """
 
 from __future__ import annotations

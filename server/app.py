@@ -60,7 +60,7 @@ def run_dir_of(cfg: RunConfig, run_id: int) -> Path:
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds (fewer if resuming) and record every one."""
     cfg = RunConfig.from_run_config(context.run_config)
-    _warm_up(grid, cfg)  # first: the nodes build their models while this process builds its own
+    warm_up = WarmUp.push(grid, cfg)  # first: the nodes build their models while this process builds its own
     check_run(cfg)  # what the configuration model cannot check alone, before round 1
     # Flower samples nodes with the global `random` module: seed it for this process.
     random.seed(cfg.seed)
@@ -71,7 +71,7 @@ def main(grid: Grid, context: Context) -> None:
     progress = ProgressLog(run_dir)
     sinks = open_sinks(cfg, run_dir)
     try:
-        _run(grid, context, cfg, run_dir, progress, sinks)
+        _run(grid, context, cfg, run_dir, progress, sinks, warm_up)
     except BaseException as err:
         progress.emit("end", status="failed", why=f"{type(err).__name__}: {err}")
         raise
@@ -82,15 +82,17 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "%s done: metrics and checkpoints in %s", PROGRESS_TAG, run_dir)
 
 
-def _run(grid: Grid, context: Context, cfg: RunConfig, run_dir: Path, progress: ProgressLog, sinks: list) -> None:
+def _run(grid: Grid, context: Context, cfg: RunConfig, run_dir: Path, progress: ProgressLog, sinks: list,
+         warm_up: WarmUp) -> None:
     files = RunRecorder(run_dir)
     try:
-        _federate(grid, context, cfg, files, progress, sinks)
+        _federate(grid, context, cfg, files, progress, sinks, warm_up)
     finally:
         files.close()
 
 
-def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, progress: ProgressLog, sinks: list) -> None:
+def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, progress: ProgressLog, sinks: list,
+              warm_up: WarmUp) -> None:
     data = build_dataset(cfg)
     model = build_model(cfg, data)
     arrays, start_round = _starting_point(cfg, files, ArrayRecord(model.state_dict()))
@@ -104,7 +106,9 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
     metered = MeteredGrid(grid, on_replies=lambda phase, got, want: progress.emit(
         "replies", round=start_round + guard_ref[0].current_round, phase=phase, received=got, expected=want))
     _wait_for_nodes(metered, cfg.min_nodes)
-    progress.emit("ready", nodes=len(list(metered.get_node_ids())))
+    late = warm_up.wait(cfg.warm_up_timeout)  # round-timeout counts from here: a node still starting is no straggler
+    progress.emit("ready", nodes=len(list(metered.get_node_ids())), warm_up_s=round(warm_up.seconds, 3),
+                  not_warm=late)
     inner, central_dp, reply_arrays = server_strategy(cfg)
     ledger = _privacy_ledger(cfg, files, start_round)
     guard = InstrumentedStrategy(inner, train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays),
@@ -125,17 +129,52 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
     )
 
 
-def _warm_up(grid: Grid, cfg: RunConfig) -> None:
-    """Ask every connected node to start its warm worker now (a query no one waits for).
+class WarmUp:
+    """The warm-up query to every connected node, and the wait for its answers.
 
-    Skipped for large federations (the simulation engine's virtual nodes have no worker to
-    start) and with the cold runtime."""
-    if not cfg.warm_runtime:
-        return
-    _wait_for_nodes(grid, cfg.min_nodes)
-    nodes = list(grid.get_node_ids())
-    if len(nodes) <= WARM_UP_MAX_NODES:
-        grid.push_messages([Message(RecordDict(), dst_node_id=n, message_type=WARM_UP_TYPE) for n in nodes])
+    A node answers once its ClientApp runs and (warm runtime) its worker has built the
+    task: data partition, model, device. :meth:`push` sends the query before the server
+    builds its own model, so both overlap; :meth:`wait` blocks round 1 until every node
+    answered or ``warm-up-timeout`` passed. ``round-timeout`` then counts from a moment
+    when each node can answer, so a node still starting on a slow machine is not dropped
+    as a straggler in round 1. Skipped for large federations (the simulation engine's
+    virtual nodes start nothing per node).
+    """
+
+    def __init__(self, grid: Grid, sent: dict[str, int]) -> None:
+        self.grid, self.sent = grid, sent  # message ID -> node
+        self.started = time.monotonic()
+        self.seconds = 0.0
+
+    @classmethod
+    def push(cls, grid: Grid, cfg: RunConfig) -> WarmUp:
+        _wait_for_nodes(grid, cfg.min_nodes)
+        nodes = list(grid.get_node_ids())
+        if len(nodes) > WARM_UP_MAX_NODES:
+            return cls(grid, {})
+        ids = grid.push_messages([Message(RecordDict(), dst_node_id=n, message_type=WARM_UP_TYPE) for n in nodes])
+        return cls(grid, {i: n for i, n in zip(ids, nodes) if i})
+
+    def wait(self, timeout: float) -> list[int]:
+        """Block until every node answered or ``timeout`` s after :meth:`push`; the nodes that did not."""
+        pending, end = set(self.sent), self.started + timeout
+        while pending and time.monotonic() < end:
+            for reply in self.grid.pull_messages(pending):
+                pending.discard(reply.metadata.reply_to_message_id)
+                if reply.has_error():
+                    log(WARNING, "%s warm-up: node %s: %s", PROGRESS_TAG, self.sent[reply.metadata.reply_to_message_id],
+                        reply.error.reason)
+            if pending:
+                time.sleep(NODE_WAIT_POLL_S)
+        self.seconds = time.monotonic() - self.started
+        late = sorted(self.sent[i] for i in pending)
+        if self.sent:
+            log(INFO, "%s warm-up: %d of %d node(s) ready after %.1f s", PROGRESS_TAG, len(self.sent) - len(late),
+                len(self.sent), self.seconds)
+        if late:
+            log(WARNING, "%s warm-up: no answer from node(s) %s within warm-up-timeout (%.0f s): round 1 goes on "
+                "without waiting for them", PROGRESS_TAG, late, timeout)
+        return late
 
 
 def _starting_point(cfg: RunConfig, files: RunRecorder, fresh: ArrayRecord) -> tuple[ArrayRecord, int]:

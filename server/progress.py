@@ -6,7 +6,8 @@ round went without. Anyone else can follow it too (``tail -f``). Events:
 
 - ``start``: ``rounds`` (the run's length), ``first`` (the round it starts after),
   ``stack`` (the transports);
-- ``ready``: ``nodes`` connected (the run waited for ``min-nodes`` of them);
+- ``ready``: ``nodes`` connected (the run waited for ``min-nodes`` of them), ``warm_up_s``
+  until they answered the warm-up, ``not_warm`` (nodes that did not within ``warm-up-timeout``);
 - ``replies``: ``round``, ``phase`` (``train``/``evaluate``), ``received`` of ``expected``;
 - ``round``: ``round`` and the round's row of ``metrics.csv``;
 - ``issue``: ``round``, ``node``, ``why``: a client the round went without, or bounded;

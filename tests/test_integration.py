@@ -89,7 +89,7 @@ def test_resume_continues_from_last_checkpoint(two_node_run):
 def test_dead_supernode_does_not_stop_the_run(tmp_path):
     run_dir = tmp_path / "dead-node"
     proc = subprocess.Popen(
-        _launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "2", "--set", "round-timeout=25.0"),
+        _launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "2", "--set", "round-timeout=90.0"),
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -66,7 +66,8 @@ class RunConfig(_Strict):
     min_nodes: int = Field(2, ge=1, description="nodes to wait for before round 1 (the launcher sets it to --clients)")
     fraction_train: float = Field(1.0, gt=0, le=1, description="share of connected nodes sampled to train each round")
     fraction_evaluate: float = Field(0.0, ge=0, le=1, description="share sampled for client-side evaluation (0: central evaluation only)")
-    round_timeout: float = Field(120.0, gt=0, description="seconds to wait for replies; a node that does not answer is left out of that round")
+    round_timeout: float = Field(120.0, gt=0, description="seconds to wait for a round's replies, counted once the nodes answered their warm-up; a node that does not answer is left out of that round")
+    warm_up_timeout: float = Field(600.0, gt=0, description="seconds to wait before round 1 for every node to answer its warm-up (worker started, task built)")
     seed: int = Field(42, ge=0, description="seeds the split, partitions, initial parameters, shuffles, node sampling (never keys or DP noise)")
     # --- data
     dataset: Literal["iris", "wine", "breast-cancer", "digits", "tfim"] = Field(

@@ -10,7 +10,7 @@ CLIENTS ?= 4
 ROUNDS  ?= 10
 DATASET ?= wine
 
-.PHONY: install demo test test-unit test-compose bench experiments clean
+.PHONY: install demo test test-slow test-unit test-compose bench experiments clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,14 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/qfl launch --clients $(CLIENTS) --rounds $(ROUNDS) --dataset $(DATASET)
 
-# everything but docker compose (under 20 minutes on 2 cores); CI runs test-compose after it
+# everything but the long real federations and docker compose; CI runs test-slow and
+# test-compose after it
 test: install
-	cd tests && ../$(PY) -m pytest -m "not docker"
+	cd tests && ../$(PY) -m pytest -m "not docker and not slow"
+
+# the long real federations (each says in its docstring why it is long)
+test-slow: install
+	cd tests && ../$(PY) -m pytest -m "slow and not docker"
 
 # docker compose on a real engine (root: starts dockerd; ~7 minutes with a fresh image)
 test-compose: install

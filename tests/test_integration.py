@@ -46,6 +46,8 @@ def _rows(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_node_run(tmp_path_factory):
+    """One real 2-node, 2-round run that several tests read (none changes it). Long (~60 s):
+    the cold start of a SuperLink, two SuperNodes and their warm workers."""
     out = tmp_path_factory.mktemp("runs")
     proc = subprocess.run(
         _launch_cmd(out, "two-nodes", "--clients", "2", "--rounds", "2"),
@@ -70,11 +72,14 @@ def test_two_nodes_two_rounds_learn(two_node_run):
     assert _processes_in(run_dir) == []
 
 
-def test_resume_continues_from_last_checkpoint(two_node_run):
-    _, run_dir = two_node_run
+def test_resume_continues_from_last_checkpoint(two_node_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "two-nodes"  # a copy: the shared run stays as the other tests expect it
+    shutil.copytree(two_node_run[1], run_dir, symlinks=True)
     before = _rows(run_dir)
     proc = subprocess.run(
-        _launch_cmd(run_dir.parent, "two-nodes", "--clients", "2", "--rounds", "3", "--resume"),
+        _launch_cmd(tmp_path, "two-nodes", "--clients", "2", "--rounds", "3", "--resume", "two-nodes"),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -86,7 +91,10 @@ def test_resume_continues_from_last_checkpoint(two_node_run):
     assert _processes_in(run_dir) == []
 
 
+@pytest.mark.slow
 def test_dead_supernode_does_not_stop_the_run(tmp_path):
+    """Three nodes, one killed after round 1. Long (~2 min) because round 2 waits for Flower's
+    own verdict on the dead node (two missed heartbeats, up to 60 s) or the round timeout."""
     run_dir = tmp_path / "dead-node"
     proc = subprocess.Popen(
         _launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "2", "--set", "round-timeout=90.0"),
@@ -156,7 +164,8 @@ def _none_left(run_dir: Path, within_s: float = 60.0) -> list[str]:
     return left
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=lambda s: s.name)
+@pytest.mark.parametrize("sig", [signal.SIGINT, *(pytest.param(s, marks=pytest.mark.slow) for s in (signal.SIGHUP, signal.SIGTERM))],
+                         ids=lambda s: s.name)
 def test_ctrl_c_a_closed_terminal_and_sigterm_stop_every_process(tmp_path, sig):
     """Ctrl-C (SIGINT), the terminal closing (SIGHUP) and ``kill`` (SIGTERM) mid-round: the
     launcher says so, exits 130 and leaves no process (Flower's detached SuperExec included)."""
@@ -172,6 +181,7 @@ def test_ctrl_c_a_closed_terminal_and_sigterm_stop_every_process(tmp_path, sig):
     assert _none_left(run_dir, within_s=0.0) == []
 
 
+@pytest.mark.slow
 def test_a_launcher_killed_outright_leaves_no_process(tmp_path):
     """SIGKILL runs no handler: the launch's watchdog ends what the launcher had started."""
     proc, run_dir = _launch_until_round_0(tmp_path, "sigkill")
@@ -185,7 +195,9 @@ def test_a_launcher_killed_outright_leaves_no_process(tmp_path):
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_qkd_transport_delivers_the_same_plaintext(two_node_run, tmp_path):
+    """Long (~80 s): a key manager and two SAEs besides the federation, and a plain run to compare."""
     import numpy as np
 
     _, plain_dir = two_node_run
@@ -206,6 +218,7 @@ def test_qkd_transport_delivers_the_same_plaintext(two_node_run, tmp_path):
     assert _processes_in(run_dir) == []
 
 
+@pytest.mark.slow
 def test_eavesdropped_qkd_link_stops_the_run_and_says_why(tmp_path):
     proc = subprocess.run(
         _launch_cmd(tmp_path, "eve", "--clients", "2", "--rounds", "2", "--transport", "qkd", "--qkd-eve-fraction", "1.0"),
@@ -223,7 +236,9 @@ def test_eavesdropped_qkd_link_stops_the_run_and_says_why(tmp_path):
     assert _processes_in(run_dir) == []
 
 
+@pytest.mark.slow
 def test_a_malicious_client_in_a_real_deployment_is_named_and_the_run_goes_on(tmp_path):
+    """Long (~90 s): a third node with its own app, so that the attack crosses the real wire."""
     # the reply Flower's own aggregation used to die on: one extra metric key
     app_dir = _attack_app(tmp_path, "extra-key")
     proc = subprocess.run(
@@ -269,7 +284,9 @@ app.query(HELLO_ACTION)(answer_hello)
     return app_dir
 
 
+@pytest.mark.slow
 def test_qkd_plus_dp_composes_and_reports_the_accountants_epsilon(two_node_run, tmp_path):
+    """Long (~90 s): a key manager and two SAEs, and a plain run to compare against."""
     import numpy as np
 
     from transport.dp import epsilon_of, gaussian_event
@@ -295,6 +312,7 @@ def test_qkd_plus_dp_composes_and_reports_the_accountants_epsilon(two_node_run, 
         assert not np.allclose(a["weights"], b["weights"])  # the noise reached the model
 
 
+@pytest.mark.slow
 def test_central_dp_noises_the_aggregate_at_the_server(two_node_run, tmp_path):
     import numpy as np
 
@@ -324,6 +342,7 @@ def _client_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["stale"])  # "drop" is the same path minus folding: unit-tested
 def test_qcn_straggler_past_the_deadline_is_dropped_or_folded(tmp_path, policy):
     # partition 0 on a metro link (~0.1 s), partition 1 on a long-haul path (~14 s):
@@ -358,7 +377,9 @@ def test_qcn_straggler_past_the_deadline_is_dropped_or_folded(tmp_path, policy):
 # --- the warm runtime -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_warm_and_cold_runtimes_give_bit_identical_checkpoints(two_node_run, tmp_path):
+    """Long (~80 s): the cold runtime starts torch and PennyLane for every message, by design."""
     import numpy as np
 
     _, warm_dir = two_node_run  # the default: warm workers
@@ -385,7 +406,9 @@ def _workers(run_dir: Path) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_round_is_restarted_and_the_round_goes_on(tmp_path):
+    """Long (~100 s): a worker is killed mid-round and started again inside the real federation."""
     import psutil
 
     run_dir = tmp_path / "kill-worker"

@@ -29,7 +29,7 @@ from server.launch.processes import ProcessGroup
 from server.launcher import PROJECT_DIR
 from transport.config import RunConfig
 
-pytestmark = [pytest.mark.integration, pytest.mark.netns]
+pytestmark = [pytest.mark.integration, pytest.mark.netns, pytest.mark.slow]
 
 PORT = 8000
 CONNECTION = "qfl-netns"

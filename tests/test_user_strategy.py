@@ -34,6 +34,7 @@ def test_example_strategy_steps_part_of_the_way(on_path, task_identity):
         load_strategy("server_step:ServerStepFedAvg", server_lr=2.0)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_user_strategy_runs_a_real_two_round_federation(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}

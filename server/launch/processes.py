@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from server.launch.watchdog import MARKER
+from server.launch.watchdog import MARKER, terminate
 
 PR_SET_CHILD_SUBREAPER = 36
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -180,19 +180,7 @@ class ProcessGroup:
         """SIGTERM every process we started and every descendant (ServerApp, ClientApps,
         warm workers), SIGKILL what is left after ``grace_s``, and reap them all."""
         self._stopped.set()
-        family = [p for p in descendants() if p.pid != self._watchdog.pid]
-        for proc in family:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(family, timeout=grace_s)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        terminate([p for p in descendants() if p.pid != self._watchdog.pid], grace_s)
         for _, proc in self.procs:
             try:
                 proc.wait(timeout=5)

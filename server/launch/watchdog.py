@@ -41,6 +41,12 @@ def marked(token: str) -> list[psutil.Process]:
 def stop_marked(token: str, grace_s: float = GRACE_S) -> int:
     """SIGTERM the launch's processes, SIGKILL those left after ``grace_s``; how many there were."""
     procs = marked(token)
+    terminate(procs, grace_s)
+    return len(procs)
+
+
+def terminate(procs: list[psutil.Process], grace_s: float = GRACE_S) -> None:
+    """SIGTERM ``procs``, SIGKILL those left after ``grace_s``, and wait for them."""
     for proc in procs:
         try:
             proc.send_signal(signal.SIGTERM)
@@ -53,7 +59,6 @@ def stop_marked(token: str, grace_s: float = GRACE_S) -> int:
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=grace_s)
-    return len(procs)
 
 
 def main(argv: list[str]) -> int:

@@ -17,7 +17,6 @@ import ctypes
 import json
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys

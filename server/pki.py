@@ -7,6 +7,9 @@ out of git; the launcher uses ``<run>/certs``):
 - ``server.pem`` / ``server.key``: the SuperLink's certificate, signed by the CA, whose
   subject alternative names are ``superlink``, ``localhost``, ``127.0.0.1`` and every
   ``--san`` (the host names or addresses the SuperNodes dial);
+- ``gateway.pem`` / ``gateway.key``: the Fleet gateway's certificate
+  (:mod:`server.launch.gateway`, the one public port), names ``gateway``, ``localhost``,
+  ``127.0.0.1`` and every ``--san``;
 - ``node-<i>`` / ``node-<i>.pub`` for ``i < --nodes``: each SuperNode's authentication
   key pair (P-384, OpenSSH format, as ``flower-supernode --auth-supernode-private-key``
   and ``flwr supernode register`` expect);
@@ -15,6 +18,11 @@ out of git; the launcher uses ``<run>/certs``):
   ``--kme-san``), and ``sae/<id>.pem`` / ``sae/<id>.key`` for each SAE: the TLS client
   certificate whose common name *is* the SAE's identity at the key manager (ETSI GS QKD
   014). The key manager takes ``sae/`` as its registry of SAEs.
+
+:func:`bundle` (``--bundle DIR``) then copies into each role's folder under ``DIR``
+(``superlink``, ``gateway``, ``node-<i>``, ``key-manager``, ``operator``) only what that
+role holds (:func:`role_files`), so each container mounts its own secrets and no running
+one holds ``ca.key``.
 
 Existing files are kept unless ``--force``: re-running is safe, e.g. from the compose
 ``certs`` service. Everything is made with ``cryptography``; no openssl needed. Private
@@ -29,6 +37,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+import re
 from pathlib import Path
 
 from cryptography import x509
@@ -40,6 +49,7 @@ from transport.qkd.identity import SAE_DIR, SAE_ID_RE
 
 DEFAULT_SANS = ("superlink", "localhost", "127.0.0.1")
 KME_SANS = ("key-manager", "localhost", "127.0.0.1")
+GATEWAY_SANS = ("gateway", "localhost", "127.0.0.1")
 VALID_DAYS = 3650
 
 
@@ -159,6 +169,9 @@ def generate(out: Path, sans: list[str] | None = None, nodes: int = 2, force: bo
     if force or not (out / "server.pem").exists():
         make_server_cert(out, ca, ca_key, [*DEFAULT_SANS, *(sans or [])])
         written += [out / "server.pem", out / "server.key"]
+    if force or not (out / "gateway.pem").exists():
+        make_server_cert(out, ca, ca_key, [*GATEWAY_SANS, *(sans or [])], name="gateway", subject="gateway")
+        written += [out / "gateway.pem", out / "gateway.key"]
     for i in range(nodes):
         if force or not (out / f"node-{i}").exists():
             make_node_key(out, f"node-{i}")
@@ -174,6 +187,54 @@ def generate(out: Path, sans: list[str] | None = None, nodes: int = 2, force: bo
     return written
 
 
+def role_files(out: Path, role: str) -> list[str]:
+    """What ``role`` holds, as paths relative to ``out``: its own keys, and ``ca.crt``.
+
+    ``superlink`` (and the ServerApp it starts): its TLS key and SAE ``server``;
+    ``gateway``: its TLS key; ``node-<i>``: its authentication key and SAE ``node-<i>``;
+    ``key-manager``: its TLS key and every SAE *certificate* (its registry, no SAE key);
+    ``operator``: the nodes' public keys, to register them. Nobody gets ``ca.key``.
+    """
+    if role == "superlink":
+        own = ["server.pem", "server.key", f"{SAE_DIR}/server.pem", f"{SAE_DIR}/server.key"]
+    elif role == "gateway":
+        own = ["gateway.pem", "gateway.key"]
+    elif re.fullmatch(r"node-\d+", role):
+        own = [role, f"{SAE_DIR}/{role}.pem", f"{SAE_DIR}/{role}.key"]
+    elif role == "key-manager":
+        own = ["kme.pem", "kme.key", *sorted(f"{SAE_DIR}/{p.name}" for p in (out / SAE_DIR).glob("*.pem"))]
+    elif role == "operator":
+        own = sorted(p.name for p in out.glob("node-*.pub"))
+    else:
+        raise ValueError(f"unknown role {role!r}: superlink, gateway, node-<i>, key-manager or operator")
+    return ["ca.crt", *(name for name in own if (out / name).is_file())]
+
+
+def bundle(out: Path, dest: Path, owner: tuple[int, int] | None = None) -> dict[str, list[str]]:
+    """Copy each role's files from ``out`` into ``dest/<role>`` for every role folder there.
+
+    Files are replaced whole (private ones 0600 from their first byte), folders are 0700,
+    and with ``owner`` (uid, gid) everything is handed to the unprivileged user the
+    services run as. A file a role no longer holds is removed from its folder.
+    """
+    done = {}
+    for folder in sorted(p for p in dest.iterdir() if p.is_dir()):
+        names = role_files(out, folder.name)
+        for name in names:
+            target = folder / name
+            _private_dir(target.parent)
+            private = not name.endswith((".crt", ".pem", ".pub"))
+            _write(target, (out / name).read_bytes(), private=private)
+        for stale in [p for p in folder.rglob("*") if p.is_file() and str(p.relative_to(folder)) not in names]:
+            stale.unlink()
+        if owner is not None:
+            for path in [folder, *folder.rglob("*")]:
+                os.chown(path, *owner, follow_symlinks=False)
+        os.chmod(folder, 0o700)
+        done[folder.name] = names
+    return done
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", nargs="?", default="certs", type=Path)
@@ -182,9 +243,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sae", action="append", default=[], help="SAE ID to certify for the QKD key manager (repeatable)")
     parser.add_argument("--kme-san", action="append", default=[], help="extra host name or IP of the key manager")
     parser.add_argument("--force", action="store_true", help="replace existing files")
+    parser.add_argument("--bundle", type=Path, help="copy each role's own files into the role folders under this folder")
+    parser.add_argument("--owner", help="UID:GID to give the bundled files (the services' unprivileged user)")
     args = parser.parse_args(argv)
     written = generate(args.dir, args.san, args.nodes, args.force, args.sae, args.kme_san)
     print(f"{len(written)} file(s) written to {args.dir}" + "".join(f"\n  {p}" for p in written))
+    if args.bundle is not None:
+        owner = tuple(int(x) for x in args.owner.split(":")) if args.owner else None
+        for role, names in bundle(args.dir, args.bundle, owner).items():  # type: ignore[arg-type]
+            print(f"{role}: {' '.join(names)}")
 
 
 if __name__ == "__main__":

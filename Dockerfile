@@ -1,6 +1,6 @@
-# The project's image: SuperLink, SuperNodes (and the ServerApp, ClientApp and warm worker
-# processes they start), the QKD key manager and the submit step all run from it
-# (docker-compose.yml).
+# The project's image: SuperLink, Fleet gateway (nginx), SuperNodes (and the ServerApp,
+# ClientApp and warm worker processes they start), the QKD key manager and the submit step
+# all run from it (docker-compose.yml), as the unprivileged user `qfl` (uid 10001).
 #
 #   docker build -t qfl:latest .
 #
@@ -21,6 +21,16 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH
 
 ARG PIP_EXTRA_CA_B64=""
+# nginx for the Fleet gateway (server/launch/gateway.py); the unprivileged user every service
+# but the one-shot `certs` runs as
+RUN set -eu; \
+    if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then \
+        apt-get update; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx-light; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    groupadd --gid 10001 qfl; \
+    useradd --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin qfl
 WORKDIR /app
 # dependencies before the code, so code changes reuse this layer; the bracket makes the
 # optional wheels folder match nothing rather than fail when it is absent
@@ -47,6 +57,8 @@ RUN set -eu; \
     rm -rf /build /tmp/pip-ca.pem
 COPY . .
 
-# the ServerApp writes metrics, plots and checkpoints here (a volume in compose)
-RUN mkdir -p /app/runs
+# the ServerApp writes metrics, plots and checkpoints here (a volume in compose, which
+# takes this folder's owner when it is first made)
+RUN mkdir -p /app/runs && chown qfl:qfl /app/runs
+USER qfl
 CMD ["flower-superlink", "--help"]

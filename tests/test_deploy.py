@@ -29,7 +29,7 @@ def _shell(service: str) -> str:
 
 
 def test_compose_has_the_federations_services():
-    assert {"certs", "superlink", "register", "submit", "key-manager"} <= set(SERVICES)
+    assert {"certs", "superlink", "gateway", "register", "submit", "key-manager"} <= set(SERVICES)
     assert len(NODES) >= 2
     assert SERVICES["key-manager"]["profiles"] == ["qkd"]  # only with the qkd transport
     assert "--insecure" not in yaml.safe_dump(COMPOSE)  # TLS everywhere, by default
@@ -38,9 +38,41 @@ def test_compose_has_the_federations_services():
 def test_superlink_runs_the_launchers_command_with_tls_and_node_auth():
     service = SERVICES["superlink"]
     assert service["command"] == superlink_command(PORT, host="0.0.0.0", tls_dir="/certs", node_auth=True)
-    assert f"{PORT}:{PORT}" in service["ports"]
-    assert "runs:/app/runs" in service["volumes"] and "certs:/certs:ro" in service["volumes"]
+    assert "ports" not in service  # its Control API is for the operator only
+    assert "runs:/app/runs" in service["volumes"] and "superlink-secrets:/certs:ro" in service["volumes"]
     assert service["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+
+
+def test_only_the_gateway_is_published_and_no_node_shares_a_network_with_the_superlink():
+    from server.launch.gateway import gateway_command
+
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == {"gateway"} and SERVICES["gateway"]["ports"] == [f"{PORT}:{PORT}"]
+    assert SERVICES["gateway"]["command"] == gateway_command(f"0.0.0.0:{PORT}", f"superlink:{PORT}", "/certs", python="python")
+    networks = {name: set(service.get("networks", [])) for name, service in SERVICES.items()}
+    assert networks["superlink"] == {"control"} and COMPOSE["networks"]["control"]["internal"] is True
+    assert {"register", "submit"} <= {name for name, nets in networks.items() if "control" in nets}
+    for name in NODES:
+        assert networks[name] == {"fleet"}, name
+    assert SERVICES["certs"]["network_mode"] == "none"
+
+
+def test_each_service_mounts_only_its_own_secrets_and_runs_unprivileged():
+    mounts = {name: [v for v in service.get("volumes", []) if "secrets" in v or v.startswith("ca:")]
+              for name, service in SERVICES.items()}
+    expected = {"superlink": "superlink-secrets", "gateway": "gateway-secrets", "key-manager": "key-manager-secrets",
+                "register": "operator-secrets", "submit": "operator-secrets",
+                **{name: f"node-{i}-secrets" for i, name in enumerate(NODES)}}
+    for name, volume in expected.items():
+        assert mounts[name] == [f"{volume}:/certs:ro"], name
+    # only the one-shot certs service holds the CA's volume, and every role's to fill
+    holders = {name for name, volumes in mounts.items() if any(v.startswith("ca:") for v in volumes)}
+    assert holders == {"certs"}
+    assert SERVICES["certs"]["user"] == "root" and all("user" not in s for n, s in SERVICES.items() if n != "certs")
+    roles = {v.split(":")[1].removeprefix("/secrets/") for v in SERVICES["certs"]["volumes"] if "/secrets/" in v}
+    assert roles == {"superlink", "gateway", "key-manager", "operator", *[f"node-{i}" for i in range(len(NODES))]}
+    dockerfile = (PROJECT_DIR / "Dockerfile").read_text()
+    assert "useradd --uid 10001" in dockerfile and dockerfile.rstrip().splitlines()[-2] == "USER qfl"
 
 
 def test_each_supernode_has_its_own_partition_key_and_the_launchers_command():
@@ -48,7 +80,7 @@ def test_each_supernode_has_its_own_partition_key_and_the_launchers_command():
     for i, name in enumerate(NODES):
         service = SERVICES[name]
         assert service["command"] == supernode_command(
-            f"superlink:{PORT}", 9094, i, n, root_cert="/certs/ca.crt", auth_key=f"/certs/node-{i}"
+            f"gateway:{PORT}", 9094, i, n, root_cert="/certs/ca.crt", auth_key=f"/certs/node-{i}"
         )
         node_config = parse_config_args([service["command"][service["command"].index("--node-config") + 1]])
         node = NodeConfig.from_node_config(node_config)
@@ -58,7 +90,8 @@ def test_each_supernode_has_its_own_partition_key_and_the_launchers_command():
 
 def test_certs_and_registration_cover_every_node():
     certs = SERVICES["certs"]["command"]
-    assert certs[:3] == ["python", "scripts/gen_certs.py", "/certs"]
+    assert certs[:3] == ["python", "scripts/gen_certs.py", "/ca"]
+    assert certs[certs.index("--bundle") + 1] == "/secrets" and certs[certs.index("--owner") + 1] == "10001:10001"
     assert int(certs[certs.index("--nodes") + 1]) == len(NODES)
     register = SERVICES["register"]["command"]
     assert register[:2] == ["python", "scripts/compose/register.py"]
@@ -123,7 +156,8 @@ def test_gen_certs_makes_a_chain_with_the_sans_and_flower_loadable_node_keys(tmp
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     written = gen.generate(tmp_path, sans=["10.203.0.1", "fl.example.org"], nodes=2)
-    assert {p.name for p in written} == {"ca.crt", "ca.key", "server.pem", "server.key", "node-0", "node-0.pub", "node-1", "node-1.pub"}
+    assert {p.name for p in written} == {"ca.crt", "ca.key", "server.pem", "server.key", "gateway.pem", "gateway.key",
+                                         "node-0", "node-0.pub", "node-1", "node-1.pub"}
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
     server = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
     server.verify_directly_issued_by(ca)

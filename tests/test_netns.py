@@ -1,11 +1,15 @@
 """Clients on separate machines, for real: network namespaces joined by veth pairs.
 
-One namespace is the server machine (SuperLink, TLS, SuperNode authentication); two
-more are client machines (one SuperNode each), each on its own point-to-point link
-with private test addresses (10.203.x.0/30). Two rounds must complete over TLS; a
-SuperNode whose key is not registered must be refused; a SuperNode that trusts the
-wrong CA must fail with a clear error; teardown must leave no namespace, interface or
-process behind. Needs root and iproute2's ``ip netns``; skipped otherwise.
+One namespace is the server machine, set up as docs/deploy.md tells an operator: the
+SuperLink (TLS, SuperNode authentication) on its loopback only, and the Fleet gateway
+(nginx, server/launch/gateway.py) as the one port the network reaches. Two more are
+client machines (one SuperNode each), each on its own point-to-point link with private
+test addresses (10.203.x.0/30). Two rounds must complete over TLS through the gateway; a
+SuperNode whose key is not registered must be refused; a SuperNode that trusts the wrong
+CA must fail with a clear error; from a client machine, ``flwr run`` and ``flwr supernode
+register`` at the server's address are refused and the SuperLink's own port is out of
+reach; teardown must leave no namespace, interface or process behind. Needs root,
+iproute2's ``ip netns`` and nginx; skipped otherwise.
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ from helpers import processes
 from server.launch.commands import flower_config, flwr_env, superlink_command, supernode_command
 from server.launch.config import app_defaults
 from server.launch.console import stream_run
+from server.launch.gateway import gateway_command
 from server.launch.processes import ProcessGroup
 from server.launcher import PROJECT_DIR
 from transport.config import RunConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns, pytest.mark.slow]
 
-PORT = 8000
+PORT = 8000  # the gateway: the server machine's one reachable port
+LINK_PORT = 9091  # the SuperLink, on the server machine's loopback: the operator's
 CONNECTION = "qfl-netns"
+STRANGER = "stranger"  # a flwr connection from a client machine to the public port
 SUFFIX = f"{os.getpid() % 100000}"
 SERVER_NS = f"qfl-srv-{SUFFIX}"
 CLIENT_NS = [f"qfl-c0-{SUFFIX}", f"qfl-c1-{SUFFIX}"]
@@ -47,6 +54,8 @@ def _netns_unavailable() -> str | None:
         return "needs root to create network namespaces"
     if shutil.which("ip") is None:
         return "needs iproute2's `ip`"
+    if shutil.which("nginx") is None and not os.access("/usr/sbin/nginx", os.X_OK):
+        return "needs nginx for the Fleet gateway (apt-get install nginx-light)"
     probe = f"qfl-probe-{SUFFIX}"
     if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
         return "`ip netns add` is not permitted here"
@@ -127,15 +136,21 @@ class Federation:
         gen.generate(self.wrong, nodes=0)  # a CA that did not sign the SuperLink's certificate
         home = self.root / "flwr-home"
         home.mkdir(parents=True, exist_ok=True)
+        stranger = flower_config(f"{SERVER_IP[0]}:{PORT}", root_cert=str(self.certs / "ca.crt"), name=STRANGER)
         (home / "config.toml").write_text(
-            flower_config(f"{SERVER_IP[0]}:{PORT}", root_cert=str(self.certs / "ca.crt"), name=CONNECTION)
+            flower_config(f"127.0.0.1:{LINK_PORT}", root_cert=str(self.certs / "ca.crt"), name=CONNECTION)
+            + stranger.split("\n", 3)[3]  # a second connection, under the same [superlink] table
         )
 
     def start_server(self) -> None:
-        cmd = superlink_command(PORT, host="0.0.0.0", tls_dir=str(self.certs), node_auth=True)
+        cmd = superlink_command(LINK_PORT, host="127.0.0.1", tls_dir=str(self.certs), node_auth=True)
         link = self.group.start("superlink", [*_in(SERVER_NS), *cmd], cwd=self.root)
+        _wait_tcp(SERVER_NS, "127.0.0.1", LINK_PORT, link, "flower-superlink")
+        gate = self.group.start("gateway", [*_in(SERVER_NS), *gateway_command(f"0.0.0.0:{PORT}",
+                                                                             f"127.0.0.1:{LINK_PORT}", self.certs)],
+                                cwd=PROJECT_DIR)
         # reachable from a client machine, across its link
-        _wait_tcp(CLIENT_NS[0], SERVER_IP[0], PORT, link, "flower-superlink")
+        _wait_tcp(CLIENT_NS[0], SERVER_IP[0], PORT, gate, "the Fleet gateway")
         for i in range(2):
             reg = subprocess.run(
                 [*_in(SERVER_NS), "flwr", "supernode", "register", str(self.certs / f"node-{i}.pub"), CONNECTION],
@@ -198,10 +213,26 @@ def test_two_rounds_over_tls_between_namespaces(federation):
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["clients_ok"] == 2 and r["clients_failed"] == 0 for r in rows[1:])
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
-    # the nodes dialled the server's addresses on their own links, over TLS
-    link_log = (federation.log_dir / "superlink.log").read_text()
+    # the nodes dialled the server's addresses on their own links, over TLS, through the gateway
+    gateway_log = (federation.log_dir / "gateway.log").read_text()
     assert "--insecure" not in json.dumps(federation.group.procs and [p.args for _, p in federation.group.procs])
-    assert CLIENT_IP[0] in link_log and CLIENT_IP[1] in link_log
+    for ip in CLIENT_IP:
+        assert f'{ip} - - ' in gateway_log and "POST /v1/fleet/pull-messages" in gateway_log
+
+
+def test_a_client_machine_can_neither_run_an_app_nor_register_a_key(federation):
+    """What a compromised client machine (or anyone on its network) could try: the Control
+    API through the public port, and the SuperLink's own port."""
+    for args, route in [(("supernode", "register", str(federation.certs / "node-2.pub"), STRANGER), "register-node"),
+                        (("run", str(PROJECT_DIR), STRANGER, "--run-config", 'transport="plain"'), "start-run")]:
+        done = subprocess.run([*_in(CLIENT_NS[0]), "flwr", *args], env=federation.env, capture_output=True, text=True,
+                              timeout=120, cwd=federation.root)
+        words = done.stdout + done.stderr
+        assert done.returncode != 0 and "404 Not Found" in words and f"/v1/control/{route}" in words, words
+    reach = subprocess.run([*_in(CLIENT_NS[0]), sys.executable, "-c",
+                            f"import socket; socket.create_connection(('{SERVER_IP[0]}', {LINK_PORT}), 5)"],
+                           capture_output=True, text=True, timeout=60)
+    assert reach.returncode != 0 and "refused" in reach.stderr, reach.stderr
 
 
 def _run_to_exit(federation: Federation, name: str, cmd: list[str]) -> tuple[int, str]:

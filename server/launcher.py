@@ -11,6 +11,14 @@ descendants, on success, on error and on Ctrl-C.
 With ``--simulation`` it starts ``flower-superlink --simulation`` instead and runs the
 same app on Flower's simulation engine with N virtual SuperNodes.
 
+By default the SuperLink runs ``--insecure`` and without SuperNode authentication: a
+single-user host, since anyone on it can reach the loopback port. ``--secure`` (for a
+shared host) makes a CA, the SuperLink's certificate and each SuperNode's key pair in
+``<run>/certs`` (the same folder and the same ``pki.generate`` call as qkd's SAE
+certificates), serves TLS, registers every node's public key before the nodes start and
+refuses any other node. Flower 1.41's Control API has no authentication of its own, so
+another local user can still submit runs to the loopback port.
+
 Its parts (:mod:`server.launch`): configuration, run folders, commands, processes, console.
 
 Examples
@@ -20,6 +28,7 @@ Examples
     qfl launch --clients 4 --rounds 10 --dataset wine
     qfl launch --clients 3 --dataset tfim --partitioner h-range --n-qubits 6
     qfl launch --clients 50 --simulation --set fraction-train=0.2
+    qfl launch --clients 2 --secure
 """
 
 from __future__ import annotations
@@ -30,7 +39,14 @@ import signal
 import sys
 from pathlib import Path
 
-from server.launch.commands import flwr_env, key_manager_command, superlink_command, supernode_command, write_flower_config
+from server.launch.commands import (
+    flwr_env,
+    key_manager_command,
+    register_command,
+    superlink_command,
+    supernode_command,
+    write_flower_config,
+)
 from server.launch.config import FLAGS, build_config
 from server.launch.console import TAG, LiveDisplay, format_table, read_rows, stream_run
 from server.launch.processes import LaunchError, ProcessGroup, free_port, wait_for_port
@@ -39,6 +55,8 @@ from transport.config import ConfigError, RunConfig, describe, keys
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 30.0
+REGISTER_TIMEOUT_S = 120.0  # every node's `flwr supernode register` at once, each seconds of imports
+ALREADY_REGISTERED = "already in use"  # the SuperLink's answer for a key it has (as scripts/compose/register.py)
 
 
 def launch(args: argparse.Namespace) -> int:
@@ -47,7 +65,7 @@ def launch(args: argparse.Namespace) -> int:
     cfg, clients = build_config(args, app_dir)
     run_dir = Path(cfg.output_dir) / cfg.run_name
     if args.check:  # validated whole, as before every launch; nothing is started or written
-        mode = "simulation" if args.simulation else "deployment"
+        mode = "simulation" if args.simulation else "deployment" + (", secure" if args.secure else "")
         print(f"{TAG} check: the options are valid ({mode}, {clients} clients, {cfg.num_server_rounds} rounds, "
               f"strategy={cfg.strategy}, transport={cfg.transport}) -> {run_dir}", flush=True)
         return 0
@@ -63,7 +81,7 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
     log_dir.mkdir(parents=True, exist_ok=True)
     flwr_home = run_dir / "flwr-home"
     env = flwr_env(flwr_home, Path(cfg.output_dir) / ".cache")
-    mode = "simulation" if args.simulation else "deployment"
+    mode = "simulation" if args.simulation else "deployment" + (" (TLS, registered nodes only)" if args.secure else "")
     print(f"{TAG} {mode}: {clients} clients, {cfg.num_server_rounds} rounds, dataset={cfg.dataset} "
           f"partitioner={cfg.partitioner} strategy={cfg.strategy} qubits={cfg.n_qubits} layers={cfg.n_layers} -> {run_dir}"
           + (" (resumed)" if cfg.resume else ""), flush=True)
@@ -72,21 +90,23 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
     env = group.env  # with the launch's token: the watchdog finds every process by it
     previous = _stop_on_signals()
     try:
+        certs = make_certs(run_dir / "certs", clients, secure=args.secure, saes=_made_saes(args, cfg, clients))
         cfg, credentials = _start_key_manager(args, cfg, clients, run_dir, group)
         port = free_port()
-        link = group.start("superlink", superlink_command(port, simulation=args.simulation), cwd=run_dir,
-                           env=credentials.get("superlink"))
+        node_ports = [] if args.simulation else [free_port() for _ in range(clients)]
+        cmds = federation_commands(port, node_ports, certs if args.secure else None, args.simulation)
+        link = group.start("superlink", cmds["superlink"], cwd=run_dir, env=credentials.get("superlink"))
         wait_for_port(port, link, STARTUP_TIMEOUT_S, "flower-superlink", log_dir / "superlink.log")
-        if not args.simulation:
-            nodes = []  # all start at once, then we wait for each: their start-ups overlap
-            for pid in range(clients):
-                node_port = free_port()
-                node = group.start(f"supernode-{pid}", supernode_command(f"127.0.0.1:{port}", node_port, pid, clients),
-                                   cwd=run_dir, env=credentials.get(f"supernode-{pid}"))
-                nodes.append((pid, node_port, node))
-            for pid, node_port, node in nodes:
-                wait_for_port(node_port, node, STARTUP_TIMEOUT_S, f"flower-supernode {pid}", log_dir / f"supernode-{pid}.log")
-        write_flower_config(flwr_home, port, clients if args.simulation else None)
+        # before any node: `flwr supernode register` reads the connection from it
+        write_flower_config(flwr_home, port, clients if args.simulation else None,
+                            root_cert=str(certs / "ca.crt") if args.secure else None)
+        register_nodes(group, {name: cmd for name, cmd in cmds.items() if name.startswith("register-")})
+        nodes = []  # all start at once, then we wait for each: their start-ups overlap
+        for pid, node_port in enumerate(node_ports):
+            name = f"supernode-{pid}"
+            nodes.append((pid, node_port, group.start(name, cmds[name], cwd=run_dir, env=credentials.get(name))))
+        for pid, node_port, node in nodes:
+            wait_for_port(node_port, node, STARTUP_TIMEOUT_S, f"flower-supernode {pid}", log_dir / f"supernode-{pid}.log")
         with LiveDisplay(run_dir, cfg.num_server_rounds):
             code = stream_run(staged, cfg, env, log_dir / "flwr-run.log", args.verbose, args.timeout, group=group)
     except KeyboardInterrupt:
@@ -110,14 +130,67 @@ def _free_name(parent: Path, stem: str) -> Path:
     return next(p for p in (parent / f"{stem}-{i}" for i in range(1, 10_000)) if not p.exists())
 
 
+def make_certs(certs: Path, clients: int, secure: bool, saes: list[str]) -> Path:
+    """The run's own certificates in ``certs``, made by one :func:`server.pki.generate` for
+    everything that needs them: with ``secure``, the CA, the SuperLink's TLS certificate
+    (``localhost``, ``127.0.0.1``) and ``node-<i>``/``node-<i>.pub`` for each client; the
+    ``saes``' certificates for qkd. What exists is kept (a resumed run keeps its CA);
+    private keys are 0600 and the folder 0700. Nothing is made when nothing needs it."""
+    from server.pki import generate
+
+    if secure or saes:
+        generate(certs, nodes=clients if secure else 0, saes=saes)
+    return certs
+
+
+def sae_names(clients: int) -> dict[str, str]:
+    """The SAE each process is at the key manager: the ServerApp runs under the SuperLink
+    as ``server``; SuperNode ``i`` as ``node-i``."""
+    return {"superlink": "server", **{f"supernode-{i}": f"node-{i}" for i in range(clients)}}
+
+
+def _made_saes(args: argparse.Namespace, cfg: RunConfig, clients: int) -> list[str]:
+    """The SAE certificates this run makes: qkd's, unless ``--qkd-certs`` brings them."""
+    return list(sae_names(clients).values()) if cfg.uses_transport("qkd") and args.qkd_certs is None else []
+
+
+def federation_commands(port: int, node_ports: list[int], certs: Path | None, simulation: bool) -> dict[str, list[str]]:
+    """Every Flower command of a launch by process name: ``superlink``, ``register-<i>`` and
+    ``supernode-<i>`` (one per node port).
+
+    With ``certs`` (``--secure``): TLS from ``server.pem``/``server.key``, SuperNode
+    authentication, each node's public key registered and its private key used, the CA
+    verified by every node; no ``--insecure`` anywhere. Without: plain HTTP on loopback.
+    """
+    tls = None if certs is None else str(certs)
+    cmds = {"superlink": superlink_command(port, tls_dir=tls, node_auth=certs is not None, simulation=simulation)}
+    for pid, node_port in enumerate(node_ports):
+        keys = {} if certs is None else {"root_cert": str(certs / "ca.crt"), "auth_key": str(certs / f"node-{pid}")}
+        if certs is not None:
+            cmds[f"register-{pid}"] = register_command(certs / f"node-{pid}.pub")
+        cmds[f"supernode-{pid}"] = supernode_command(f"127.0.0.1:{port}", node_port, pid, len(node_ports), **keys)
+    return cmds
+
+
+def register_nodes(group: ProcessGroup, cmds: dict[str, list[str]]) -> None:
+    """Run every ``flwr supernode register`` before any node starts: node authentication
+    refuses a node whose key is not registered yet. A key the SuperLink has counts as
+    registered; any other failure stops the launch with Flower's own words."""
+    for name, (code, words) in group.run_all(cmds, REGISTER_TIMEOUT_S).items():
+        if code != 0 and ALREADY_REGISTERED not in words:
+            key = cmds[name][3]
+            raise LaunchError(f"flwr supernode register {key} failed (exit code {code}): {words.strip() or 'no output'}")
+
+
 def _start_key_manager(args: argparse.Namespace, cfg: RunConfig, clients: int, run_dir: Path,
                        group: ProcessGroup) -> tuple[RunConfig, dict[str, dict[str, str]]]:
-    """With ``qkd``: every process's SAE certificate, and our key manager unless ``--external-kms``;
-    fail before anything else starts if the key manager cannot serve the server."""
+    """With ``qkd``: every process's SAE certificate (``--qkd-certs``, else those
+    :func:`make_certs` made), and our key manager unless ``--external-kms``; fail before
+    anything else starts if the key manager cannot serve the server."""
     if not cfg.uses_transport("qkd"):
         return cfg, {}
     certs = Path(args.qkd_certs).resolve() if args.qkd_certs else run_dir / "certs"
-    credentials = qkd_credentials(certs, clients, make=args.qkd_certs is None)
+    credentials = qkd_credentials(certs, clients)
     if not args.external_kms:
         # the key manager is a service of its own, as a vendor's would be
         port = free_port()
@@ -128,19 +201,12 @@ def _start_key_manager(args: argparse.Namespace, cfg: RunConfig, clients: int, r
     return cfg, credentials
 
 
-def qkd_credentials(certs: Path, clients: int, make: bool) -> dict[str, dict[str, str]]:
-    """Each process's SAE certificate (environment), made under ``certs`` if ``make``.
-
-    The ServerApp runs under the SuperLink as SAE ``server``; SuperNode ``i`` as ``node-i``.
-    """
-    from server.pki import generate
+def qkd_credentials(certs: Path, clients: int) -> dict[str, dict[str, str]]:
+    """Each process's SAE certificate (environment), from ``certs`` (:func:`sae_names`)."""
     from transport.qkd.identity import SaeCredentials
 
-    names = {"superlink": "server", **{f"supernode-{i}": f"node-{i}" for i in range(clients)}}
-    if make:
-        generate(certs, nodes=0, saes=list(names.values()))
     out = {}
-    for process, sae in names.items():
+    for process, sae in sae_names(clients).items():
         creds = SaeCredentials.in_dir(certs, sae)
         if not creds.cert.is_file() or not creds.key.is_file():
             raise ConfigError("--qkd-certs", f"{creds.cert} or its key is missing (scripts/gen_certs.py --sae {sae})")
@@ -204,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="", metavar="RUN",
                    help="continue RUN (default: the run <output-dir>/latest points at) from its newest intact checkpoint")
     p.add_argument("--simulation", action="store_true", help="use Flower's simulation engine")
+    p.add_argument("--secure", action="store_true",
+                   help="for a shared host: TLS and SuperNode authentication with certificates and node keys made "
+                        "for the run in <run>/certs; unregistered nodes are refused. Without it (single-user host) "
+                        "the SuperLink runs --insecure and anyone on this host can reach its loopback port. Even with "
+                        "it, another local user can still submit runs: Flower 1.41's Control API has no "
+                        "authentication")
     p.add_argument("--verbose", action="store_true", help="show every log line of the run")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     p.add_argument("--app", default=str(PROJECT_DIR), help="the Flower app directory (pyproject.toml)")

@@ -19,6 +19,37 @@ def make_reply(params: dict[str, np.ndarray], num_examples: float, node_id: int)
     return msg
 
 
+LAUNCH_TIMEOUT_S = 420  # one real launch, its cold start on a loaded 2-core machine included
+
+
+def launch_cmd(out, run_name: str, *extra: str) -> list[str]:  # noqa: ANN001 (a Path)
+    """``qfl launch`` as a user runs it, in a subprocess: a small iris run under ``out/run_name``
+    (``extra`` comes last, so it overrides any of these)."""
+    import sys
+
+    return [
+        sys.executable, "-m", "server.launcher", "launch",
+        "--dataset", "iris", "--run-name", run_name, "--timeout", str(LAUNCH_TIMEOUT_S - 20),
+        "--set", f'output-dir="{out}"', "--set", "local-epochs=3", "--set", "learning-rate=0.1",
+        *extra,
+    ]
+
+
+def run_rows(run_dir) -> list[dict]:  # noqa: ANN001 (a Path)
+    """The rounds a run recorded in ``metrics.json`` (none yet: ``[]``)."""
+    import json
+
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text())["rounds"] if path.exists() else []
+
+
+def processes_in(run_dir) -> list[str]:  # noqa: ANN001 (a Path)
+    """Processes whose working directory is inside ``run_dir`` (all a launch starts)."""
+    import os
+
+    return processes(lambda cwd, cmd: cwd == str(run_dir) or cwd.startswith(str(run_dir) + os.sep))
+
+
 def processes(match) -> list[str]:  # noqa: ANN001 (a predicate on (cwd, cmdline))
     """``"pid: cmdline"`` of every live process for which ``match(cwd, cmdline)`` holds."""
     import psutil

@@ -11,38 +11,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import processes
+from helpers import LAUNCH_TIMEOUT_S, launch_cmd, processes_in, run_rows
 from server.launcher import PROJECT_DIR
 
 pytestmark = pytest.mark.integration
-
-LAUNCH_TIMEOUT_S = 420
-
-
-def _launch_cmd(out: Path, run_name: str, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "server.launcher", "launch",
-        "--dataset", "iris", "--run-name", run_name, "--timeout", str(LAUNCH_TIMEOUT_S - 20),
-        "--set", f'output-dir="{out}"', "--set", "local-epochs=3", "--set", "learning-rate=0.1",
-        *extra,
-    ]
-
-
-def _processes_in(run_dir: Path) -> list[str]:
-    """Processes whose working directory is inside ``run_dir`` (all the launcher starts)."""
-    return processes(lambda cwd, cmd: cwd == str(run_dir) or cwd.startswith(str(run_dir) + os.sep))
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text())["rounds"] if path.exists() else []
-
 
 @pytest.fixture(scope="module")
 def two_node_run(tmp_path_factory):
@@ -50,7 +27,7 @@ def two_node_run(tmp_path_factory):
     the cold start of a SuperLink, two SuperNodes and their warm workers."""
     out = tmp_path_factory.mktemp("runs")
     proc = subprocess.run(
-        _launch_cmd(out, "two-nodes", "--clients", "2", "--rounds", "2"),
+        launch_cmd(out, "two-nodes", "--clients", "2", "--rounds", "2"),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     return proc, out / "two-nodes"
@@ -59,7 +36,7 @@ def two_node_run(tmp_path_factory):
 def test_two_nodes_two_rounds_learn(two_node_run):
     proc, run_dir = two_node_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _rows(run_dir)
+    rows = run_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert rows[-1]["test_accuracy"] > 1 / 3  # above chance (3 balanced classes)
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
@@ -69,7 +46,7 @@ def test_two_nodes_two_rounds_learn(two_node_run):
         assert (run_dir / name).exists(), name
     # progress lines and the final table reach the user
     assert "[qfl] round 2/2" in proc.stdout and "test_acc" in proc.stdout
-    assert _processes_in(run_dir) == []
+    assert processes_in(run_dir) == []
 
 
 def test_resume_continues_from_last_checkpoint(two_node_run, tmp_path):
@@ -77,18 +54,18 @@ def test_resume_continues_from_last_checkpoint(two_node_run, tmp_path):
 
     run_dir = tmp_path / "two-nodes"  # a copy: the shared run stays as the other tests expect it
     shutil.copytree(two_node_run[1], run_dir, symlinks=True)
-    before = _rows(run_dir)
+    before = run_rows(run_dir)
     proc = subprocess.run(
-        _launch_cmd(tmp_path, "two-nodes", "--clients", "2", "--rounds", "3", "--resume", "two-nodes"),
+        launch_cmd(tmp_path, "two-nodes", "--clients", "2", "--rounds", "3", "--resume", "two-nodes"),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resuming from round 2" in proc.stdout
-    rows = _rows(run_dir)
+    rows = run_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert rows[:3] == before  # history kept, not recomputed
     assert (run_dir / "checkpoints" / "round-0003.npz").exists()
-    assert _processes_in(run_dir) == []
+    assert processes_in(run_dir) == []
 
 
 @pytest.mark.slow
@@ -97,12 +74,12 @@ def test_dead_supernode_does_not_stop_the_run(tmp_path):
     own verdict on the dead node (two missed heartbeats, up to 60 s) or the round timeout."""
     run_dir = tmp_path / "dead-node"
     proc = subprocess.Popen(
-        _launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "2", "--set", "round-timeout=90.0"),
+        launch_cmd(tmp_path, "dead-node", "--clients", "3", "--rounds", "2", "--set", "round-timeout=90.0"),
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-        while not any(r["round"] == 1 for r in _rows(run_dir)):
+        while not any(r["round"] == 1 for r in run_rows(run_dir)):
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "round 1 never finished"
             time.sleep(0.5)
@@ -113,7 +90,7 @@ def test_dead_supernode_does_not_stop_the_run(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-4000:]
-    rows = _rows(run_dir)
+    rows = run_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2]  # the run finished
     assert rows[1]["clients_ok"] == 3
     assert rows[2]["clients_ok"] == 2  # the rest kept training
@@ -121,35 +98,35 @@ def test_dead_supernode_does_not_stop_the_run(tmp_path):
     # and the console says who and why: Flower reports the node unavailable, or it never answers
     victim_node = next(c["node_id"] for c in _client_rows(run_dir) if c["partition_id"] == "2")
     assert re.search(rf"round 2, node {victim_node}: (failed: .*Node Unavailable|no reply within the round timeout)", out), out[-3000:]
-    assert _processes_in(run_dir) == []
+    assert processes_in(run_dir) == []
 
 
 def test_simulation_engine_runs_the_same_app(tmp_path):
     run_dir = tmp_path / "sim"
     proc = subprocess.run(
-        _launch_cmd(tmp_path, "sim", "--simulation", "--clients", "5", "--rounds", "2"),
+        launch_cmd(tmp_path, "sim", "--simulation", "--clients", "5", "--rounds", "2"),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _rows(run_dir)
+    rows = run_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["clients_ok"] == 5 for r in rows[1:])
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
-    assert _processes_in(run_dir) == []
+    assert processes_in(run_dir) == []
 
 
 def _launch_until_round_0(tmp_path: Path, name: str, *extra: str) -> tuple[subprocess.Popen, Path]:
     """A launch whose ServerApp is up (round 0 recorded) and whose round 1 is under way."""
     run_dir = tmp_path / name
     proc = subprocess.Popen(
-        _launch_cmd(tmp_path, name, "--clients", "2", "--rounds", "6", *extra),
+        launch_cmd(tmp_path, name, "--clients", "2", "--rounds", "6", *extra),
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         # signals as at a terminal: a suite started in the background (`make test &`) hands
         # its children SIGINT ignored, and Python keeps it ignored
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    while not _rows(run_dir):
+    while not run_rows(run_dir):
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline, "the ServerApp never recorded round 0"
         time.sleep(0.2)
@@ -159,7 +136,7 @@ def _launch_until_round_0(tmp_path: Path, name: str, *extra: str) -> tuple[subpr
 def _none_left(run_dir: Path, within_s: float = 60.0) -> list[str]:
     """The launch's processes still alive once ``within_s`` passed (polled: none, as soon as none)."""
     deadline = time.monotonic() + within_s
-    while (left := _processes_in(run_dir)) and time.monotonic() < deadline:
+    while (left := processes_in(run_dir)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
 
@@ -185,7 +162,7 @@ def test_ctrl_c_a_closed_terminal_and_sigterm_stop_every_process(tmp_path, sig):
 def test_a_launcher_killed_outright_leaves_no_process(tmp_path):
     """SIGKILL runs no handler: the launch's watchdog ends what the launcher had started."""
     proc, run_dir = _launch_until_round_0(tmp_path, "sigkill")
-    assert len(_processes_in(run_dir)) >= 3  # SuperLink, SuperNodes, SuperExec, ServerApp, ...
+    assert len(processes_in(run_dir)) >= 3  # SuperLink, SuperNodes, SuperExec, ServerApp, ...
     proc.kill()
     proc.communicate(timeout=30)
     assert _none_left(run_dir) == []
@@ -202,7 +179,7 @@ def test_qkd_transport_delivers_the_same_plaintext(two_node_run, tmp_path):
 
     _, plain_dir = two_node_run
     proc = subprocess.run(
-        _launch_cmd(tmp_path, "qkd", "--clients", "2", "--rounds", "2", "--transport", "qkd"),
+        launch_cmd(tmp_path, "qkd", "--clients", "2", "--rounds", "2", "--transport", "qkd"),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -213,27 +190,27 @@ def test_qkd_transport_delivers_the_same_plaintext(two_node_run, tmp_path):
         assert sorted(a.files) == sorted(b.files)
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k])
-    rows = _rows(run_dir)
+    rows = run_rows(run_dir)
     assert all(r["clients_ok"] == 2 for r in rows[1:])
-    assert _processes_in(run_dir) == []
+    assert processes_in(run_dir) == []
 
 
 @pytest.mark.slow
 def test_eavesdropped_qkd_link_stops_the_run_and_says_why(tmp_path):
     proc = subprocess.run(
-        _launch_cmd(tmp_path, "eve", "--clients", "2", "--rounds", "2", "--transport", "qkd", "--qkd-eve-fraction", "1.0"),
+        launch_cmd(tmp_path, "eve", "--clients", "2", "--rounds", "2", "--transport", "qkd", "--qkd-eve-fraction", "1.0"),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode != 0  # a round without one valid update ends the run
     run_dir = tmp_path / "eve"
-    rows = _rows(run_dir)
+    rows = run_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1]  # round 1 is recorded, nothing is lost
     assert rows[1]["clients_ok"] == 0 and rows[1]["clients_failed"] == 2
     assert rows[1]["test_accuracy"] == rows[0]["test_accuracy"]  # nothing was aggregated, nothing sent in the clear
     # the cause is on the console, with the QBER and the bound
     assert re.search(r"QKD link aborted: QBER 0\.2\d+ above the 0\.11 bound", proc.stdout), proc.stdout[-3000:]
     assert "RunFailed: round 1 got no valid update" in proc.stdout
-    assert _processes_in(run_dir) == []
+    assert processes_in(run_dir) == []
 
 
 @pytest.mark.slow
@@ -242,11 +219,11 @@ def test_a_malicious_client_in_a_real_deployment_is_named_and_the_run_goes_on(tm
     # the reply Flower's own aggregation used to die on: one extra metric key
     app_dir = _attack_app(tmp_path, "extra-key")
     proc = subprocess.run(
-        _launch_cmd(tmp_path, "attack", "--clients", "3", "--rounds", "2", "--app", str(app_dir)),
+        launch_cmd(tmp_path, "attack", "--clients", "3", "--rounds", "2", "--app", str(app_dir)),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _rows(tmp_path / "attack")
+    rows = run_rows(tmp_path / "attack")
     assert [(r["clients_ok"], r["clients_rejected"]) for r in rows[1:]] == [(2, 1), (2, 1)]
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
     attacker = [c for c in _client_rows(tmp_path / "attack") if c["partition_id"] == "0"]
@@ -293,12 +270,12 @@ def test_qkd_plus_dp_composes_and_reports_the_accountants_epsilon(two_node_run, 
 
     _, plain_dir = two_node_run
     proc = subprocess.run(
-        _launch_cmd(tmp_path, "qkd-dp", "--clients", "2", "--rounds", "2", "--transport", "qkd+dp",
+        launch_cmd(tmp_path, "qkd-dp", "--clients", "2", "--rounds", "2", "--transport", "qkd+dp",
                     "--set", "dp-clip=0.5", "--set", "dp-noise-multiplier=0.8"),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _rows(tmp_path / "qkd-dp")
+    rows = run_rows(tmp_path / "qkd-dp")
     assert all(r["clients_ok"] == 2 for r in rows[1:])
     for r in rows:  # local DP: the worst client's own releases, one a round, no amplification
         expected = epsilon_of([(gaussian_event(0.8), r["round"])] if r["round"] else [], 1e-5)
@@ -320,12 +297,12 @@ def test_central_dp_noises_the_aggregate_at_the_server(two_node_run, tmp_path):
 
     _, plain_dir = two_node_run
     proc = subprocess.run(
-        _launch_cmd(tmp_path, "central", "--clients", "2", "--rounds", "1", "--transport", "dp",
+        launch_cmd(tmp_path, "central", "--clients", "2", "--rounds", "1", "--transport", "dp",
                     "--set", 'dp-mode="central"', "--set", "dp-noise-multiplier=0.3"),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _rows(tmp_path / "central")
+    rows = run_rows(tmp_path / "central")
     assert rows[1]["clients_ok"] == 2
     # both nodes sampled (fraction-train 1): one release, no amplification
     assert rows[1]["dp_epsilon"] == pytest.approx(epsilon_of([(gaussian_event(0.3), 1)], 1e-5), rel=1e-9)
@@ -349,7 +326,7 @@ def test_qcn_straggler_past_the_deadline_is_dropped_or_folded(tmp_path, policy):
     # with a 10 s deadline the far client is late by one round, every round
     run_name = f"qcn-{policy}"
     proc = subprocess.run(
-        _launch_cmd(
+        launch_cmd(
             tmp_path, run_name, "--clients", "2", "--rounds", "2", "--transport", "qcn",
             "--strategy", "fidelity-weighted", "--set", 'qcn-paths="metro;long-haul"',
             "--set", "round-deadline=10.0", "--set", f'straggler-policy="{policy}"',
@@ -358,7 +335,7 @@ def test_qcn_straggler_past_the_deadline_is_dropped_or_folded(tmp_path, policy):
     )
     run_dir = tmp_path / run_name
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _rows(run_dir)
+    rows = run_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert [r["stragglers"] for r in rows[1:]] == [1, 1]
     # stale: round 1's late update is folded into round 2; drop: never
@@ -371,7 +348,7 @@ def test_qcn_straggler_past_the_deadline_is_dropped_or_folded(tmp_path, policy):
         assert (float(c["latency_s"]) > 10.0) == far and (float(c["fidelity"]) < 0.9) == far
     # the on-time client alone still moves the model
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
-    assert _processes_in(run_dir) == []
+    assert processes_in(run_dir) == []
 
 
 # --- the warm runtime -------------------------------------------------------------------------
@@ -384,7 +361,7 @@ def test_warm_and_cold_runtimes_give_bit_identical_checkpoints(two_node_run, tmp
 
     _, warm_dir = two_node_run  # the default: warm workers
     proc = subprocess.run(
-        _launch_cmd(tmp_path, "cold", "--clients", "2", "--rounds", "2", "--set", "warm-runtime=false"),
+        launch_cmd(tmp_path, "cold", "--clients", "2", "--rounds", "2", "--set", "warm-runtime=false"),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -413,12 +390,12 @@ def test_a_worker_killed_mid_round_is_restarted_and_the_round_goes_on(tmp_path):
 
     run_dir = tmp_path / "kill-worker"
     proc = subprocess.Popen(
-        _launch_cmd(tmp_path, "kill-worker", "--clients", "2", "--rounds", "3", "--set", "local-epochs=25"),
+        launch_cmd(tmp_path, "kill-worker", "--clients", "2", "--rounds", "3", "--set", "local-epochs=25"),
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-        while not any(r["round"] == 1 for r in _rows(run_dir)):
+        while not any(r["round"] == 1 for r in run_rows(run_dir)):
             assert proc.poll() is None and time.monotonic() < deadline, "round 1 never finished"
             time.sleep(0.2)
         workers = _workers(run_dir)
@@ -434,7 +411,7 @@ def test_a_worker_killed_mid_round_is_restarted_and_the_round_goes_on(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-4000:]
-    rows = _rows(run_dir)
+    rows = run_rows(run_dir)
     assert [(r["round"], r["clients_ok"]) for r in rows[1:]] == [(1, 2), (2, 2), (3, 2)]  # restarted, answered
     assert not psutil.pid_exists(workers[0]) or psutil.Process(workers[0]).status() == psutil.STATUS_ZOMBIE
-    assert _processes_in(run_dir) == []  # and no worker outlives the launch
+    assert processes_in(run_dir) == []  # and no worker outlives the launch

@@ -174,3 +174,122 @@ def test_an_unknown_experiment_or_a_single_seed_is_refused_before_anything_runs(
     assert "unknown experiment 'nosuch' (choose from noise, qcn" in capsys.readouterr().err
     assert main(["experiment", "noise", "--seeds", "1"]) == 2
     assert "--seeds needs at least 2" in capsys.readouterr().err
+
+
+# --- --secure: TLS and SuperNode authentication on loopback --------------------------------
+
+
+def test_secure_commands_use_tls_and_node_keys_and_never_insecure(tmp_path):
+    from server.launch.commands import CONNECTION
+    from server.launcher import federation_commands
+
+    certs = tmp_path / "certs"
+    cmds = federation_commands(9000, [9001, 9002], certs, simulation=False)
+    assert list(cmds) == ["superlink", "register-0", "supernode-0", "register-1", "supernode-1"]
+    assert not any("--insecure" in cmd for cmd in cmds.values())
+    link = cmds["superlink"]
+    assert link[link.index("--ssl-ca-certfile") + 1] == f"{certs}/ca.crt"
+    assert link[link.index("--ssl-certfile") + 1] == f"{certs}/server.pem"
+    assert link[link.index("--ssl-keyfile") + 1] == f"{certs}/server.key"
+    assert "--enable-supernode-auth" in link and link[link.index("--host") + 1] == "127.0.0.1"
+    for i in (0, 1):
+        node = cmds[f"supernode-{i}"]
+        assert node[node.index("--root-certificates") + 1] == str(certs / "ca.crt")
+        assert node[node.index("--auth-supernode-private-key") + 1] == str(certs / f"node-{i}")
+        assert node[node.index("--superlink") + 1] == "127.0.0.1:9000"
+        assert cmds[f"register-{i}"] == ["flwr", "supernode", "register", str(certs / f"node-{i}.pub"), CONNECTION]
+
+
+def test_without_secure_every_command_is_insecure_and_nothing_is_registered():
+    from server.launcher import federation_commands
+
+    cmds = federation_commands(9000, [9001, 9002], None, simulation=False)
+    assert list(cmds) == ["superlink", "supernode-0", "supernode-1"]
+    assert all("--insecure" in cmd for cmd in cmds.values())
+    assert not any("--enable-supernode-auth" in cmd or "--auth-supernode-private-key" in cmd for cmd in cmds.values())
+
+
+def test_secure_flwr_connection_verifies_the_runs_ca(tmp_path):
+    import tomllib
+
+    from server.launch.commands import CONNECTION, write_flower_config
+
+    write_flower_config(tmp_path, 9000, None, root_cert=str(tmp_path / "certs" / "ca.crt"))
+    conn = tomllib.loads((tmp_path / "config.toml").read_text())["superlink"][CONNECTION]
+    assert conn == {"address": "127.0.0.1:9000", "root-certificates": str(tmp_path / "certs" / "ca.crt")}  # no insecure
+
+
+def test_secure_and_qkd_certificates_are_made_once_in_one_folder_with_private_keys(tmp_path, monkeypatch):
+    import stat
+
+    from server import pki
+    from server.launcher import make_certs, qkd_credentials, sae_names
+
+    calls = []
+    real = pki.generate
+    monkeypatch.setattr(pki, "generate", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    certs = make_certs(tmp_path / "run" / "certs", 2, secure=True, saes=list(sae_names(2).values()))
+    assert calls == [{"nodes": 2, "saes": ["server", "node-0", "node-1"]}]  # one generate for TLS, node keys and SAEs
+    for name in ("ca.crt", "server.pem", "server.key", "node-0", "node-0.pub", "node-1", "node-1.pub", "sae/node-1.pem"):
+        assert (certs / name).is_file(), name
+    assert all(stat.S_IMODE((certs / key).stat().st_mode) == 0o600 for key in ("ca.key", "server.key", "node-0", "node-1"))
+    assert stat.S_IMODE(certs.stat().st_mode) == 0o700
+    assert set(qkd_credentials(certs, 2)) == {"superlink", "supernode-0", "supernode-1"}  # read, not made again
+    assert len(calls) == 1
+    assert make_certs(tmp_path / "plain", 2, secure=False, saes=[]) == tmp_path / "plain" and len(calls) == 1
+    assert not (tmp_path / "plain").exists()  # an insecure plain run makes no certificate
+
+
+def test_a_failed_registration_stops_the_launch_with_flowers_words_and_a_known_key_passes(tmp_path):
+    import sys
+
+    from server.launch.processes import LaunchError, ProcessGroup
+    from server.launcher import register_nodes
+
+    def flwr_says(words: str, code: int) -> list[str]:  # stands in for `flwr supernode register KEY CONN`
+        return [sys.executable, "-c", f"import sys; print({words!r}); sys.exit({code})", "node-0.pub"]
+
+    group = ProcessGroup({}, tmp_path)
+    try:
+        register_nodes(group, {"register-0": flwr_says("Public key already in use", 1),
+                               "register-1": flwr_says("SuperNode 7 registered successfully.", 0)})
+        with pytest.raises(LaunchError, match=r"register .* failed \(exit code 1\): .*Connection refused"):
+            register_nodes(group, {"register-2": flwr_says("Connection refused at 127.0.0.1:9", 1)})
+    finally:
+        group.stop()
+    assert "Connection refused" in (tmp_path / "register-2.log").read_text()
+
+
+def test_secure_is_checked_with_check_and_refused_with_simulation(capsys, tmp_path):
+    assert main(["launch", "--secure", "--check", "--clients", "2", "--set", f'output-dir="{tmp_path}"']) == 0
+    assert "(deployment, secure, 2 clients" in capsys.readouterr().out
+    err = _launch_error(capsys, tmp_path, "--secure", "--simulation")
+    assert "'--secure': cannot go with --simulation" in err
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_secure_launch_runs_over_tls_with_registered_nodes_only(tmp_path):
+    """Long (~60-90 s): a real SuperLink with TLS and node authentication, two SuperNodes and
+    their warm workers from a cold start, after a `flwr supernode register` per node."""
+    import json
+    import stat
+    import subprocess
+
+    from helpers import LAUNCH_TIMEOUT_S, launch_cmd, processes_in, run_rows
+
+    proc = subprocess.run(launch_cmd(tmp_path, "secure", "--secure", "--clients", "2", "--rounds", "1", "--dataset", "wine"),
+                          cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "secure"
+    rows = run_rows(run_dir)
+    assert [r["round"] for r in rows] == [0, 1] and rows[1]["clients_ok"] == 2
+    cmds = json.loads((run_dir / "logs" / "commands.json").read_text())
+    assert "--insecure" not in cmds["superlink"] and "--enable-supernode-auth" in cmds["superlink"]
+    assert all("--insecure" not in cmds[f"supernode-{i}"] for i in (0, 1))
+    assert all("registered successfully" in (run_dir / "logs" / f"register-{i}.log").read_text() for i in (0, 1))
+    certs = run_dir / "certs"
+    assert all(stat.S_IMODE((certs / f"node-{i}").stat().st_mode) == 0o600 for i in (0, 1))
+    assert stat.S_IMODE(certs.stat().st_mode) == 0o700
+    assert "insecure" not in (run_dir / "flwr-home" / "config.toml").read_text()
+    assert processes_in(run_dir) == []

@@ -1,4 +1,5 @@
-"""The commands of a federation: SuperLink, SuperNodes, key manager, ``flwr``'s connection.
+"""The commands of a federation: SuperLink, SuperNodes, key manager, ``flwr``'s connection
+and the registration of each SuperNode's key.
 
 One builder per command, used by the launcher, checked against docker-compose.yml by
 ``tests/test_deploy.py`` and run across network namespaces by ``tests/test_netns.py``.
@@ -88,10 +89,18 @@ def flower_config(address: str, *, root_cert: str | None = None, num_supernodes:
     return "\n".join(lines) + "\n"
 
 
-def write_flower_config(flwr_home: Path, port: int, num_supernodes: int | None) -> None:
-    """``$FLWR_HOME/config.toml`` with one connection, :data:`CONNECTION`, on loopback."""
+def write_flower_config(flwr_home: Path, port: int, num_supernodes: int | None, root_cert: str | None = None) -> None:
+    """``$FLWR_HOME/config.toml`` with one connection, :data:`CONNECTION`, on loopback
+    (TLS verified against ``root_cert`` when given)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
-    (flwr_home / "config.toml").write_text(flower_config(f"127.0.0.1:{port}", num_supernodes=num_supernodes))
+    text = flower_config(f"127.0.0.1:{port}", root_cert=root_cert, num_supernodes=num_supernodes)
+    (flwr_home / "config.toml").write_text(text)
+
+
+def register_command(public_key: Path | str, connection: str = CONNECTION) -> list[str]:
+    """``flwr supernode register``: the SuperLink admits the node holding this key's private half
+    (``--enable-supernode-auth``); the Control API of ``connection`` takes it."""
+    return ["flwr", "supernode", "register", str(public_key), connection]
 
 
 def flwr_env(flwr_home: Path, cache_dir: Path) -> dict[str, str]:

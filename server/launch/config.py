@@ -89,6 +89,10 @@ def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, in
     cfg = RunConfig.from_run_config(values)
     if args.simulation and importlib.util.find_spec("ray") is None:
         raise ConfigError("--simulation", "Flower's simulation engine needs Ray: pip install 'qfl[simulation]'")
+    if args.simulation and args.secure:  # nothing to protect: no Fleet traffic, no node to admit
+        raise ConfigError("--secure", "cannot go with --simulation: --secure gives the Fleet API between the SuperLink "
+                                      "and its SuperNodes TLS and admits registered nodes only, and the simulation "
+                                      "engine has no SuperNode (its virtual nodes run in one process tree)")
     if args.simulation and cfg.uses_transport("qkd"):
         raise ConfigError(KEY.transport, "qkd needs each client in its own SuperNode, with its own SAE certificate; "
                                          "the simulation engine runs every client in one process tree")

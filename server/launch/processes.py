@@ -116,6 +116,7 @@ class ProcessGroup:
         self.env = {**env, MARKER: token}  # every process started here, and theirs, inherit it
         self.log_dir = log_dir
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.commands: dict[str, list[str]] = {}  # every command started, by name (logs/commands.json)
         self._pumps: list[threading.Thread] = []
         self._own: set[int] = set()  # children someone here waits for: never reaped behind their back
         self._stopped = threading.Event()
@@ -170,10 +171,43 @@ class ProcessGroup:
         pump = threading.Thread(target=_pump, args=(proc.stdout, self.log_dir / f"{name}.log"), daemon=True)
         pump.start()
         self._pumps.append(pump)
-        self.procs.append((name, proc))
-        # which process is which, for users (and tests) who want to inspect or kill one
-        (self.log_dir / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs}, indent=1))
+        self._record(name, cmd, proc)
         return proc
+
+    def _record(self, name: str, cmd: list[str], proc: subprocess.Popen) -> None:
+        """Which process is which (``pids.json``) and how each was started (``commands.json``),
+        for users (and tests) who want to inspect or kill one, or see that none runs ``--insecure``."""
+        self.procs.append((name, proc))
+        self.commands[name] = cmd
+        (self.log_dir / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs}, indent=1))
+        (self.log_dir / "commands.json").write_text(json.dumps(self.commands, indent=1))
+
+    def run_all(self, cmds: dict[str, list[str]], timeout: float) -> dict[str, tuple[int, str]]:
+        """Run one-shot commands (``flwr supernode register``) at once and wait for them all:
+        each one's exit code and output (also in ``<name>.log``, colour codes removed).
+
+        They start together because each ``flwr`` spends seconds importing; one still running
+        after ``timeout`` is killed (exit code ``-9``). The group owns them: the reaper thread
+        never takes the exit code we wait for, and :meth:`stop` ends them on Ctrl-C.
+        """
+        started = []
+        for name, cmd in cmds.items():
+            with open(self.log_dir / f"{name}.log", "w") as log:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=self.env, start_new_session=True)
+            self.own(proc.pid)
+            self._record(name, cmd, proc)
+            started.append((name, proc))
+        deadline = time.monotonic() + timeout
+        done = {}
+        for name, proc in started:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            done[name] = (proc.returncode, strip_ansi((self.log_dir / f"{name}.log").read_text(errors="replace")))
+        return done
 
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM every process we started and every descendant (ServerApp, ClientApps,

@@ -9,7 +9,9 @@ aggregates, whatever the strategy:
    other records or keys, unreadable or non-float or non-finite data, a bad example count;
 2. well-formed replies that would still dominate are bounded
    (:func:`~strategies.validation.robust_screen`): an update far outside the round's
-   spread is rejected, an inflated example count is capped;
+   spread, or (nearly) the global model itself, is rejected; an inflated example count is
+   capped (to the round's smallest for a reply that names no partition), a fidelity outside
+   [1/4, 1] clipped;
 3. coordinates a quantum network lost are filled from the clients that delivered them
    (:func:`~strategies.fidelity_weighted.impute_lost`), so no strategy reads a loss as a
    zero update.
@@ -34,7 +36,15 @@ from flwr.supercore import log
 from strategies.delegating import DelegatingStrategy, RoundReport, round_report
 from strategies.fidelity_weighted import impute_lost
 from server.recorder import CLIENT_METRICS, column
-from strategies.validation import ReplySchema, filter_replies, is_finite_number, robust_screen, shapes_of
+from strategies.validation import (
+    FIDELITY_RANGE,
+    ReplySchema,
+    ScreenResult,
+    filter_replies,
+    is_finite_number,
+    robust_screen,
+    shapes_of,
+)
 from transport.contract import (
     CIRCUIT_DEPTH,
     DEVICE,
@@ -46,7 +56,6 @@ from transport.contract import (
     FIDELITY,
     LATENCY_S,
     NOISE_GAP,
-    NUM_EXAMPLES,
     QCN_LOST_FRACTION,
     REPORT_COLUMNS,
     REPORT_LATE,
@@ -100,8 +109,8 @@ class InstrumentedStrategy(DelegatingStrategy):
         """Return and clear the last training round's per-client rows.
 
         One row per reply: its node, partition, device profile, train and noise metrics,
-        its ``status`` (``ok``, ``late``, ``trimmed``, ``capped``, ``rejected: <why>``,
-        ``failed: <why>``) and what the strategies reported about it
+        its ``status`` (``ok``, ``late``, ``trimmed``, ``capped: <claim>``, ``clipped: <claim>``,
+        ``rejected: <why>``, ``failed: <why>``) and what the strategies reported about it
         (:func:`~strategies.delegating.round_report`: e.g. noise-isolating's estimates).
         """
         out, self._client_rows = self._client_rows, []
@@ -124,12 +133,12 @@ class InstrumentedStrategy(DelegatingStrategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         rejected: list[tuple[Message, str]] = []
-        capped: dict[int, tuple[float, float]] = {}
+        claims: dict[int, str] = {}
         if self._reference is not None and self._global is not None:
             replies, rejected = filter_replies(replies, self._reference, schema=self.schema)
             screen = robust_screen(replies, self._global, self.norm_factor, self.examples_factor,
                                    examples_bounds=self.examples_bounds)
-            replies, capped = screen.kept, screen.capped
+            replies, claims = screen.kept, _bounded_claims(screen)
             rejected += screen.rejected
             replies = impute_lost(replies, self._global)
         failed = [m for m in replies if m.has_error()]
@@ -148,10 +157,10 @@ class InstrumentedStrategy(DelegatingStrategy):
         stats["clients-failed"] = len(failed)
         stats["clients-rejected"] = len(rejected)
         stats["clients-trimmed"] = trimmed
-        stats["clients-capped"] = len(capped)
+        stats["clients-capped"] = len(claims)  # a claim of examples or fidelity bounded
         stats["aggregation-failed"] = aggregation_failed
         stats.update(report.stats)  # e.g. a round deadline's straggler counts
-        self._client_rows = _client_rows(sound, report, capped)
+        self._client_rows = _client_rows(sound, report, claims)
         self._client_rows += [{**_identity(m), "status": f"rejected: {why}"} for m, why in rejected]
         self._client_rows += [{"node_id": m.metadata.src_node_id, "status": f"failed: {_short(m.error.reason)}"} for m in failed]
         self._round_stats = stats
@@ -209,7 +218,22 @@ def train_reply_schema(extra_metrics: Iterable[str] = (), extra_configs: dict[st
                        extra_arrays=frozenset(extra_arrays))
 
 
-def _client_rows(replies: list[Message], report: RoundReport, capped: dict[int, tuple[float, float]]) -> list[dict[str, object]]:
+def _bounded_claims(screen: ScreenResult) -> dict[int, str]:
+    """What the guard did to each node's claims, in words (nodes whose claims stood left out)."""
+    said: dict[int, list[str]] = {}
+    for node, (claimed, counted) in screen.capped.items():
+        said.setdefault(node, []).append(
+            f"capped: claimed {claimed:g} examples" if node not in screen.unbound
+            else f"capped: claimed {claimed:g} examples with no partition to check them against,"
+                 f" counted {counted:g} (the round's smallest)")
+    for node, (claimed, used) in screen.clipped.items():
+        low, high = FIDELITY_RANGE
+        said.setdefault(node, []).append(
+            f"clipped: claimed fidelity {claimed:g}, outside [{low:g}, {high:g}], used {used:g}")
+    return {node: "; ".join(words) for node, words in said.items()}
+
+
+def _client_rows(replies: list[Message], report: RoundReport, claims: dict[int, str]) -> list[dict[str, object]]:
     rows = []
     for msg in replies:
         node = msg.metadata.src_node_id
@@ -217,13 +241,11 @@ def _client_rows(replies: list[Message], report: RoundReport, capped: dict[int, 
         row = _identity(msg)
         for key in CLIENT_METRICS:
             row[column(key)] = metrics.get(key, "")
-        if node in capped:
-            row[column(NUM_EXAMPLES)] = capped[node][1]
         said = report.clients.get(node, {})
         row.update({column: said.get(column, "") for column in REPORT_COLUMNS})
         row[REPORT_LATE] = int(bool(said.get(REPORT_LATE)))
         row["status"] = (REPORT_LATE if row[REPORT_LATE] else REPORT_TRIMMED if said.get(REPORT_TRIMMED)
-                         else f"capped: claimed {capped[node][0]:g} examples" if node in capped else "ok")
+                         else claims.get(node, "ok"))
         rows.append(row)
     return rows
 

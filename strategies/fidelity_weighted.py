@@ -20,15 +20,19 @@ from transport.contract import MASK as MASK_KEY
 
 
 def fidelity_weight(fidelity: float | np.ndarray) -> np.ndarray:
-    r""":math:`g(F) = w(F)^2 = \left(\frac{4F - 1}{3}\right)^2` for :math:`F \ge 1/4`, else 0.
+    r""":math:`g(F) = w(F)^2 = \left(\frac{4F - 1}{3}\right)^2` for :math:`F \in [1/4, 1]`,
+    0 below, 1 above.
 
     Why: a parameter teleported through a Werner pair of parameter :math:`w` is read as
     :math:`\hat Z / w`, whose variance grows as :math:`1/w^2`; weighting by :math:`w^2` is
     inverse-variance weighting. :math:`g(1) = 1`, and a pair at :math:`F \le 1/4` (no
-    entanglement) carries nothing.
+    entanglement) carries nothing. No pair is better than perfect: a claimed :math:`F > 1`
+    weighs as 1 (the square would grow without bound and let one client be the aggregate),
+    and a non-finite one as 0.
     """
-    w = (4.0 * np.asarray(fidelity, dtype=float) - 1.0) / 3.0
-    return np.where(w > 0, w * w, 0.0)
+    f = np.asarray(fidelity, dtype=float)
+    w = (4.0 * np.minimum(f, 1.0) - 1.0) / 3.0
+    return np.where(np.isfinite(f) & (w > 0), w * w, 0.0)
 
 
 def unpack_mask(content: RecordDict, name: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -12,8 +12,10 @@ Two levels, both returning a reason for every rejection (logged with the node):
   otherwise end the run.
 
 Then :func:`robust_screen` bounds what a well-formed reply can do: an update whose distance
-from the global model is far outside the round's robust spread is rejected, and a claimed
-example count far above the round's median is capped.
+from the global model is far outside the round's robust spread is rejected, so is one that is
+(nearly) the global model itself, and no claim decides a weight unchecked: a claimed example
+count is capped by the round's median and the partition the reply names (the round's smallest
+without one), a claimed link fidelity is clipped to its physical range.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
-from transport.contract import ARRAYS, MASK, METRICS, NUM_EXAMPLES
+from transport.contract import ARRAYS, FIDELITY, MASK, METRICS, NUM_EXAMPLES
 from transport.records import flatten
 
 
@@ -186,13 +188,19 @@ def shapes_of(arrays: ArrayRecord) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in arrays.items()}
 
 
+FIDELITY_RANGE = (0.25, 1.0)  # a Werner pair's fidelity: 1/4 is no entanglement left, 1 a perfect pair
+NEAR_COPY_FRACTION = 0.01  # an update this small against the round's median distance carries nothing
+
+
 @dataclass(frozen=True)
 class ScreenResult:
     """What :func:`robust_screen` decided about one round's sound replies."""
 
     kept: list[Message]
     rejected: list[tuple[Message, str]]
-    capped: dict[int, tuple[float, float]]  # node -> (claimed, capped) example counts
+    capped: dict[int, tuple[float, float]]  # node -> (claimed, counted) example counts
+    unbound: frozenset[int] = frozenset()  # nodes that name no partition the server can size
+    clipped: dict[int, tuple[float, float]] = field(default_factory=dict)  # node -> (claimed, used) fidelity
 
 
 def _lower_median(values: np.ndarray) -> float:
@@ -213,64 +221,146 @@ def robust_screen(
 ) -> ScreenResult:
     r"""Bound what well-formed replies can do to the global model.
 
-    For the sound replies :math:`k` with parameters :math:`w_k` and claimed example counts
-    :math:`n_k`, against the global model :math:`w`:
+    For the sound replies :math:`k` with parameters :math:`w_k`, claimed example counts
+    :math:`n_k` and claimed link fidelities :math:`F_k`, against the global model :math:`w`:
 
     .. math::
 
         d_k = \lVert w_k - w \rVert_2, \qquad
-        \text{reject } k \iff d_k > \rho \,\operatorname{med}_j d_j, \qquad
-        n_k \leftarrow \min\!\left(n_k,\; \nu \,\operatorname{med}_j n_j\right),
+        \text{reject } k \iff d_k \le \epsilon \,\operatorname{med}_j d_j
+        \;\text{ or }\; d_k > \rho \,\operatorname{med}_j d_j,
 
-    with :math:`\rho` = ``norm_factor`` and :math:`\nu` = ``examples_factor`` (0 turns a
-    rule off) and the lower median for an even count; ``examples_bounds(replies)``, where
-    the server knows better (the size of the partition each reply claims, rebuilt from the
-    seed), caps each :math:`n_k` further (``None``: no bound known). A honest client's update is a few
-    local epochs from the same start, so its distance is of the same order as the others';
-    a scaled or random update is not. A reply identical to :math:`w` (:math:`d_k = 0`) with
-    :math:`n_k > 0` is rejected whatever the count: it trained on nothing. Capping the claim keeps one client from outweighing
-    the rest by saying it holds more data. With fewer than 3 replies nothing is rejected
-    (no majority says what is typical), and the examples cap still applies.
+        n_k \leftarrow \min\!\left(n_k,\; \nu \,\operatorname{med}_j n_j,\; N_{p(k)}\right), \qquad
+        F_k \leftarrow \min(\max(F_k, \tfrac14), 1),
+
+    with :math:`\epsilon` = :data:`NEAR_COPY_FRACTION`, :math:`\rho` = ``norm_factor`` and
+    :math:`\nu` = ``examples_factor`` (0 turns a rule off), the lower median for an even count
+    (so that a half of the replies cannot raise a bar: above, honest updates would pass for
+    copies and attackers' for typical), and
+    :math:`N_{p(k)}` the size of the partition :math:`p(k)` the reply names, which
+    ``examples_bounds(replies)`` rebuilds from the seed. The server checks every claim a
+    weight depends on:
+
+    - a honest client's update is a few local epochs from the same start, so its distance is
+      of the same order as the others'; a scaled or random update is far above, and a reply
+      that is (nearly) the global model while claiming examples trained on nothing: a free
+      rider whose copy would hold a median or a mean back (a threshold relative to the
+      round's spread, so noise of any size below it does not hide one);
+    - capping the count keeps one client from outweighing the rest by saying it holds more
+      data; a reply for which ``examples_bounds`` knows no partition (``None``: it names
+      none, or one that does not exist) is counted as the round's smallest count, the
+      smallest of those with a partition if any;
+    - a fidelity outside the physical range :data:`FIDELITY_RANGE` is clipped into it, so
+      its weight :math:`((4F - 1)/3)^2` is at most 1.
+
+    With fewer than 3 replies no update is rejected for its size and a copy only when it is
+    bit-equal (no majority says what is typical); the claims are bounded all the same.
     """
     error = [m for m in replies if m.has_error()]
     sound = [m for m in replies if not m.has_error()]
-    rejected: list[tuple[Message, str]] = []
-    capped: dict[int, tuple[float, float]] = {}
+    dist = _distances(sound, global_arrays, arrayrecord_key)
+    rejected = _near_copies(sound, dist, weighted_by_key)
+    if norm_factor > 0 and len(sound) - len(rejected) >= 3:
+        rejected += _too_far([(m, d) for m, d in zip(sound, dist) if not _among(m, rejected)], norm_factor)
+    for msg, reason in rejected:
+        log(WARNING, "Rejected the update of node %d: %s", msg.metadata.src_node_id, reason)
+    sound = [m for m in sound if not _among(m, rejected)]
+    sound, capped, unbound = _cap_examples(sound, examples_factor, weighted_by_key, examples_bounds)
+    sound, clipped = clip_fidelity(sound)
+    return ScreenResult(sound + error, rejected, capped, unbound, clipped)
+
+
+def _distances(sound: list[Message], global_arrays: ArrayRecord, arrayrecord_key: str) -> np.ndarray:
+    """Each reply's Euclidean distance from the global model (``inf`` where it overflows)."""
     names = list(global_arrays.keys())
     reference = flatten(global_arrays, names)
     with np.errstate(over="ignore", invalid="ignore"):
-        dist = np.array([np.linalg.norm(flatten(m.content[arrayrecord_key], names) - reference) for m in sound])
-    # a reply that claims examples but returns the global model bit for bit trained on
-    # nothing: a free rider whose stale copy would hold a median or a mean back
-    stale = [i for i, (m, d) in enumerate(zip(sound, dist)) if d == 0 and _examples(m, weighted_by_key) > 0]
-    for i in stale:
-        reason = "returned the global model unchanged while claiming to have trained"
-        rejected.append((sound[i], reason))
-        log(WARNING, "Rejected the update of node %d: %s", sound[i].metadata.src_node_id, reason)
-    sound = [m for i, m in enumerate(sound) if i not in stale]
-    dist = np.delete(dist, stale)
-    if norm_factor > 0 and len(sound) >= 3:
-        bar = norm_factor * _lower_median(dist[np.isfinite(dist)]) if np.isfinite(dist).any() else 0.0
-        kept = []
-        for msg, d in zip(sound, dist):
-            if bar > 0 and not d <= bar:
-                reason = f"update distance {d:.3g} from the global model exceeds {norm_factor:g} x the round's median ({bar / norm_factor:.3g})"
-                rejected.append((msg, reason))
-                log(WARNING, "Rejected the update of node %d: %s", msg.metadata.src_node_id, reason)
-            else:
-                kept.append(msg)
-        sound = kept
-    if sound:
-        counts = np.array([_examples(m, weighted_by_key) for m in sound])
-        median_cap = examples_factor * _lower_median(counts) if examples_factor > 0 else np.inf
-        bounds = examples_bounds(sound) if examples_bounds is not None else [None] * len(sound)
-        for i, (msg, n, bound) in enumerate(zip(sound, counts, bounds)):
-            cap = min(median_cap, np.inf if bound is None else bound)
-            if n > cap:
-                sound[i] = _with_examples(msg, weighted_by_key, cap)
-                capped[msg.metadata.src_node_id] = (float(n), float(cap))
-                log(WARNING, "Capped the example count of node %d: claimed %g, counted %g", msg.metadata.src_node_id, n, cap)
-    return ScreenResult(sound + error, rejected, capped)
+        return np.array([np.linalg.norm(flatten(m.content[arrayrecord_key], names) - reference) for m in sound])
+
+
+def _among(msg: Message, pairs: list[tuple[Message, str]]) -> bool:
+    return any(msg is m for m, _ in pairs)
+
+
+def _near_copies(sound: list[Message], dist: np.ndarray, weighted_by_key: str) -> list[tuple[Message, str]]:
+    """Replies that claim examples but return (nearly) the global model: at most
+    :data:`NEAR_COPY_FRACTION` of the round's median distance (alone in its round: bit-equal)."""
+    finite = dist[np.isfinite(dist)]
+    median = _lower_median(finite) if finite.size else 0.0
+    return [(m, _copy_reason(d, median)) for m, d in zip(sound, dist)
+            if d <= NEAR_COPY_FRACTION * median and _examples(m, weighted_by_key) > 0]
+
+
+def _copy_reason(distance: float, median: float) -> str:
+    if distance == 0:
+        return "returned the global model unchanged while claiming to have trained"
+    return (f"returned the global model all but unchanged (update distance {distance:.3g}, at most "
+            f"{NEAR_COPY_FRACTION:g} x the round's median {median:.3g}) while claiming to have trained")
+
+
+def _too_far(pairs: list[tuple[Message, float]], norm_factor: float) -> list[tuple[Message, str]]:
+    """Replies whose distance exceeds ``norm_factor`` times the lower median of the distances."""
+    dist = np.array([d for _, d in pairs])
+    bar = norm_factor * _lower_median(dist[np.isfinite(dist)]) if np.isfinite(dist).any() else 0.0
+    median = bar / norm_factor if bar > 0 else 0.0
+    return [(m, f"update distance {d:.3g} from the global model exceeds {norm_factor:g} x the round's median ({median:.3g})")
+            for m, d in pairs if bar > 0 and not d <= bar]
+
+
+def _cap_examples(
+    sound: list[Message], examples_factor: float, weighted_by_key: str,
+    examples_bounds: Callable[[list[Message]], list[float | None]] | None,
+) -> tuple[list[Message], dict[int, tuple[float, float]], frozenset[int]]:
+    """The replies with their counts capped, ``node -> (claimed, counted)`` of those capped,
+    and the nodes with no partition (counted as the round's smallest, capped or not)."""
+    if not sound:
+        return sound, {}, frozenset()
+    claims = np.array([_examples(m, weighted_by_key) for m in sound])
+    median_cap = examples_factor * _lower_median(claims) if examples_factor > 0 else np.inf
+    bounds = examples_bounds(sound) if examples_bounds is not None else [np.inf] * len(sound)
+    counted = np.array([min(n, median_cap, np.inf if b is None else b) for n, b in zip(claims, bounds)])
+    bound = np.array([b is not None for b in bounds])
+    # the server cannot size what a reply without a partition holds: it weighs as the least
+    floor = counted[bound].min() if bound.any() else counted.min()
+    counted = np.where(bound, counted, np.minimum(counted, floor))
+    unbound = frozenset(m.metadata.src_node_id for m, b in zip(sound, bound) if not b)
+    capped: dict[int, tuple[float, float]] = {}
+    out = []
+    for msg, n, c, b in zip(sound, claims, counted, bound):
+        node = msg.metadata.src_node_id
+        if c < n or not b:
+            capped[node] = (float(n), float(c))
+            log(WARNING, "Capped the example count of node %d: claimed %g, counted %g%s", node, n, c,
+                "" if b else " (no partition the server can size: the round's smallest)")
+        out.append(_with_metric(msg, weighted_by_key, float(c)) if c < n else msg)
+    return out, capped, unbound
+
+
+def clip_fidelity(replies: list[Message]) -> tuple[list[Message], dict[int, tuple[float, float]]]:
+    r"""Replies whose claimed ``fidelity`` metric lies in :data:`FIDELITY_RANGE`, and
+    ``node -> (claimed, used)`` of those that claimed outside it.
+
+    :math:`F \leftarrow \min(\max(F, 1/4), 1)`; a claim that is no finite number counts as
+    :math:`1/4` (weight 0). Replies without the metric pass as they are.
+    """
+    out, clipped = [], {}
+    for msg in replies:
+        claims = [r[FIDELITY] for r in msg.content.metric_records.values() if FIDELITY in r]
+        used = _in_range(claims[0]) if claims and not msg.has_error() else None
+        if used is None or used == claims[0]:
+            out.append(msg)
+            continue
+        claimed = float(claims[0]) if is_finite_number(claims[0]) else float("nan")  # type: ignore[arg-type]
+        clipped[msg.metadata.src_node_id] = (claimed, used)
+        log(WARNING, "Clipped the fidelity node %d claims: %g is outside [%g, %g]", msg.metadata.src_node_id, claimed,
+            *FIDELITY_RANGE)
+        out.append(_with_metric(msg, FIDELITY, used))
+    return out, clipped
+
+
+def _in_range(claim: object) -> float:
+    low, high = FIDELITY_RANGE
+    return min(max(float(claim), low), high) if is_finite_number(claim) else low  # type: ignore[arg-type]
 
 
 def _examples(message: Message, key: str) -> float:
@@ -280,7 +370,7 @@ def _examples(message: Message, key: str) -> float:
     raise KeyError(key)
 
 
-def _with_examples(message: Message, key: str, value: float) -> Message:
+def _with_metric(message: Message, key: str, value: float) -> Message:
     """A copy of ``message`` whose ``key`` metric is ``value`` (the original is left as sent)."""
     import copy
 

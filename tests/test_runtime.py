@@ -109,36 +109,34 @@ def test_a_worker_killed_mid_message_is_restarted_once(setup):
         worker.stop()
 
 
-def test_a_worker_that_keeps_dying_is_reported_with_its_cause(setup):
+def test_a_worker_that_keeps_dying_is_reported_with_its_cause(setup, monkeypatch):
+    from multiprocessing.connection import Connection
+
     from client.runtime import encode
 
     cfg, node, req, run_config = setup
     slow = request("train", RecordDict({"arrays": req["arrays"], "config": req["config"]}),
                    {**run_config, "local-epochs": 40}, NODE)
+    payload = encode(slow)
     worker = _worker(cfg, node)
-    stop = threading.Event()
+    killed = []
+    send_bytes = Connection.send_bytes
 
-    def keep_killing() -> None:
-        seen = set()
-        while not stop.is_set():
-            try:
-                pid = _pid(worker)
-                if pid not in seen:
-                    time.sleep(1.0)  # let it take the message first
-                    os.kill(pid, signal.SIGKILL)
-                    seen.add(pid)
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
+    def send_then_kill(conn, data, *args):  # noqa: ANN001, ANN002
+        """Each worker dies once it holds the message: the event, not a guess at how long that takes."""
+        send_bytes(conn, data, *args)
+        if data == payload:  # the request, not the key handshake on the same connection
+            killed.append(_pid(worker))
+            os.kill(killed[-1], signal.SIGKILL)
 
-    killer = threading.Thread(target=keep_killing, daemon=True)
-    killer.start()
+    monkeypatch.setattr(Connection, "send_bytes", send_then_kill)
     try:
         with pytest.raises(WorkerError, match=r"the warm worker failed twice: \w+Error.*; then \w+Error"):
-            worker.call(encode(slow))
+            worker.call(payload)
     finally:
-        stop.set()
         worker.stop()
+    assert len(set(killed)) == 2  # the first worker and the one started in its place
+    assert all(_gone(pid) for pid in killed)
 
 
 def test_a_hung_worker_is_noticed_by_the_timeout(setup):

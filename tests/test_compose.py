@@ -12,9 +12,18 @@ every test here is skipped, and the reason says what to install. Otherwise:
    federation of docker-compose.yml with the key manager: TLS, SuperNode authentication,
    ``qkd``; one run; metrics read from the ``runs`` volume;
 4. a SuperNode container killed mid-run: the run finishes without it;
-5. a third client added while the SuperLink runs, as docs/deploy.md says: its key and SAE
+4. the perimeter, attacked from outside the containers and from a compromised SuperNode:
+   (a) ``flwr run`` of another app and (b) ``flwr supernode register`` of a new key at the
+   published port, as a stranger holding the public CA certificate: refused by the gateway;
+   the SuperLink's own port is not reachable from a SuperNode; (c) a SuperNode container
+   holds only its own key and SAE key, no running container holds ``ca.key``, and every
+   service runs unprivileged; (d) SuperNode 0 floods the key manager with hundreds of
+   concurrent requests on its own pair during a run: refused (429), and SuperNode 1 answers
+   every round; the next test's run then has every client again;
+5. a SuperNode container killed mid-run: the run finishes without it;
+6. a third client added while the SuperLink runs, as docs/deploy.md says: its key and SAE
    certificate, its registration, its container; it joins the next run;
-6. ``down`` keeps the results; ``down -v`` leaves no container, network or volume.
+7. ``down`` keeps the results; ``down -v`` leaves no container, network or volume.
 """
 
 from __future__ import annotations
@@ -36,10 +45,11 @@ from server.launcher import PROJECT_DIR
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
-BASE_IMAGE = "qfl-test-base:bookworm"
+BASE_IMAGE = "qfl-test-base:bookworm-nginx"
 IMAGE = "qfl-test:latest"
 PROJECT = f"qfltest{os.getpid()}"
 MIRROR = "http://deb.debian.org/debian"
+WITH_THIRD_CLIENT = ("-f", "docker-compose.yml", "-f", "docs/examples/third-client.yml")
 TIMINGS = {}  # what docs/deploy.md reports: build time, image size, run time
 
 
@@ -107,7 +117,7 @@ def _base_image() -> None:
         pytest.skip("debootstrap is not installed (apt-get install debootstrap)")
     root = Path(f"/tmp/qfl-bootstrap-{os.getpid()}")
     try:
-        _run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm",
+        _run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates,nginx-light,passwd", "bookworm",
               str(root), MIRROR], timeout=900)
         with subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE) as tar:
             _run(["docker", "import", "-", BASE_IMAGE], stdin=tar.stdout, timeout=600)
@@ -211,7 +221,7 @@ def federation(compose, image):
         TIMINGS["run_s"] = time.monotonic() - start
         yield compose, code
     finally:
-        compose("--profile", "qkd", "down", "-v", "--remove-orphans", check=False, timeout=300)
+        compose(*WITH_THIRD_CLIENT, "--profile", "qkd", "down", "-v", "--remove-orphans", check=False, timeout=300)
         print("\ncompose timings:", json.dumps(TIMINGS))
 
 
@@ -226,6 +236,124 @@ def test_compose_up_runs_a_qkd_federation_over_tls_with_node_auth(federation):
     assert progress[0]["stack"] == "qkd"  # encrypted under QKD keys
     logs = compose("logs", "superlink").stdout
     assert "--insecure" not in logs and "authentication is disabled" not in logs  # TLS and node auth on
+
+
+def _exec(compose, service: str, *cmd: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+    container = compose("ps", "-q", service).stdout.split()[0]
+    return _run(["docker", "exec", container, *cmd], check=check, timeout=timeout)
+
+
+def test_a_stranger_at_the_published_port_can_neither_run_an_app_nor_register_a_key(federation, tmp_path):
+    from server import pki
+    from server.launch.commands import flower_config, flwr_env
+
+    compose, _ = federation
+    (tmp_path / "ca.crt").write_text(_volume_file("operator-secrets", "ca.crt"))  # public: all a stranger has
+    pki.make_node_key(tmp_path, "intruder")
+    env = flwr_env(tmp_path / "home", tmp_path / ".cache")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "config.toml").write_text(flower_config("127.0.0.1:8000", root_cert=str(tmp_path / "ca.crt"),
+                                                                 name="stranger"))
+
+    def flwr(*args: str) -> str:
+        done = _run(["flwr", *args], check=False, env=env, cwd=tmp_path, timeout=180)
+        assert done.returncode != 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    words = flwr("supernode", "register", str(tmp_path / "intruder.pub"), "stranger")
+    assert "404 Not Found" in words and "/v1/control/register-node" in words, words  # the gateway's answer
+    words = flwr("run", str(PROJECT_DIR), "stranger", "--run-config", 'transport="plain"')
+    assert "404 Not Found" in words and "/v1/control/start-run" in words, words
+    # a compromised SuperNode cannot reach the SuperLink itself: it is not on the control network
+    reach = _exec(compose, "supernode-0", "python", "-c",
+                  "import socket; socket.create_connection(('superlink', 8000), 5)")
+    assert reach.returncode != 0 and ("gaierror" in reach.stderr or "refused" in reach.stderr), reach.stderr
+    gateway_log = compose("logs", "gateway").stdout
+    assert "POST /v1/control/register-node HTTP/1.1\" 404" in gateway_log
+    assert "POST /v1/control/start-run HTTP/1.1\" 404" in gateway_log
+
+
+def test_each_container_holds_only_its_own_secrets_and_runs_unprivileged(federation):
+    from server import pki
+
+    compose, _ = federation
+    roles = {"superlink": "superlink", "gateway": "gateway", "key-manager": "key-manager",
+             "supernode-0": "node-0", "supernode-1": "node-1"}
+    list_files = ("import os, json; print(json.dumps(sorted(os.path.relpath(os.path.join(d, f), '/certs') "
+                  "for d, _, fs in os.walk('/certs') for f in fs)))")
+    find_ca_key = ("import os; print([os.path.join(d, 'ca.key') for d, _, fs in os.walk('/') "
+                   "if 'ca.key' in fs and not d.startswith(('/proc', '/sys'))])")
+    owners = "import os; print(sorted({os.stat(f'/proc/{p}').st_uid for p in os.listdir('/proc') if p.isdigit()}))"
+    with _ca_copy() as ca:
+        for service, role in roles.items():
+            held = json.loads(_exec(compose, service, "python", "-c", list_files, check=True).stdout)
+            assert held == sorted(pki.role_files(ca, role)), (service, held)
+            assert _exec(compose, service, "python", "-c", find_ca_key, check=True).stdout.strip() == "[]", service
+            assert _exec(compose, service, "python", "-c", owners, check=True).stdout.strip() == "[10001]", service
+    # node-0 trying to read node-1's key, or the server's SAE key
+    for path in ("/certs/node-1", "/certs/sae/node-1.key", "/certs/sae/server.key", "/certs/ca.key"):
+        assert _exec(compose, "supernode-0", "cat", path).returncode != 0, path
+
+
+class _ca_copy:
+    """The ``ca`` volume's file names, read by a throw-away container (for ``role_files``)."""
+
+    def __enter__(self) -> Path:
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="qfl-ca-names-"))
+        names = _run(["docker", "run", "--rm", "--user", "root", "-v", f"{PROJECT}_ca:/v:ro", "--entrypoint", "sh", IMAGE,
+                      "-c", "cd /v && find . -type f"]).stdout.split()
+        for name in names:  # empty files with the same names: role_files only looks at which exist
+            (self.dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.dir / name).touch()
+        return self.dir
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+FLOOD = r"""
+import asyncio, json, os, ssl, time, httpx
+ctx = ssl.create_default_context(cafile="/certs/ca.crt")
+ctx.load_cert_chain("/certs/sae/node-0.pem", "/certs/sae/node-0.key")
+codes, deadline = {}, time.monotonic() + 600
+async def one(client):
+    while time.monotonic() < deadline and not os.path.exists("/tmp/stop-flood"):
+        try:
+            status = str((await client.post("/api/v1/keys/server/enc_keys", json={"number": 1, "size": 256})).status_code)
+        except httpx.HTTPError as err:
+            status = type(err).__name__
+            await asyncio.sleep(1.0)  # refused a connection: come back, without spinning
+        codes[status] = codes.get(status, 0) + 1
+async def main():
+    clients = [httpx.AsyncClient(base_url="https://key-manager:8470", verify=ctx, timeout=60,
+                                 limits=httpx.Limits(max_connections=1)) for _ in range(200)]
+    await asyncio.gather(*(one(c) for c in clients))
+    print(json.dumps(codes))
+asyncio.run(main())
+"""
+
+
+def test_a_supernode_flooding_the_key_manager_stalls_no_one_else(federation):
+    compose, _ = federation
+    container = compose("ps", "-q", "supernode-0").stdout.split()[0]
+    flood = subprocess.Popen(["docker", "exec", container, "python", "-c", FLOOD], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        config = _config("compose-flood", 2, **{"round-timeout": "120.0"})
+        compose("run", "--rm", "-e", f"QFL_RUN_CONFIG={config}", "submit", timeout=900)
+    finally:
+        _run(["docker", "exec", container, "touch", "/tmp/stop-flood"], check=False)
+        out, err = flood.communicate(timeout=180)
+        _run(["docker", "exec", container, "rm", "-f", "/tmp/stop-flood"], check=False)
+    codes = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    assert codes.get("429", 0) > 100, (codes, err[-2000:])  # it flooded, and was refused
+    rows = _rows("compose-flood")
+    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+    clients = list(csv.DictReader(io.StringIO(_volume_file("runs", "compose-flood/clients.csv"))))
+    for rnd in ("1", "2"):  # the other pair was served every round: node 1's update counted
+        assert any(r["round"] == rnd and r["partition_id"] == "1" and r["status"] == "ok" for r in clients), clients
 
 
 def test_a_supernode_killed_mid_run_and_the_run_finishes_without_it(federation):
@@ -250,11 +378,12 @@ def test_a_supernode_killed_mid_run_and_the_run_finishes_without_it(federation):
 def test_a_third_client_added_while_the_superlink_runs_joins_the_next_run(federation, tmp_path):
     compose, _ = federation
     # as docs/deploy.md tells a user: its key and SAE certificate, its registration, its container
-    compose("run", "--rm", "certs", "python", "scripts/gen_certs.py", "/certs", "--nodes", "3",
-            "--sae", "server", "--sae", "node-0", "--sae", "node-1", "--sae", "node-2")
-    compose("run", "--rm", "register", "python", "scripts/compose/register.py", "/certs/node-2.pub")
     override = tmp_path / "third-client.yml"
     override.write_text((PROJECT_DIR / "docs" / "examples" / "third-client.yml").read_text())
+    compose("-f", "docker-compose.yml", "-f", str(override), "run", "--rm", "certs", "python", "scripts/gen_certs.py",
+            "/ca", "--nodes", "3", "--sae", "server", "--sae", "node-0", "--sae", "node-1", "--sae", "node-2",
+            "--bundle", "/secrets", "--owner", "10001:10001")
+    compose("run", "--rm", "register", "python", "scripts/compose/register.py", "/certs/node-2.pub")
     compose("-f", "docker-compose.yml", "-f", str(override), "up", "-d", "--no-deps", "supernode-2")
     compose("run", "--rm", "-e", f"QFL_RUN_CONFIG={_config('compose-three', 1, nodes=3)}", "submit", timeout=900)
     rows = _rows("compose-three")
@@ -265,7 +394,8 @@ def test_down_keeps_results_and_down_v_leaves_nothing(federation):
     compose, _ = federation
     compose("--profile", "qkd", "down", "--remove-orphans")
     assert _rows("compose-qkd"), "the results did not survive `down`"
-    compose("--profile", "qkd", "down", "-v", "--remove-orphans")
+    # with the third client's file too, as its header says: its volume is declared there
+    compose(*WITH_THIRD_CLIENT, "--profile", "qkd", "down", "-v", "--remove-orphans")
     label = f"label=com.docker.compose.project={PROJECT}"
     left = {kind: _run(["docker", kind, "ls", "-q", "--filter", label] if kind != "container" else
                        ["docker", "ps", "-aq", "--filter", label]).stdout.split()

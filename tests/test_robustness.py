@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from helpers import InProcessFederation
 
@@ -45,6 +45,17 @@ def _corrupt(kind: str, reply: Message) -> Message:
         sent = _request_of[reply.metadata.reply_to_message_id].content["arrays"]
         metrics["num-examples"] = 1e9
         content["arrays"] = ArrayRecord({k: Array(v.numpy()) for k, v in sent.items()})
+    elif kind == "near-copy":
+        # the same free rider, who hides its copy under noise far below any honest update
+        sent = _request_of[reply.metadata.reply_to_message_id].content["arrays"]
+        rng = np.random.default_rng(0)
+        metrics["num-examples"] = 1e9
+        content["arrays"] = ArrayRecord({k: Array(v.numpy() + 1e-9 * rng.normal(size=v.numpy().shape).astype(v.numpy().dtype))
+                                         for k, v in sent.items()})
+    elif kind == "no-partition":
+        # trains honestly, names no partition the server could size, claims all the data
+        metrics["num-examples"] = 1e9
+        content["device"] = ConfigRecord({k: v for k, v in reply.content["device"].items() if k != "partition-id"})
     elif kind == "spoofed-shape":
         content["arrays"] = ArrayRecord({k: _array_with_data(v, np.zeros(7)) for k, v in arrays.items()})
     elif kind == "extra-key":
@@ -68,9 +79,12 @@ def _corrupt(kind: str, reply: Message) -> Message:
     return out
 
 
-ATTACKS = ["scaled", "inflated-examples", "spoofed-shape", "extra-key", "missing-key", "second-record",
-           "complex", "nan", "inf", "huge"]
+ATTACKS = ["scaled", "inflated-examples", "near-copy", "no-partition", "spoofed-shape", "extra-key", "missing-key",
+           "second-record", "complex", "nan", "inf", "huge"]
 STRATEGIES = ["fedavg", "noise-isolating", "fedmedian"]
+# attacks a cap alone would also name: the guard must name them for what they are
+NAMED_AS = {"near-copy": "rejected: returned the global model all but unchanged",
+            "no-partition": "capped: claimed 1e+09 examples with no partition to check them against"}
 _request_of: dict[str, Message] = {}  # the federation's requests, by message ID (what an attacker answers)
 
 
@@ -110,6 +124,7 @@ def test_one_malicious_client_neither_crashes_nor_poisons_nor_hides(task_identit
     attacker = [r for r in rows if r["node_id"] == MALICIOUS]
     # the attacker is named every round: rejected, capped or trimmed, never silently "ok"
     assert len(attacker) == ROUNDS and all(r["status"] != "ok" for r in attacker), [r["status"] for r in attacker]
+    assert all(r["status"].startswith(NAMED_AS.get(attack, "")) for r in attacker), [r["status"] for r in attacker]
     assert all(s["clients-rejected"] + s["clients-capped"] + s["clients-trimmed"] >= 1 for s in stats)
 
 

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from multiprocessing.connection import Client
 
@@ -91,18 +90,32 @@ def test_the_worker_answers_as_the_in_process_path_and_is_reused(setup, task_ide
         worker.stop()
 
 
-def test_a_worker_killed_mid_message_is_restarted_once(setup):
+def test_a_worker_killed_mid_message_is_restarted_once(setup, monkeypatch):
+    from multiprocessing.connection import Connection
+
     from client.runtime import decode, encode
 
     cfg, node, req, run_config = setup
     slow = request("train", RecordDict({"arrays": req["arrays"], "config": req["config"]}),
                    {**run_config, "local-epochs": 40}, NODE)
+    payload = encode(slow)
     worker = _worker(cfg, node)
+    send_bytes = Connection.send_bytes
+    killed = []
+
+    def send_then_kill_once(conn, data, *args):  # noqa: ANN001, ANN002
+        """The worker dies once it holds the message (an event, not a guess at a delay)."""
+        send_bytes(conn, data, *args)
+        if data == payload and not killed:
+            killed.append(_pid(worker))
+            os.kill(killed[-1], signal.SIGKILL)
+
     try:
         worker.call(encode(req))  # warm: the next message is all training
         victim = _pid(worker)
-        threading.Timer(1.5, os.kill, (victim, signal.SIGKILL)).start()
-        reply = decode(worker.call(encode(slow)))  # noticed, restarted, answered
+        monkeypatch.setattr(Connection, "send_bytes", send_then_kill_once)
+        reply = decode(worker.call(payload))  # noticed, restarted, answered
+        assert killed == [victim]
         assert "arrays" in reply and _pid(worker) != victim
         assert _gone(victim)
     finally:

@@ -112,7 +112,8 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
     inner, central_dp, reply_arrays = server_strategy(cfg)
     ledger = _privacy_ledger(cfg, files, start_round)
     guard = InstrumentedStrategy(inner, train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays),
-                                 cfg.robust_norm_factor, cfg.robust_examples_factor, PartitionSizes(cfg, data))
+                                 cfg.robust_norm_factor, cfg.robust_examples_factor, PartitionSizes(cfg, data),
+                                 cfg.robust_direction)
     guard_ref.append(guard)
     # strategy -> transport -> wire: the transport encodes what the metered grid sends
     wire = TransportGrid(metered, stack, context.run_id, lambda: guard.current_round) if stack.transports else None

@@ -9,9 +9,12 @@ aggregates, whatever the strategy:
    other records or keys, unreadable or non-float or non-finite data, a bad example count;
 2. well-formed replies that would still dominate are bounded
    (:func:`~strategies.validation.robust_screen`): an update far outside the round's
-   spread, or (nearly) the global model itself, is rejected; an inflated example count is
-   capped (to the round's smallest for a reply that names no partition), a fidelity outside
-   [1/4, 1] clipped;
+   spread, (nearly) the global model itself, or pointing against the round's coordinate-wise
+   median update, is rejected, and the others' norms are bounded by twice their median; an
+   inflated example count is capped (to the round's smallest for a reply that names no
+   partition), a fidelity outside [1/4, 1] clipped; a delta a strategy accumulates
+   (SCAFFOLD's ``control-delta``) is bounded the same way
+   (:func:`~strategies.validation.delta_screen`);
 3. coordinates a quantum network lost are filled from the clients that delivered them
    (:func:`~strategies.fidelity_weighted.impute_lost`), so no strategy reads a loss as a
    zero update.
@@ -38,8 +41,10 @@ from strategies.fidelity_weighted import impute_lost
 from server.recorder import CLIENT_METRICS, column
 from strategies.validation import (
     FIDELITY_RANGE,
+    NORM_BOUND,
     ReplySchema,
     ScreenResult,
+    delta_screen,
     filter_replies,
     is_finite_number,
     robust_screen,
@@ -81,14 +86,18 @@ class InstrumentedStrategy(DelegatingStrategy):
         :func:`~strategies.validation.robust_screen`'s :math:`\\rho` and :math:`\\nu` (0: off).
     examples_bounds : callable, optional
         The most examples each of a round's replies can hold (e.g. its partition's size).
+    direction : bool
+        :func:`~strategies.validation.robust_screen`'s direction rule (``robust-direction``).
     """
 
     def __init__(self, strategy: Strategy, schema: ReplySchema | None = None, norm_factor: float = 0.0,
                  examples_factor: float = 0.0,
-                 examples_bounds: Callable[[list[Message]], list[float | None]] | None = None) -> None:
+                 examples_bounds: Callable[[list[Message]], list[float | None]] | None = None,
+                 direction: bool = False) -> None:
         super().__init__(strategy)
         self.schema = schema
         self.norm_factor, self.examples_factor, self.examples_bounds = norm_factor, examples_factor, examples_bounds
+        self.direction = direction
         self._round_stats: dict[str, float] = {}
         self._client_rows: list[dict[str, object]] = []
         self._reference: dict[str, tuple[int, ...]] | None = None
@@ -137,9 +146,13 @@ class InstrumentedStrategy(DelegatingStrategy):
         if self._reference is not None and self._global is not None:
             replies, rejected = filter_replies(replies, self._reference, schema=self.schema)
             screen = robust_screen(replies, self._global, self.norm_factor, self.examples_factor,
-                                   examples_bounds=self.examples_bounds)
+                                   examples_bounds=self.examples_bounds, direction=self.direction)
             replies, claims = screen.kept, _bounded_claims(screen)
             rejected += screen.rejected
+            for name in self.schema.extra_arrays if self.schema is not None else ():
+                sound, against, _ = delta_screen([m for m in replies if not m.has_error()], name, self._global,
+                                                 self.norm_factor)
+                replies, rejected = sound + [m for m in replies if m.has_error()], rejected + against
             replies = impute_lost(replies, self._global)
         failed = [m for m in replies if m.has_error()]
         try:
@@ -226,6 +239,9 @@ def _bounded_claims(screen: ScreenResult) -> dict[int, str]:
             f"capped: claimed {claimed:g} examples" if node not in screen.unbound
             else f"capped: claimed {claimed:g} examples with no partition to check them against,"
                  f" counted {counted:g} (the round's smallest)")
+    for node, scale in screen.scaled.items():
+        said.setdefault(node, []).append(
+            f"scaled: update norm {NORM_BOUND / scale:.2g} x the round's median, cut to {NORM_BOUND:g} x")
     for node, (claimed, used) in screen.clipped.items():
         low, high = FIDELITY_RANGE
         said.setdefault(node, []).append(

@@ -13,7 +13,9 @@ Two levels, both returning a reason for every rejection (logged with the node):
 
 Then :func:`robust_screen` bounds what a well-formed reply can do: an update whose distance
 from the global model is far outside the round's robust spread is rejected, so is one that is
-(nearly) the global model itself, and no claim decides a weight unchecked: a claimed example
+(nearly) the global model itself, and one that points against the round's coordinate-wise
+median update; the others' norms are bounded by twice the round's median; and no claim
+decides a weight unchecked: a claimed example
 count is capped by the round's median and the partition the reply names (the round's smallest
 without one), a claimed link fidelity is clipped to its physical range.
 """
@@ -30,7 +32,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from transport.contract import ARRAYS, FIDELITY, MASK, METRICS, NUM_EXAMPLES
-from transport.records import flatten
+from transport.records import flatten, unflatten
 
 
 def _array(record: ArrayRecord, name: str) -> np.ndarray:
@@ -201,6 +203,7 @@ class ScreenResult:
     capped: dict[int, tuple[float, float]]  # node -> (claimed, counted) example counts
     unbound: frozenset[int] = frozenset()  # nodes that name no partition the server can size
     clipped: dict[int, tuple[float, float]] = field(default_factory=dict)  # node -> (claimed, used) fidelity
+    scaled: dict[int, float] = field(default_factory=dict)  # node -> factor its update was scaled by (< 1)
 
 
 def _lower_median(values: np.ndarray) -> float:
@@ -218,6 +221,7 @@ def robust_screen(
     arrayrecord_key: str = ARRAYS,
     weighted_by_key: str = NUM_EXAMPLES,
     examples_bounds: Callable[[list[Message]], list[float | None]] | None = None,
+    direction: bool = False,
 ) -> ScreenResult:
     r"""Bound what well-formed replies can do to the global model.
 
@@ -253,8 +257,14 @@ def robust_screen(
     - a fidelity outside the physical range :data:`FIDELITY_RANGE` is clipped into it, so
       its weight :math:`((4F - 1)/3)^2` is at most 1.
 
-    With fewer than 3 replies no update is rejected for its size and a copy only when it is
-    bit-equal (no majority says what is typical); the claims are bounded all the same.
+    With ``direction`` (the run's ``robust-direction``, on by default), then
+    :func:`direction_screen`: an update that points against the round's coordinate-wise
+    median update is rejected, the others' norms are bounded by twice their median, and
+    their counts (after the caps) are multiplied by their cosine with the median.
+
+    With fewer than 3 replies no update is rejected for its size or direction and a copy
+    only when it is bit-equal (no majority says what is typical); the claims are bounded all
+    the same.
     """
     error = [m for m in replies if m.has_error()]
     sound = [m for m in replies if not m.has_error()]
@@ -262,12 +272,105 @@ def robust_screen(
     rejected = _near_copies(sound, dist, weighted_by_key)
     if norm_factor > 0 and len(sound) - len(rejected) >= 3:
         rejected += _too_far([(m, d) for m, d in zip(sound, dist) if not _among(m, rejected)], norm_factor)
+    sound = [m for m in sound if not _among(m, rejected)]
+    seen = DirectionResult(sound, [])
+    if direction:
+        seen = direction_screen(sound, global_arrays, arrayrecord_key)
+        sound, rejected = seen.kept, rejected + seen.rejected
     for msg, reason in rejected:
         log(WARNING, "Rejected the update of node %d: %s", msg.metadata.src_node_id, reason)
-    sound = [m for m in sound if not _among(m, rejected)]
     sound, capped, unbound = _cap_examples(sound, examples_factor, weighted_by_key, examples_bounds)
     sound, clipped = clip_fidelity(sound)
-    return ScreenResult(sound + error, rejected, capped, unbound, clipped)
+    sound = _trusted(sound, seen.trust, weighted_by_key)
+    return ScreenResult(sound + error, rejected, capped, unbound, clipped, seen.scaled)
+
+
+MIN_COSINE = 0.0  # an update at or below this cosine with the median update pulls the model back
+NORM_BOUND = 2.0  # an update that passes is cut to this many times the round's median norm
+
+
+@dataclass(frozen=True)
+class DirectionResult:
+    """What :func:`direction_screen` decided about a round's replies."""
+
+    kept: list[Message]  # those scaled are copies
+    rejected: list[tuple[Message, str]]
+    scaled: dict[int, float] = field(default_factory=dict)  # node -> factor its update was cut by (< 1)
+    trust: dict[int, float] = field(default_factory=dict)  # node -> cosine with the median, in (0, 1]
+
+
+def direction_screen(replies: list[Message], global_arrays: ArrayRecord, arrayrecord_key: str = ARRAYS) -> DirectionResult:
+    r"""Reject updates that point against the round's median update; trust the others by their
+    cosine with it; bound their norms.
+
+    For the updates :math:`g_k = w_k - w` of a round's :math:`K \ge 3` sound replies:
+
+    .. math::
+
+        r = \operatorname{med}_k g_k \;\text{(coordinate-wise)}, \qquad
+        t_k = \cos(g_k, r), \qquad \text{reject } k \iff t_k \le 0,
+
+        g_k \leftarrow g_k \min\!\left(1, \frac{\beta \operatorname{med}_j \lVert g_j \rVert}{\lVert g_k \rVert}\right),
+        \qquad n_k \leftarrow t_k\, n_k \;\text{ for the others,}
+
+    with :math:`\beta` = :data:`NORM_BOUND` (2) and :math:`n_k` the example count a
+    weighted strategy (FedAvg) weighs by; :func:`robust_screen` applies :math:`t_k` after
+    the counts are capped.
+
+    This is FLTrust (Cao et al. 2021) with the server's own reference update replaced by
+    the coordinate-wise median of the round's updates (Yin et al. 2018), since this server
+    holds no training data of its own: each update's trust score is its cosine with the
+    reference, zero (rejected) when not positive, and weighs it; its length is bounded as
+    in norm bounding (Sun et al. 2019), here at twice the median norm. The median is the
+    reference because fewer than half of the replies cannot move it outside the honest
+    ones' range in any coordinate; a sign-flipped update (global minus :math:`c` times an
+    honest one, inside any norm bar) has a negative cosine with it and is rejected. An
+    attacker who keeps a small positive cosine passes, but weighs :math:`t_k` (attackers
+    measured 0.04-0.3 where honest updates were 0.3-0.9) at most twice a typical length.
+    Twice, not once: cut at the median itself, every honest update above it is shortened
+    too, and a median-based strategy behind the guard lags (iris, FedMedian, 3 clients:
+    0.71 against 0.82 after 4 rounds). Designed for fewer than half of the replies
+    attacking (the median's breakdown point).
+
+    With fewer than 3 replies, or a median that is the zero vector, the replies pass as
+    they are.
+    """
+    if len(replies) < 3:
+        return DirectionResult(replies, [])
+    names = list(global_arrays.keys())
+    reference = flatten(global_arrays, names)
+    with np.errstate(over="ignore", invalid="ignore"):
+        updates = np.stack([flatten(m.content[arrayrecord_key], names) - reference for m in replies])
+        norms = np.linalg.norm(updates, axis=1)
+        if not np.all(np.isfinite(norms)):
+            return DirectionResult(replies, [])  # an overflowing update: the norm rule rejects it, not this one
+        median = np.median(updates, axis=0)
+        median_norm = float(np.linalg.norm(median))
+        if median_norm == 0:
+            return DirectionResult(replies, [])
+        cosine = updates @ median / np.maximum(norms * median_norm, np.finfo(float).tiny)
+    rejected = [(m, f"update points against the round's coordinate-wise median update (cosine {c:.2f} <= {MIN_COSINE:g})")
+                for m, c in zip(replies, cosine) if not c > MIN_COSINE]
+    kept = [(m, g, n, c) for m, g, n, c in zip(replies, updates, norms, cosine) if c > MIN_COSINE]
+    if not kept:
+        return DirectionResult([], rejected)
+    bar = NORM_BOUND * _lower_median(np.array([n for _, _, n, _ in kept]))
+    out, scaled, trust = [], {}, {}
+    for msg, update, norm, cos in kept:
+        trust[msg.metadata.src_node_id] = float(min(cos, 1.0))
+        if norm > bar > 0:
+            scale = bar / norm
+            scaled[msg.metadata.src_node_id] = scale
+            out.append(_with_arrays(msg, arrayrecord_key, global_arrays, names, reference + scale * update))
+        else:
+            out.append(msg)
+    return DirectionResult(out, rejected, scaled, trust)
+
+
+def _trusted(replies: list[Message], trust: dict[int, float], weighted_by_key: str) -> list[Message]:
+    """The replies with their example counts multiplied by their trust score."""
+    return [_with_metric(m, weighted_by_key, _examples(m, weighted_by_key) * trust[m.metadata.src_node_id])
+            if m.metadata.src_node_id in trust else m for m in replies]
 
 
 def _distances(sound: list[Message], global_arrays: ArrayRecord, arrayrecord_key: str) -> np.ndarray:
@@ -368,6 +471,60 @@ def _examples(message: Message, key: str) -> float:
         if key in record:
             return float(record[key])  # type: ignore[arg-type]
     raise KeyError(key)
+
+
+def delta_screen(
+    replies: list[Message], key: str, like: ArrayRecord, norm_factor: float
+) -> tuple[list[Message], list[tuple[Message, str]], dict[int, float]]:
+    r"""Bound the ArrayRecord ``key`` that a reply carries as a *delta* (SCAFFOLD's ``control-delta``).
+
+    A strategy that sums such deltas into state of its own (SCAFFOLD's server control
+    variate :math:`c \leftarrow c + \tfrac{|S|}{N}\,\overline{\Delta c}`) would be steered by
+    one large :math:`\Delta c_k` for every later round. Over a round's :math:`K \ge 3`
+    replies:
+
+    .. math::
+
+        \text{reject } k \iff \lVert \Delta c_k \rVert > \rho \operatorname{med}_j \lVert \Delta c_j \rVert,
+        \qquad \Delta c_k \leftarrow \Delta c_k \min\!\left(1,
+        \frac{\operatorname{med}_j \lVert \Delta c_j \rVert}{\lVert \Delta c_k \rVert}\right),
+
+    so a poisoned delta inside the bar moves the variate by at most :math:`1/K` of a median
+    one per round. No direction rule: honest control variates estimate each client's own
+    gradient, which differ by design on non-IID data. Returns the kept replies (copies where
+    scaled), the rejected with the reason, and ``node -> scale``.
+    """
+    if len(replies) < 3:
+        return replies, [], {}
+    names = list(like.keys())
+    with np.errstate(over="ignore", invalid="ignore"):
+        deltas = [flatten(m.content[key], names) for m in replies]
+        norms = np.array([np.linalg.norm(d) for d in deltas])
+    finite = norms[np.isfinite(norms)]
+    median = _lower_median(finite) if finite.size else 0.0
+    rejected, out, scaled = [], [], {}
+    for msg, delta, norm in zip(replies, deltas, norms):
+        if norm_factor > 0 and median > 0 and not norm <= norm_factor * median:
+            rejected.append((msg, f"'{key}' norm {norm:.3g} exceeds {norm_factor:g} x the round's median ({median:.3g})"))
+        elif norm > median > 0:
+            scaled[msg.metadata.src_node_id] = median / norm
+            out.append(_with_arrays(msg, key, like, names, delta * (median / norm)))
+        else:
+            out.append(msg)
+    for msg, reason in rejected:
+        log(WARNING, "Rejected the update of node %d: %s", msg.metadata.src_node_id, reason)
+    return out, rejected, scaled
+
+
+def _with_arrays(message: Message, key: str, like: ArrayRecord, names: list[str], flat: np.ndarray) -> Message:
+    """A copy of ``message`` whose ``key`` ArrayRecord holds ``flat``, cut into ``like``'s arrays."""
+    import copy
+
+    content = RecordDict(dict(message.content.items()))
+    content[key] = unflatten(flat, like, names)
+    out = copy.copy(message)
+    out.content = content
+    return out
 
 
 def _with_metric(message: Message, key: str, value: float) -> Message:

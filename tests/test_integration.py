@@ -231,14 +231,15 @@ def test_a_malicious_client_in_a_real_deployment_is_named_and_the_run_goes_on(tm
     assert "unexpected ['evil']" in proc.stdout  # named on the console too
 
 
-def _attack_app(tmp_path: Path, attack: str) -> Path:
-    """A Flower app whose ClientApp is ours, but partition 0 corrupts its training reply."""
+def _attack_app(tmp_path: Path, attack: str, partitions: tuple[int, ...] = (0,)) -> Path:
+    """A Flower app whose ClientApp is ours, but ``partitions`` corrupt their training replies:
+    ``extra-key`` adds a metric, ``sign-flip`` sends the global model minus 3 times the honest update."""
     app_dir = tmp_path / f"attack-app-{attack}"
     app_dir.mkdir()
     pyproject = (PROJECT_DIR / "pyproject.toml").read_text()
     (app_dir / "pyproject.toml").write_text(pyproject.replace('clientapp = "client.app:app"', 'clientapp = "malicious:app"'))
     (app_dir / "malicious.py").write_text(f'''
-from flwr.app import MetricRecord
+from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.clientapp import ClientApp
 
 import client.app as honest
@@ -247,9 +248,14 @@ from transport.flower import HELLO_ACTION, answer_hello, transport_mod
 
 def corrupt(msg, context, call_next):
     reply = call_next(msg, context)
-    if msg.metadata.message_type == "train" and context.node_config["partition-id"] == 0:
-        assert {attack!r} == "extra-key"
+    if msg.metadata.message_type != "train" or context.node_config["partition-id"] not in {partitions!r}:
+        return reply
+    if {attack!r} == "extra-key":
         reply.content["metrics"] = MetricRecord({{**dict(reply.content["metrics"]), "evil": 1.0}})
+    elif {attack!r} == "sign-flip":
+        sent = msg.content["arrays"]
+        reply.content["arrays"] = ArrayRecord({{k: Array(sent[k].numpy() - 3.0 * (v.numpy() - sent[k].numpy()))
+                                                for k, v in reply.content["arrays"].items()}})
     return reply
 
 
@@ -259,6 +265,42 @@ app.evaluate()(honest.evaluate)
 app.query(HELLO_ACTION)(answer_hello)
 ''')
     return app_dir
+
+
+@pytest.mark.slow
+def test_two_colluding_sign_flippers_of_five_in_a_real_deployment_are_named_and_do_not_reverse_learning(tmp_path):
+    """Long (~3 min): five SuperNodes for eight rounds, the size the issue asks the default to hold at.
+
+    Partitions 0 and 1 send the global model minus 3 times their honest update (inside the
+    guard's 4x norm bar), over the real wire. With no option set, the run ends within 0.10
+    of the same federation without attackers (run in this process: same seeds, same code,
+    no wire), and both attackers are named in every round.
+    """
+    from server.inprocess import InProcessFederation, task_identity
+    from server.launch.config import app_defaults
+
+    config = {**app_defaults(PROJECT_DIR), "dataset": "wine", "local-epochs": 3, "learning-rate": 0.1}
+    with task_identity():
+        clean = InProcessFederation(config, 5).run(8).accuracy[-1]
+    app_dir = _attack_app(tmp_path, "sign-flip", partitions=(0, 1))
+    proc = subprocess.run(
+        launch_cmd(tmp_path, "colluders", "--dataset", "wine", "--clients", "5", "--rounds", "8", "--app", str(app_dir),
+                   "--timeout", str(2 * LAUNCH_TIMEOUT_S - 20)),
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=2 * LAUNCH_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = run_rows(tmp_path / "colluders")
+    assert len(rows) == 9, rows
+    assert clean > 0.8, clean  # a margin around chance would prove nothing
+    assert rows[-1]["test_accuracy"] >= clean - 0.10, (rows[-1]["test_accuracy"], clean)
+    clients = _client_rows(tmp_path / "colluders")
+    attackers = [c for c in clients if c["partition_id"] in ("0", "1")]
+    assert len(attackers) == 16, attackers  # both, every round
+    # rejected for pointing back; in a round where its own honest update pointed against
+    # the others, the flipped one points with them and is only named and cut for its length
+    assert all(c["status"].startswith(("rejected: update points against the round's coordinate-wise median",
+                                       "scaled: update norm")) for c in attackers), [c["status"] for c in attackers]
+    assert sum(c["status"].startswith("rejected") for c in attackers) >= 12, [c["status"] for c in attackers]
 
 
 @pytest.mark.slow

@@ -129,6 +129,8 @@ class RunConfig(_Strict):
         4.0, ge=0, description="the guard rejects an update farther from the global model than this many times the round's median distance (0: off)")
     robust_examples_factor: float = Field(
         4.0, ge=0, description="the guard caps a claimed num-examples at this many times the round's median claim (0: off)")
+    robust_direction: bool = Field(
+        True, description="the guard rejects an update pointing against the round's coordinate-wise median update and cuts the others' norms to twice their median (false: off)")
     # --- outputs
     output_dir: str = Field("runs", min_length=1, description="where run folders go")
     log_to: str = Field("", description="also log every round to: tensorboard, mlflow, or both (comma-separated; the package must be installed)")

@@ -1,0 +1,162 @@
+"""An attacker inside the norm bar: the guard's direction rule against sign flips and colluders.
+
+The issue's measurements, one round behind the server's real guard
+(:class:`server.instrumented.InstrumentedStrategy` with the server's defaults: norm factor 4,
+examples factor 4, ``robust-direction`` on): five clients, the honest ones step along a
+direction :math:`u` from the global model, and the aggregate is read as its projection on
+:math:`u` (a clean round gives about 1). Each attack is run with the rule off too, where it
+must do the damage the issue measured, so that no test here passes with the rule doing
+nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message
+from helpers import make_reply
+
+from server.instrumented import InstrumentedStrategy
+from strategies import FidelityWeightedFedAvg, load_strategy
+from strategies.validation import direction_screen
+
+DIM = 40
+CLIENTS = 5
+NORM_FACTOR = EXAMPLES_FACTOR = 4.0  # the server's defaults
+GLOBAL = np.linspace(-1.0, 1.0, DIM)
+U = np.ones(DIM) / np.sqrt(DIM)
+
+
+@pytest.fixture(autouse=True)
+def _identity(task_identity):
+    pass
+
+
+def honest(node: int) -> np.ndarray:
+    """A honest client's update: one unit along ``U`` with a little heterogeneity of its own."""
+    return U + 0.05 * np.random.default_rng(node).normal(size=DIM)
+
+
+def reply(update: np.ndarray, node: int, examples: float = 30, fidelity: float | None = None) -> Message:
+    msg = make_reply({"w": GLOBAL + update}, examples, node)
+    if fidelity is not None:
+        msg.content["metrics"]["fidelity"] = fidelity
+    return msg
+
+
+def guarded_round(replies: list[Message], direction: bool = True, strategy=None):  # noqa: ANN001, ANN201
+    """``(aggregate . U, status by node)`` of one round behind the guard."""
+    guard = InstrumentedStrategy(strategy or load_strategy("fedavg"), None, NORM_FACTOR, EXAMPLES_FACTOR, None, direction)
+    guard._reference, guard._global = {"w": (DIM,)}, ArrayRecord({"w": Array(GLOBAL)})  # as configure_train records them
+    arrays, _ = guard.aggregate_train(1, replies)
+    status = {row["node_id"]: row["status"] for row in guard.take_client_rows()}
+    return float((arrays["w"].numpy() - GLOBAL) @ U), status
+
+
+def attacked(attackers: dict[int, np.ndarray], **claims) -> list[Message]:  # noqa: ANN003
+    """Five replies: the honest ones, and ``attackers``' updates in place of theirs."""
+    return [reply(attackers[k], k, **claims) if k in attackers else reply(honest(k), k) for k in range(1, CLIENTS + 1)]
+
+
+def sign_flip(node: int, factor: float = 3.0) -> np.ndarray:
+    """The global model minus ``factor`` times the attacker's own honest update."""
+    return -factor * honest(node)
+
+
+def test_a_clean_round_loses_nobody_and_little_of_its_step():
+    clean, status = guarded_round(attacked({}))
+    off, _ = guarded_round(attacked({}), direction=False)
+    assert set(status.values()) == {"ok"}
+    assert clean > 0.95 and abs(clean - off) < 0.03, (clean, off)
+
+
+@pytest.mark.parametrize("attack", [
+    "one sign flip (-3x its update)",
+    "one sign flip at the norm bar's edge (-3.9 u)",
+    "one sign flip claiming 1e9 examples",
+    "two colluders (-3.9 u each)",
+])
+def test_an_in_bound_attack_is_rejected_named_and_leaves_the_step(attack):
+    attackers = {5: sign_flip(5)} if attack.startswith("one sign flip (") else \
+        {5: -3.9 * U} if "edge" in attack else {4: -3.9 * U, 5: -3.9 * U} if "colluders" in attack else {5: sign_flip(5)}
+    claims = {"examples": 1e9} if "1e9" in attack else {}
+    replies = [reply(attackers[k], k, **claims) if k in attackers else reply(honest(k), k) for k in range(1, CLIENTS + 1)]
+    step, status = guarded_round(replies)
+    without, _ = guarded_round(replies, direction=False)
+    assert step > 0.9, (attack, step)
+    assert without < 0.6, (attack, without)  # what the rule stops: the issue's +0.05, -1.44, -0.98
+    for node in attackers:
+        assert status[node].startswith("rejected: update points against the round's coordinate-wise median"), status
+    assert all(status[k] == "ok" for k in range(1, CLIENTS + 1) if k not in attackers), status
+
+
+def test_a_false_fidelity_claim_with_a_sign_flip_does_not_make_the_aggregate():
+    replies = attacked({5: -3.5 * U})
+    replies[-1].content["metrics"]["fidelity"] = 1e6
+    for msg in replies[:-1]:
+        msg.content["metrics"]["fidelity"] = 0.95
+    step, status = guarded_round(replies, strategy=FidelityWeightedFedAvg())
+    without, _ = guarded_round(replies, direction=False, strategy=FidelityWeightedFedAvg())
+    assert step > 0.9 and without < 0.5, (step, without)
+    assert status[5].startswith("rejected: update points against"), status
+
+
+def test_an_update_a_little_off_the_median_pulls_by_at_most_a_typical_update():
+    """The attacker who reads the rule keeps a positive cosine and puts the rest of its norm
+    (just inside the 4x bar) where it hurts: it passes, cut to twice the median norm, and named."""
+    orthogonal = np.zeros(DIM)
+    orthogonal[: DIM // 2], orthogonal[DIM // 2:] = 1.0, -1.0
+    orthogonal /= np.linalg.norm(orthogonal)
+    evil = 0.3 * U + 3.9 * orthogonal
+    replies = attacked({5: evil})
+    seen = direction_screen(replies, ArrayRecord({"w": Array(GLOBAL)}))
+    assert seen.rejected == [] and 5 in seen.scaled and seen.scaled[5] < 0.6, seen
+    assert seen.trust[5] < 0.2 < min(seen.trust[k] for k in range(1, CLIENTS)), seen.trust  # and it weighs little
+    guard = InstrumentedStrategy(load_strategy("fedavg"), None, NORM_FACTOR, EXAMPLES_FACTOR, None, True)
+    guard._reference, guard._global = {"w": (DIM,)}, ArrayRecord({"w": Array(GLOBAL)})
+    arrays, _ = guard.aggregate_train(1, replies)
+    assert guard.take_client_rows()[-1]["status"].startswith("scaled: update norm 3.7 x the round's median, cut to 2 x")
+    off_axis = float((arrays["w"].numpy() - GLOBAL) @ orthogonal)
+    median_norm = float(np.median([np.linalg.norm(honest(k)) for k in range(1, CLIENTS)]))
+    assert off_axis <= 1.05 * 2 * median_norm / CLIENTS, off_axis  # 3.9 / 5 = 0.78 without the bound
+
+
+def test_fewer_than_three_replies_pass_as_they_are():
+    replies = [reply(honest(1), 1), reply(sign_flip(2), 2)]
+    seen = direction_screen(replies, ArrayRecord({"w": Array(GLOBAL)}))
+    assert seen.kept == replies and seen.rejected == [] and seen.scaled == {} and seen.trust == {}
+
+
+@pytest.mark.parametrize("poison", [1e3, -0.35])  # far outside the bar; inside it (3.5 x the median)
+def test_a_poisoned_scaffold_control_delta_cannot_steer_the_servers_variate(poison):
+    """SCAFFOLD sums the control deltas into its variate for every later round: one far
+    outside the round's spread is rejected with its reply, one inside is cut to the median."""
+    from strategies.scaffold import Scaffold
+
+    from strategies.validation import ReplySchema
+    from transport.contract import CONTROL_DELTA
+
+    def scaffold_round(attack: float | None) -> tuple[np.ndarray, dict]:
+        strategy = Scaffold()
+        strategy.control, strategy._global, strategy._available = {"w": np.zeros(DIM)}, ArrayRecord({"w": Array(GLOBAL)}), CLIENTS
+        guard = InstrumentedStrategy(strategy, ReplySchema(metrics=frozenset({"train-loss", "num-examples"}),
+                                                                extra_arrays=frozenset({CONTROL_DELTA})), NORM_FACTOR,
+                                     EXAMPLES_FACTOR, None, True)
+        guard._reference, guard._global = {"w": (DIM,)}, ArrayRecord({"w": Array(GLOBAL)})
+        replies = []
+        for k in range(1, CLIENTS + 1):
+            msg = reply(honest(k), k)
+            delta = attack * U if attack is not None and k == CLIENTS else 0.1 * honest(k)
+            msg.content[CONTROL_DELTA] = ArrayRecord({"w": Array(delta)})
+            replies.append(msg)
+        guard.aggregate_train(1, replies)
+        return strategy.control["w"], {row["node_id"]: row["status"] for row in guard.take_client_rows()}
+
+    clean, clean_status = scaffold_round(None)
+    control, status = scaffold_round(poison)
+    assert set(clean_status.values()) == {"ok"} and np.linalg.norm(clean) > 0, clean_status
+    pull = abs(float((control - clean) @ U))
+    median_norm = float(np.median([np.linalg.norm(0.1 * honest(k)) for k in range(1, CLIENTS + 1)]))
+    if poison > 100:
+        assert status[CLIENTS].startswith("rejected: 'control-delta' norm"), status
+    assert pull <= 2 * median_norm / CLIENTS + 1e-9, pull  # unguarded: |poison| / 5 = 0.07 or 200

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 from flwr.app import ArrayRecord, Message, RecordDict
 
+from transport.contract import NODE_NUM_PARTITIONS, NODE_PARTITION_ID, ROUND_OFFSET
+
 
 @contextlib.contextmanager
 def task_identity() -> Iterator[None]:
@@ -68,11 +70,11 @@ class InProcessFederation:
         from client.app import app
 
         replies = []
-        for i, msg in enumerate(self.guard.configure_train(rnd, self.arrays, ConfigRecord({"round-offset": 0}), self)):
+        for i, msg in enumerate(self.guard.configure_train(rnd, self.arrays, ConfigRecord({ROUND_OFFSET: 0}), self)):
             msg.metadata.__dict__["_message_id"] = f"r{rnd}-{i}"
             self.requests[msg.metadata.message_id] = msg
             node = msg.metadata.dst_node_id
-            ctx = Context(run_id=1, node_id=node, node_config={"partition-id": node - 1, "num-partitions": self.clients},
+            ctx = Context(run_id=1, node_id=node, node_config={NODE_PARTITION_ID: node - 1, NODE_NUM_PARTITIONS: self.clients},
                           state=self.states[node], run_config=self.run_config)
             reply = app(msg, ctx)
             replies.append(self.corrupt(node, reply) if self.corrupt else reply)

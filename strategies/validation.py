@@ -325,8 +325,9 @@ def direction_screen(replies: list[Message], global_arrays: ArrayRecord, arrayre
     reference because fewer than half of the replies cannot move it outside the honest
     ones' range in any coordinate; a sign-flipped update (global minus :math:`c` times an
     honest one, inside any norm bar) has a negative cosine with it and is rejected. An
-    attacker who keeps a small positive cosine passes, but weighs :math:`t_k` (attackers
-    measured 0.04-0.3 where honest updates were 0.3-0.9) at most twice a typical length.
+    attacker who keeps a small positive cosine passes, but weighs :math:`t_k` (in the
+    attack study, ``bench/attacks.py``, colluders that passed had 0.01-0.29 where the honest
+    updates of those rounds had 0.30-0.69) at most twice a typical length.
     Twice, not once: cut at the median itself, every honest update above it is shortened
     too, and a median-based strategy behind the guard lags (iris, FedMedian, 3 clients:
     0.71 against 0.82 after 4 rounds). Designed for fewer than half of the replies

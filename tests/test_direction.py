@@ -160,3 +160,34 @@ def test_a_poisoned_scaffold_control_delta_cannot_steer_the_servers_variate(pois
     if poison > 100:
         assert status[CLIENTS].startswith("rejected: 'control-delta' norm"), status
     assert pull <= 2 * median_norm / CLIENTS + 1e-9, pull  # unguarded: |poison| / 5 = 0.07 or 200
+
+
+class _Grid:
+    """What the strategies' ``configure_train`` samples from."""
+
+    def get_node_ids(self):  # noqa: ANN201
+        return list(range(1, CLIENTS + 1))
+
+
+@pytest.mark.parametrize("name", [*__import__("strategies").BUILTIN_STRATEGIES, "strategies.scaffold:Scaffold"])
+def test_every_strategy_stands_behind_the_same_direction_rule(name):
+    """One sign flip of five, behind the guard as the ServerApp builds it: whatever the
+    strategy (by name or by dotted path), the attacker is rejected and the step goes forward."""
+    from flwr.app import ConfigRecord
+
+    from transport.contract import CONTROL_DELTA
+
+    def step() -> tuple[float, dict]:
+        guard = InstrumentedStrategy(load_strategy(name, min_available_nodes=1), None, NORM_FACTOR, EXAMPLES_FACTOR,
+                                     None, True)
+        guard.configure_train(1, ArrayRecord({"w": Array(GLOBAL)}), ConfigRecord(), _Grid())
+        replies = attacked({5: sign_flip(5)})
+        for msg in replies if "scaffold" in name else ():
+            msg.content[CONTROL_DELTA] = ArrayRecord({"w": Array(np.zeros(DIM))})  # what SCAFFOLD's replies carry
+        arrays, _ = guard.aggregate_train(1, replies)
+        return float((arrays["w"].numpy() - GLOBAL) @ U), {r["node_id"]: r["status"] for r in guard.take_client_rows()}
+
+    forward, status = step()
+    assert status[5].startswith("rejected: update points against"), status
+    assert all(status[k] == "ok" for k in range(1, CLIENTS)), status
+    assert forward > 0, forward

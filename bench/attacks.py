@@ -122,20 +122,39 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"args": vars(args), "cells": cells}, indent=1))
     print(f"\n{args.dataset}, {args.clients} clients, {args.rounds} rounds, seeds {args.seeds} "
-          f"({time.monotonic() - started:.0f} s); accuracy mean +- std, difference to the same defence's clean run")
-    header = (f"{'defence':>14} {'attack':>10} {'accuracy':>15} {'vs clean':>9} {'rounds to 0.8':>13} {'named':>6} "
-              f"{'honest rejected':>16} {'honest named':>13}")
-    print(header + "\n" + "-" * len(header))
+          f"({time.monotonic() - started:.0f} s; cells in {OUT.relative_to(ROOT)})\n")
+    print(table(cells, args.defences, args.attacks))
+    base = {c["seed"]: c["accuracy"] for c in cells if c["defence"] == "fedavg" and c["attack"] == "clean"}
     for defence in args.defences:
-        clean = [c["accuracy"] for c in cells if c["defence"] == defence and c["attack"] == "clean"]
-        for attack in args.attacks:
+        paired = [c["accuracy"] - base[c["seed"]] for c in cells
+                  if c["defence"] == defence != "fedavg" and c["attack"] == "clean" and c["seed"] in base]
+        if paired:
+            print(f"\nclean-run cost of {defence} against fedavg, paired by seed: {np.mean(paired):+.3f} "
+                  f"(min {min(paired):+.3f}, max {max(paired):+.3f})", end="")
+    print()
+
+
+def table(cells: list[dict], defences: list[str], attacks: list[str]) -> str:
+    """A markdown table: per defence and attack, the final accuracy against the same defence's
+    clean run (paired by seed), rounds to 0.8, and who was named or rejected."""
+    lines = ["| defence | attack | final accuracy (mean ± sd) | vs clean | seeds > 0.10 below clean | rounds to 0.8 "
+             "| attackers named | honest rejected | honest named |", "|---|---|---|---|---|---|---|---|---|"]
+    for defence in defences:
+        clean = {c["seed"]: c["accuracy"] for c in cells if c["defence"] == defence and c["attack"] == "clean"}
+        for attack in attacks:
             got = [c for c in cells if c["defence"] == defence and c["attack"] == attack]
+            if not got:
+                continue
             acc = np.array([c["accuracy"] for c in got])
-            diff = f"{acc.mean() - np.mean(clean):+9.3f}" if clean else f"{'':>9}"
+            paired = [c["accuracy"] - clean[c["seed"]] for c in got if c["seed"] in clean]
             named = [c["named"] for c in got if c["named"] is not None]
-            print(f"{defence:>14} {attack:>10} {acc.mean():>7.3f} +- {acc.std():.3f} {diff} "
-                  f"{np.mean([rounds_to(c['curve'], 0.8) for c in got]):>13.1f} {(np.mean(named) if named else float('nan')):>6.2f} {np.mean([c['honest_rejected'] for c in got]):>16.3f} "
-                  f"{np.mean([c['honest_named'] for c in got]):>13.3f}")
+            lines.append(
+                f"| {defence} | {attack} | {acc.mean():.3f} ± {acc.std():.3f} | "
+                + (f"{np.mean(paired):+.3f} | {sum(d < -0.10 for d in paired)}/{len(paired)}" if paired else "— | —")
+                + f" | {np.mean([rounds_to(c['curve'], 0.8) for c in got]):.1f} | "
+                + (f"{np.mean(named):.2f}" if named else "—")
+                + f" | {np.mean([c['honest_rejected'] for c in got]):.3f} | {np.mean([c['honest_named'] for c in got]):.3f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ test-slow: install
 	cd tests && ../$(PY) -m pytest -m "slow and not docker"
 
 # docker compose on a real engine, attacks on its perimeter included (root: starts dockerd;
-# 19 minutes here from scratch, base image and build included)
+# 10-19 minutes here on a fresh engine, base image and build included)
 test-compose: install
 	cd tests && ../$(PY) -m pytest -m docker
 

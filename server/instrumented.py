@@ -13,7 +13,7 @@ aggregates, whatever the strategy:
    median update, is rejected, and the others' norms are bounded by twice their median; an
    inflated example count is capped (to the round's smallest for a reply that names no
    partition), a fidelity outside [1/4, 1] clipped; a delta a strategy accumulates
-   (SCAFFOLD's ``control-delta``) is bounded the same way
+   (SCAFFOLD's ``control-delta``) is bounded by its length
    (:func:`~strategies.validation.delta_screen`);
 3. coordinates a quantum network lost are filled from the clients that delivered them
    (:func:`~strategies.fidelity_weighted.impute_lost`), so no strategy reads a loss as a

@@ -122,8 +122,8 @@ def _launch_until_round_0(tmp_path: Path, name: str, *extra: str) -> tuple[subpr
         launch_cmd(tmp_path, name, "--clients", "2", "--rounds", "6", *extra),
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         # signals as at a terminal: a suite started in the background (`make test &`) hands
-        # its children SIGINT ignored, and Python keeps it ignored
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # its children SIGINT ignored, one started under `nohup` SIGHUP, and Python keeps them ignored
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)],
     )
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     while not run_rows(run_dir):

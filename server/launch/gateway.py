@@ -76,6 +76,11 @@ http {{
 {temp}
     server_tokens off;
     client_max_body_size {MAX_BODY};
+    # nothing spills to the temp paths: started as root, nginx's workers run as nobody and
+    # cannot write to the 0700 state folder (a 98 KB FAB failed so with "Permission denied");
+    # request bodies up to the cap stay in memory, larger responses stream instead of buffering
+    client_body_buffer_size {MAX_BODY};
+    proxy_max_temp_file_size 0;
     upstream qfl_superlink {{ server {superlink}; keepalive 16; }}
     server {{
         listen {listen} ssl;

@@ -233,12 +233,17 @@ class PartitionSizes:
 
     A reply claims its ``partition-id``; the number of partitions is the one most of the
     round's replies claim, so one client cannot choose a coarser split to look bigger. A
-    claim that fits no partition gets no bound (the median rule still applies).
+    node is bound to the partition it named first: a later reply that names another, and
+    every reply of a round that names a partition another node of the same round names,
+    gets no bound (the guard then counts it as the round's smallest, and names it), so no
+    node can take a larger partition's size by claiming it. A claim that fits no partition
+    gets no bound either.
     """
 
     def __init__(self, cfg: RunConfig, data) -> None:  # noqa: ANN001
         self.cfg, self.data = cfg, data
         self._sizes: dict[int, list[int]] = {}
+        self.bound: dict[int, int] = {}  # node ID -> the partition it named first
 
     def sizes(self, num_partitions: int) -> list[int] | None:
         if num_partitions not in self._sizes:
@@ -257,8 +262,18 @@ class PartitionSizes:
             return [None] * len(replies)
         num = counts.most_common(1)[0][0]
         sizes = self.sizes(num)
-        return [float(sizes[pid]) if sizes is not None and pid is not None and 0 <= pid < num else None
-                for pid, _ in claims]
+        named = Counter(pid for pid, _ in claims if pid is not None)
+        out: list[float | None] = []
+        for msg, (pid, _) in zip(replies, claims):
+            node = msg.metadata.src_node_id
+            if pid is not None and named[pid] > 1:
+                log(WARNING, "node %d names partition %d, as another node of this round does: neither is sized", node, pid)
+                pid = None
+            elif pid is not None and self.bound.setdefault(node, pid) != pid:
+                log(WARNING, "node %d names partition %d, but named %d first: not sized", node, pid, self.bound[node])
+                pid = None
+            out.append(float(sizes[pid]) if sizes is not None and pid is not None and 0 <= pid < num else None)
+        return out
 
 
 def _device_claim(msg: Message) -> tuple[int | None, int | None]:

@@ -43,6 +43,7 @@ from strategies.validation import (
     FIDELITY_RANGE,
     NORM_BOUND,
     ReplySchema,
+    TWIN_FRACTION,
     ScreenResult,
     delta_screen,
     filter_replies,
@@ -237,11 +238,15 @@ def _bounded_claims(screen: ScreenResult) -> dict[int, str]:
     for node, (claimed, counted) in screen.capped.items():
         said.setdefault(node, []).append(
             f"capped: claimed {claimed:g} examples" if node not in screen.unbound
-            else f"capped: claimed {claimed:g} examples with no partition to check them against,"
+            else f"capped: claimed {claimed:g} examples with no partition bound to it to check them against,"
                  f" counted {counted:g} (the round's smallest)")
     for node, scale in screen.scaled.items():
         said.setdefault(node, []).append(
             f"scaled: update norm {NORM_BOUND / scale:.2g} x the round's median, cut to {NORM_BOUND:g} x")
+    for node, others in screen.twins.items():
+        said.setdefault(node, []).append(
+            f"twinned: update all but identical to node(s) {', '.join(map(str, others))}'s (within "
+            f"{TWIN_FRACTION:g} x the round's median pairwise distance): the group counts as this one reply")
     for node, (claimed, used) in screen.clipped.items():
         low, high = FIDELITY_RANGE
         said.setdefault(node, []).append(

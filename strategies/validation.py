@@ -30,6 +30,8 @@ from logging import WARNING
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from transport.contract import ARRAYS, FIDELITY, MASK, METRICS, NUM_EXAMPLES
 from transport.records import flatten, unflatten
@@ -204,6 +206,7 @@ class ScreenResult:
     unbound: frozenset[int] = frozenset()  # nodes that name no partition the server can size
     clipped: dict[int, tuple[float, float]] = field(default_factory=dict)  # node -> (claimed, used) fidelity
     scaled: dict[int, float] = field(default_factory=dict)  # node -> factor its update was scaled by (< 1)
+    twins: dict[int, tuple[int, ...]] = field(default_factory=dict)  # node -> the others of its group
 
 
 def _lower_median(values: np.ndarray) -> float:
@@ -282,11 +285,12 @@ def robust_screen(
     sound, capped, unbound = _cap_examples(sound, examples_factor, weighted_by_key, examples_bounds)
     sound, clipped = clip_fidelity(sound)
     sound = _trusted(sound, seen.trust, weighted_by_key)
-    return ScreenResult(sound + error, rejected, capped, unbound, clipped, seen.scaled)
+    return ScreenResult(sound + error, rejected, capped, unbound, clipped, seen.scaled, seen.twins)
 
 
 MIN_COSINE = 0.0  # an update at or below this cosine with the median update pulls the model back
 NORM_BOUND = 2.0  # an update that passes is cut to this many times the round's median norm
+TWIN_FRACTION = 0.1  # two updates closer than this times the round's median pairwise distance are one voice
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,7 @@ class DirectionResult:
     rejected: list[tuple[Message, str]]
     scaled: dict[int, float] = field(default_factory=dict)  # node -> factor its update was cut by (< 1)
     trust: dict[int, float] = field(default_factory=dict)  # node -> cosine with the median, in (0, 1]
+    twins: dict[int, tuple[int, ...]] = field(default_factory=dict)  # kept node -> the others of its group
 
 
 def direction_screen(replies: list[Message], global_arrays: ArrayRecord, arrayrecord_key: str = ARRAYS) -> DirectionResult:
@@ -315,7 +320,10 @@ def direction_screen(replies: list[Message], global_arrays: ArrayRecord, arrayre
 
     with :math:`\beta` = :data:`NORM_BOUND` (2) and :math:`n_k` the example count a
     weighted strategy (FedAvg) weighs by; :func:`robust_screen` applies :math:`t_k` after
-    the counts are capped.
+    the counts are capped. Updates that are all but identical (linked by distances
+    :math:`\lVert g_k - g_j \rVert \le \gamma \operatorname{med}_{i<l} \lVert g_i - g_l \rVert`,
+    :math:`\gamma` = :data:`TWIN_FRACTION`) count as one: the group's lowest node ID stays,
+    the others are rejected, all are named.
 
     This is FLTrust (Cao et al. 2021) with the server's own reference update replaced by
     the coordinate-wise median of the round's updates (Yin et al. 2018), since this server
@@ -355,6 +363,12 @@ def direction_screen(replies: list[Message], global_arrays: ArrayRecord, arrayre
     kept = [(m, g, n, c) for m, g, n, c in zip(replies, updates, norms, cosine) if c > MIN_COSINE]
     if not kept:
         return DirectionResult([], rejected)
+    twins = _twin_groups([m.metadata.src_node_id for m, _, _, _ in kept], np.stack([g for _, g, _, _ in kept]))
+    # a group speaks once: its lowest node ID stays (which one does not matter, they agree)
+    rejected += [(m, f"update all but identical to node {min(twins[m.metadata.src_node_id])}'s (within "
+                     f"{TWIN_FRACTION:g} x the round's median pairwise distance): the group counts as one reply")
+                 for m, _, _, _ in kept if min(twins.get(m.metadata.src_node_id, (np.inf,))) < m.metadata.src_node_id]
+    kept = [k for k in kept if not _among(k[0], rejected)]
     bar = NORM_BOUND * _lower_median(np.array([n for _, _, n, _ in kept]))
     out, scaled, trust = [], {}, {}
     for msg, update, norm, cos in kept:
@@ -365,7 +379,30 @@ def direction_screen(replies: list[Message], global_arrays: ArrayRecord, arrayre
             out.append(_with_arrays(msg, arrayrecord_key, global_arrays, names, reference + scale * update))
         else:
             out.append(msg)
-    return DirectionResult(out, rejected, scaled, trust)
+    twins = {node: others for node, others in twins.items() if node in trust}
+    return DirectionResult(out, rejected, scaled, trust, twins)
+
+
+def _twin_groups(nodes: list[int], updates: np.ndarray) -> dict[int, tuple[int, ...]]:
+    """``node -> the other nodes of its group`` for the updates linked (transitively) by a
+    distance at most :data:`TWIN_FRACTION` times the median pairwise distance; nodes alone
+    are left out. ``updates`` is ``(K, P)``; fewer than 3 or all equal: no groups."""
+    if len(nodes) < 3:
+        return {}
+    gram = updates @ updates.T
+    sq = np.diag(gram)
+    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0.0))
+    upper = dist[np.triu_indices(len(nodes), 1)]
+    bar = TWIN_FRACTION * float(np.median(upper))
+    if bar == 0:
+        return {}
+    _, label = connected_components(csr_matrix(dist <= bar), directed=False)
+    groups = {}
+    for i, node in enumerate(nodes):
+        others = tuple(sorted(nodes[j] for j in np.flatnonzero(label == label[i]) if j != i))
+        if others:
+            groups[node] = others
+    return groups
 
 
 def _trusted(replies: list[Message], trust: dict[int, float], weighted_by_key: str) -> list[Message]:

@@ -150,7 +150,7 @@ def test_a_count_with_no_partition_weighs_as_the_rounds_smallest_and_is_named(si
     assert clean > 0.9 and all(s == "ok" for s in clean_status.values())
     assert attacked == pytest.approx(clean * (1 - share) - share, abs=0.05), (attacked, clean, share)
     assert attacked > 0.5
-    assert status[ATTACKER] == (f"capped: claimed 1e+09 examples with no partition to check them against, "
+    assert status[ATTACKER] == (f"capped: claimed 1e+09 examples with no partition bound to it to check them against, "
                                 f"counted {smallest:g} (the round's smallest)")
     assert all(status[k] == "ok" for k in range(1, CLIENTS)) and stats["clients-capped"] == 1
 
@@ -221,3 +221,24 @@ def test_of_two_replies_only_a_bit_equal_copy_is_rejected():
     assert status == {1: "ok", 2: "ok"}
     _, status, _ = guarded_round(load_strategy("fedavg"), [reply(honest_update(1), 30, 1), reply(GLOBAL, 30, 2)])
     assert status[2] == "rejected: returned the global model unchanged while claiming to have trained"
+
+
+def test_a_node_is_bound_to_the_partition_it_named_first(sizes):
+    """The attacker names the largest partition in round 2 after naming its own in round 1:
+    the switch is not sized (the round's smallest) and named; a node that names another
+    node's partition in the same round leaves both unsized."""
+    true = sizes.sizes(CLIENTS)
+    largest = int(np.argmax(true))
+    first = [reply(honest_update(k), true[k - 1], k, partition=k - 1, num_partitions=CLIENTS)
+             for k in range(1, CLIENTS + 1)]
+    assert sizes(first) == [float(n) for n in true] and sizes.bound[ATTACKER] == CLIENTS - 1
+    switched = [*first[:-1], reply(honest_update(ATTACKER), 1e9, ATTACKER, partition=largest, num_partitions=CLIENTS)]
+    bounds = sizes(switched)
+    assert bounds[largest] is None and bounds[-1] is None  # the victim shares the claim this round
+    assert [b for i, b in enumerate(bounds) if i not in (largest, CLIENTS - 1)] == \
+        [float(true[i]) for i in range(CLIENTS) if i not in (largest, CLIENTS - 1)]
+    again = [*first[:-1], reply(honest_update(ATTACKER), 1e9, ATTACKER, partition=largest, num_partitions=CLIENTS)]
+    again[largest] = reply(honest_update(largest + 1), true[largest], largest + 1)  # the victim names none this time
+    assert sizes(again)[-1] is None  # still not the attacker's: it named another first
+    _, status, _ = guarded_round(load_strategy("fedavg"), switched, sizes)
+    assert status[ATTACKER].startswith("capped: claimed 1e+09 examples with no partition bound to it"), status

@@ -84,7 +84,7 @@ ATTACKS = ["scaled", "inflated-examples", "near-copy", "no-partition", "spoofed-
 STRATEGIES = ["fedavg", "noise-isolating", "fedmedian"]
 # attacks a cap alone would also name: the guard must name them for what they are
 NAMED_AS = {"near-copy": "rejected: returned the global model all but unchanged",
-            "no-partition": "capped: claimed 1e+09 examples with no partition to check them against"}
+            "no-partition": "capped: claimed 1e+09 examples with no partition bound to it to check them against"}
 _request_of: dict[str, Message] = {}  # the federation's requests, by message ID (what an attacker answers)
 
 

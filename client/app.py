@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from logging import INFO
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore import log
 
 from client.runtime import CLIENT_CONTROL, WorkerError, request, run, supernode_pid
 from transport.config import ConfigError, NodeConfig, RunConfig
-from transport.contract import WARM_UP_ACTION
+from transport.contract import DEVICE, DEVICE_NUM_PARTITIONS, DEVICE_PARTITION, WARM_UP_ACTION
 from transport.flower import HELLO_ACTION, answer_hello, transport_mod
 
 WORKER_ERROR_CODE = 4301
@@ -61,8 +61,16 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query(WARM_UP_ACTION)
 def warm_up(msg: Message, context: Context) -> Message:
     """Start this node's warm worker and build its task now, while the server still builds
-    its own model: round 1 then finds it ready. Without a warm runtime there is nothing to do."""
+    its own model: round 1 then finds it ready (without a warm runtime there is nothing to
+    build). The answer names the node's partition, which the server binds it to."""
     cfg = RunConfig.from_run_config(context.run_config)
-    if not cfg.warm_runtime or supernode_pid() is None:
-        return Message(RecordDict(), reply_to=msg)
-    return _reply("prepare", msg, context)
+    if cfg.warm_runtime and supernode_pid() is not None:
+        reply = _reply("prepare", msg, context)
+        if reply.has_error():
+            return reply
+    try:
+        node = NodeConfig.from_node_config(context.node_config)
+    except ConfigError as err:
+        return Message(Error(WORKER_ERROR_CODE, f"client: {err}"), reply_to=msg)
+    who = ConfigRecord({DEVICE_PARTITION: node.partition_id, DEVICE_NUM_PARTITIONS: node.num_partitions})
+    return Message(RecordDict({DEVICE: who}), reply_to=msg)

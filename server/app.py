@@ -30,14 +30,14 @@ from client.task import build_dataset, build_model
 from server.chain import build_strategy, server_strategy
 from server.checks import check_run
 from server.grid import MeteredGrid
-from server.instrumented import InstrumentedStrategy, train_reply_schema
+from server.instrumented import InstrumentedStrategy, device_claim, train_reply_schema
 from server.progress import ProgressLog
 from server.recorder import RunRecorder, holds_run
 from server.rounds import PROGRESS_TAG, RoundRecorder, RunFailed
 from server.sinks import open_sinks
 from transport.base import TransportStack
 from transport.config import RunConfig
-from transport.contract import DEVICE, DEVICE_NUM_PARTITIONS, DEVICE_PARTITION, ROUND_OFFSET
+from transport.contract import ROUND_OFFSET
 from transport.dp import CentralDPLedger, LocalDPLedger
 from transport.flower import WARM_UP_TYPE, TransportGrid
 from transport.registry import build_transport
@@ -45,7 +45,6 @@ from transport.registry import build_transport
 app = ServerApp()
 
 NODE_WAIT_POLL_S = 0.2
-WARM_UP_MAX_NODES = 64
 
 __all__ = ["RunFailed", "app", "build_strategy", "run_dir_of"]
 
@@ -62,8 +61,11 @@ def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_run_config(context.run_config)
     warm_up = WarmUp.push(grid, cfg)  # first: the nodes build their models while this process builds its own
     check_run(cfg)  # what the configuration model cannot check alone, before round 1
-    # Flower samples nodes with the global `random` module: seed it for this process.
-    random.seed(cfg.seed)
+    # Flower samples nodes with the global `random` module, from the nodes in the order the
+    # grid lists them (by partition, see MeteredGrid): seeded, the same partitions train in
+    # every run of the same config. Under central DP the sample is the privacy mechanism's
+    # own (its amplification assumes nobody can predict it): drawn from OS entropy.
+    random.seed(None if cfg.uses_transport("dp") and cfg.dp_mode == "central" else cfg.seed)
     run_dir = run_dir_of(cfg, context.run_id)
     if not cfg.resume and holds_run(run_dir):
         raise RunFailed(f"{run_dir} holds a run already: nothing of it is replaced. Set resume = true to "
@@ -107,13 +109,15 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
         "replies", round=start_round + guard_ref[0].current_round, phase=phase, received=got, expected=want))
     _wait_for_nodes(metered, cfg.min_nodes)
     late = warm_up.wait(cfg.warm_up_timeout)  # round-timeout counts from here: a node still starting is no straggler
+    metered.partition_of.update(warm_up.partitions)
     progress.emit("ready", nodes=len(list(metered.get_node_ids())), warm_up_s=round(warm_up.seconds, 3),
                   not_warm=late)
     inner, central_dp, reply_arrays = server_strategy(cfg)
     ledger = _privacy_ledger(cfg, files, start_round)
+    sizes = PartitionSizes(cfg, data)
+    sizes.bound.update(warm_up.partitions)  # what each node named first: at the warm-up
     guard = InstrumentedStrategy(inner, train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays),
-                                 cfg.robust_norm_factor, cfg.robust_examples_factor, PartitionSizes(cfg, data),
-                                 cfg.robust_direction)
+                                 cfg.robust_norm_factor, cfg.robust_examples_factor, sizes, cfg.robust_direction)
     guard_ref.append(guard)
     # strategy -> transport -> wire: the transport encodes what the metered grid sends
     wire = TransportGrid(metered, stack, context.run_id, lambda: guard.current_round) if stack.transports else None
@@ -138,21 +142,22 @@ class WarmUp:
     builds its own model, so both overlap; :meth:`wait` blocks round 1 until every node
     answered or ``warm-up-timeout`` passed. ``round-timeout`` then counts from a moment
     when each node can answer, so a node still starting on a slow machine is not dropped
-    as a straggler in round 1. Skipped for large federations (the simulation engine's
-    virtual nodes start nothing per node).
+    as a straggler in round 1. Each answer names the node's partition
+    (:attr:`partitions`): the grid then lists the nodes by partition, so that the seeded
+    sample of a round picks the same partitions in every run whatever IDs the nodes got,
+    and the guard binds each node to the partition it named here.
     """
 
     def __init__(self, grid: Grid, sent: dict[str, int]) -> None:
         self.grid, self.sent = grid, sent  # message ID -> node
         self.started = time.monotonic()
         self.seconds = 0.0
+        self.partitions: dict[int, int] = {}  # node -> the partition it named
 
     @classmethod
     def push(cls, grid: Grid, cfg: RunConfig) -> WarmUp:
         _wait_for_nodes(grid, cfg.min_nodes)
         nodes = list(grid.get_node_ids())
-        if len(nodes) > WARM_UP_MAX_NODES:
-            return cls(grid, {})
         ids = grid.push_messages([Message(RecordDict(), dst_node_id=n, message_type=WARM_UP_TYPE) for n in nodes])
         return cls(grid, {i: n for i, n in zip(ids, nodes) if i})
 
@@ -162,9 +167,11 @@ class WarmUp:
         while pending and time.monotonic() < end:
             for reply in self.grid.pull_messages(pending):
                 pending.discard(reply.metadata.reply_to_message_id)
+                node = self.sent.get(reply.metadata.reply_to_message_id)
                 if reply.has_error():
-                    log(WARNING, "%s warm-up: node %s: %s", PROGRESS_TAG, self.sent[reply.metadata.reply_to_message_id],
-                        reply.error.reason)
+                    log(WARNING, "%s warm-up: node %s: %s", PROGRESS_TAG, node, reply.error.reason)
+                elif node is not None and (partition := device_claim(reply)[0]) is not None:
+                    self.partitions[node] = partition
             if pending:
                 time.sleep(NODE_WAIT_POLL_S)
         self.seconds = time.monotonic() - self.started
@@ -256,7 +263,7 @@ class PartitionSizes:
         return self._sizes[num_partitions]
 
     def __call__(self, replies: list[Message]) -> list[float | None]:
-        claims = [_device_claim(m) for m in replies]
+        claims = [device_claim(m) for m in replies]
         counts = Counter(num for _, num in claims if num is not None)
         if not counts:
             return [None] * len(replies)
@@ -274,15 +281,3 @@ class PartitionSizes:
                 pid = None
             out.append(float(sizes[pid]) if sizes is not None and pid is not None and 0 <= pid < num else None)
         return out
-
-
-def _device_claim(msg: Message) -> tuple[int | None, int | None]:
-    """``(partition-id, num-partitions)`` a reply claims, ``None`` where not a plausible integer."""
-    device = msg.content.config_records.get(DEVICE, {})
-
-    def integer(key: str) -> int | None:
-        value = device.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1_000_000 else None
-
-    pid, num = integer(DEVICE_PARTITION), integer(DEVICE_NUM_PARTITIONS)
-    return pid, (num if num is not None and num >= 1 else None)

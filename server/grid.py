@@ -49,6 +49,16 @@ class MeteredGrid(DelegatingGrid):
         self.bytes_down = 0
         self.bytes_up = 0
         self.missing_replies: list[int] = []  # nodes that did not answer in time
+        self.partition_of: dict[int, int] = {}  # node -> the partition it named (the warm-up's answers)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The nodes by the partition they named, then by ID (those that named none last).
+
+        Flower's strategies sample with ``random.sample(list(grid.get_node_ids()), k)``, which
+        picks positions: listed by partition, a seeded sample picks the same partitions in
+        every run, whatever random IDs the SuperLink or the simulation engine gave the nodes.
+        """
+        return sorted(self._grid.get_node_ids(), key=lambda n: (self.partition_of.get(n, float("inf")), n))
 
     # --- metered ---------------------------------------------------------------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:

@@ -55,6 +55,7 @@ from transport.contract import (
     CIRCUIT_DEPTH,
     DEVICE,
     DEVICE_KEYS,
+    DEVICE_NUM_PARTITIONS,
     DEVICE_PARTITION,
     DEVICE_PROFILE,
     DEVICE_ZNE,
@@ -141,7 +142,7 @@ class InstrumentedStrategy(DelegatingStrategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = in_partition_order(replies)
         rejected: list[tuple[Message, str]] = []
         claims: dict[int, str] = {}
         if self._reference is not None and self._global is not None:
@@ -191,7 +192,7 @@ class InstrumentedStrategy(DelegatingStrategy):
     ) -> MetricRecord | None:
         schema = ReplySchema(metrics=frozenset(EVAL_METRICS))
         sound = []
-        for msg in replies:
+        for msg in in_partition_order(replies):
             try:
                 problem = None if msg.has_error() else _evaluate_problem(msg, schema)
             except Exception as err:  # noqa: BLE001
@@ -221,6 +222,32 @@ def _evaluate_problem(msg: Message, schema: ReplySchema) -> str | None:
     if not all(is_finite_number(v) for v in metrics.values()):
         return "metrics must be finite numbers"
     return None
+
+
+def device_claim(msg: Message) -> tuple[int | None, int | None]:
+    """``(partition-id, num-partitions)`` a reply claims, ``None`` where not a plausible integer."""
+    device = msg.content.config_records.get(DEVICE, {}) if not msg.has_error() else {}
+
+    def integer(key: str) -> int | None:
+        value = device.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1_000_000 else None
+
+    pid, num = integer(DEVICE_PARTITION), integer(DEVICE_NUM_PARTITIONS)
+    return pid, (num if num is not None and num >= 1 else None)
+
+
+def in_partition_order(replies: Iterable[Message]) -> list[Message]:
+    """The replies by the partition they name, then by node ID (errors and the unnamed last).
+
+    Replies arrive in the order the nodes finished; floating-point sums depend on the order
+    of their terms, so an aggregate taken in arrival order differs in its last bits from
+    run to run. In this order the same config gives the same model, bit for bit.
+    """
+    def key(msg: Message) -> tuple[float, int]:
+        pid = device_claim(msg)[0]
+        return (float("inf") if pid is None else pid, msg.metadata.src_node_id)
+
+    return sorted(replies, key=key)
 
 
 def train_reply_schema(extra_metrics: Iterable[str] = (), extra_configs: dict[str, frozenset[str]] | None = None,

@@ -80,6 +80,44 @@ def test_same_seed_round_and_partition_give_the_same_channel(defaults):
     assert not np.array_equal(a["arrays"]["a"].numpy(), c["arrays"]["a"].numpy())
 
 
+def test_the_channel_is_common_to_every_run_and_arm_of_a_seed(defaults):
+    """Common random numbers: another run (Flower's run ID is random), another strategy or
+    another node ID leave the draws of (seed, partition, round) as they are; the seed and the
+    round change them."""
+    from dataclasses import replace
+
+    _, _, request, reply = _exchange(4)
+    cfg = _config(defaults, qcn_paths="regional", transport="qcn")
+
+    def sent(config, envelope=UP):  # noqa: ANN001, ANN202
+        return build_transport(config, _node(**{"partition-id": 0})).encode(reply, envelope, request)["arrays"]["a"].numpy()
+
+    base = sent(cfg)
+    np.testing.assert_array_equal(base, sent(cfg, replace(UP, run_id=123456789, node_id=99)))
+    np.testing.assert_array_equal(base, sent(cfg.replace(strategy="fidelity-weighted")))
+    assert not np.array_equal(base, sent(cfg.replace(seed=cfg.seed + 1)))
+    assert not np.array_equal(base, sent(cfg, replace(UP, server_round=4)))
+
+
+def test_the_device_noise_is_common_to_every_arm_of_a_seed(defaults):
+    """A node's device-noise draws are seeded by (seed, round, partition) (client.local): two
+    strategies' runs of a seed train the same parameters to the same noisy numbers."""
+    from client.local import LocalTask
+    from transport.contract import ARRAYS, CONFIG, METRICS, TRAIN_LOSS
+
+    cfg = _config(defaults, dataset="iris", device_profiles="noisy-nisq:shots=64")
+    other = cfg.replace(strategy="fedmedian")
+    node = _node(**{"partition-id": 1})
+    a, b = LocalTask(cfg, node), LocalTask(other, node)
+    request = RecordDict({ARRAYS: ArrayRecord(a.model.state_dict()), CONFIG: ConfigRecord()})
+
+    def loss(task, config, server_round):  # noqa: ANN001, ANN202
+        return task.train(config, request, server_round)[METRICS][TRAIN_LOSS]
+
+    assert loss(a, cfg, 2) == loss(b, other, 2)
+    assert loss(a, cfg, 2) != loss(a, cfg, 3)
+
+
 def test_qcn_composes_with_dp_dp_first(defaults):
     old, new, request, reply = _exchange(3)
     cfg = _config(defaults, qcn_paths="ideal", qcn_copies=0, dp_clip=0.01, dp_noise_multiplier=1e-12)

@@ -16,7 +16,9 @@ What goes on the wire is what the server would recover:
 
 The channel is simulated where the update is made (the node knows its path; the wire
 then carries the server's measurement results). The global model goes down classically.
-Draws are seeded by (seed, run, partition, round): reproducible and distinct per client.
+Draws are seeded by (seed, partition, round): reproducible and distinct per client, the
+same in every run of the same config (Flower's run ID is random and takes no part), so two
+runs that differ only in their strategy see the same channel (common random numbers).
 
 Which path: the node config ``qcn-path`` if set, else entry ``partition-id mod n`` of the
 run config's ``qcn-paths`` (";"-separated specs, as ``device-profiles``).
@@ -45,7 +47,7 @@ class QCNTransport(Transport):
     channels : int
         Parallel channels of the path.
     seed, partition : int
-        Seed the draws with the run and round.
+        Seed the draws with the round (:meth:`channel_rng`).
     """
 
     name = "qcn"
@@ -67,10 +69,14 @@ class QCNTransport(Transport):
             raise ValueError(f"{NODE_QCN_PATH}: {err}") from err
         return cls(path, cfg.qcn_copies, cfg.qcn_channels, cfg.seed, node.partition_id)
 
+    def channel_rng(self, server_round: int) -> np.random.Generator:
+        """The channel's draws in ``server_round``: a function of (seed, partition, round) only."""
+        return np.random.default_rng([self.seed, self.partition, server_round])
+
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         if self.path is None or envelope.direction != "up" or request is None:
             return content
-        rng = np.random.default_rng([self.seed, envelope.run_id % 2**32, self.partition, envelope.server_round])
+        rng = self.channel_rng(envelope.server_round)
         out = RecordDict(dict(content.items()))
         for key, record in content.array_records.items():
             if key not in request.array_records:

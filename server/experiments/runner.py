@@ -32,9 +32,10 @@ from server.experiments import stats
 from server.experiments.catalogue import Arm, Experiment
 from transport.config import KEY
 
-# results.csv's header ("seed" is a column here, not the run-config key)
+# results.csv's header ("seed" is a column here, not the run-config key); no timing: the
+# file is a function of the command (each run's metrics.json keeps its round times)
 COLUMNS = ("experiment", "arm", "seed", "round",  # not a contract name
-           "test_accuracy", "test_loss", "dp_epsilon", "clients_ok", "clients_failed", "round_time_s")
+           "test_accuracy", "test_loss", "dp_epsilon", "clients_ok", "clients_failed")
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def write_results_csv(experiment: Experiment, results: dict[str, ArmResult], pat
                 for row in seed_rows:
                     writer.writerow([experiment.name, res.arm.name, seed, row["round"], row["test_accuracy"],
                                      row["test_loss"], row.get("dp_epsilon", ""), row.get("clients_ok", ""),
-                                     row.get("clients_failed", ""), row.get("round_time_s", "")])
+                                     row.get("clients_failed", "")])
 
 
 def _rounds(res: ArmResult, experiment: Experiment) -> tuple[np.ndarray, int]:
@@ -165,7 +166,8 @@ def summary_markdown(experiment: Experiment, results: dict[str, ArmResult], comm
     if comparisons:
         lines += ["", "Paired tests against the baseline on the same seeds (arm minus baseline; two-sided; "
                   "p adjusted with Holm's method over all the comparisons of this table, per quantity; "
-                  "significant means adjusted p < 0.05 in the t-test).", "", *comparison_table(e, comparisons)]
+                  "significant means adjusted p < 0.05 in the t-test; *seeds for*: the seeds in which the arm "
+                  "did better than the one it is tested against: higher final accuracy, fewer rounds).", "", *comparison_table(e, comparisons)]
     lines += ["", "Files: `results.csv` (one row per seed x arm x round), `curves.png`, `runs/<arm>-s<seed>/` "
               "(each run's metrics and checkpoints)." + (" `privacy.png`: final accuracy against epsilon." if e.privacy else ""), ""]
     return "\n".join(lines)
@@ -178,12 +180,23 @@ def comparison_table(experiment: Experiment, comparisons: list[tuple[ArmResult, 
     rnds = [stats.paired_test(_rounds(a, experiment)[0], _rounds(b, experiment)[0]) for a, b in comparisons]
     final_adj = stats.holm([t.t_p for t in finals])
     rounds_adj = stats.holm([t.t_p for t in rnds])
-    lines = ["| arm | vs | final acc. diff | t p (Holm) | Wilcoxon p | rounds diff | t p (Holm) | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | vs | final acc. diff | seeds for | t p (Holm) | Wilcoxon p | rounds diff | seeds for | "
+             "t p (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (a, b), f, fp, r, rp in zip(comparisons, finals, final_adj, rnds, rounds_adj):
-        lines.append(f"| {a.arm.name} | {b.arm.name} | {f.mean_difference:+.3f} | {_p(f.t_p)} ({_p(fp)}) | "
-                     f"{_p(f.wilcoxon_p)} | {r.mean_difference:+.2f} | {_p(r.t_p)} ({_p(rp)}) | {_verdict(f, fp, r, rp)} |")
+        final_for = sign_count(a.accuracy[:, -1] - b.accuracy[:, -1])
+        rounds_for = sign_count(_rounds(b, experiment)[0] - _rounds(a, experiment)[0])  # fewer rounds favour the arm
+        lines.append(f"| {a.arm.name} | {b.arm.name} | {f.mean_difference:+.3f} | {final_for} | {_p(f.t_p)} ({_p(fp)}) | "
+                     f"{_p(f.wilcoxon_p)} | {r.mean_difference:+.2f} | {rounds_for} | {_p(r.t_p)} ({_p(rp)}) | "
+                     f"{_verdict(f, fp, r, rp)} |")
     return lines
+
+
+def sign_count(favour: np.ndarray) -> str:
+    """How many seeds individually favour the arm (``favour > 0``) of all, ties named:
+    ``"7/10 (1 tie)"``; beside a paired test it shows whether a mean rests on a few seeds."""
+    wins, ties = int(np.sum(favour > 0)), int(np.sum(favour == 0))
+    return f"{wins}/{favour.size}" + (f" ({ties} tie{'s' if ties > 1 else ''})" if ties else "")
 
 
 def compare(experiment: Experiment, out_root: Path, pairs: list[tuple[str, str]]) -> str:

@@ -117,7 +117,8 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
     sizes = PartitionSizes(cfg, data)
     sizes.bound.update(warm_up.partitions)  # what each node named first: at the warm-up
     guard = InstrumentedStrategy(inner, train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays),
-                                 cfg.robust_norm_factor, cfg.robust_examples_factor, sizes, cfg.robust_direction)
+                                 cfg.robust_norm_factor, cfg.robust_examples_factor, sizes, cfg.robust_direction,
+                                 PathFidelity(cfg, sizes.bound) if cfg.uses_transport("qcn") else None)
     guard_ref.append(guard)
     # strategy -> transport -> wire: the transport encodes what the metered grid sends
     wire = TransportGrid(metered, stack, context.run_id, lambda: guard.current_round) if stack.transports else None
@@ -212,6 +213,55 @@ def _privacy_ledger(cfg: RunConfig, files: RunRecorder, start_round: int) -> Loc
     log(INFO, "%s DP (%s): clip %.3g, noise multiplier %.3g, delta %.1e, %s accountant",
         PROGRESS_TAG, cfg.dp_mode, cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_accountant)
     return ledger
+
+
+class PathFidelity:
+    r"""The server's own estimate of the fidelity each ``qcn`` reply's link delivers.
+
+    The server knows the network: the run config's ``qcn-paths`` give partition *p* path
+    ``p mod n``. For the partition a node is bound to (:class:`PartitionSizes`), it sends
+    an update of the reply's size over that path itself, :data:`ESTIMATE_REPEATS` times with
+    its own draws (:func:`transport.qcn.transmit`, the node's own simulation), and takes
+    the mean fidelity :math:`\hat F` and a tolerance
+    :math:`\tau = \max(0.01, 4\,\mathrm{sd})`. A claim above :math:`\hat F + \tau` is
+    named and replaced by :math:`\hat F` (:func:`~strategies.validation.clip_fidelity`).
+    A node on a path of its own (node config ``qcn-path``) better than its partition's is
+    then counted at its partition's: the server weighs what it can check.
+    """
+
+    ESTIMATE_REPEATS = 8
+
+    def __init__(self, cfg: RunConfig, bound: dict[int, int]) -> None:
+        self.cfg, self.bound = cfg, bound
+        self._cache: dict[tuple[str, int], tuple[float, float]] = {}
+
+    def estimate(self, spec: str, values: int) -> tuple[float, float]:
+        import numpy as np
+
+        from transport.qcn import get_path, transmit
+
+        if (spec, values) not in self._cache:
+            # the server's own draws, not the node's; seeded, so that a run stays a function of its
+            # config (what they estimate, a path's mean fidelity, is no secret)
+            rng = np.random.default_rng([self.cfg.seed, values, 0xF1DE])
+            path = get_path(spec)
+            f = [transmit(np.ones(values), path, self.cfg.qcn_copies, rng, self.cfg.qcn_channels).fidelity
+                 for _ in range(self.ESTIMATE_REPEATS)]
+            self._cache[(spec, values)] = (float(np.mean(f)), max(0.01, 4 * float(np.std(f))))
+        return self._cache[(spec, values)]
+
+    def __call__(self, replies: list[Message]) -> list[tuple[float, float] | None]:
+        specs = self.cfg.path_specs()
+        out: list[tuple[float, float] | None] = []
+        for msg in replies:
+            partition = self.bound.get(msg.metadata.src_node_id)
+            arrays = next(iter(msg.content.array_records.values()), None) if not msg.has_error() else None
+            if partition is None or arrays is None:
+                out.append(None)
+                continue
+            values = sum(int(a.numpy().size) for a in arrays.values())
+            out.append(self.estimate(specs[partition % len(specs)], values))
+        return out
 
 
 def _wait_for_nodes(grid: Grid, min_nodes: int) -> None:

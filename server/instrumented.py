@@ -90,13 +90,17 @@ class InstrumentedStrategy(DelegatingStrategy):
         The most examples each of a round's replies can hold (e.g. its partition's size).
     direction : bool
         :func:`~strategies.validation.robust_screen`'s direction rule (``robust-direction``).
+    fidelity_estimates : callable, optional
+        The server's own estimate of each reply's link fidelity and its tolerance (``qcn``).
     """
 
     def __init__(self, strategy: Strategy, schema: ReplySchema | None = None, norm_factor: float = 0.0,
                  examples_factor: float = 0.0,
                  examples_bounds: Callable[[list[Message]], list[float | None]] | None = None,
-                 direction: bool = False) -> None:
+                 direction: bool = False,
+                 fidelity_estimates: Callable[[list[Message]], list[tuple[float, float] | None]] | None = None) -> None:
         super().__init__(strategy)
+        self.fidelity_estimates = fidelity_estimates
         self.schema = schema
         self.norm_factor, self.examples_factor, self.examples_bounds = norm_factor, examples_factor, examples_bounds
         self.direction = direction
@@ -148,7 +152,8 @@ class InstrumentedStrategy(DelegatingStrategy):
         if self._reference is not None and self._global is not None:
             replies, rejected = filter_replies(replies, self._reference, schema=self.schema)
             screen = robust_screen(replies, self._global, self.norm_factor, self.examples_factor,
-                                   examples_bounds=self.examples_bounds, direction=self.direction)
+                                   examples_bounds=self.examples_bounds, direction=self.direction,
+                                   fidelity_estimates=self.fidelity_estimates)
             replies, claims = screen.kept, _bounded_claims(screen)
             rejected += screen.rejected
             for name in self.schema.extra_arrays if self.schema is not None else ():
@@ -274,6 +279,9 @@ def _bounded_claims(screen: ScreenResult) -> dict[int, str]:
         said.setdefault(node, []).append(
             f"twinned: update all but identical to node(s) {', '.join(map(str, others))}'s (within "
             f"{TWIN_FRACTION:g} x the round's median pairwise distance): the group counts as this one reply")
+    for node, (claimed, used) in screen.overclaimed.items():
+        said.setdefault(node, []).append(
+            f"clipped: claimed fidelity {claimed:g}, above the server's estimate for its path, used {used:.4g}")
     for node, (claimed, used) in screen.clipped.items():
         low, high = FIDELITY_RANGE
         said.setdefault(node, []).append(

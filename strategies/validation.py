@@ -207,6 +207,7 @@ class ScreenResult:
     clipped: dict[int, tuple[float, float]] = field(default_factory=dict)  # node -> (claimed, used) fidelity
     scaled: dict[int, float] = field(default_factory=dict)  # node -> factor its update was scaled by (< 1)
     twins: dict[int, tuple[int, ...]] = field(default_factory=dict)  # node -> the others of its group
+    overclaimed: dict[int, tuple[float, float]] = field(default_factory=dict)  # node -> (claimed, server's estimate)
 
 
 def _lower_median(values: np.ndarray) -> float:
@@ -225,6 +226,7 @@ def robust_screen(
     weighted_by_key: str = NUM_EXAMPLES,
     examples_bounds: Callable[[list[Message]], list[float | None]] | None = None,
     direction: bool = False,
+    fidelity_estimates: Callable[[list[Message]], list[tuple[float, float] | None]] | None = None,
 ) -> ScreenResult:
     r"""Bound what well-formed replies can do to the global model.
 
@@ -258,7 +260,9 @@ def robust_screen(
       none, or one that does not exist) is counted as the round's smallest count, the
       smallest of those with a partition if any;
     - a fidelity outside the physical range :data:`FIDELITY_RANGE` is clipped into it, so
-      its weight :math:`((4F - 1)/3)^2` is at most 1.
+      its weight :math:`((4F - 1)/3)^2` is at most 1; one above what
+      ``fidelity_estimates(replies)`` (the server's own estimate of each reply's link, and
+      its tolerance) allows is replaced by the estimate (:func:`clip_fidelity`).
 
     With ``direction`` (the run's ``robust-direction``, on by default), then
     :func:`direction_screen`: an update that points against the round's coordinate-wise
@@ -283,9 +287,9 @@ def robust_screen(
     for msg, reason in rejected:
         log(WARNING, "Rejected the update of node %d: %s", msg.metadata.src_node_id, reason)
     sound, capped, unbound = _cap_examples(sound, examples_factor, weighted_by_key, examples_bounds)
-    sound, clipped = clip_fidelity(sound)
+    sound, clipped, overclaimed = clip_fidelity(sound, fidelity_estimates(sound) if fidelity_estimates else None)
     sound = _trusted(sound, seen.trust, weighted_by_key)
-    return ScreenResult(sound + error, rejected, capped, unbound, clipped, seen.scaled, seen.twins)
+    return ScreenResult(sound + error, rejected, capped, unbound, clipped, seen.scaled, seen.twins, overclaimed)
 
 
 MIN_COSINE = 0.0  # an update at or below this cosine with the median update pulls the model back
@@ -477,17 +481,31 @@ def _cap_examples(
     return out, capped, unbound
 
 
-def clip_fidelity(replies: list[Message]) -> tuple[list[Message], dict[int, tuple[float, float]]]:
-    r"""Replies whose claimed ``fidelity`` metric lies in :data:`FIDELITY_RANGE`, and
-    ``node -> (claimed, used)`` of those that claimed outside it.
+def clip_fidelity(
+    replies: list[Message], estimates: list[tuple[float, float] | None] | None = None,
+) -> tuple[list[Message], dict[int, tuple[float, float]], dict[int, tuple[float, float]]]:
+    r"""Replies whose claimed ``fidelity`` metric is bounded, ``node -> (claimed, used)`` of
+    those that claimed outside :data:`FIDELITY_RANGE`, and of those that claimed more than
+    the server's estimate allows.
 
     :math:`F \leftarrow \min(\max(F, 1/4), 1)`; a claim that is no finite number counts as
-    :math:`1/4` (weight 0). Replies without the metric pass as they are.
+    :math:`1/4` (weight 0). Where ``estimates[i]`` is ``(\hat F, \tau)``, the server's own
+    estimate of what reply *i*'s link delivers and its tolerance, a claim above
+    :math:`\hat F + \tau` is replaced by :math:`\hat F`; a lower claim stands (it only
+    costs the client its own weight). Replies without the metric pass as they are.
     """
-    out, clipped = [], {}
-    for msg in replies:
+    out, clipped, over = [], {}, {}
+    for i, msg in enumerate(replies):
         claims = [r[FIDELITY] for r in msg.content.metric_records.values() if FIDELITY in r]
         used = _in_range(claims[0]) if claims and not msg.has_error() else None
+        estimate = estimates[i] if estimates is not None and used is not None else None
+        if estimate is not None and used > estimate[0] + estimate[1]:
+            over[msg.metadata.src_node_id] = (float(claims[0]) if is_finite_number(claims[0]) else float("nan"),
+                                              estimate[0])
+            log(WARNING, "Node %d claims fidelity %g; the server's estimate for its path is %.4f: used that",
+                msg.metadata.src_node_id, claims[0], estimate[0])
+            out.append(_with_metric(msg, FIDELITY, estimate[0]))
+            continue
         if used is None or used == claims[0]:
             out.append(msg)
             continue
@@ -496,7 +514,7 @@ def clip_fidelity(replies: list[Message]) -> tuple[list[Message], dict[int, tupl
         log(WARNING, "Clipped the fidelity node %d claims: %g is outside [%g, %g]", msg.metadata.src_node_id, claimed,
             *FIDELITY_RANGE)
         out.append(_with_metric(msg, FIDELITY, used))
-    return out, clipped
+    return out, clipped, over
 
 
 def _in_range(claim: object) -> float:

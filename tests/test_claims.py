@@ -113,6 +113,42 @@ def test_a_fidelity_inside_the_range_is_left_as_claimed():
     assert status[ATTACKER] == "ok" and stats["clients-capped"] == 0
 
 
+def test_under_qcn_the_server_estimates_each_links_fidelity_and_names_an_overclaim(defaults):
+    """Partitions 0-3 on a metro path, partition 4 on a poor-memory one; each honest client
+    claims what its own simulation of its path measured (transport.qcn.transmit, as the
+    node does). The attacker on the poor path claims a perfect link: the server's own
+    estimate for that path replaces it, and the client is named; the honest claims stand."""
+    from server.app import PathFidelity
+    from transport.config import RunConfig
+    from transport.qcn import get_path, transmit
+
+    cfg = RunConfig.from_run_config({**defaults, "transport": "qcn", "qcn-paths": "metro;metro;metro;metro;poor-memory"})
+    measured = [transmit(np.ones(DIM), get_path(cfg.path_specs()[k]), cfg.qcn_copies, np.random.default_rng(k),
+                         cfg.qcn_channels).fidelity for k in range(CLIENTS)]
+    assert measured[4] < measured[0] - 0.05  # the poor path is measurably poorer
+    bound = {k: k - 1 for k in range(1, CLIENTS + 1)}  # node k named partition k - 1 at the warm-up
+    estimates = PathFidelity(cfg, bound)
+
+    def run(claim: float):  # noqa: ANN202
+        replies = [reply(honest_update(k), 30, k, fidelity=measured[k - 1]) for k in range(1, CLIENTS)]
+        replies.append(reply(honest_update(ATTACKER), 30, ATTACKER, fidelity=claim))
+        guard = InstrumentedStrategy(FidelityWeightedFedAvg(), None, NORM_FACTOR, EXAMPLES_FACTOR, None, False, estimates)
+        guard._reference, guard._global = {"w": (DIM,)}, ArrayRecord({"w": Array(GLOBAL)})
+        guard.aggregate_train(1, replies)
+        return {row["node_id"]: row for row in guard.take_client_rows()}
+
+    honest = run(measured[4])
+    assert all(row["status"] == "ok" for row in honest.values()), honest
+    lying = run(1.0)
+    estimate = estimates.estimate("poor-memory", DIM)[0]
+    assert lying[ATTACKER]["status"] == (f"clipped: claimed fidelity 1, above the server's estimate for its path, "
+                                         f"used {estimate:.4g}"), lying[ATTACKER]
+    assert abs(estimate - measured[4]) < 0.01 and lying[ATTACKER]["fidelity"] == pytest.approx(estimate)
+    assert all(lying[k]["status"] == "ok" for k in range(1, CLIENTS))
+    # a node the server cannot bind to a partition keeps only the range check
+    assert PathFidelity(cfg, {})([reply(honest_update(1), 30, 1, fidelity=1.0)]) == [None]
+
+
 # (b) example counts without a partition ------------------------------------------------------
 
 

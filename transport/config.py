@@ -4,7 +4,7 @@
 (dashes in the file, underscores here); :class:`NodeConfig` is what a SuperNode says of
 itself (``--node-config``). Both are pydantic models: types are strict (no ``true`` for a
 number, no ``1.0`` for a count), bounds and choices are declared on the fields, and a bad
-value is a :class:`ConfigError` naming its key. ``pyproject.toml``'s table, the README's
+value is a :class:`ConfigError` naming its key. ``pyproject.toml``'s table, docs/usage.md's
 options table and ``qfl launch --help`` are written from these models
 (``scripts/sync_config.py``; ``tests/test_config.py`` checks that they agree).
 

@@ -31,7 +31,7 @@ def study(**values: object) -> dict[str, object]:
 
     These experiments compare strategies, devices and transports with nobody attacking; the
     direction rule rejects updates that point against the round's median, which is itself a
-    way of isolating noisy clients and would blur the comparison. The README's figures were
+    way of isolating noisy clients and would blur the comparison. The figures in docs/results.md were
     measured so; the rule's own cost and gain are measured in ``bench/attacks.py``.
     """
     return settings(robust_direction=False, **values)

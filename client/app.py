@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from flwr.supercore import log
 
 from client.runtime import CLIENT_CONTROL, WorkerError, request, run, supernode_pid
-from transport.config import ConfigError, NodeConfig, RunConfig
+from transport.config import KEY, ConfigError, NodeConfig, RunConfig
 from transport.contract import DEVICE, DEVICE_NUM_PARTITIONS, DEVICE_PARTITION, WARM_UP_ACTION
 from transport.flower import HELLO_ACTION, answer_hello, transport_mod
 
@@ -29,9 +29,19 @@ app = ClientApp(mods=[transport_mod])
 app.query(HELLO_ACTION)(answer_hello)
 
 
+def _refuse_attack(cfg: RunConfig) -> None:
+    """This ClientApp never attacks: a run config that asks for a simulated attack is for
+    the attack ClientApp of ``qfl experiment attacks`` only, and a server cannot use it to
+    turn real clients into attackers."""
+    if cfg.simulated_attack:
+        raise ConfigError(KEY.simulated_attack, "is read only by the attack ClientApp of qfl experiment attacks "
+                                                "(server.experiments.attack_app); this ClientApp refuses to run with it")
+
+
 def _reply(op: str, msg: Message, context: Context) -> Message:
     try:
         cfg = RunConfig.from_run_config(context.run_config)
+        _refuse_attack(cfg)
         node = NodeConfig.from_node_config(context.node_config)
         req = request(op, msg.content, dict(context.run_config), dict(context.node_config), context.state)
         reply = run(req, cfg, node, context.node_id)
@@ -63,7 +73,11 @@ def warm_up(msg: Message, context: Context) -> Message:
     """Start this node's warm worker and build its task now, while the server still builds
     its own model: round 1 then finds it ready (without a warm runtime there is nothing to
     build). The answer names the node's partition, which the server binds it to."""
-    cfg = RunConfig.from_run_config(context.run_config)
+    try:
+        cfg = RunConfig.from_run_config(context.run_config)
+        _refuse_attack(cfg)
+    except ConfigError as err:
+        return Message(Error(WORKER_ERROR_CODE, f"client: {err}"), reply_to=msg)
     if cfg.warm_runtime and supernode_pid() is not None:
         reply = _reply("prepare", msg, context)
         if reply.has_error():

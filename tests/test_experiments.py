@@ -120,3 +120,42 @@ def test_the_same_command_gives_the_same_results_and_two_arms_see_the_same_chann
     assert len(fedavg) == 2 * 2 and fedavg.keys() == weighted.keys(), (fedavg, weighted)  # the same 2 of 3, each round
     assert fedavg == weighted
     assert channel(second, "fedavg") == fedavg
+
+
+@pytest.mark.integration
+def test_the_attack_experiments_clientapp_attacks_and_the_guard_names_it(tmp_path):
+    """``qfl experiment attacks`` runs the real ClientApp behind an attacking mod: partition 0
+    sign-flips; FedAvg without the direction rule takes it ("ok"), the default guard names
+    and rejects it every round."""
+    from dataclasses import replace
+
+    from server.experiments.catalogue import EXPERIMENTS
+
+    full = EXPERIMENTS["attacks"]
+    exp = Experiment(
+        name="attack-smoke", claim="the attack app attacks", clients=3, rounds=2, target=0.6, seeds=1,
+        config={"dataset": "iris", "local-epochs": 1},
+        arms=tuple(replace(a, versus=None) for a in full.arms if a.name in ("fedavg/clean", "fedavg/sign-flip", "guard/sign-flip")),
+        baseline="fedavg/clean", client_app=full.client_app,
+    )
+    out = run_experiment(exp, tmp_path, "qfl experiment attack-smoke", say=print)
+
+    def statuses(arm: str) -> list[str]:
+        with (out / "runs" / f"{arm.replace('/', '_')}-s1" / "clients.csv").open() as fh:
+            return [r["status"] for r in csv.DictReader(fh) if r["partition_id"] == "0"]
+
+    assert statuses("fedavg/clean") == statuses("fedavg/sign-flip") == ["ok", "ok"]
+    guarded = statuses("guard/sign-flip")
+    assert len(guarded) == 2 and all(s.startswith("rejected: update points against") for s in guarded), guarded
+
+
+def test_the_real_clientapp_refuses_a_simulated_attack(defaults, task_identity):
+    """A server cannot turn real clients into attackers with the attack experiment's key."""
+    from flwr.app import Context, Message, RecordDict
+
+    from client.app import train
+
+    context = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                      run_config={**defaults, "simulated-attack": "sign-flip"})
+    reply = train(Message(RecordDict(), dst_node_id=5, message_type="train"), context)
+    assert reply.has_error() and "simulated-attack" in reply.error.reason and "refuses" in reply.error.reason

@@ -131,6 +131,8 @@ class RunConfig(_Strict):
         4.0, ge=0, description="the guard caps a claimed num-examples at this many times the round's median claim (0: off)")
     robust_direction: bool = Field(
         True, description="the guard rejects an update pointing against the round's coordinate-wise median update and cuts the others' norms to twice their median (false: off)")
+    simulated_attack: Literal["", "sign-flip", "colluders", "absent"] = Field(
+        "", description="only for qfl experiment attacks (its own ClientApp): partition 0 (sign-flip) or 0 and 1 (colluders) send the global model minus 3 x their update, or answer with errors (absent); the real ClientApp refuses to run with it set")
     # --- outputs
     output_dir: str = Field("runs", min_length=1, description="where run folders go")
     log_to: str = Field("", description="also log every round to: tensorboard, mlflow, or both (comma-separated; the package must be installed)")

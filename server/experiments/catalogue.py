@@ -60,6 +60,7 @@ class Experiment:
     target: float  # the accuracy "rounds to target" counts to
     seeds: int = DEFAULT_SEEDS
     privacy: bool = False  # plot accuracy against the reported epsilon
+    client_app: str | None = None  # the ClientApp component (None: the project's)
 
     def __post_init__(self) -> None:
         names = [a.name for a in self.arms]
@@ -188,5 +189,32 @@ def _scale() -> Experiment:
     )
 
 
+ATTACK_DEFENCES = {
+    "fedavg": settings(strategy="fedavg", robust_direction=False),
+    "guard": settings(strategy="fedavg", robust_direction=True),
+    "fedmedian": settings(strategy="fedmedian", robust_direction=False),
+    "fedtrimmedavg": settings(strategy="fedtrimmedavg", strategy_options="{ beta = 0.2 }", robust_direction=False),
+}
+
+
+def _attacks() -> Experiment:
+    arms = []
+    for defence, defence_config in ATTACK_DEFENCES.items():
+        for attack in ("clean", "sign-flip", "colluders", "absent"):
+            versus = (None if defence == "fedavg" else "fedavg/clean") if attack == "clean" else f"{defence}/clean"
+            arms.append(Arm(f"{defence}/{attack}",
+                            {**defence_config, **settings(simulated_attack="" if attack == "clean" else attack)},
+                            versus=versus))
+    return Experiment(
+        name="attacks",
+        claim="the guard's default holds one sign-flipping client of five, and two colluding ones, near a clean run, "
+              "at no cost on clean runs",
+        clients=5, rounds=8, target=0.8,
+        config=settings(dataset="wine"),
+        arms=tuple(arms), baseline="fedavg/clean",
+        client_app="server.experiments.attack_app:app",
+    )
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    _noise(), _qcn(), _privacy(), _noniid(), _quantum_vs_classical(), _scale())}
+    _noise(), _qcn(), _privacy(), _noniid(), _quantum_vs_classical(), _scale(), _attacks())}

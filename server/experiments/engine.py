@@ -127,9 +127,10 @@ class SimulationSession:
         assert self._stack is not None
         self._stack.close()
 
-    def run(self, run_config: dict[str, object], clients: int) -> float:
+    def run(self, run_config: dict[str, object], clients: int, client_app: str | None = None) -> float:
         """One run with ``run_config`` (keys of ``[tool.flwr.app.config]``) on ``clients``
-        virtual SuperNodes; its seconds. The ServerApp writes the run's files as usual.
+        virtual SuperNodes, running ``client_app`` (``module:attr``; default: the project's
+        ClientApp component); its seconds. The ServerApp writes the run's files as usual.
 
         Raises
         ------
@@ -161,7 +162,7 @@ class SimulationSession:
                 num_supernodes=clients,
                 exit_event=EventType.FLWR_SIMULATION_RUN_LEAVE,
                 server_app_attr=components["serverapp"],
-                client_app_attr=components["clientapp"],
+                client_app_attr=client_app or components["clientapp"],
                 backend_name="ray",
                 backend_config=json.loads(json.dumps(self.backend_config)),
                 app_dir=str(self.app_dir),

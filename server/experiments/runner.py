@@ -93,7 +93,7 @@ def run_experiment(
                     shutil.rmtree(partial)
                 config = {**experiment.config, **arm.config, KEY.seed: seed, KEY.num_server_rounds: experiment.rounds,
                           KEY.min_nodes: experiment.clients, KEY.output_dir: str(runs), KEY.run_name: name}
-                seconds = session.run(config, clients=experiment.clients)
+                seconds = session.run(config, clients=experiment.clients, client_app=experiment.client_app)
                 say(f"[{experiment.name}] {i}/{len(todo)} {arm.name} seed {seed}: {seconds:.1f} s")
     elapsed = time.perf_counter() - start
     timing = out / "timing.json"

@@ -42,9 +42,8 @@ from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
 from flwr.app import ConfigRecord, RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from transport.flower_internals import record_bytes, record_from_bytes
 from transport.config import KEY, NodeConfig, RunConfig
 from transport.contract import ARRAYS, CONFIG, CONTROL
 
@@ -62,13 +61,11 @@ class WorkerError(RuntimeError):
 
 
 def encode(content: RecordDict) -> bytes:
-    return recorddict_to_proto(content).SerializeToString()
+    return record_bytes(content)
 
 
 def decode(data: bytes) -> RecordDict:
-    proto = ProtoRecordDict()
-    proto.ParseFromString(data)
-    return recorddict_from_proto(proto)
+    return record_from_bytes(data)
 
 
 def request(op: str, content: RecordDict, run_config: dict, node_config: dict, state: RecordDict | None = None) -> RecordDict:

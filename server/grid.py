@@ -14,18 +14,18 @@ from collections.abc import Callable, Iterable
 from logging import WARNING
 
 from flwr.app import Message
-from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from transport.flower import DelegatingGrid
+from transport.flower_internals import record_nbytes
 
 
 def content_nbytes(message: Message) -> int:
     """Serialised size in bytes of a message's content (0 for an error reply)."""
     if message.has_error():
         return 0
-    return recorddict_to_proto(message.content).ByteSize()
+    return record_nbytes(message.content)
 
 
 class MeteredGrid(DelegatingGrid):

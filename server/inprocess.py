@@ -9,27 +9,10 @@ Messages built outside a Flower process need a task identity: :func:`task_identi
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from transport.contract import NODE_NUM_PARTITIONS, NODE_PARTITION_ID, ROUND_OFFSET
-
-
-@contextlib.contextmanager
-def task_identity() -> Iterator[None]:
-    """The task identity Flower's runtime sets before it calls an app (restored after)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = {attr: getattr(TaskIdentity, attr, None) for attr in ("_task_id", "_run_id", "_node_id")}
-    try:
-        for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-            setattr(TaskIdentity, attr, value)
-        yield
-    finally:
-        for attr, value in saved.items():
-            setattr(TaskIdentity, attr, value)
+from transport.flower_internals import stamp, task_identity  # noqa: F401 (task_identity: run a federation with it)
 
 
 class InProcessFederation:
@@ -71,7 +54,7 @@ class InProcessFederation:
 
         replies = []
         for i, msg in enumerate(self.guard.configure_train(rnd, self.arrays, ConfigRecord({ROUND_OFFSET: 0}), self)):
-            msg.metadata.__dict__["_message_id"] = f"r{rnd}-{i}"
+            stamp(msg, message_id=f"r{rnd}-{i}")
             self.requests[msg.metadata.message_id] = msg
             node = msg.metadata.dst_node_id
             ctx = Context(run_id=1, node_id=node, node_config={NODE_PARTITION_ID: node - 1, NODE_NUM_PARTITIONS: self.clients},

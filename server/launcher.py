@@ -335,9 +335,9 @@ def _compare(args: argparse.Namespace, names: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flwr.supercore.logger import update_console_handler
+    from transport.flower_internals import plain_console
 
-    update_console_handler(colored=sys.stdout.isatty())  # Flower's own lines in this process: no escape codes in a pipe
+    plain_console(colored=sys.stdout.isatty())  # Flower's own lines in this process: no escape codes in a pipe
     args = build_parser().parse_args(argv)
     try:
         return experiment(args) if args.command == "experiment" else launch(args)

@@ -23,10 +23,10 @@ def defaults():
 
 
 @pytest.fixture
-def task_identity(monkeypatch):
+def task_identity():
     """Flower's runtime sets the process's task identity before it calls an app;
     messages built outside a Flower process need the same."""
-    from flwr.supercore.task_identity import TaskIdentity
+    from transport.flower_internals import task_identity as identity
 
-    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, attr, value)
+    with identity():
+        yield

@@ -6,6 +6,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from server.inprocess import InProcessFederation  # noqa: F401 (the tests build theirs from here)
+from transport.flower_internals import stamp
 
 
 def make_reply(params: dict[str, np.ndarray], num_examples: float, node_id: int) -> Message:
@@ -16,9 +17,12 @@ def make_reply(params: dict[str, np.ndarray], num_examples: float, node_id: int)
             "metrics": MetricRecord({"train-loss": 0.5 + node_id, "num-examples": num_examples}),
         }
     )
-    msg = Message(content=content, dst_node_id=0, message_type="train")
-    msg.metadata.__dict__["_src_node_id"] = node_id
-    return msg
+    return from_node(Message(content=content, dst_node_id=0, message_type="train"), node_id)
+
+
+def from_node(msg: Message, node_id: int) -> Message:
+    """``msg`` as a reply the server received from ``node_id`` (what Flower's runtime stamps)."""
+    return stamp(msg, src_node_id=node_id)
 
 
 LAUNCH_TIMEOUT_S = 420  # one real launch, its cold start on a loaded 2-core machine included

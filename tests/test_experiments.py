@@ -32,7 +32,7 @@ def test_confidence_interval_and_paired_tests_have_their_textbook_values():
 
 
 def test_the_catalogue_names_every_claim_with_ten_seeds_and_a_valid_baseline():
-    assert set(EXPERIMENTS) == {"noise", "qcn", "privacy", "noniid", "quantum-vs-classical", "scale"}
+    assert set(EXPERIMENTS) == {"noise", "qcn", "privacy", "noniid", "quantum-vs-classical", "scale", "attacks"}
     assert all(e.seeds >= 10 for e in EXPERIMENTS.values())
     assert EXPERIMENTS["scale"].clients == 1000
     from server.chain import server_strategy

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
+from helpers import from_node
 
 from strategies import FidelityWeightedFedAvg, fidelity_weight
 from transport.qcn import (
@@ -129,9 +130,7 @@ def _reply(x, n, fidelity=None, mask=None, node=0):
     content = {"arrays": ArrayRecord({"w": Array(np.asarray(x, dtype=float))}), "metrics": MetricRecord(metrics)}
     if mask is not None:
         content["mask"] = ConfigRecord({"w": np.packbits(np.asarray(mask, dtype=bool)).tobytes()})
-    msg = Message(content=RecordDict(content), dst_node_id=0, message_type="train")
-    msg.metadata.__dict__["_src_node_id"] = node
-    return msg
+    return from_node(Message(content=RecordDict(content), dst_node_id=0, message_type="train"), node)
 
 
 def test_equals_fedavg_at_fidelity_one(task_identity):

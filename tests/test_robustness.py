@@ -112,13 +112,10 @@ def clean():
     the run without the attacker's node (its reply an error). A rejected attacker takes its
     partition out of the federation, and no guard can do better than the federation
     without it: with three iris clients that alone may cost more than the margin."""
-    from flwr.supercore.task_identity import TaskIdentity
-
     from transport.config import defaults as app_defaults
+    from transport.flower_internals import task_identity
 
-    with pytest.MonkeyPatch.context() as mp:  # as the task_identity fixture, for the module
-        for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-            mp.setattr(TaskIdentity, attr, value)
+    with task_identity():  # as the task_identity fixture, for the module
         return {s: (_federation(app_defaults(), s, None)[0], _federation(app_defaults(), s, "absent")[0])
                 for s in STRATEGIES}
 

@@ -57,6 +57,7 @@ from helpers import key_manager, make_reply
 from server.pki import generate
 from transport.base import Envelope, TransportError, TransportStack
 from transport.dp import CentralDPLedger, LocalDPLedger, LocalDPTransport, epsilon_of, gaussian_event
+from transport.flower_internals import stamp
 from transport.qkd.bb84 import BB84Config, InsecureSeededBB84Link
 from transport.qkd.identity import SaeCredentials
 from transport.qkd.key_manager import (
@@ -357,11 +358,9 @@ class _Grid:
     def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
         out = []
         for i, m in enumerate(messages):
-            m.metadata.__dict__["_message_id"] = f"message-{i}"  # what a real push sets
-            reply = self.answer(m)
-            reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
-            reply.metadata.__dict__["_reply_to_message_id"] = m.metadata.message_id
-            out.append(reply)
+            stamp(m, message_id=f"message-{i}")  # what a real push sets
+            out.append(stamp(self.answer(m), src_node_id=m.metadata.dst_node_id,
+                             reply_to_message_id=m.metadata.message_id))
         return out
 
 

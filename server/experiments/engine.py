@@ -34,6 +34,7 @@ from pathlib import Path
 
 from transport.config import KEY
 from transport.contract import CACHE_DIR_ENV
+from transport.flower_internals import set_task_identity, simulation_internals
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -43,9 +44,7 @@ class RunError(RuntimeError):
 
 
 def _kept_ray_backend():  # noqa: ANN202 (the class is made lazily: Ray is an optional extra)
-    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
-
-    class KeptRayBackend(RayBackend):
+    class KeptRayBackend(simulation_internals().RayBackend):
         """Flower's ``RayBackend`` with one pool of actors for every run of a session."""
 
         pool_of_session = None
@@ -72,8 +71,8 @@ def kept_ray(num_cpus: int | None = None) -> Iterator[None]:
     """Start Ray once and keep Flower's simulation runtime on it (and on one pool of
     actors) until the block ends; then stop both and restore Flower's backend."""
     import ray
-    from flwr.server.superlink.fleet.vce.backend import raybackend
 
+    raybackend = simulation_internals().raybackend
     original = raybackend.RayBackend
     kept = _kept_ray_backend()
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -138,29 +137,22 @@ class SimulationSession:
             The ServerApp failed (its exception is the cause).
         """
         from flwr.app import Context, RecordDict
-        from flwr.common.constant import SUPERLINK_NODE_ID
-        from flwr.common.config import get_fused_config_from_dir, get_project_config
-        from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
-        from flwr.simulation.run_simulation import _run_simulation
-        from flwr.supercore.constant import NOOP_FEDERATION_ID
-        from flwr.supercore.run import Run
-        from flwr.supercore.task_identity import TaskIdentity
-        from flwr.supercore.telemetry import EventType
 
-        components = get_project_config(self.app_dir)["tool"]["flwr"]["app"]["components"]
-        run = Run.create_empty(run_id=generate_rand_int_from_bytes(8))
+        flwr = simulation_internals()
+        components = flwr.get_project_config(self.app_dir)["tool"]["flwr"]["app"]["components"]
+        run = flwr.Run.create_empty(run_id=flwr.generate_rand_int_from_bytes(8))
         run.override_config = dict(run_config)
-        run.federation_id = NOOP_FEDERATION_ID
-        run.primary_task_id = generate_rand_int_from_bytes(8)
+        run.federation_id = flwr.NOOP_FEDERATION_ID
+        run.primary_task_id = flwr.generate_rand_int_from_bytes(8)
         # the ServerApp's messages leave from the SuperLink's node, as in flwr-simulation
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = run.primary_task_id, run.run_id, SUPERLINK_NODE_ID
-        context = Context(run_id=run.run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
-                          run_config=get_fused_config_from_dir(self.app_dir, run.override_config))
+        set_task_identity(run.primary_task_id, run.run_id, flwr.SUPERLINK_NODE_ID)
+        context = Context(run_id=run.run_id, node_id=flwr.SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
+                          run_config=flwr.get_fused_config_from_dir(self.app_dir, run.override_config))
         start = time.perf_counter()
         try:
-            _run_simulation(
+            flwr.run_simulation(
                 num_supernodes=clients,
-                exit_event=EventType.FLWR_SIMULATION_RUN_LEAVE,
+                exit_event=flwr.leave_event,
                 server_app_attr=components["serverapp"],
                 client_app_attr=client_app or components["clientapp"],
                 backend_name="ray",

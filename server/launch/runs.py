@@ -98,12 +98,13 @@ def stage_app(app_dir: Path, dest: Path) -> Path:
     import shutil
 
     import pathspec
-    from flwr.common.constant import FAB_INCLUDE_PATTERNS
+
+    from transport.flower_internals import fab_include_patterns
 
     app_dir = app_dir.resolve()
     gitignore = app_dir / ".gitignore"
     ignored = pathspec.PathSpec.from_lines("gitignore", gitignore.read_text().splitlines() if gitignore.exists() else [])
-    wanted = pathspec.PathSpec.from_lines("gitignore", [*FAB_INCLUDE_PATTERNS, "/.gitignore", "/pyproject.toml"])
+    wanted = pathspec.PathSpec.from_lines("gitignore", [*fab_include_patterns(), "/.gitignore", "/pyproject.toml"])
     if dest.exists():
         shutil.rmtree(dest)
     for dirpath, dirnames, filenames in os.walk(app_dir, followlinks=False):

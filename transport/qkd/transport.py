@@ -10,11 +10,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import ConfigRecord, RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from flwr.supercore import log
 
 from transport.base import Envelope, Transport, TransportError
+from transport.flower_internals import record_bytes, record_from_bytes
 from transport.qkd.client import KeyManagerClient
 
 RECORD = "qkd"
@@ -64,7 +63,7 @@ class QKDTransport(Transport):
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         key_id, qkd_key = self.kms.enc_key(envelope.dst)
         nonce = os.urandom(NONCE_BYTES)
-        plaintext = recorddict_to_proto(content).SerializeToString()
+        plaintext = record_bytes(content)
         ciphertext = AESGCM(derive_key(qkd_key)).encrypt(nonce, plaintext, envelope.associated_data(key_id))
         return RecordDict({RECORD: ConfigRecord({"key-id": key_id, "nonce": nonce, "ciphertext": ciphertext})})
 
@@ -86,9 +85,7 @@ class QKDTransport(Transport):
         except InvalidTag as err:
             log(WARNING, "QKD: authentication failed for key ID %s (%s -> %s, round %d)", key_id, envelope.src, envelope.dst, envelope.server_round)
             raise TransportError("authentication failed: tampered, replayed or misaddressed message") from err
-        proto = ProtoRecordDict()
         try:
-            proto.ParseFromString(plaintext)
-            return recorddict_from_proto(proto)
+            return record_from_bytes(plaintext)
         except Exception as err:  # authenticated, yet not a record: the peer itself is faulty
             raise TransportError(f"decrypted content is not a Flower RecordDict: {type(err).__name__}") from err

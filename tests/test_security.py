@@ -51,7 +51,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from helpers import key_manager, make_reply
 from server.pki import generate
@@ -529,3 +529,41 @@ def test_pld_is_offered_and_tighter_where_it_applies():
     assert 0 < pld.epsilon("a") < rdp.epsilon("a")
     with pytest.raises(ValueError, match="PLD accountant cannot amplify"):
         CentralDPLedger(1.0, 1e-5, "pld").record(available=5, sampled=1)
+
+
+def test_qkd_encryption_in_a_plain_flower_app_that_is_not_this_project(kms, task_identity):
+    """docs/extending.md's example: a ClientApp of Flower's own making (it adds one to every
+    parameter) with ``qkd_mod``, and Flower's FedAvg on a grid wrapped in ``TransportGrid``:
+    the wire carries only ciphertext, and both ends see the plaintext."""
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp.strategy import FedAvg
+
+    from transport.flower import TransportGrid
+    from transport.mods import HELLO_ACTION, answer_hello, qkd_mod, qkd_stack
+
+    client = ClientApp(mods=[qkd_mod(kms.url, credentials=SaeCredentials.in_dir(kms.certs, "node-1"))])
+    client.query(HELLO_ACTION)(answer_hello)
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        arrays = ArrayRecord({k: Array(v.numpy() + 1.0) for k, v in msg.content["arrays"].items()})
+        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 5})}), reply_to=msg)
+
+    wire: list[RecordDict] = []
+
+    def deliver(msg: Message) -> Message:  # what a SuperLink and a SuperNode do with it
+        wire.append(msg.content)
+        context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+        reply = client(msg, context)
+        wire.append(reply.content)
+        return reply
+
+    server = qkd_stack(kms.url, on_server=True, credentials=SaeCredentials.in_dir(kms.certs, "server"))
+    grid = TransportGrid(_Grid(deliver), server, run_id=1)  # the round: Flower's own "server-round"
+    start = ArrayRecord({"w": Array(np.arange(4.0))})
+    messages = list(FedAvg(min_train_nodes=1, min_available_nodes=1).configure_train(3, start, ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(messages, timeout=30))
+    assert len(replies) == 1 and not replies[0].has_error(), replies[0].error if replies[0].has_error() else ""
+    np.testing.assert_array_equal(replies[0].content["arrays"]["w"].numpy(), np.arange(4.0) + 1.0)
+    trained = [c for c in wire if "transport-envelope" in c.config_records]
+    assert len(trained) == 2 and all(not c.array_records for c in trained)  # no parameter in the clear

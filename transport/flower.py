@@ -20,7 +20,7 @@ from flwr.supercore import log
 from transport.base import SERVER_SAE, Envelope, TransportError, TransportStack, node_sae
 from transport.qkd.identity import SAE_ID_RE
 from transport.config import NodeConfig, RunConfig
-from transport.contract import WARM_UP_ACTION
+from transport.contract import SERVER_ROUND, WARM_UP_ACTION
 from transport.registry import build_transport
 
 ENVELOPE_RECORD = "transport-envelope"
@@ -60,13 +60,39 @@ def answer_hello(msg: Message, context: Context) -> Message:
     return Message(RecordDict(), reply_to=msg)
 
 
-def transport_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-    """ClientApp mod: decode what arrives, encode the reply, per the run's ``transport``."""
-    try:
-        stack = build_transport(RunConfig.from_run_config(context.run_config), NodeConfig.from_node_config(context.node_config))
-    except ValueError as err:  # e.g. no SAE certificate on this node, or a bad node config: say so to the server
-        log(ERROR, "transport: cannot start on this node: %s", err)
-        return Message(Error(TRANSPORT_ERROR_CODE, f"transport unavailable on this node: {err}"), reply_to=msg)
+ClientAppMod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
+
+
+def stack_mod(build: Callable[[Context], TransportStack]) -> ClientAppMod:
+    """A ClientApp mod (Flower's ``(msg, context, call_next)``) that decodes what arrives and
+    encodes the reply with the transports ``build(context)`` returns.
+
+    The server side is :class:`TransportGrid` over the same transports. A ``ValueError``
+    from ``build`` (no SAE certificate on this node, a bad node config) becomes an error
+    reply that says why; nothing is sent in the clear when a transport refuses.
+    """
+
+    def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        try:
+            stack = build(context)
+        except ValueError as err:
+            log(ERROR, "transport: cannot start on this node: %s", err)
+            return Message(Error(TRANSPORT_ERROR_CODE, f"transport unavailable on this node: {err}"), reply_to=msg)
+        return _through(stack, msg, context, call_next)
+
+    return mod
+
+
+def _stack_of_run(context: Context) -> TransportStack:
+    return build_transport(RunConfig.from_run_config(context.run_config), NodeConfig.from_node_config(context.node_config))
+
+
+# the project's ClientApp mod: the transports the run config's ``transport`` names
+transport_mod = stack_mod(_stack_of_run)
+
+
+def _through(stack: TransportStack, msg: Message, context: Context,
+             call_next: Callable[[Message, Context], Message]) -> Message:
     if not stack.transports or msg.metadata.message_type == WARM_UP_TYPE:
         return call_next(msg, context)  # nothing to protect (a warm-up carries nothing)
     me = stack.sae_id or node_sae(context.node_id)
@@ -142,18 +168,20 @@ class TransportGrid(DelegatingGrid):
     grid : Grid
     stack : TransportStack
     run_id : int
-    round_fn : callable
-        Returns the round being configured (the strategy's ``server_round``).
+    round_fn : callable, optional
+        Returns the round being configured (the strategy's ``server_round``); ``None``: the
+        ``server-round`` that Flower's strategies write into every message's config.
     hello_timeout : float
         Seconds to wait for the nodes' identities.
     """
 
-    def __init__(self, grid: Grid, stack: TransportStack, run_id: int, round_fn: Callable[[], int],
+    def __init__(self, grid: Grid, stack: TransportStack, run_id: int, round_fn: Callable[[], int] | None = None,
                  hello_timeout: float = 120.0) -> None:
         super().__init__(grid)
         self.stack = stack
         self.run_id = run_id
         self.round_fn = round_fn
+        self._last_round = 0
         self.hello_timeout = hello_timeout
         self.sae_id = stack.sae_id or SERVER_SAE
         self.peers: dict[int, str] = {}  # node ID -> its SAE ID (one node per SAE)
@@ -205,9 +233,21 @@ class TransportGrid(DelegatingGrid):
             return None
         return holder
 
-    def _encode(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
-        messages = list(messages)
-        server_round = self.round_fn()
+    def _round(self, messages: list[Message]) -> int:
+        """The round these messages belong to: ``round_fn()``, else the ``server-round`` a
+        Flower strategy wrote into their config."""
+        if self.round_fn is not None:
+            self._last_round = self.round_fn()
+            return self._last_round
+        for msg in messages:
+            for record in msg.content.config_records.values():
+                value = record.get(SERVER_ROUND)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    self._last_round = value
+                    return value
+        return self._last_round
+
+    def _encode(self, messages: list[Message], server_round: int, timeout: float | None = None) -> list[Message]:
         self._introduce({m.metadata.dst_node_id for m in messages}, timeout)
         out = []
         for msg in messages:
@@ -229,7 +269,7 @@ class TransportGrid(DelegatingGrid):
     def _decode(self, replies: Iterable[Message]) -> list[Message]:
         out = []
         for reply in replies:
-            request, server_round = self._sent.pop(reply.metadata.reply_to_message_id, (None, self.round_fn()))
+            request, server_round = self._sent.pop(reply.metadata.reply_to_message_id, (None, self._last_round))
             if reply.has_error():
                 out.append(reply)
                 continue
@@ -254,8 +294,9 @@ class TransportGrid(DelegatingGrid):
         return out
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        server_round = self.round_fn()
-        encoded = self._encode(messages)
+        messages = list(messages)
+        server_round = self._round(messages)
+        encoded = self._encode(messages, server_round)
         ids = list(self._grid.push_messages(encoded))
         for i, msg in zip(ids, encoded):
             if i is not None:
@@ -266,8 +307,9 @@ class TransportGrid(DelegatingGrid):
         return self._decode(self._grid.pull_messages(message_ids))
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        server_round = self.round_fn()
-        encoded = self._encode(messages, timeout)
+        messages = list(messages)
+        server_round = self._round(messages)
+        encoded = self._encode(messages, server_round, timeout)
         replies = list(self._grid.send_and_receive(encoded, timeout=timeout))
         ids = [msg.metadata.message_id for msg in encoded]  # set by the inner grid's push
         for i, msg in zip(ids, encoded):

@@ -11,7 +11,7 @@ from flwr.serverapp.strategy import Strategy
 
 from strategies import RoundDeadline, load_strategy, parse_strategy_options
 from transport.config import RunConfig
-from transport.dp import CentralDPFixedClipping
+from strategies.central_dp import CentralDPFixedClipping
 
 
 def build_strategy(cfg: RunConfig):  # -> flwr.serverapp.strategy.Strategy

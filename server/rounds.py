@@ -24,7 +24,8 @@ from server.recorder import RunRecorder, column
 from server.sinks import MetricSink
 from transport.config import RunConfig
 from transport.contract import ROUND_STALE_FOLDED, ROUND_STRAGGLERS, TRAIN_ACCURACY, TRAIN_LOSS
-from transport.dp import CentralDPFixedClipping, CentralDPLedger, LocalDPLedger
+from strategies.central_dp import CentralDPFixedClipping
+from transport.dp import CentralDPLedger, LocalDPLedger
 from transport.flower import TransportGrid
 
 PROGRESS_TAG = "[qfl]"  # the ServerApp's own lines in Flower's log

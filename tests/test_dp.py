@@ -8,7 +8,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, RecordDict
 
 from transport.base import Envelope
-from transport.dp import LocalDPTransport, clip_update, validate_dp
+from transport.dp import LocalDPTransport, validate_dp
+from transport.records import clip_update
 
 
 @pytest.mark.parametrize("scale", [0.0, 1e-6, 0.3, 1.0, 50.0])

@@ -479,7 +479,7 @@ def test_local_dp_noise_is_not_regenerable_from_the_seed():
 def test_central_dp_noise_is_not_regenerable_from_the_seed(task_identity):
     from flwr.serverapp.strategy import FedAvg
 
-    from transport.dp import CentralDPFixedClipping
+    from strategies.central_dp import CentralDPFixedClipping
 
     outs = []
     for _ in range(2):

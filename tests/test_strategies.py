@@ -155,7 +155,7 @@ def test_registry_names_paths_and_options():
 def test_wrappers_compose_central_dp_keeps_noise_isolatings_per_client_columns():
     # Flower's DP wrapper forwards no attributes; the per-client report still gets through
     from server.instrumented import InstrumentedStrategy
-    from transport.dp import CentralDPFixedClipping
+    from strategies.central_dp import CentralDPFixedClipping
 
     rng = np.random.default_rng(7)
     base = random_params(rng)

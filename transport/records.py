@@ -23,3 +23,11 @@ def unflatten(vector: np.ndarray, like: ArrayRecord, names: list[str] | None = N
         out[n] = Array(np.asarray(vector[offset : offset + template.size]).reshape(template.shape).astype(template.dtype))
         offset += template.size
     return ArrayRecord(out)
+
+
+def clip_update(update: np.ndarray, clip: float) -> np.ndarray:
+    """Scale ``update`` to L2 norm at most ``clip``; a zero update stays zero."""
+    norm = float(np.linalg.norm(update))
+    if norm <= clip:  # includes norm == 0 (Flower's helper divides by it)
+        return update
+    return update * (clip / norm)

@@ -1,9 +1,9 @@
 """Aggregation strategies for quantum federated learning, selectable by name."""
 
+from strategies.central_dp import CentralDPFixedClipping
 from strategies.deadline import RoundDeadline
 from strategies.fidelity_weighted import FidelityWeightedFedAvg, fidelity_weight, unpack_mask
 from strategies.noise_isolating import ClientNoiseEstimate, NoiseIsolatingFedAvg, isolate_noise
-from strategies.central_dp import CentralDPFixedClipping
 from strategies.registry import BUILTIN_STRATEGIES, load_strategy, parse_strategy_options, resolve_strategy
 from strategies.validation import filter_replies, reply_problem
 

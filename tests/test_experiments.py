@@ -52,8 +52,31 @@ def test_compare_names_a_wrong_arm_or_pair_before_reading_any_run(tmp_path, caps
     assert "is missing or incomplete" in capsys.readouterr().err  # nothing ran: nothing to compare
 
 
+@pytest.fixture(scope="module")
+def session():
+    """One simulation session (one Ray, one pool of actors) for this module's experiments:
+    each run in it still gets a new random run ID and new random node IDs from the engine."""
+    from server.experiments.engine import SimulationSession
+
+    with SimulationSession() as kept:
+        yield kept
+
+
+class _Entered:
+    """The module's session as a ``session_factory``: ``run_experiment``'s block leaves it open."""
+
+    def __init__(self, kept) -> None:  # noqa: ANN001
+        self.kept = kept
+
+    def __enter__(self):  # noqa: ANN204
+        return self.kept
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 @pytest.mark.integration
-def test_a_smoke_experiment_runs_resumes_and_gives_the_same_curve_for_the_same_seed(tmp_path):
+def test_a_smoke_experiment_runs_resumes_and_gives_the_same_curve_for_the_same_seed(tmp_path, session):
     smoke = Experiment(
         name="smoke", claim="the runner works", clients=2, rounds=2, target=0.6, seeds=2,
         config={"dataset": "iris", "learning-rate": 0.1, "local-epochs": 1},
@@ -62,7 +85,7 @@ def test_a_smoke_experiment_runs_resumes_and_gives_the_same_curve_for_the_same_s
               Arm("fedmedian", {"strategy": "fedmedian"})),
         baseline="fedavg",
     )
-    out = run_experiment(smoke, tmp_path, "qfl experiment smoke", say=print)
+    out = run_experiment(smoke, tmp_path, "qfl experiment smoke", session_factory=lambda: _Entered(session), say=print)
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 3 * 3  # seeds x arms x rounds (0, 1, 2)
@@ -93,10 +116,11 @@ def test_a_smoke_experiment_runs_resumes_and_gives_the_same_curve_for_the_same_s
 
 
 @pytest.mark.integration
-def test_the_same_command_gives_the_same_results_and_two_arms_see_the_same_channel(tmp_path):
+def test_the_same_command_gives_the_same_results_and_two_arms_see_the_same_channel(tmp_path, session):
     """Issue 27: an experiment is a function of its command. Over the qcn transport, with a
-    sample of 2 of 3 nodes a round (the engine gives the nodes random IDs every run), the
-    same experiment in two sessions writes the same results.csv byte for byte; and within
+    sample of 2 of 3 nodes a round (the engine gives the nodes random IDs, and Flower the run
+    a random ID, every run), the same experiment twice writes the same results.csv byte for
+    byte; and within
     one seed, two arms (different strategies) see the same channel draws: the fidelity each
     partition's update arrived with in round r is the same in both (common random numbers)."""
     exp = Experiment(
@@ -107,8 +131,8 @@ def test_the_same_command_gives_the_same_results_and_two_arms_see_the_same_chann
         arms=(Arm("fedavg", {"strategy": "fedavg"}), Arm("fidelity-weighted", {"strategy": "fidelity-weighted"})),
         baseline="fedavg",
     )
-    first = run_experiment(exp, tmp_path / "a", "qfl experiment crn", say=print)
-    second = run_experiment(exp, tmp_path / "b", "qfl experiment crn", say=print)
+    first = run_experiment(exp, tmp_path / "a", "qfl experiment crn", session_factory=lambda: _Entered(session), say=print)
+    second = run_experiment(exp, tmp_path / "b", "qfl experiment crn", session_factory=lambda: _Entered(session), say=print)
     assert (first / "results.csv").read_bytes() == (second / "results.csv").read_bytes()
 
     def channel(root, arm: str) -> dict[tuple[str, str], tuple[str, str]]:
@@ -123,7 +147,7 @@ def test_the_same_command_gives_the_same_results_and_two_arms_see_the_same_chann
 
 
 @pytest.mark.integration
-def test_the_attack_experiments_clientapp_attacks_and_the_guard_names_it(tmp_path):
+def test_the_attack_experiments_clientapp_attacks_and_the_guard_names_it(tmp_path, session):
     """``qfl experiment attacks`` runs the real ClientApp behind an attacking mod: partition 0
     sign-flips; FedAvg without the direction rule takes it ("ok"), the default guard names
     and rejects it every round."""
@@ -138,7 +162,8 @@ def test_the_attack_experiments_clientapp_attacks_and_the_guard_names_it(tmp_pat
         arms=tuple(replace(a, versus=None) for a in full.arms if a.name in ("fedavg/clean", "fedavg/sign-flip", "guard/sign-flip")),
         baseline="fedavg/clean", client_app=full.client_app,
     )
-    out = run_experiment(exp, tmp_path, "qfl experiment attack-smoke", say=print)
+    out = run_experiment(exp, tmp_path, "qfl experiment attack-smoke", session_factory=lambda: _Entered(session),
+                         say=print)
 
     def statuses(arm: str) -> list[str]:
         with (out / "runs" / f"{arm.replace('/', '_')}-s1" / "clients.csv").open() as fh:

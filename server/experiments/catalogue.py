@@ -7,7 +7,7 @@ initial parameters and shuffles, so arms are compared *paired*, seed by seed, ag
 arm named in :attr:`Arm.versus` (by default the experiment's baseline).
 
 Settings were chosen so that each experiment's arms differ where the claim says they
-should and so that the whole catalogue (10 seeds) fits in two hours on a 2-core machine:
+should and so that each experiment (10 seeds) takes under 40 minutes on a 2-core machine:
 ``summary.md`` records each one's running time.
 """
 

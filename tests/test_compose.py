@@ -387,7 +387,13 @@ def test_a_third_client_added_while_the_superlink_runs_joins_the_next_run(federa
     compose("-f", "docker-compose.yml", "-f", str(override), "up", "-d", "--no-deps", "supernode-2")
     compose("run", "--rm", "-e", f"QFL_RUN_CONFIG={_config('compose-three', 1, nodes=3)}", "submit", timeout=900)
     rows = _rows("compose-three")
-    assert [int(r["round"]) for r in rows] == [0, 1] and int(rows[1]["clients_ok"]) == 3
+    assert [int(r["round"]) for r in rows] == [0, 1]
+    clients = [r for r in csv.DictReader(io.StringIO(_volume_file("runs", "compose-three/clients.csv"))) if r["round"] == "1"]
+    assert len(clients) == 3, clients  # all three answered
+    # the example's client holds partition 1 again: the same update as supernode-1's, counted once
+    twin = [r for r in clients if r["status"].startswith("rejected: update all but identical to node")]
+    assert len(twin) == 1 and twin[0]["partition_id"] == "1", clients
+    assert int(rows[1]["clients_ok"]) == 2 and int(rows[1]["clients_rejected"]) == 1
 
 
 def test_down_keeps_results_and_down_v_leaves_nothing(federation):

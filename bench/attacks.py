@@ -37,25 +37,15 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(ROOT)  # this folder first on sys.path would shadow the project's packages
 OUT = ROOT / "bench" / "results" / "attacks.json"
 
-ATTACKERS = {"clean": (), "sign-flip": (0,), "colluders": (0, 1), "absent": (0, 1)}  # partitions
+from server.experiments import attack_app  # noqa: E402 (after the path fix above)
+
+ATTACKERS = {"clean": (), **attack_app.ATTACKERS}  # partitions; the attacks are the attack ClientApp's own
 DEFENCES = {
     "fedavg": {"strategy": "fedavg", "robust-direction": False},
     "guard": {"strategy": "fedavg", "robust-direction": True},
     "fedmedian": {"strategy": "fedmedian", "robust-direction": False},
     "fedtrimmedavg": {"strategy": "fedtrimmedavg", "strategy-options": "{ beta = 0.2 }", "robust-direction": False},
 }
-FLIP = 3.0  # global - FLIP x the honest update
-
-
-def sign_flipped(reply, request):  # noqa: ANN001, ANN201 (Messages)
-    """The reply with its parameters ``w - FLIP (w_k - w)``: the honest update reversed, scaled."""
-    from flwr.app import Array, ArrayRecord, Message, RecordDict
-
-    sent = request.content["arrays"]
-    arrays = {k: Array(sent[k].numpy() - FLIP * (v.numpy() - sent[k].numpy())) for k, v in reply.content["arrays"].items()}
-    content = RecordDict(dict(reply.content.items()))
-    content["arrays"] = ArrayRecord(arrays)
-    return Message(content=content, reply_to=request)
 
 
 def absent(request):  # noqa: ANN001, ANN201 (Messages)
@@ -75,7 +65,7 @@ def run_cell(base: dict, defence: str, attack: str, seed: int, clients: int, rou
         if node not in attackers:
             return reply
         request = fed.requests[reply.metadata.reply_to_message_id]
-        return absent(request) if attack == "absent" else sign_flipped(reply, request)
+        return absent(request) if attack == "absent" else attack_app.sign_flipped(reply, request)
 
     config = {**base, **DEFENCES[defence], "seed": seed}
     fed = InProcessFederation(config, clients, corrupt)

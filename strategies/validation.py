@@ -32,6 +32,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import pdist, squareform
 
 from transport.contract import ARRAYS, FIDELITY, MASK, METRICS, NUM_EXAMPLES
 from transport.records import flatten, unflatten
@@ -393,14 +394,11 @@ def _twin_groups(nodes: list[int], updates: np.ndarray) -> dict[int, tuple[int, 
     are left out. ``updates`` is ``(K, P)``; fewer than 3 or all equal: no groups."""
     if len(nodes) < 3:
         return {}
-    gram = updates @ updates.T
-    sq = np.diag(gram)
-    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0.0))
-    upper = dist[np.triu_indices(len(nodes), 1)]
-    bar = TWIN_FRACTION * float(np.median(upper))
+    pairs = pdist(updates)
+    bar = TWIN_FRACTION * float(np.median(pairs))
     if bar == 0:
         return {}
-    _, label = connected_components(csr_matrix(dist <= bar), directed=False)
+    _, label = connected_components(csr_matrix(squareform(pairs <= bar)), directed=False)
     groups = {}
     for i, node in enumerate(nodes):
         others = tuple(sorted(nodes[j] for j in np.flatnonzero(label == label[i]) if j != i))

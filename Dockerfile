@@ -21,7 +21,7 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH
 
 ARG PIP_EXTRA_CA_B64=""
-# nginx for the Fleet gateway (server/launch/gateway.py); the unprivileged user every service
+# nginx for the Fleet gateway (qfl/launch/gateway.py); the unprivileged user every service
 # but the one-shot `certs` runs as
 RUN set -eu; \
     if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then \
@@ -37,7 +37,11 @@ WORKDIR /app
 COPY pyproject.toml README.md .docker-wheel[s] /build/
 COPY client/__init__.py client/__init__.py
 COPY server/__init__.py server/__init__.py
-COPY server/launch/__init__.py server/launch/__init__.py
+COPY qfl/__init__.py qfl/__init__.py
+COPY qfl/common/__init__.py qfl/common/__init__.py
+COPY qfl/task/__init__.py qfl/task/__init__.py
+COPY qfl/launch/__init__.py qfl/launch/__init__.py
+COPY qfl/experiments/__init__.py qfl/experiments/__init__.py
 COPY strategies/__init__.py strategies/__init__.py
 COPY transport/__init__.py transport/__init__.py
 COPY transport/qkd/__init__.py transport/qkd/__init__.py

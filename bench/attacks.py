@@ -1,6 +1,6 @@
 """Study: final accuracy under in-bound attacks, per defence, over seeds.
 
-Each cell is an in-process federation (:class:`server.inprocess.InProcessFederation`: the
+Each cell is an in-process federation (:class:`qfl.inprocess.InProcessFederation`: the
 real ClientApp, the real strategy behind the server's real guard, central evaluation on the
 test split) of ``--clients`` clients on ``--dataset`` for ``--rounds`` rounds, repeated over
 ``--seeds``. Attacks (each attacker trains honestly, then replaces its reply):
@@ -37,7 +37,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(ROOT)  # this folder first on sys.path would shadow the project's packages
 OUT = ROOT / "bench" / "results" / "attacks.json"
 
-from server.experiments import attack_app  # noqa: E402 (after the path fix above)
+from qfl.experiments import attack_app  # noqa: E402 (after the path fix above)
 
 ATTACKERS = {"clean": (), **attack_app.ATTACKERS}  # partitions; the attacks are the attack ClientApp's own
 DEFENCES = {
@@ -56,7 +56,7 @@ def absent(request):  # noqa: ANN001, ANN201 (Messages)
 
 
 def run_cell(base: dict, defence: str, attack: str, seed: int, clients: int, rounds: int) -> dict:
-    from server.inprocess import InProcessFederation
+    from qfl.inprocess import InProcessFederation
 
     attackers = {p + 1 for p in ATTACKERS[attack]}  # node IDs: partition + 1
     fed: InProcessFederation
@@ -97,8 +97,8 @@ def main() -> None:
 
     import torch
 
-    from server.inprocess import task_identity
-    from server.launch.config import app_defaults
+    from qfl.inprocess import task_identity
+    from qfl.launch.config import app_defaults
 
     torch.set_num_threads(1)
     base = {**app_defaults(ROOT), "dataset": args.dataset}

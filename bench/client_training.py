@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from client.model import PQCClassifier
+from qfl.task.model import PQCClassifier
 
 
 def epoch(model: PQCClassifier, x: torch.Tensor, y: torch.Tensor, batch_size: int, broadcast: bool) -> float:

@@ -35,8 +35,8 @@ OUT = ROOT / "bench" / "results" / "deployment_round"
 
 def floor(clients: int, rounds: int) -> float:
     """Mean s/round of rounds 2..R of the numpy-only app on a real loopback deployment."""
-    from server.launch.commands import flwr_env, superlink_command, supernode_command, write_flower_config
-    from server.launch.processes import ProcessGroup, free_port, wait_for_port
+    from qfl.launch.commands import flwr_env, superlink_command, supernode_command, write_flower_config
+    from qfl.launch.processes import ProcessGroup, free_port, wait_for_port
 
     work = Path(tempfile.mkdtemp(prefix="floor-", dir=OUT))
     (work / "logs").mkdir()
@@ -67,7 +67,7 @@ def qfl(clients: int, rounds: int, dataset: str, warm: bool) -> dict[str, float]
     """Mean s/round of rounds 2..R, the clients' compute, and the time to round 1, of ``qfl launch``."""
     name = f"{'warm' if warm else 'cold'}-{clients}-{time.strftime('%H%M%S')}"
     start = time.time()
-    cmd = [sys.executable, "-m", "server.launcher", "launch", "--clients", str(clients), "--rounds", str(rounds),
+    cmd = [sys.executable, "-m", "qfl.launcher", "launch", "--clients", str(clients), "--rounds", str(rounds),
            "--dataset", dataset, "--run-name", name, "--set", f'output-dir="{OUT}"',
            "--set", f"warm-runtime={'true' if warm else 'false'}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def launch_accuracy(name: str, out: Path, args: list[str]) -> list[float]:
     """Run ``qfl launch --simulation --run-name NAME`` with ``args``; central test accuracy per round."""
-    cmd = [sys.executable, "-m", "server.launcher", "launch", "--simulation", "--run-name", name,
+    cmd = [sys.executable, "-m", "qfl.launcher", "launch", "--simulation", "--run-name", name,
            "--set", f'output-dir="{out}"', *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -1,7 +1,7 @@
 """Benchmark: one SAE floods the key manager; how long does another pair's request take?
 
 A real key manager (``python -m transport.qkd.key_manager``, its own process) serves HTTPS
-with mutual TLS on 127.0.0.1, with certificates made by ``server/pki.py`` in a temporary
+with mutual TLS on 127.0.0.1, with certificates made by ``qfl/pki.py`` in a temporary
 folder. The probe is SAE ``node-2`` asking for a key shared with ``server`` (the server
 then redeems it, so the store stays empty), one request at a time:
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (1 <= args.flood <= 2000 and 1 <= args.probes <= 1000 and 0 < args.seconds <= 120):
         parser.error("--flood 1..2000, --probes 1..1000, --seconds up to 120")
 
-    from server.pki import generate
+    from qfl.pki import generate
 
     with tempfile.TemporaryDirectory(prefix="qfl-kme-flood-") as tmp:
         certs = Path(tmp) / "certs"

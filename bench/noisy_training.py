@@ -18,8 +18,8 @@ import pennylane as qml
 import torch
 from client_training import epoch  # the same timed epoch as the noiseless benchmark
 
-from client.model import PQCClassifier, make_circuit
-from client.noise import coupling_edges, get_profile, pauli_channels, route
+from qfl.task.model import PQCClassifier, make_circuit
+from qfl.task.noise import coupling_edges, get_profile, pauli_channels, route
 
 
 class MixedStateModel(PQCClassifier):

@@ -33,7 +33,7 @@ OUT = ROOT / "bench" / "results" / "transport"
 
 
 def launch(name: str, *args: str) -> list[dict]:
-    cmd = [sys.executable, "-m", "server.launcher", "launch", "--run-name", name, "--set", f'output-dir="{OUT}"', *args]
+    cmd = [sys.executable, "-m", "qfl.launcher", "launch", "--run-name", name, "--set", f'output-dir="{OUT}"', *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")

@@ -16,9 +16,10 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore import log
 
-from client.runtime import CLIENT_CONTROL, WorkerError, request, run, supernode_pid
-from transport.config import KEY, ConfigError, NodeConfig, RunConfig
-from transport.contract import DEVICE, DEVICE_NUM_PARTITIONS, DEVICE_PARTITION, WARM_UP_ACTION
+from client.job import CLIENT_CONTROL, request
+from client.runtime import WorkerError, run, watched_pid
+from qfl.common.config import KEY, ConfigError, NodeConfig, RunConfig
+from qfl.common.contract import DEVICE, DEVICE_NUM_PARTITIONS, DEVICE_PARTITION, WARM_UP_ACTION
 from transport.flower import HELLO_ACTION, answer_hello, transport_mod
 
 WORKER_ERROR_CODE = 4301
@@ -35,7 +36,7 @@ def _refuse_attack(cfg: RunConfig) -> None:
     turn real clients into attackers."""
     if cfg.simulated_attack:
         raise ConfigError(KEY.simulated_attack, "is read only by the attack ClientApp of qfl experiment attacks "
-                                                "(server.experiments.attack_app); this ClientApp refuses to run with it")
+                                                "(qfl.experiments.attack_app); this ClientApp refuses to run with it")
 
 
 def _reply(op: str, msg: Message, context: Context) -> Message:
@@ -76,15 +77,12 @@ def warm_up(msg: Message, context: Context) -> Message:
     try:
         cfg = RunConfig.from_run_config(context.run_config)
         _refuse_attack(cfg)
-    except ConfigError as err:
-        return Message(Error(WORKER_ERROR_CODE, f"client: {err}"), reply_to=msg)
-    if cfg.warm_runtime and supernode_pid() is not None:
-        reply = _reply("prepare", msg, context)
-        if reply.has_error():
-            return reply
-    try:
         node = NodeConfig.from_node_config(context.node_config)
     except ConfigError as err:
         return Message(Error(WORKER_ERROR_CODE, f"client: {err}"), reply_to=msg)
+    if watched_pid(cfg, node) is not None:
+        reply = _reply("prepare", msg, context)
+        if reply.has_error():
+            return reply
     who = ConfigRecord({DEVICE_PARTITION: node.partition_id, DEVICE_NUM_PARTITIONS: node.num_partitions})
     return Message(RecordDict({DEVICE: who}), reply_to=msg)

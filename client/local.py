@@ -19,13 +19,9 @@ from collections import OrderedDict
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from client.data import load_partition
-from client.task import build_dataset, build_model
-from client.train import evaluate as evaluate_model
-from client.train import full_gradient, train_local
-from client.runtime import CLIENT_CONTROL, JOB, OPS, model_key
-from transport.config import NodeConfig, RunConfig
-from transport.contract import (
+from client.job import CLIENT_CONTROL, JOB, OPS, model_key
+from qfl.common.config import NodeConfig, RunConfig
+from qfl.common.contract import (
     ARRAYS,
     CIRCUIT_DEPTH,
     CONFIG,
@@ -49,6 +45,10 @@ from transport.contract import (
     TRAIN_TIME_S,
     TWO_QUBIT_GATES,
 )
+from qfl.task.build import build_dataset, build_model
+from qfl.task.data import load_partition
+from qfl.task.train import evaluate as evaluate_model
+from qfl.task.train import full_gradient, train_local
 
 CACHE_SIZE = 8  # tasks one process keeps (the simulation engine runs many clients per worker)
 # One thread for torch: a node's circuits are small, and several nodes (or a node and the
@@ -93,7 +93,7 @@ class LocalTask:
         The server's message may turn on corrections of client drift, whatever its strategy:
         ``proximal-mu`` in its config (FedProx), a ``control`` variate (SCAFFOLD: the reply
         then carries ``control-delta``, and this client's own variate comes back as
-        :data:`~client.runtime.CLIENT_CONTROL` for the ClientApp to keep in its node's state).
+        :data:`~client.job.CLIENT_CONTROL` for the ClientApp to keep in its node's state).
         """
         self._prepare(cfg, req[ARRAYS], server_round)
         mu = float(req[CONFIG].get(PROXIMAL_MU, 0.0))
@@ -144,7 +144,7 @@ def noise_metrics(cfg: RunConfig, model, x, y) -> dict[str, float]:  # noqa: ANN
     """
     import torch
 
-    from client.model import PQCClassifier
+    from qfl.task.model import PQCClassifier
 
     if not isinstance(model, PQCClassifier):  # the classical baseline: no circuit, no device
         return {CIRCUIT_DEPTH: 0.0, GATES: 0.0, TWO_QUBIT_GATES: 0.0, SWAPS: 0.0, NOISE_GAP: 0.0}

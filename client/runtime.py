@@ -6,9 +6,10 @@ and building the data partition and the model costs seconds each time. With
 transports) and hands each message to a long-lived worker process (:mod:`client.worker`)
 that the node's first message starts and later messages reuse:
 
-- **one worker per node and model-defining configuration** (:func:`client.local.model_key`)
+- **one worker per node and model-defining configuration** (:func:`client.job.model_key`)
   and code version: a run with other settings gets its own;
-- **bounded lifetime**: the worker exits when its SuperNode exits (it watches its PID),
+- **bounded lifetime**: the worker exits when its SuperNode exits (it watches the SuperNode's
+  executor, which Flower ties to the SuperNode's life; :func:`watched_pid`),
   after ``worker-idle-timeout`` seconds without work, and on SIGTERM;
 - **private IPC**: a Unix-domain socket in a directory only this user can open
   (``$QFL_RUNTIME_DIR``, ``$XDG_RUNTIME_DIR/qfl`` or ``/tmp/qfl-<uid>``, mode 0700, this
@@ -19,16 +20,15 @@ that the node's first message starts and later messages reuse:
   started again once; if that fails too, the ClientApp replies an error naming the cause.
 
 The in-process path computes the same numbers (:mod:`client.local`): it is the reference
-(``warm-runtime = false``: a fresh task every message) and the path taken where no
-SuperNode is found among the ClientApp's ancestors, i.e. on Flower's simulation engine,
-whose Ray workers stay alive anyway (a small per-process cache of tasks keeps them warm).
+(``warm-runtime = false``: a fresh task every message) and the path taken where the node
+does not say ``warm-worker = true`` (:func:`watched_pid`), e.g. on Flower's simulation
+engine, whose Ray workers stay alive anyway (a small per-process cache of tasks keeps them warm).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import secrets
 import signal
@@ -41,16 +41,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import RecordDict
 
-from transport.flower_internals import record_bytes, record_from_bytes
-from transport.config import KEY, NodeConfig, RunConfig
-from transport.contract import ARRAYS, CONFIG, CONTROL
+from client.job import decode, encode, model_key
+from qfl.common.config import NodeConfig, RunConfig
 
-SUPERNODE = "flower-supernode"
-JOB = "qfl-job"  # a request's ConfigRecord: op, run config and node config (JSON)
-OPS = ("train", "evaluate", "prepare")
-CLIENT_CONTROL = "client-control"  # SCAFFOLD: this client's control variate, kept in its node's state
 CONNECT_TIMEOUT_S = 30.0
 RUNTIME_DIR_ENV = "QFL_RUNTIME_DIR"  # where worker sockets and keys go (see private_dir)
 SHARED_TMP = Path("/tmp")  # the fallback's parent, shared by every user of the machine
@@ -60,49 +55,15 @@ class WorkerError(RuntimeError):
     """The warm worker failed twice on one message; the message says why."""
 
 
-def encode(content: RecordDict) -> bytes:
-    return record_bytes(content)
+def watched_pid(cfg: RunConfig, node: NodeConfig) -> int | None:
+    """The process a warm worker lives as long as, or ``None`` for the in-process path.
 
-
-def decode(data: bytes) -> RecordDict:
-    return record_from_bytes(data)
-
-
-def request(op: str, content: RecordDict, run_config: dict, node_config: dict, state: RecordDict | None = None) -> RecordDict:
-    """The request for ``op`` on a message's ``content`` (global arrays, the server's config, and
-    SCAFFOLD's control variate if it sent one); ``state`` is the node's Flower state, where
-    this client's own control variate lives between rounds."""
-    job = ConfigRecord({"op": op, "run-config": json.dumps(run_config), "node-config": json.dumps(node_config)})
-    if op == "prepare":  # builds the task, trains nothing: no arrays, no round
-        return RecordDict({JOB: job})
-    req = RecordDict({ARRAYS: content[ARRAYS], CONFIG: content[CONFIG], JOB: job})
-    if CONTROL in content.array_records:
-        req[CONTROL] = content.array_records[CONTROL]
-        if state is not None and CLIENT_CONTROL in state.array_records:
-            req[CLIENT_CONTROL] = state.array_records[CLIENT_CONTROL]
-    return req
-
-
-def model_key(cfg: RunConfig, node: NodeConfig) -> str:
-    """What decides a node's data partition and model: two messages with the same key can
-    share a :class:`LocalTask`. Training settings (epochs, learning rate, ...) are not in it."""
-    run = cfg.to_run_config()
-    keys = (KEY.dataset, KEY.partitioner, KEY.dirichlet_alpha, KEY.test_fraction, KEY.tfim_samples, KEY.seed,
-            KEY.n_qubits, KEY.n_layers, KEY.device, KEY.diff_method, KEY.device_profiles, KEY.zne, KEY.embedding, KEY.model)
-    return json.dumps({**{k: run[k] for k in keys}, **node.model_dump()}, sort_keys=True)
-
-
-def supernode_pid() -> int | None:
-    """The PID of the ``flower-supernode`` this ClientApp runs under, or ``None`` (simulation)."""
-    import psutil
-
-    try:
-        for parent in psutil.Process().parents():
-            if any(SUPERNODE in part for part in parent.cmdline()[:2]):
-                return parent.pid
-    except psutil.Error:
-        return None
-    return None
+    A node says it can host a worker with ``warm-worker = true`` in its node config (the
+    launcher and ``docker-compose.yml`` set it): it is a SuperNode in Flower's ``subprocess``
+    isolation, whose executor (``flower-superexec``, started with the SuperNode's
+    ``--parent-pid`` so that it exits with it) starts each ClientApp as its child. On the
+    simulation engine no node says so: its Ray workers stay alive anyway."""
+    return os.getppid() if cfg.warm_runtime and node.warm_worker else None
 
 
 def private_dir() -> Path:
@@ -254,7 +215,7 @@ _IN_PROCESS = None  # the task cache of the in-process path (made on first use)
 
 def run(req: RecordDict, cfg: RunConfig, node: NodeConfig, node_id: int) -> RecordDict:
     """The reply content for ``req``: in this node's warm worker if it has one, else here."""
-    watch = supernode_pid() if cfg.warm_runtime else None
+    watch = watched_pid(cfg, node)
     if watch is None:
         global _IN_PROCESS
         from client.local import TaskCache, answer

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, RecordDict
 
-from client.runtime import WorkerFiles, decode, encode
+from client.job import decode, encode
+from client.runtime import WorkerFiles
 
 WATCH_INTERVAL_S = 0.2
 
@@ -108,7 +109,7 @@ def _remove_own(files: WorkerFiles, socket_inode: int, key: bytes) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", required=True, type=Path, help="BASE of BASE.sock, BASE.key, BASE.pid")
-    parser.add_argument("--watch-pid", required=True, type=int, help="exit when this process (the SuperNode) is gone")
+    parser.add_argument("--watch-pid", required=True, type=int, help="exit when this process (the SuperNode's executor) is gone")
     parser.add_argument("--idle-timeout", required=True, type=float, help="exit after this many seconds without work")
     args = parser.parse_args(argv)
     serve(WorkerFiles(args.files), args.watch_pid, args.idle_timeout)

@@ -1,9 +1,9 @@
 """Write the run configuration's declaration into ``pyproject.toml`` and ``docs/usage.md``.
 
-``transport/config.py`` declares every option once (type, default, bounds, help). Flower
+``qfl/common/config.py`` declares every option once (type, default, bounds, help). Flower
 reads the defaults from ``[tool.flwr.app.config]`` and a reader looks for them in the
 options table in ``docs/usage.md``: both are generated from the model by this script.
-``tests/test_config.py`` fails if they are out of date.
+``tests/common_tests/test_config.py`` fails if they are out of date.
 
 Usage: ``python scripts/sync_config.py [--check]``
 """
@@ -31,9 +31,9 @@ def _toml(value: object) -> str:
 
 
 def pyproject_table() -> str:
-    from transport.config import defaults, describe
+    from qfl.common.config import defaults, describe
 
-    lines = [TABLE, "# Generated from transport/config.py by scripts/sync_config.py: edit the model, not this table."]
+    lines = [TABLE, "# Generated from qfl/common/config.py by scripts/sync_config.py: edit the model, not this table."]
     for key, value in defaults().items():
         lines.append(f"# {describe(key)}")
         lines.append(f"{key} = {_toml(value)}")
@@ -41,7 +41,7 @@ def pyproject_table() -> str:
 
 
 def readme_table() -> str:
-    from transport.config import defaults, describe
+    from qfl.common.config import defaults, describe
 
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for key, value in defaults().items():

@@ -25,8 +25,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from client.data import partition_indices
-from client.task import build_dataset, build_model
+from qfl.common.config import RunConfig
+from qfl.common.contract import ROUND_OFFSET
+from qfl.task.build import build_dataset, build_model
+from qfl.task.data import partition_indices
 from server.chain import build_strategy, server_strategy
 from server.checks import check_run
 from server.grid import MeteredGrid
@@ -36,8 +38,6 @@ from server.recorder import RunRecorder, holds_run
 from server.rounds import PROGRESS_TAG, RoundRecorder, RunFailed
 from server.sinks import open_sinks
 from transport.base import TransportStack
-from transport.config import RunConfig
-from transport.contract import ROUND_OFFSET
 from transport.dp import CentralDPLedger, LocalDPLedger
 from transport.flower import WARM_UP_TYPE, TransportGrid
 from transport.registry import build_transport

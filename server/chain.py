@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import Strategy
 
+from qfl.common.config import RunConfig
 from strategies import RoundDeadline, load_strategy, parse_strategy_options
-from transport.config import RunConfig
 from strategies.central_dp import CentralDPFixedClipping
 
 

@@ -1,21 +1,21 @@
 """Checks a run needs before it starts, that the configuration model alone cannot make.
 
 They need another package's knowledge: the data set (classes, size, partitions), the
-device profiles (``client.noise``), the quantum-network paths (``transport.qcn``), the
+device profiles (``qfl.task.noise``), the quantum-network paths (``transport.qcn``), the
 strategy and its options, the transports. The launcher runs them before any process
 starts; the ServerApp runs them too, for runs started with plain ``flwr run``.
 """
 
 from __future__ import annotations
 
-from transport.config import KEY, ConfigError, RunConfig
+from qfl.common.config import KEY, ConfigError, RunConfig
 
 
 def check_run(cfg: RunConfig, clients: int | None = None) -> None:
     """Raise :class:`ConfigError` (naming the key) if ``cfg`` cannot run with ``clients`` nodes."""
-    from client.data import num_classes, partition_indices
-    from client.profiles import check_profile
-    from client.task import build_dataset
+    from qfl.task.build import build_dataset
+    from qfl.task.data import num_classes, partition_indices
+    from qfl.task.profiles import check_profile
     from server.chain import build_strategy
     from transport.qcn import get_path
     from transport.registry import transport_parts

@@ -17,8 +17,8 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from qfl.common.flower_internals import record_nbytes
 from transport.flower import DelegatingGrid
-from transport.flower_internals import record_nbytes
 
 
 def content_nbytes(message: Message) -> int:

@@ -36,22 +36,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from strategies.delegating import DelegatingStrategy, RoundReport, round_report
-from strategies.fidelity_weighted import impute_lost
-from server.recorder import CLIENT_METRICS, column
-from strategies.validation import (
-    FIDELITY_RANGE,
-    NORM_BOUND,
-    ReplySchema,
-    TWIN_FRACTION,
-    ScreenResult,
-    delta_screen,
-    filter_replies,
-    is_finite_number,
-    robust_screen,
-    shapes_of,
-)
-from transport.contract import (
+from qfl.common.contract import (
     CIRCUIT_DEPTH,
     DEVICE,
     DEVICE_KEYS,
@@ -67,13 +52,33 @@ from transport.contract import (
     REPORT_COLUMNS,
     REPORT_LATE,
     REPORT_TRIMMED,
+    ROUND_AGGREGATION_FAILED,
+    ROUND_CLIENTS_CAPPED,
+    ROUND_CLIENTS_FAILED,
+    ROUND_CLIENTS_OK,
+    ROUND_CLIENTS_REJECTED,
+    ROUND_CLIENTS_TRIMMED,
     SWAPS,
     TRAIN_LOSS,
     TRAIN_METRICS,
     TRAIN_TIME_S,
     TWO_QUBIT_GATES,
 )
-
+from server.recorder import CLIENT_METRICS, column
+from strategies.delegating import DelegatingStrategy, RoundReport, round_report
+from strategies.fidelity_weighted import impute_lost
+from strategies.validation import (
+    FIDELITY_RANGE,
+    NORM_BOUND,
+    TWIN_FRACTION,
+    ReplySchema,
+    ScreenResult,
+    delta_screen,
+    filter_replies,
+    is_finite_number,
+    robust_screen,
+    shapes_of,
+)
 
 
 class InstrumentedStrategy(DelegatingStrategy):
@@ -113,9 +118,9 @@ class InstrumentedStrategy(DelegatingStrategy):
     def take_round_stats(self) -> dict[str, float]:
         """Return and clear the last training round's stats.
 
-        Keys: the aggregated train metrics (e.g. ``train-loss``), ``clients-ok``,
-        ``clients-failed`` (error replies), ``clients-rejected``, ``clients-trimmed``,
-        ``clients-capped`` and ``aggregation-failed``.
+        Keys: the aggregated train metrics (e.g. ``train-loss``) and the guard's counts, the
+        contract's ``ROUND_CLIENTS_*`` (ok, failed: error replies, rejected, trimmed, capped)
+        and ``ROUND_AGGREGATION_FAILED``.
         """
         out, self._round_stats = self._round_stats, {}
         return out
@@ -173,12 +178,12 @@ class InstrumentedStrategy(DelegatingStrategy):
         stats: dict[str, float] = dict(metrics) if metrics is not None else {}
         sound = [m for m in replies if not m.has_error()]
         trimmed = sum(1 for m in sound if report.clients.get(m.metadata.src_node_id, {}).get(REPORT_TRIMMED))
-        stats["clients-ok"] = len(sound) - trimmed
-        stats["clients-failed"] = len(failed)
-        stats["clients-rejected"] = len(rejected)
-        stats["clients-trimmed"] = trimmed
-        stats["clients-capped"] = len(claims)  # a claim of examples or fidelity bounded
-        stats["aggregation-failed"] = aggregation_failed
+        stats[ROUND_CLIENTS_OK] = len(sound) - trimmed
+        stats[ROUND_CLIENTS_FAILED] = len(failed)
+        stats[ROUND_CLIENTS_REJECTED] = len(rejected)
+        stats[ROUND_CLIENTS_TRIMMED] = trimmed
+        stats[ROUND_CLIENTS_CAPPED] = len(claims)  # a claim of examples or fidelity bounded
+        stats[ROUND_AGGREGATION_FAILED] = aggregation_failed
         stats.update(report.stats)  # e.g. a round deadline's straggler counts
         self._client_rows = _client_rows(sound, report, claims)
         self._client_rows += [{**_identity(m), "status": f"rejected: {why}"} for m, why in rejected]

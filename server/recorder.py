@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from concurrent.futures import Future, ThreadPoolExecutor
 import io
 import json
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from transport.files import atomic_write
-from transport.contract import (
+from qfl.common.contract import (
     CIRCUIT_DEPTH,
     DEVICE_PARTITION,
     DEVICE_PROFILE,
@@ -40,6 +39,11 @@ from transport.contract import (
     NUM_EXAMPLES,
     QCN_LOST_FRACTION,
     REPORT_COLUMNS,
+    ROUND_CLIENTS_CAPPED,
+    ROUND_CLIENTS_FAILED,
+    ROUND_CLIENTS_OK,
+    ROUND_CLIENTS_REJECTED,
+    ROUND_CLIENTS_TRIMMED,
     ROUND_STALE_FOLDED,
     ROUND_STRAGGLERS,
     SWAPS,
@@ -47,6 +51,7 @@ from transport.contract import (
     TRAIN_TIME_S,
     TWO_QUBIT_GATES,
 )
+from qfl.common.files import atomic_write
 
 
 def column(name: str) -> str:
@@ -63,11 +68,11 @@ COLUMNS = (
     "round_time_s",
     "bytes_down",
     "bytes_up",
-    "clients_ok",
-    "clients_failed",
-    "clients_rejected",
-    "clients_trimmed",
-    "clients_capped",
+    column(ROUND_CLIENTS_OK),
+    column(ROUND_CLIENTS_FAILED),
+    column(ROUND_CLIENTS_REJECTED),
+    column(ROUND_CLIENTS_TRIMMED),
+    column(ROUND_CLIENTS_CAPPED),
     "dp_epsilon",
     column(ROUND_STRAGGLERS),
     column(ROUND_STALE_FOLDED),

@@ -17,13 +17,23 @@ from logging import INFO, WARNING
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.supercore import log
 
+from qfl.common.config import RunConfig
+from qfl.common.contract import (
+    ROUND_CLIENTS_CAPPED,
+    ROUND_CLIENTS_FAILED,
+    ROUND_CLIENTS_OK,
+    ROUND_CLIENTS_REJECTED,
+    ROUND_CLIENTS_TRIMMED,
+    ROUND_STALE_FOLDED,
+    ROUND_STRAGGLERS,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+)
 from server.grid import MeteredGrid
 from server.instrumented import InstrumentedStrategy
 from server.progress import ProgressLog
 from server.recorder import RunRecorder, column
 from server.sinks import MetricSink
-from transport.config import RunConfig
-from transport.contract import ROUND_STALE_FOLDED, ROUND_STRAGGLERS, TRAIN_ACCURACY, TRAIN_LOSS
 from strategies.central_dp import CentralDPFixedClipping
 from transport.dp import CentralDPLedger, LocalDPLedger
 from transport.flower import TransportGrid
@@ -84,14 +94,14 @@ class RoundRecorder:
         self.account_privacy(server_round, row, clients)
         self.record(absolute, row, clients, arrays)
         self.report(absolute, row, causes)
-        if server_round > 0 and row["clients_ok"] == 0:
+        if server_round > 0 and row[column(ROUND_CLIENTS_OK)] == 0:
             raise RunFailed(f"round {absolute} got no valid update: "
                             + ("; ".join(f"node {n}: {why}" for n, why in causes) or "no client was sampled"))
         return result
 
     def evaluate(self, arrays: ArrayRecord) -> dict[str, float]:
         """Loss and accuracy of the global model on the held-out split."""
-        from client.train import evaluate  # torch
+        from qfl.task.train import evaluate  # torch
 
         self.model.load_state_dict(arrays.to_torch_state_dict())
         return evaluate(self.model, self.data.x_test, self.data.y_test)
@@ -111,11 +121,11 @@ class RoundRecorder:
             "round_time_s": 0.0 if server_round == 0 else now - self._clock,
             "bytes_down": bytes_down,
             "bytes_up": bytes_up,
-            "clients_ok": int(train.get("clients-ok", 0)),
-            "clients_failed": int(train.get("clients-failed", 0)) + len(missing) + len(unsent),
-            "clients_rejected": int(train.get("clients-rejected", 0)),
-            "clients_trimmed": int(train.get("clients-trimmed", 0)),
-            "clients_capped": int(train.get("clients-capped", 0)),
+            column(ROUND_CLIENTS_OK): int(train.get(ROUND_CLIENTS_OK, 0)),
+            column(ROUND_CLIENTS_FAILED): int(train.get(ROUND_CLIENTS_FAILED, 0)) + len(missing) + len(unsent),
+            column(ROUND_CLIENTS_REJECTED): int(train.get(ROUND_CLIENTS_REJECTED, 0)),
+            column(ROUND_CLIENTS_TRIMMED): int(train.get(ROUND_CLIENTS_TRIMMED, 0)),
+            column(ROUND_CLIENTS_CAPPED): int(train.get(ROUND_CLIENTS_CAPPED, 0)),
             column(ROUND_STRAGGLERS): int(train.get(ROUND_STRAGGLERS, 0)),
             column(ROUND_STALE_FOLDED): int(train.get(ROUND_STALE_FOLDED, 0)),
             "dp_epsilon": float("nan"),
@@ -158,7 +168,7 @@ class RoundRecorder:
         self.progress.emit("round", **row)
         log(INFO, "%s round %d/%d  test-acc %.3f  test-loss %.4f  train-loss %.4f  clients %d ok / %d failed  "
             "%.1f s  %d B down / %d B up", PROGRESS_TAG, absolute, self.cfg.num_server_rounds, row["test_accuracy"],
-            row["test_loss"], row["train_loss"], row["clients_ok"], row["clients_failed"], row["round_time_s"],
+            row["test_loss"], row["train_loss"], row[column(ROUND_CLIENTS_OK)], row[column(ROUND_CLIENTS_FAILED)], row["round_time_s"],
             row["bytes_down"], row["bytes_up"])
         late, folded = row[column(ROUND_STRAGGLERS)], row[column(ROUND_STALE_FOLDED)]
         if late or folded:
@@ -166,7 +176,7 @@ class RoundRecorder:
                 PROGRESS_TAG, absolute, late, self.cfg.round_deadline, self.cfg.straggler_policy, folded)
         if causes:
             log(WARNING, "%s round %d: %d ok, %d failed, %d rejected, %d trimmed, %d capped", PROGRESS_TAG, absolute,
-                row["clients_ok"], row["clients_failed"], row["clients_rejected"], row["clients_trimmed"], row["clients_capped"])
+                row[column(ROUND_CLIENTS_OK)], row[column(ROUND_CLIENTS_FAILED)], row[column(ROUND_CLIENTS_REJECTED)], row[column(ROUND_CLIENTS_TRIMMED)], row[column(ROUND_CLIENTS_CAPPED)])
             for node, why in causes:
                 log(WARNING, "%s   node %s: %s", PROGRESS_TAG, node, why)
                 self.progress.emit("issue", round=absolute, node=node, why=why)

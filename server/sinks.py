@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from transport.config import KEY, ConfigError, RunConfig
+from qfl.common.config import KEY, ConfigError, RunConfig
 
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny sqlalchemy alembic"}  # what to pip install
 

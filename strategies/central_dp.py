@@ -17,8 +17,8 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore import log
 
-from transport.contract import ARRAYS, NUM_EXAMPLES
-from transport.records import clip_update, flatten, unflatten
+from qfl.common.contract import ARRAYS, NUM_EXAMPLES
+from qfl.common.records import clip_update, flatten, unflatten
 
 
 class CentralDPFixedClipping(DifferentialPrivacyServerSideFixedClipping):

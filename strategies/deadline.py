@@ -30,10 +30,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from qfl.common.contract import LATENCY_S as LATENCY_KEY
+from qfl.common.contract import NUM_EXAMPLES, REPORT_LATE, ROUND_STALE_FOLDED, ROUND_STRAGGLERS
 from strategies.delegating import DelegatingStrategy, RoundReport
 
-from transport.contract import LATENCY_S as LATENCY_KEY
-from transport.contract import NUM_EXAMPLES, REPORT_LATE, ROUND_STALE_FOLDED, ROUND_STRAGGLERS
 POLICIES = ("drop", "stale")
 
 

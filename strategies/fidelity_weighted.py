@@ -14,9 +14,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from transport.contract import ARRAYS, NUM_EXAMPLES
-from transport.contract import FIDELITY as FIDELITY_KEY
-from transport.contract import MASK as MASK_KEY
+from qfl.common.contract import ARRAYS, NUM_EXAMPLES
+from qfl.common.contract import FIDELITY as FIDELITY_KEY
+from qfl.common.contract import MASK as MASK_KEY
 
 
 def fidelity_weight(fidelity: float | np.ndarray) -> np.ndarray:

@@ -19,10 +19,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from qfl.common.contract import REPORT_NOISE_VAR, REPORT_SNR, REPORT_TRIMMED, REPORT_WEIGHT
+from qfl.common.records import flatten, unflatten
 from strategies.delegating import RoundReport
 from strategies.validation import filter_replies, shapes_of
-from transport.records import flatten, unflatten
-from transport.contract import REPORT_NOISE_VAR, REPORT_SNR, REPORT_TRIMMED, REPORT_WEIGHT
 
 
 @dataclass(frozen=True)

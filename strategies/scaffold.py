@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from transport.contract import CONTROL, CONTROL_DELTA
+from qfl.common.contract import CONTROL, CONTROL_DELTA
 
 
 class Scaffold(FedAvg):

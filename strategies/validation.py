@@ -34,8 +34,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import pdist, squareform
 
-from transport.contract import ARRAYS, FIDELITY, MASK, METRICS, NUM_EXAMPLES
-from transport.records import flatten, unflatten
+from qfl.common.contract import ARRAYS, FIDELITY, MASK, METRICS, NUM_EXAMPLES
+from qfl.common.records import flatten, unflatten
 
 
 def _array(record: ArrayRecord, name: str) -> np.ndarray:

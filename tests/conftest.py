@@ -16,8 +16,8 @@ def _qfl_cache(tmp_path_factory):
 @pytest.fixture
 def defaults():
     """The run-config defaults declared in pyproject.toml."""
-    from server.launch.config import app_defaults
-    from server.launcher import PROJECT_DIR
+    from qfl.launch.config import app_defaults
+    from qfl.launcher import PROJECT_DIR
 
     return app_defaults(PROJECT_DIR)
 
@@ -26,7 +26,7 @@ def defaults():
 def task_identity():
     """Flower's runtime sets the process's task identity before it calls an app;
     messages built outside a Flower process need the same."""
-    from transport.flower_internals import task_identity as identity
+    from qfl.common.flower_internals import task_identity as identity
 
     with identity():
         yield

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from server.inprocess import InProcessFederation  # noqa: F401 (the tests build theirs from here)
-from transport.flower_internals import stamp
+from qfl.common.flower_internals import stamp
+from qfl.inprocess import InProcessFederation  # noqa: F401 (the tests build theirs from here)
 
 
 def make_reply(params: dict[str, np.ndarray], num_examples: float, node_id: int) -> Message:
@@ -34,7 +34,7 @@ def launch_cmd(out, run_name: str, *extra: str) -> list[str]:  # noqa: ANN001 (a
     import sys
 
     return [
-        sys.executable, "-m", "server.launcher", "launch",
+        sys.executable, "-m", "qfl.launcher", "launch",
         "--dataset", "iris", "--run-name", run_name, "--timeout", str(LAUNCH_TIMEOUT_S - 20),
         "--set", f'output-dir="{out}"', "--set", "local-epochs=3", "--set", "learning-rate=0.1",
         *extra,
@@ -100,7 +100,7 @@ def key_manager(tmp_path, saes, link_config=None, registered=None, **store_optio
 
     import uvicorn
 
-    from server.pki import generate
+    from qfl.pki import generate
     from transport.qkd.bb84 import BB84Config
     from transport.qkd.key_manager import KeyStore, SaeRegistry, server_config
 

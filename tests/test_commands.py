@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.launcher import PROJECT_DIR, main
+from qfl.launcher import PROJECT_DIR, main
 
 DOCS = [PROJECT_DIR / "README.md", *sorted((PROJECT_DIR / "docs").glob("*.md"))]
 PACKAGES = ("client", "server", "strategies", "transport")

@@ -1,7 +1,7 @@
 """One contract: every name that crosses a package boundary is written once.
 
 Record names, metric names and the keys strategies and transports share live in
-``transport/contract.py``; run-config keys are the fields of ``transport/config.py``'s model.
+``qfl/common/contract.py``; run-config keys are the fields of ``qfl/common/config.py``'s model.
 Anywhere else in the packages, such a name is imported, never written as a string.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import transport.contract as contract
-from transport.config import keys
+import qfl.common.contract as contract
+from qfl.common.config import keys
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("client", "server", "strategies", "transport")
-HOMES = {ROOT / "transport" / "contract.py", ROOT / "transport" / "config.py"}
+PACKAGES = ("client", "server", "strategies", "transport", "qfl")
+HOMES = {ROOT / "qfl" / "common" / "contract.py", ROOT / "qfl" / "common" / "config.py"}
 NAMES = {v for k, v in vars(contract).items() if k.isupper() and isinstance(v, str)} | set(keys())
 
 
@@ -49,6 +49,7 @@ def test_no_contract_name_is_written_outside_its_home():
         if value in NAMES
     ]
     assert found == []
+    assert all((ROOT / package).is_dir() for package in PACKAGES) and all(home.is_file() for home in HOMES)
 
 
 def test_the_contract_names_are_unique_where_they_must_be():

@@ -31,9 +31,9 @@ import math
 import numpy as np
 from flwr.app import RecordDict
 
+from qfl.common.config import KEY, NodeConfig, RunConfig
+from qfl.common.records import clip_update, flatten, unflatten
 from transport.base import Envelope, Transport
-from transport.config import KEY, NodeConfig, RunConfig
-from transport.records import clip_update, flatten, unflatten
 
 DP_MODES = ("local", "central")
 

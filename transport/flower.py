@@ -17,10 +17,10 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from qfl.common.config import NodeConfig, RunConfig
+from qfl.common.contract import SERVER_ROUND, WARM_UP_ACTION
 from transport.base import SERVER_SAE, Envelope, TransportError, TransportStack, node_sae
 from transport.qkd.identity import SAE_ID_RE
-from transport.config import NodeConfig, RunConfig
-from transport.contract import SERVER_ROUND, WARM_UP_ACTION
 from transport.registry import build_transport
 
 ENVELOPE_RECORD = "transport-envelope"

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from transport.specs import from_spec
+from qfl.common.specs import from_spec
 
 C_FIBER_KM_S = 2.0e5  # speed of light in fiber (km/s)
 

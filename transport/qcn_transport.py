@@ -29,11 +29,12 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from qfl.common.config import KEY, NodeConfig, RunConfig
+from qfl.common.contract import FIDELITY, LATENCY_S, MASK, NODE_QCN_PATH, QCN_LOST_FRACTION, QCN_METRICS, QCN_PAIRS
+from qfl.common.records import flatten, unflatten
 from transport.base import Envelope, Transport
-from transport.config import KEY, NodeConfig, RunConfig
-from transport.contract import FIDELITY, LATENCY_S, MASK, NODE_QCN_PATH, QCN_LOST_FRACTION, QCN_METRICS, QCN_PAIRS
 from transport.qcn import QCNPath, get_path, transmit
-from transport.records import flatten, unflatten
+
 
 class QCNTransport(Transport):
     """Send a node's update over its simulated QCN path (see the module doc).

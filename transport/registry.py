@@ -5,8 +5,9 @@ compositions such as ``"qkd+qcn+dp"`` (the first nearest the wire), or
 from __future__ import annotations
 
 import importlib
+
+from qfl.common.config import NodeConfig, RunConfig
 from transport.base import PlainTransport, Transport, TransportStack
-from transport.config import NodeConfig, RunConfig
 
 BUILTIN_TRANSPORTS = ("plain", "qkd", "dp", "qcn")
 

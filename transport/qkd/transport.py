@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import ConfigRecord, RecordDict
 from flwr.supercore import log
 
+from qfl.common.flower_internals import record_bytes, record_from_bytes
 from transport.base import Envelope, Transport, TransportError
-from transport.flower_internals import record_bytes, record_from_bytes
 from transport.qkd.client import KeyManagerClient
 
 RECORD = "qkd"

@@ -1,0 +1,322 @@
+"""The run configuration: every option, declared once (type, default, bounds, help).
+
+:class:`RunConfig` is the whole app's configuration, the keys of ``[tool.flwr.app.config]``
+(dashes in the file, underscores here); :class:`NodeConfig` is what a SuperNode says of
+itself (``--node-config``). Both are pydantic models: types are strict (no ``true`` for a
+number, no ``1.0`` for a count), bounds and choices are declared on the fields, and a bad
+value is a :class:`ConfigError` naming its key. ``pyproject.toml``'s table, docs/usage.md's
+options table and ``qfl launch --help`` are written from these models
+(``scripts/sync_config.py``; ``tests/common_tests/test_config.py`` checks that they agree).
+
+Checks that need another package's knowledge (a device profile's name, a strategy's class,
+a data set's size) are made where that knowledge lives, before the run starts
+(``server.checks``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from qfl.common.contract import NODE_NUM_PARTITIONS, NODE_PARTITION_ID
+
+DATASETS = ("iris", "wine", "breast-cancer", "digits", "tfim")
+MODELS = ("pqc", "mlp")
+PARTITIONERS = ("iid", "dirichlet", "h-range")
+DEVICES = ("default.qubit", "lightning.qubit")
+# Which differentiation methods each device supports (PennyLane 0.45).
+DEVICE_DIFF_METHODS = {
+    "default.qubit": ("best", "backprop", "adjoint", "parameter-shift"),
+    "lightning.qubit": ("best", "adjoint", "parameter-shift"),
+}
+SINKS = ("tensorboard", "mlflow")
+MAX_QUBITS = 16  # the largest register simulated as a state vector per sample (2^16 amplitudes)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message names the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"run config '{key}': {message}")
+        self.key = key
+
+
+def _dashed(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _Strict(BaseModel):
+    # keys it does not declare are ignored: they may be a plug-in's (the launcher refuses
+    # unknown keys in --set against pyproject.toml, as Flower does for --run-config)
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", alias_generator=_dashed,
+                              populate_by_name=True, allow_inf_nan=False)
+
+
+class RunConfig(_Strict):
+    """Typed, validated view of ``[tool.flwr.app.config]``; attribute names are the keys
+    with dashes turned into underscores."""
+
+    # --- the federation
+    num_server_rounds: int = Field(10, ge=1, description="federated rounds")
+    min_nodes: int = Field(2, ge=1, description="nodes to wait for before round 1 (the launcher sets it to --clients)")
+    fraction_train: float = Field(1.0, gt=0, le=1, description="share of connected nodes sampled to train each round")
+    fraction_evaluate: float = Field(0.0, ge=0, le=1, description="share sampled for client-side evaluation (0: central evaluation only)")
+    round_timeout: float = Field(120.0, gt=0, description="seconds to wait for a round's replies, counted once the nodes answered their warm-up; a node that does not answer is left out of that round")
+    warm_up_timeout: float = Field(600.0, gt=0, description="seconds to wait before round 1 for every node to answer its warm-up (worker started, task built)")
+    seed: int = Field(42, ge=0, description="seeds the split, partitions, initial parameters, shuffles, node sampling (never keys or DP noise)")
+    # --- data
+    dataset: Literal["iris", "wine", "breast-cancer", "digits", "tfim"] = Field(
+        "wine", description="iris, wine, breast-cancer, digits (0-3), tfim")
+    partitioner: Literal["iid", "dirichlet", "h-range"] = Field(
+        "iid", description="iid, dirichlet (label skew), h-range (TFIM only: each client its own field range)")
+    dirichlet_alpha: float = Field(0.5, gt=0, description="concentration of the Dirichlet split; smaller is more skewed")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share for the server's central evaluation")
+    tfim_samples: int = Field(240, ge=8, description="size of the TFIM data set")
+    # --- the model and its devices
+    model: Literal["pqc", "mlp"] = Field(
+        "pqc", description="pqc, or mlp: the classical baseline, a tanh MLP with about the PQC's parameter count (noiseless)")
+    n_qubits: int = Field(4, ge=1, le=MAX_QUBITS, description="register size; at least the number of classes")
+    n_layers: int = Field(3, ge=1, description="re-uploading + trainable layers")
+    embedding: Literal["fixed", "trainable"] = Field(
+        "fixed", description="data embedding: fixed angles/states, or trainable (per-layer input scale and shift; a Rot layer after a state)")
+    device: Literal["default.qubit", "lightning.qubit"] = Field(
+        "default.qubit", description="default.qubit or lightning.qubit (adjoint differentiation; pays off from ~16 qubits)")
+    diff_method: Literal["best", "backprop", "adjoint", "parameter-shift"] = Field(
+        "best", description="best, backprop, adjoint, parameter-shift")
+    device_profiles: str = Field(
+        "ideal", min_length=1,
+        description="simulated device per partition: ;-separated specs, cycled (docs/noise.md); a node's device-profile overrides")
+    zne: bool = Field(False, description="zero-noise extrapolation on every client (a node can set zne=true)")
+    # --- local training
+    local_epochs: int = Field(2, ge=1, description="epochs per round on each client")
+    batch_size: int = Field(32, ge=1, description="mini-batch, evaluated as one broadcast circuit")
+    learning_rate: float = Field(0.05, gt=0, description="Adam step size")
+    warm_runtime: bool = Field(True, description="keep torch, PennyLane, the data and the model in a worker per node between messages (false: a cold start each message, the reference)")
+    worker_idle_timeout: float = Field(600.0, gt=0, description="a warm worker exits after this many seconds without a message")
+    # --- transport
+    transport: str = Field(
+        "plain", min_length=1,
+        description="plain, qkd, dp, qcn, compositions such as qkd+qcn+dp (first nearest the wire), or package.module:Class")
+    kms_url: str = Field("https://127.0.0.1:8470", pattern=r"^https://",
+                         description="ETSI GS QKD 014 key manager, HTTPS with client certificates")
+    qkd_server_sae: str = Field("server", pattern=NAME_RE.pattern, description="the server's SAE ID: nodes take the server's keys only from it")
+    dp_mode: Literal["local", "central"] = Field(
+        "local", description="local (nodes clip + noise) or central (the server clips, averages uniformly, noises)")
+    dp_clip: float = Field(1.0, gt=0, description="L2 clipping norm C of a whole update")
+    dp_noise_multiplier: float = Field(1.0, gt=0, description="sigma: noise std is sigma * C")
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="delta of the reported (epsilon, delta)")
+    dp_accountant: Literal["rdp", "pld"] = Field("rdp", description="rdp or pld (tighter; central DP only with fraction-train = 1)")
+    qcn_paths: str = Field(
+        "metro", min_length=1,
+        description="quantum-network path per partition (transport qcn): ;-separated specs, cycled; a node's qcn-path overrides")
+    qcn_copies: int = Field(100, ge=0, description="teleported copies per value (0: exact expectations)")
+    qcn_channels: int = Field(16, ge=1, description="parallel channels per path (divides the latency)")
+    round_deadline: float = Field(0.0, ge=0, description="deadline on the simulated network clock, s (0: none)")
+    straggler_policy: Literal["drop", "stale"] = Field("drop", description="drop late updates, or stale: fold them into the round they arrive in")
+    staleness_discount: float = Field(0.5, gt=0, le=1, description="weight factor per round late (policy stale)")
+    # --- the server
+    strategy: str = Field(
+        "fedavg", min_length=1,
+        description="fedavg, noise-isolating, fidelity-weighted, fedmedian, fedtrimmedavg, krum, multikrum, fedprox, "
+                    "scaffold, fedavgm, fedadam, fedyogi, fedadagrad, or package.module:Class")
+    strategy_options: str = Field("{}", description="constructor options as a TOML inline table, e.g. { trim-threshold = 4.0 }")
+    robust_norm_factor: float = Field(
+        4.0, ge=0, description="the guard rejects an update farther from the global model than this many times the round's median distance (0: off)")
+    robust_examples_factor: float = Field(
+        4.0, ge=0, description="the guard caps a claimed num-examples at this many times the round's median claim (0: off)")
+    robust_direction: bool = Field(
+        True, description="the guard rejects an update pointing against the round's coordinate-wise median update and cuts the others' norms to twice their median (false: off)")
+    simulated_attack: Literal["", "sign-flip", "colluders", "absent"] = Field(
+        "", description="only for qfl experiment attacks (its own ClientApp): partition 0 (sign-flip) or 0 and 1 (colluders) send the global model minus 3 x their update, or answer with errors (absent); the real ClientApp refuses to run with it set")
+    # --- outputs
+    output_dir: str = Field("runs", min_length=1, description="where run folders go")
+    log_to: str = Field("", description="also log every round to: tensorboard, mlflow, or both (comma-separated; the package must be installed)")
+    run_name: str = Field("", description="the run folder's name ('': the start time); a folder holding a run is never reused unless resume")
+    resume: bool = Field(False, description="continue the run run-name from its newest intact checkpoint")
+
+    @field_validator("robust_norm_factor", "robust_examples_factor")
+    @classmethod
+    def _off_or_above_one(cls, value: float) -> float:
+        if value != 0 and not value > 1:
+            raise ValueError(f"must be 0 (off) or > 1, got {value}")
+        return value
+
+    @field_validator("log_to")
+    @classmethod
+    def _log_to(cls, value: str) -> str:
+        unknown = set(cls.sinks_of(value)) - set(SINKS)
+        if unknown:
+            raise ValueError(f"unknown {sorted(unknown)} (choose from {', '.join(SINKS)})")
+        return value
+
+    @staticmethod
+    def sinks_of(value: str) -> list[str]:
+        return [s.strip() for s in value.split(",") if s.strip()]
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, value: str) -> str:
+        if value and not NAME_RE.match(value) or value == "latest":
+            raise ValueError(f"{value!r} must be 1-64 letters, digits, '.', '_' or '-', start with a letter or digit, "
+                             "and not be 'latest' ('' names a new run by its start time)")
+        return value
+
+    @field_validator("device_profiles", "qcn_paths")
+    @classmethod
+    def _specs(cls, value: str) -> str:
+        if not [s for s in value.split(";") if s.strip()]:
+            raise ValueError("must name at least one entry")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.partitioner == "h-range" and self.dataset != "tfim":
+            raise _Conflict("partitioner", f"'h-range' splits the TFIM set by field strength; it does not apply to dataset '{self.dataset}'")
+        if self.diff_method not in DEVICE_DIFF_METHODS[self.device]:
+            raise _Conflict("diff-method", f"'{self.diff_method}' is not supported on device '{self.device}' "
+                            f"(choose from {', '.join(DEVICE_DIFF_METHODS[self.device])})")
+        if self.model == "mlp" and (self.device_profiles.strip() != "ideal" or self.zne or self.embedding != "fixed"):
+            key = "zne" if self.zne else "embedding" if self.embedding != "fixed" else "device-profiles"
+            raise _Conflict(key, "the classical baseline (model = \"mlp\") runs noiselessly with no embedding: "
+                            "keep device-profiles = \"ideal\", zne = false, embedding = \"fixed\"")
+        if self.zne and self.dataset == "tfim":
+            raise _Conflict("zne", "zero-noise extrapolation needs angle data; the tfim set is loaded as states")
+        if self.uses_transport("dp") and self.dp_mode == "central" and self.dp_accountant == "pld" and self.fraction_train < 1:
+            raise _Conflict("dp-accountant", "the PLD accountant cannot amplify Flower's fixed-size sampling: use \"rdp\" or fraction-train = 1.0")
+        if self.resume and not self.run_name:
+            raise _Conflict("resume", "names no run: set run-name to the run to continue")
+        return self
+
+    # --- construction -----------------------------------------------------------------
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, object]) -> RunConfig:
+        """Parse and validate a flat run-config mapping (Flower's ``context.run_config``).
+
+        Raises
+        ------
+        ConfigError
+            A key missing, unknown, of the wrong type or out of range; the message names it.
+        """
+        missing = [k for k in keys() if k not in run_config]
+        if missing:
+            raise ConfigError(missing[0], "missing (declare it in pyproject.toml)")
+        return _validate(cls, run_config)
+
+    def to_run_config(self) -> dict[str, object]:
+        """The flat mapping Flower uses (dash-separated keys)."""
+        return self.model_dump(by_alias=True)
+
+    def replace(self, **changes: object) -> RunConfig:
+        """A copy with ``changes`` (underscore names), validated again."""
+        return _validate(type(self), {**self.to_run_config(), **{_dashed(k): v for k, v in changes.items()}})
+
+    # --- derived views ----------------------------------------------------------------
+    def uses_transport(self, name: str) -> bool:
+        """Whether ``name`` is one of the composed transports."""
+        return name in (p.strip() for p in self.transport.split("+"))
+
+    def path_specs(self) -> list[str]:
+        """The ``qcn-paths`` entries, in order."""
+        return [s.strip() for s in self.qcn_paths.split(";") if s.strip()]
+
+    def profile_specs(self) -> list[str]:
+        """The ``device-profiles`` entries, in order."""
+        return [s.strip() for s in self.device_profiles.split(";") if s.strip()]
+
+
+class NodeConfig(_Strict):
+    """What a SuperNode says of itself (``--node-config``; the simulation engine sets the
+    first two). Attribute names are the keys with dashes turned into underscores."""
+
+    partition_id: int = Field(ge=0, description="this node's share of the data: partition I of N (required)")
+    num_partitions: int = Field(ge=1, description="how many partitions the split has (required)")
+    device_profile: str | None = Field(None, min_length=1, description="this node's simulated device, instead of entry I of device-profiles")
+    zne: bool | None = Field(None, description="zero-noise extrapolation on this node, instead of the run's zne")
+    qcn_path: str | None = Field(None, min_length=1, description="this node's quantum-network path, instead of entry I of qcn-paths")
+    warm_worker: bool = Field(False, description="a SuperNode in subprocess isolation: its ClientApps hand their work to a "
+                                                "warm worker that exits with the node (the launcher and compose set it)")
+
+    @model_validator(mode="after")
+    def _in_range(self) -> NodeConfig:
+        if self.partition_id >= self.num_partitions:
+            raise _Conflict(NODE_PARTITION_ID, f"must be in [0, {self.num_partitions}), got {self.partition_id}")
+        return self
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, object]) -> NodeConfig:
+        for key in (NODE_PARTITION_ID, NODE_NUM_PARTITIONS):
+            if key not in node_config:
+                raise ConfigError(key, "missing from the node config (--node-config)")
+        return _validate(cls, node_config)
+
+    def device_for(self, run: RunConfig) -> tuple[str, bool]:
+        """``(profile spec, zne)`` of this node: its own settings first, then the run's."""
+        specs = run.profile_specs()
+        spec = self.device_profile if self.device_profile is not None else specs[self.partition_id % len(specs)]
+        return spec, run.zne if self.zne is None else self.zne
+
+    def path_for(self, run: RunConfig) -> str:
+        """This node's quantum-network path spec."""
+        specs = run.path_specs()
+        return self.qcn_path if self.qcn_path is not None else specs[self.partition_id % len(specs)]
+
+
+class _Conflict(ValueError):
+    """A cross-field rule, naming the key to change."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _validate(model: type[_Strict], values: Mapping[str, object]):  # noqa: ANN202
+    try:
+        return model.model_validate(dict(values))
+    except ValidationError as err:
+        first = err.errors()[0]
+        ctx_error = first.get("ctx", {}).get("error")
+        if isinstance(ctx_error, _Conflict):
+            raise ConfigError(ctx_error.key, str(ctx_error)) from None
+        key = str(first["loc"][0]) if first["loc"] else model.__name__
+        value = values.get(key, None)
+        if first["type"] == "value_error":  # a field validator's own words
+            message = str(ctx_error)
+        elif isinstance(value, float) and not math.isfinite(value):
+            message = f"must be finite, got {value!r}"
+        else:
+            message = f"{first['msg'][0].lower()}{first['msg'][1:]}, got {value!r}"
+        raise ConfigError(key, message) from None
+
+
+def keys() -> list[str]:
+    """Every run-config key, in declaration order."""
+    return [field.alias or _dashed(name) for name, field in RunConfig.model_fields.items()]
+
+
+def defaults() -> dict[str, object]:
+    """Every key's default (what ``pyproject.toml`` must declare)."""
+    return {field.alias or _dashed(name): field.default for name, field in RunConfig.model_fields.items()}
+
+
+def describe(key: str) -> str:
+    """A key's help text."""
+    return RunConfig.model_fields[key.replace("-", "_")].description or ""
+
+
+class _Keys:
+    """``KEY.dp_clip == "dp-clip"``: a run-config key by its attribute name, so that code
+    names keys without writing them (a typo is an AttributeError, not a silent miss)."""
+
+    def __getattr__(self, name: str) -> str:
+        field = RunConfig.model_fields.get(name)
+        if field is None:
+            raise AttributeError(f"RunConfig has no option {name!r}")
+        return field.alias or _dashed(name)
+
+
+KEY = _Keys()

@@ -1,0 +1,186 @@
+"""The experiment runner: its statistics (known answers) and a smoke run (2 seeds x 2 rounds)
+on Flower's real simulation engine, not the experiments themselves."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from qfl.experiments import stats
+from qfl.experiments.catalogue import EXPERIMENTS, Arm, Experiment
+from qfl.experiments.runner import compare, run_experiment
+from qfl.launcher import main
+
+
+def test_rounds_to_target_counts_a_run_that_never_gets_there_as_censored():
+    reached = [stats.rounds_to_target(c, 0.9) for c in ([0.9, 0.5, 0.95], [0.2, 0.4, 0.6])]
+    assert reached == [2, None]  # round 0 does not count: it is the initial model
+    assert stats.censored_rounds(reached, 2).tolist() == [2.0, 3.0]
+
+
+def test_confidence_interval_and_paired_tests_have_their_textbook_values():
+    ci = stats.mean_ci([1.0, 2.0, 3.0])  # t_{0.975,2} = 4.303, s = 1
+    assert ci.mean == 2.0 and math.isclose(ci.high - 2.0, 4.302653 / math.sqrt(3), rel_tol=1e-5)
+    # scipy's own paired t-test on a textbook pair: differences 1, 2, 3, 4 -> t = 3.873, p = 0.0305
+    test = stats.paired_test([2.0, 4.0, 6.0, 8.0], [1.0, 2.0, 3.0, 4.0])
+    assert math.isclose(test.t_p, 0.0305, abs_tol=5e-4) and test.mean_difference == 2.5
+    assert stats.paired_test([0.5, 0.6], [0.5, 0.6]).t_p == 1.0  # identical arms: no evidence at all
+    assert stats.holm([0.01, 0.04, 0.03]) == [0.03, 0.06, 0.06]
+
+
+def test_the_catalogue_names_every_claim_with_ten_seeds_and_a_valid_baseline():
+    assert set(EXPERIMENTS) == {"noise", "qcn", "privacy", "noniid", "quantum-vs-classical", "scale", "attacks"}
+    assert all(e.seeds >= 10 for e in EXPERIMENTS.values())
+    assert EXPERIMENTS["scale"].clients == 1000
+    from qfl.common.config import RunConfig, defaults
+    from server.chain import server_strategy
+
+    for e in EXPERIMENTS.values():
+        for arm in e.arms:  # every arm's settings are a valid run config, and its strategy builds
+            server_strategy(RunConfig.from_run_config({**defaults(), **e.config, **arm.config}))
+
+
+def test_compare_names_a_wrong_arm_or_pair_before_reading_any_run(tmp_path, capsys):
+    with pytest.raises(ValueError, match="privacy has no arm 'central'.*its arms: no-dp"):
+        compare(EXPERIMENTS["privacy"], tmp_path, [("central", "no-dp")])
+    assert main(["experiment", "privacy", "--out", str(tmp_path), "--compare", "no-dp"]) == 2
+    assert "give two arm names as ARM:OTHER" in capsys.readouterr().err
+    assert main(["experiment", "privacy", "--out", str(tmp_path), "--compare", "central-sigma1:local-sigma1"]) == 2
+    assert "is missing or incomplete" in capsys.readouterr().err  # nothing ran: nothing to compare
+
+
+@pytest.fixture(scope="module")
+def session():
+    """One simulation session (one Ray, one pool of actors) for this module's experiments:
+    each run in it still gets a new random run ID and new random node IDs from the engine."""
+    from qfl.experiments.engine import SimulationSession
+
+    with SimulationSession() as kept:
+        yield kept
+
+
+class _Entered:
+    """The module's session as a ``session_factory``: ``run_experiment``'s block leaves it open."""
+
+    def __init__(self, kept) -> None:  # noqa: ANN001
+        self.kept = kept
+
+    def __enter__(self):  # noqa: ANN204
+        return self.kept
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.integration
+def test_a_smoke_experiment_runs_resumes_and_gives_the_same_curve_for_the_same_seed(tmp_path, session):
+    smoke = Experiment(
+        name="smoke", claim="the runner works", clients=2, rounds=2, target=0.6, seeds=2,
+        config={"dataset": "iris", "learning-rate": 0.1, "local-epochs": 1},
+        # the same settings twice: on the same seed they must give the same curve
+        arms=(Arm("fedavg", {"strategy": "fedavg"}), Arm("fedavg-again", {"strategy": "fedavg"}),
+              Arm("fedmedian", {"strategy": "fedmedian"})),
+        baseline="fedavg",
+    )
+    out = run_experiment(smoke, tmp_path, "qfl experiment smoke", session_factory=lambda: _Entered(session), say=print)
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 3 * 3  # seeds x arms x rounds (0, 1, 2)
+    curve = {(r["arm"], r["seed"]): [] for r in rows}
+    for r in rows:
+        curve[(r["arm"], r["seed"])].append(float(r["test_accuracy"]))
+    for seed in ("1", "2"):
+        assert curve[("fedavg", seed)] == curve[("fedavg-again", seed)]
+    assert curve[("fedavg", "1")] != curve[("fedavg", "2")]  # the seed reaches the runs
+    summary = (out / "summary.md").read_text()
+    assert "Command: `qfl experiment smoke`" in summary and "Running time:" in summary
+    assert "| fedavg-again | fedavg | +0.000 | 0/2 (2 ties) | 1 (1) |" in summary  # identical arms: p = 1, no seed for
+    assert (out / "curves.png").stat().st_size > 0
+
+    # any two arms compared after the fact, from the same runs, Holm over the pairs given
+    table = compare(smoke, tmp_path, [("fedavg-again", "fedavg"), ("fedmedian", "fedavg-again")])
+    assert "over these 2 comparisons" in table and "| fedavg-again | fedavg | +0.000 | 0/2 (2 ties) | 1 (1) |" in table
+    assert "| fedmedian | fedavg-again |" in table
+
+    class NoSession:  # a resumed experiment with every run complete starts nothing
+        def __enter__(self):
+            raise AssertionError("a complete run was run again")
+
+    before = (out / "results.csv").read_text()
+    run_experiment(smoke, tmp_path, "qfl experiment smoke", session_factory=NoSession)
+    assert (out / "results.csv").read_text() == before
+    assert np.isfinite([float(r["test_accuracy"]) for r in rows]).all()
+
+
+@pytest.mark.integration
+def test_the_same_command_gives_the_same_results_and_two_arms_see_the_same_channel(tmp_path, session):
+    """Issue 27: an experiment is a function of its command. Over the qcn transport, with a
+    sample of 2 of 3 nodes a round (the engine gives the nodes random IDs, and Flower the run
+    a random ID, every run), the same experiment twice writes the same results.csv byte for
+    byte; and within
+    one seed, two arms (different strategies) see the same channel draws: the fidelity each
+    partition's update arrived with in round r is the same in both (common random numbers)."""
+    exp = Experiment(
+        name="crn", claim="reruns reproduce", clients=3, rounds=2, target=0.6, seeds=1,
+        config={"dataset": "iris", "learning-rate": 0.1, "local-epochs": 1, "transport": "qcn",
+                "qcn-paths": "metro;poor-memory;regional", "qcn-copies": 20, "fraction-train": 0.67,
+                "device-profiles": "noisy-nisq:shots=64"},
+        arms=(Arm("fedavg", {"strategy": "fedavg"}), Arm("fidelity-weighted", {"strategy": "fidelity-weighted"})),
+        baseline="fedavg",
+    )
+    first = run_experiment(exp, tmp_path / "a", "qfl experiment crn", session_factory=lambda: _Entered(session), say=print)
+    second = run_experiment(exp, tmp_path / "b", "qfl experiment crn", session_factory=lambda: _Entered(session), say=print)
+    assert (first / "results.csv").read_bytes() == (second / "results.csv").read_bytes()
+
+    def channel(root, arm: str) -> dict[tuple[str, str], tuple[str, str]]:
+        with (root / "runs" / f"{arm}-s1" / "clients.csv").open() as fh:
+            return {(r["round"], r["partition_id"]): (r["fidelity"], r["qcn_lost_fraction"]) for r in csv.DictReader(fh)
+                    if r["fidelity"]}
+
+    fedavg, weighted = channel(first, "fedavg"), channel(first, "fidelity-weighted")
+    assert len(fedavg) == 2 * 2 and fedavg.keys() == weighted.keys(), (fedavg, weighted)  # the same 2 of 3, each round
+    assert fedavg == weighted
+    assert channel(second, "fedavg") == fedavg
+
+
+@pytest.mark.integration
+def test_the_attack_experiments_clientapp_attacks_and_the_guard_names_it(tmp_path, session):
+    """``qfl experiment attacks`` runs the real ClientApp behind an attacking mod: partition 0
+    sign-flips; FedAvg without the direction rule takes it ("ok"), the default guard names
+    and rejects it every round."""
+    from dataclasses import replace
+
+    from qfl.experiments.catalogue import EXPERIMENTS
+
+    full = EXPERIMENTS["attacks"]
+    exp = Experiment(
+        name="attack-smoke", claim="the attack app attacks", clients=3, rounds=2, target=0.6, seeds=1,
+        config={"dataset": "iris", "local-epochs": 1},
+        arms=tuple(replace(a, versus=None) for a in full.arms if a.name in ("fedavg/clean", "fedavg/sign-flip", "guard/sign-flip")),
+        baseline="fedavg/clean", client_app=full.client_app,
+    )
+    out = run_experiment(exp, tmp_path, "qfl experiment attack-smoke", session_factory=lambda: _Entered(session),
+                         say=print)
+
+    def statuses(arm: str) -> list[str]:
+        with (out / "runs" / f"{arm.replace('/', '_')}-s1" / "clients.csv").open() as fh:
+            return [r["status"] for r in csv.DictReader(fh) if r["partition_id"] == "0"]
+
+    assert statuses("fedavg/clean") == statuses("fedavg/sign-flip") == ["ok", "ok"]
+    guarded = statuses("guard/sign-flip")
+    assert len(guarded) == 2 and all(s.startswith("rejected: update points against") for s in guarded), guarded
+
+
+def test_the_real_clientapp_refuses_a_simulated_attack(defaults, task_identity):
+    """A server cannot turn real clients into attackers with the attack experiment's key."""
+    from flwr.app import Context, Message, RecordDict
+
+    from client.app import train
+
+    context = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                      run_config={**defaults, "simulated-attack": "sign-flip"})
+    reply = train(Message(RecordDict(), dst_node_id=5, message_type="train"), context)
+    assert reply.has_error() and "simulated-attack" in reply.error.reason and "refuses" in reply.error.reason

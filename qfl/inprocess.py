@@ -25,7 +25,7 @@ class InProcessFederation:
         from qfl.common.config import RunConfig
         from qfl.task.build import build_dataset, build_model
         from server.app import PartitionSizes
-        from server.chain import server_strategy
+        from server.chain import guard_screens, server_strategy
         from server.instrumented import InstrumentedStrategy, train_reply_schema
 
         self.run_config = dict(run_config)
@@ -35,9 +35,9 @@ class InProcessFederation:
         self.model = build_model(self.cfg, self.data)
         self.arrays = ArrayRecord(self.model.state_dict())
         inner, _, reply_arrays = server_strategy(self.cfg)
-        self.guard = InstrumentedStrategy(inner, train_reply_schema(extra_arrays=reply_arrays), self.cfg.robust_norm_factor,
-                                          self.cfg.robust_examples_factor, PartitionSizes(self.cfg, self.data),
-                                          self.cfg.robust_direction)
+        norm_factor, examples_factor, direction = guard_screens(self.cfg)
+        self.guard = InstrumentedStrategy(inner, train_reply_schema(extra_arrays=reply_arrays), norm_factor, examples_factor,
+                                          PartitionSizes(self.cfg, self.data), direction)
         self.states = {n: RecordDict() for n in range(1, clients + 1)}
         self.requests: dict[str, Message] = {}
         self.stats: list[dict] = []

@@ -29,7 +29,7 @@ from qfl.common.config import RunConfig
 from qfl.common.contract import ROUND_OFFSET
 from qfl.task.build import build_dataset, build_model
 from qfl.task.data import partition_indices
-from server.chain import build_strategy, server_strategy
+from server.chain import build_strategy, guard_screens, server_strategy
 from server.checks import check_run
 from server.grid import MeteredGrid
 from server.instrumented import InstrumentedStrategy, device_claim, train_reply_schema
@@ -116,8 +116,11 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
     ledger = _privacy_ledger(cfg, files, start_round)
     sizes = PartitionSizes(cfg, data)
     sizes.bound.update(warm_up.partitions)  # what each node named first: at the warm-up
-    guard = InstrumentedStrategy(inner, train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays),
-                                 cfg.robust_norm_factor, cfg.robust_examples_factor, sizes, cfg.robust_direction,
+    norm_factor, examples_factor, direction = guard_screens(cfg)
+    if not direction and cfg.robust_direction:
+        log(INFO, "%s central DP: the guard's cross-client screens are off (clipping bounds each client)", PROGRESS_TAG)
+    schema = train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays, stack.withheld_metrics)
+    guard = InstrumentedStrategy(inner, schema, norm_factor, examples_factor, sizes, direction,
                                  PathFidelity(cfg, sizes.bound) if cfg.uses_transport("qcn") else None)
     guard_ref.append(guard)
     # strategy -> transport -> wire: the transport encodes what the metered grid sends

@@ -44,3 +44,17 @@ def server_strategy(cfg: RunConfig) -> tuple[Strategy, CentralDPFixedClipping | 
     if cfg.round_deadline > 0:
         inner = RoundDeadline(inner, cfg.round_deadline, cfg.straggler_policy, cfg.staleness_discount)
     return inner, central_dp, reply_arrays
+
+
+def guard_screens(cfg: RunConfig) -> tuple[float, float, bool]:
+    """``(robust-norm-factor, robust-examples-factor, robust-direction)`` for the server's guard.
+
+    Under central DP the screens that compare one reply with the others are off: which
+    replies they keep would depend on every client's data, and the sensitivity the ledger
+    counts (one client moves the average by at most 2C/m) would not hold. Clipping to C
+    bounds each client's pull instead; the per-reply checks (schema, finite values, claims)
+    stay, and a reply they refuse adds zero to the sum (docs/transport.md).
+    """
+    if cfg.uses_transport("dp") and cfg.dp_mode == "central":
+        return 0.0, 0.0, False
+    return cfg.robust_norm_factor, cfg.robust_examples_factor, cfg.robust_direction

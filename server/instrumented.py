@@ -261,12 +261,13 @@ def in_partition_order(replies: Iterable[Message]) -> list[Message]:
 
 
 def train_reply_schema(extra_metrics: Iterable[str] = (), extra_configs: dict[str, frozenset[str]] | None = None,
-                       extra_arrays: Iterable[str] = ()) -> ReplySchema:
+                       extra_arrays: Iterable[str] = (), withheld_metrics: Iterable[str] = ()) -> ReplySchema:
     """What our ClientApp's training reply holds, plus what the transports add (metrics,
-    records) and what the strategy asks for (ArrayRecords, e.g. SCAFFOLD's ``control-delta``)."""
+    records) and what the strategy asks for (ArrayRecords, e.g. SCAFFOLD's ``control-delta``),
+    less the metrics a transport does not send (local DP's data-dependent ones)."""
     configs = {DEVICE: frozenset(DEVICE_KEYS), **(extra_configs or {})}
-    return ReplySchema(metrics=frozenset((*TRAIN_METRICS, *extra_metrics)), configs=configs,
-                       extra_arrays=frozenset(extra_arrays))
+    metrics = frozenset((*TRAIN_METRICS, *extra_metrics)) - frozenset(withheld_metrics)
+    return ReplySchema(metrics=metrics, configs=configs, extra_arrays=frozenset(extra_arrays))
 
 
 def _bounded_claims(screen: ScreenResult) -> dict[int, str]:

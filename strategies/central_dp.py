@@ -13,7 +13,7 @@ import copy
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore import log
 
@@ -26,8 +26,12 @@ class CentralDPFixedClipping(DifferentialPrivacyServerSideFixedClipping):
 
     Per round, unlike the wrapper it extends:
 
-    - the noise std is :math:`\\sigma C / m'` for the :math:`m'` replies actually averaged
-      (not a fixed nominal count), so the noised sum always carries :math:`\\sigma C`;
+    - the denominator is the number :math:`m` of nodes the round sampled, fixed before any
+      reply arrives: the :math:`m'` sound replies are averaged and the average update scaled
+      by :math:`m'/m` (a failed or refused reply adds zero), and the noise std is
+      :math:`\\sigma C / m`. The average then moves by at most :math:`2C/m` when one client's
+      data is replaced, whatever happens to the other replies, which is the sensitivity the
+      ledger accounts; a data-dependent :math:`m'` in the denominator would not give that;
     - every clipped update weighs the same (``num-examples`` is set to 1 before the inner
       strategy aggregates): a weighted average would let one client move it by more than
       :math:`2C/m'`, the sensitivity epsilon is computed for;
@@ -74,8 +78,15 @@ class CentralDPFixedClipping(DifferentialPrivacyServerSideFixedClipping):
             sound.append(reply)
         arrays, metrics = self.strategy.aggregate_train(server_round, sound)
         averaged = sum(1 for r in sound if not r.has_error())
+        sampled = self.last_sample[1] if self.last_sample is not None else len(sound)
         if arrays is not None and averaged:
-            std = self.noise_multiplier * self.clipping_norm / averaged
-            arrays = ArrayRecord({k: Array(v.numpy() + self._rng.normal(0.0, std, v.numpy().shape)) for k, v in arrays.items()})
-            log(INFO, "central DP: %d clipped update(s) averaged, noise std %.4g", averaged, std)
+            sampled = max(sampled, averaged)
+            std = self.noise_multiplier * self.clipping_norm / sampled
+            names = list(arrays.keys())
+            start = flatten(self.current_arrays, names)
+            summed = start + (flatten(arrays, names) - start) * (averaged / sampled)  # the sum over m, zeros included
+            noisy = summed + self._rng.normal(0.0, std, summed.shape)
+            arrays = unflatten(noisy, arrays, names)
+            log(INFO, "central DP: %d of %d sampled clipped update(s) summed, / %d, noise std %.4g",
+                averaged, sampled, sampled, std)
         return arrays, metrics

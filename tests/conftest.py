@@ -1,4 +1,5 @@
-"""Shared fixtures: a per-session data cache, so tests never touch ~/.cache."""
+"""Shared fixtures: a per-session data cache and node state (privacy ledgers), so tests never
+touch ~/.cache or ~/.local/state."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 def _qfl_cache(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("QFL_CACHE_DIR", str(tmp_path_factory.mktemp("qfl-cache")))
+    mp.setenv("QFL_STATE_DIR", str(tmp_path_factory.mktemp("qfl-state")))
     yield
     mp.undo()
 

@@ -78,6 +78,9 @@ class Transport(ABC):
     #: the keys they may hold (``None``: any); the server accepts replies with exactly these.
     reply_metrics: tuple[str, ...] = ()
     reply_configs: dict[str, frozenset[str] | None] = {}
+    #: Metric keys this transport removes from a node's replies (local DP sends no number it
+    #: has not noised); the server then expects replies without them.
+    withheld_metrics: tuple[str, ...] = ()
 
     @abstractmethod
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
@@ -116,6 +119,7 @@ class TransportStack(Transport):
         self.sae_id = identities.pop() if identities else None
         self.reply_metrics = tuple(m for t in self.transports for m in t.reply_metrics)
         self.reply_configs = {k: v for t in self.transports for k, v in t.reply_configs.items()}
+        self.withheld_metrics = tuple(m for t in self.transports for m in t.withheld_metrics)
 
     @property
     def identifies_peers(self) -> bool:

@@ -1,14 +1,25 @@
 """Differential privacy of client updates, with privacy accounting.
 
-*Local DP* (``dp-mode = "local"``): on each node, before its reply leaves, the update
-:math:`\\Delta = w_k - w^t` (over all parameters) is clipped to L2 norm ``C`` and Gaussian
-noise :math:`\\mathcal N(0, \\sigma^2 C^2 I)` is added:
+*Local DP* (``dp-mode = "local"``): on each node, before its reply leaves, everything it
+sends that depends on its data is covered. The release vector :math:`v` joins the update
+:math:`\\Delta = w_k - w^t` of every parameter with every other array of the reply (SCAFFOLD's
+``control-delta``, an array with no reference in the request, counts as it is); :math:`v` is
+clipped to L2 norm ``C`` as a whole and Gaussian noise :math:`\\mathcal N(0, \\sigma^2 C^2 I)`
+is added:
 
-.. math:: \\tilde w_k = w^t + \\Delta \\min\\!\\left(1, \\frac{C}{\\lVert\\Delta\\rVert_2}\\right) + \\mathcal N(0, \\sigma^2 C^2 I).
+.. math:: \\tilde v = v \\min\\!\\left(1, \\frac{C}{\\lVert v\\rVert_2}\\right) + \\mathcal N(0, \\sigma^2 C^2 I).
 
-*Central DP* (``dp-mode = "central"``): the server clips each update to ``C``, averages
-them with equal weights and adds noise of std :math:`\\sigma C / m'` to the average of
-:math:`m'` updates (:class:`~strategies.central_dp.CentralDPFixedClipping`, built on Flower's
+Of the reply's metrics only those that do not depend on the data leave (the circuit's size
+on the device) and the example count, rounded down to a multiple of ``dp-count-granularity``;
+loss, accuracy, timing and the noise gap are not sent (:data:`DATA_METRICS`), in training
+and evaluation replies alike. The node owns its floor (:class:`NodePrivacy`): with
+``dp-min-noise-multiplier`` or ``dp-max-epsilon`` in its node config it trains only under
+local DP with at least that sigma, and keeps its own ledger across runs.
+
+*Central DP* (``dp-mode = "central"``): the server clips each update to ``C``, sums them
+with equal weights, divides by the number :math:`m` of nodes sampled (a reply that fails or
+is refused adds zero) and adds noise of std :math:`\\sigma C / m`
+(:class:`~strategies.central_dp.CentralDPFixedClipping`, built on Flower's
 ``DifferentialPrivacyServerSideFixedClipping``); the wire is untouched.
 
 Accounting is client-level, for neighbours that replace one client's data (a clipped
@@ -26,14 +37,32 @@ Every noise draw comes from OS entropy, never from the run's seed (see the class
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
+
+from logging import WARNING
 
 import numpy as np
-from flwr.app import RecordDict
+from flwr.app import MetricRecord, RecordDict
+from flwr.supercore import log
 
 from qfl.common.config import KEY, NodeConfig, RunConfig
+from qfl.common.contract import (
+    EVAL_ACCURACY,
+    EVAL_LOSS,
+    NODE_DP_MAX_EPSILON,
+    NODE_DP_MIN_NOISE_MULTIPLIER,
+    NOISE_GAP,
+    NUM_EXAMPLES,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    TRAIN_TIME_S,
+)
+from qfl.common.files import atomic_write
 from qfl.common.records import clip_update, flatten, unflatten
-from transport.base import Envelope, Transport
+from transport.base import Envelope, Transport, TransportError
 
 DP_MODES = ("local", "central")
 
@@ -47,17 +76,30 @@ def validate_dp(clip: float, noise_multiplier: float, delta: float) -> None:
         raise ValueError(f"{KEY.dp_delta} must be in (0, 1), got {delta!r}")
 
 
+# what a reply's metrics say about the data: local DP does not send them
+DATA_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, TRAIN_TIME_S, NOISE_GAP, EVAL_LOSS, EVAL_ACCURACY)
+
+
+def rounded_count(count: float, granularity: int) -> int:
+    """``count`` rounded down to a multiple of ``granularity``, at least one multiple."""
+    return max(granularity, int(count // granularity) * granularity)
+
+
 class LocalDPTransport(Transport):
-    """Clip and noise a node's update before it leaves (see the module doc).
+    """Clip and noise all a node sends before it leaves (see the module doc).
 
     Parameters
     ----------
     clip : float
-        L2 clipping norm ``C`` of the whole update.
+        L2 clipping norm ``C`` of the whole release vector.
     noise_multiplier : float
         :math:`\\sigma`: noise std is :math:`\\sigma C`.
     mode : str
         ``"local"`` noises here; ``"central"`` leaves the update to the server.
+    count_granularity : int
+        The example count leaves rounded down to a multiple of this.
+    node : NodePrivacy, optional
+        The node's own floor and ledger; ``None`` on the server.
 
     The noise is drawn from OS entropy, never from the run's seed: noise that the server
     (or anyone who knows the configuration) could regenerate, it could also subtract.
@@ -65,32 +107,152 @@ class LocalDPTransport(Transport):
 
     name = "dp"
 
-    def __init__(self, clip: float, noise_multiplier: float, mode: str = "local") -> None:
+    def __init__(self, clip: float, noise_multiplier: float, mode: str = "local", count_granularity: int = 10,
+                 node: NodePrivacy | None = None) -> None:
         validate_dp(clip, noise_multiplier, 0.5)
         if mode not in DP_MODES:
             raise ValueError(f"the DP mode must be one of {DP_MODES}, got {mode!r}")
         self.clip, self.noise_multiplier, self.mode = clip, noise_multiplier, mode
+        self.count_granularity, self.node = count_granularity, node
+        self.withheld_metrics = DATA_METRICS if mode == "local" else ()
 
     @classmethod
     def from_run_config(cls, cfg: RunConfig, node: NodeConfig | None = None) -> LocalDPTransport:
-        return cls(cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_mode)
+        privacy = NodePrivacy.from_configs(cfg, node) if node is not None and cfg.dp_mode == "local" else None
+        return cls(cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_mode, cfg.dp_count_granularity, privacy)
 
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         if self.mode != "local" or envelope.direction != "up" or request is None:
             return content
-        rng = np.random.default_rng()  # OS entropy: see the class doc
         out = RecordDict(dict(content.items()))
-        for key, record in content.array_records.items():
-            if key not in request.array_records:
-                continue
-            names = list(record.keys())
-            new, old = flatten(record, names), flatten(request.array_records[key], names)
-            noisy = old + clip_update(new - old, self.clip) + rng.normal(0.0, self.noise_multiplier * self.clip, new.shape)
-            out[key] = unflatten(noisy, record, names)
+        if content.array_records:
+            if self.node is not None:
+                self.node.spend(self.noise_multiplier)  # refuses (TransportError) past the node's budget
+            self._noise_arrays(content, request, out)
+        for key, record in content.metric_records.items():
+            out[key] = MetricRecord({k: (rounded_count(v, self.count_granularity) if k == NUM_EXAMPLES else v)
+                                     for k, v in record.items() if k not in DATA_METRICS})
         return out
 
+    def _noise_arrays(self, content: RecordDict, request: RecordDict, out: RecordDict) -> None:
+        """Clip the joined release vector of every ArrayRecord to ``C`` and noise it, in place in ``out``."""
+        pieces = []  # (key, names, reference, size)
+        for key, record in content.array_records.items():
+            names = list(record.keys())
+            ref = request.array_records.get(key)
+            base = flatten(ref, names) if ref is not None and set(names) <= set(ref.keys()) else None
+            new = flatten(record, names)
+            pieces.append((key, names, new if base is None else new - base, base))
+        joint = clip_update(np.concatenate([d for _, _, d, _ in pieces]), self.clip)
+        joint = joint + np.random.default_rng().normal(0.0, self.noise_multiplier * self.clip, joint.shape)  # OS entropy
+        at = 0
+        for key, names, delta, base in pieces:
+            part = joint[at:at + delta.size]
+            at += delta.size
+            out[key] = unflatten(part if base is None else base + part, content.array_records[key], names)
+
     def decode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
+        if self.node is not None and envelope.direction == "down" and content.array_records:
+            self.node.check(self.noise_multiplier)  # refuse before training, not after
         return content
+
+
+def check_node_floor(cfg: RunConfig, node: NodeConfig, local_dp: bool) -> None:
+    """Refuse a run that does not meet this node's privacy floor (``ValueError`` naming it)."""
+    if node.dp_min_noise_multiplier is None and node.dp_max_epsilon is None:
+        return
+    floor = f"{NODE_DP_MIN_NOISE_MULTIPLIER}={node.dp_min_noise_multiplier}, {NODE_DP_MAX_EPSILON}={node.dp_max_epsilon}"
+    if not local_dp:
+        raise ValueError(f"this node trains only under local DP ({floor} in its node config); the run's transport "
+                         f"is {cfg.transport!r} with dp-mode {cfg.dp_mode!r}")
+    if node.dp_min_noise_multiplier is not None and cfg.dp_noise_multiplier < node.dp_min_noise_multiplier:
+        raise ValueError(f"the run's dp-noise-multiplier {cfg.dp_noise_multiplier:g} is below this node's "
+                         f"{NODE_DP_MIN_NOISE_MULTIPLIER} {node.dp_min_noise_multiplier:g}")
+
+
+STATE_DIR_ENV = "QFL_STATE_DIR"  # where a node keeps its privacy ledger (see NodePrivacy)
+
+
+def state_dir() -> Path:
+    """``$QFL_STATE_DIR``, else ``$XDG_STATE_HOME/qfl``, else ``~/.local/state/qfl``."""
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "qfl"
+
+
+class NodePrivacy:
+    """A node's own privacy ledger, kept in a file across runs, and its budget.
+
+    The ledger counts every release (a training reply's arrays) per data set and partition:
+    ``"<dataset>/<partition-id>-of-<num-partitions>"``, a key the server cannot reset by
+    changing the seed or the split. Its epsilon composes the Gaussian releases at the sigma
+    each ran with (dp-accounting RDP, replace-one neighbours, as :class:`LocalDPLedger`), at
+    the node's own ``dp-delta``. With ``dp-max-epsilon`` the node refuses a release that
+    would pass it: :meth:`check` before training, :meth:`spend` when the reply leaves.
+    """
+
+    def __init__(self, path: Path, key: str, max_epsilon: float | None = None, delta: float = 1e-5) -> None:
+        self.path, self.key, self.max_epsilon, self.delta = Path(path), key, max_epsilon, delta
+
+    @classmethod
+    def from_configs(cls, cfg: RunConfig, node: NodeConfig) -> NodePrivacy:
+        path = Path(node.dp_ledger) if node.dp_ledger else state_dir() / "dp-ledger.json"
+        key = f"{cfg.dataset}/{node.partition_id}-of-{node.num_partitions}"
+        return cls(path, key, node.dp_max_epsilon, node.dp_delta)
+
+    def releases(self) -> dict[float, int]:
+        """``{sigma: count}`` of this key's releases so far."""
+        try:
+            book = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            raise TransportError(f"the node's privacy ledger {self.path} cannot be read: {err}") from err
+        return {float(s): int(c) for s, c in book.get(self.key, {}).items()}
+
+    def epsilon(self, extra_sigma: float | None = None) -> float:
+        """This key's epsilon so far, or after one more release at ``extra_sigma``."""
+        counts = self.releases()
+        if extra_sigma is not None:
+            counts[extra_sigma] = counts.get(extra_sigma, 0) + 1
+        return epsilon_of([(gaussian_event(s), c) for s, c in counts.items()], self.delta)
+
+    def check(self, sigma: float) -> None:
+        """Raise :class:`TransportError` if one more release at ``sigma`` would pass the budget."""
+        if self.max_epsilon is None:
+            return
+        after = self.epsilon(sigma)
+        if after > self.max_epsilon:
+            raise TransportError(f"this node's privacy budget is spent: one more release would make its epsilon "
+                                 f"{after:.3g} > {NODE_DP_MAX_EPSILON} {self.max_epsilon:g} (delta {self.delta:g}, "
+                                 f"ledger {self.path}, {self.key})")
+
+    def spend(self, sigma: float) -> None:
+        """Check, then record one release at ``sigma`` (under a lock: one node may run several ClientApps)."""
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path.with_suffix(".lock"), "a")  # noqa: SIM115 (closed below)
+        except OSError as err:
+            if self.max_epsilon is not None:
+                raise TransportError(f"the node's privacy ledger {self.path} cannot be written: {err}") from err
+            log(WARNING, "dp: this release is not in the node's ledger %s (%s)", self.path, err)
+            return
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.check(sigma)
+            try:
+                book = json.loads(self.path.read_text()) if self.path.exists() else {}
+                entry = book.setdefault(self.key, {})
+                entry[repr(float(sigma))] = int(entry.get(repr(float(sigma)), 0)) + 1
+                atomic_write(self.path, json.dumps(book, indent=1, sort_keys=True).encode())
+            except (OSError, ValueError) as err:
+                if self.max_epsilon is not None:  # a budget that cannot be kept is no budget: refuse
+                    raise TransportError(f"the node's privacy ledger {self.path} cannot be written: {err}") from err
+                log(WARNING, "dp: this release is not in the node's ledger %s (%s); set dp-ledger to a writable file",
+                    self.path, err)
 
 
 ACCOUNTANTS = ("rdp", "pld")

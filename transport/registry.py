@@ -1,6 +1,12 @@
 """Transports chosen by name in the run config: ``"plain"``, ``"qkd"``, ``"dp"``, ``"qcn"``,
 compositions such as ``"qkd+qcn+dp"`` (the first nearest the wire), or
-``"package.module:Class"``."""
+``"package.module:Class"``.
+
+``dp`` is always the innermost part, whatever its place in the spec: a node's update is
+clipped and noised before anything else touches it (encrypted by ``qkd``, sent over the
+``qcn`` channel), so ``"dp+qkd"`` is ``"qkd+dp"``; noise added to a ciphertext would protect
+nothing and leave the server the raw update.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ def _user_class(part: str) -> type[Transport]:
 
 
 def transport_parts(spec: str) -> list[str]:
-    """The names ``spec`` composes, checked (user classes imported) but nothing built.
+    """The names ``spec`` composes, in the order they are stacked (``dp`` moved innermost),
+    checked (user classes imported) but nothing built.
 
     Raises
     ------
@@ -39,7 +46,7 @@ def transport_parts(spec: str) -> list[str]:
             _user_class(part)
         elif part not in BUILTIN_TRANSPORTS:
             raise ValueError(f"unknown transport {part!r} (use {', '.join(BUILTIN_TRANSPORTS)} or 'package.module:Class')")
-    return parts
+    return [p for p in parts if p != "dp"] + [p for p in parts if p == "dp"]  # dp innermost: see the module doc
 
 
 def build_transport(cfg: RunConfig, node: NodeConfig | None = None) -> TransportStack:
@@ -56,8 +63,13 @@ def build_transport(cfg: RunConfig, node: NodeConfig | None = None) -> Transport
         As :func:`transport_parts`, or a transport that cannot be built here (the message
         says why, e.g. a missing SAE certificate).
     """
+    parts = transport_parts(cfg.transport)
+    if node is not None:
+        from transport.dp import check_node_floor
+
+        check_node_floor(cfg, node, local_dp="dp" in parts and cfg.dp_mode == "local")
     stack: list[Transport] = []
-    for part in transport_parts(cfg.transport):
+    for part in parts:
         if part == "plain":
             stack.append(PlainTransport())
         elif part == "qkd":

@@ -111,6 +111,8 @@ class RunConfig(_Strict):
     dp_noise_multiplier: float = Field(1.0, gt=0, description="sigma: noise std is sigma * C")
     dp_delta: float = Field(1e-5, gt=0, lt=1, description="delta of the reported (epsilon, delta)")
     dp_accountant: Literal["rdp", "pld"] = Field("rdp", description="rdp or pld (tighter; central DP only with fraction-train = 1)")
+    dp_count_granularity: int = Field(
+        10, ge=1, description="local DP: a reply's example count is rounded down to a multiple of this (at least one multiple); its other data-dependent metrics are not sent")
     qcn_paths: str = Field(
         "metro", min_length=1,
         description="quantum-network path per partition (transport qcn): ;-separated specs, cycled; a node's qcn-path overrides")
@@ -238,6 +240,13 @@ class NodeConfig(_Strict):
     device_profile: str | None = Field(None, min_length=1, description="this node's simulated device, instead of entry I of device-profiles")
     zne: bool | None = Field(None, description="zero-noise extrapolation on this node, instead of the run's zne")
     qcn_path: str | None = Field(None, min_length=1, description="this node's quantum-network path, instead of entry I of qcn-paths")
+    dp_min_noise_multiplier: float | None = Field(
+        None, gt=0, description="the node's privacy floor: it trains only under local DP with at least this sigma")
+    dp_max_epsilon: float | None = Field(
+        None, gt=0, description="the node's budget: it stops training once its own ledger would pass this epsilon")
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="delta of the node's own epsilon")
+    dp_ledger: str | None = Field(
+        None, min_length=1, description="the node's privacy ledger (JSON, kept across runs; default: its state directory)")
     warm_worker: bool = Field(False, description="a SuperNode in subprocess isolation: its ClientApps hand their work to a "
                                                 "warm worker that exits with the node (the launcher and compose set it)")
 

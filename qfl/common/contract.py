@@ -33,6 +33,10 @@ NODE_NUM_PARTITIONS = "num-partitions"
 NODE_DEVICE_PROFILE = "device-profile"
 NODE_ZNE = "zne"
 NODE_QCN_PATH = "qcn-path"
+NODE_DP_MIN_NOISE_MULTIPLIER = "dp-min-noise-multiplier"  # the node's privacy floor: it trains only under local DP
+NODE_DP_MAX_EPSILON = "dp-max-epsilon"  # this sigma or more, and until its own ledger reaches this epsilon
+NODE_DP_DELTA = "dp-delta"  # the delta of the node's own epsilon (the server's dp-delta does not count here)
+NODE_DP_LEDGER = "dp-ledger"  # the file of the node's own privacy ledger, kept across runs
 NODE_WARM_WORKER = "warm-worker"  # a SuperNode whose ClientApps may hand work to a warm worker
 
 # --- DEVICE keys -------------------------------------------------------------------------

@@ -42,3 +42,21 @@ def test_train_reply_keeps_keys_and_shapes_and_learns(defaults):
     assert metrics["num-examples"] == 56  # half of iris' 112 training samples
     after = app(_message(got, MessageType.EVALUATE, 0), ctx).content["metrics"]
     assert after["eval-loss"] < before["eval-loss"]
+
+
+def test_a_node_below_its_privacy_floor_or_budget_replies_why_and_trains_nothing(defaults, tmp_path):
+    """The floor is in the node config; the server sees the reason in the error reply."""
+    ctx, cfg = _context(defaults, 0)
+    sent = ArrayRecord(build_model(cfg, build_dataset(cfg)).state_dict())
+    ctx.node_config = {**ctx.node_config, "dp-min-noise-multiplier": 1.0}
+    reply = app(_message(sent, MessageType.TRAIN, 0), ctx)  # the run asks for no DP at all
+    assert reply.has_error() and "trains only under local DP" in reply.error.reason
+    ctx.run_config = {**ctx.run_config, "transport": "dp", "dp-noise-multiplier": 1.0}
+    ctx.node_config = {**ctx.node_config, "dp-max-epsilon": 1.0, "dp-ledger": str(tmp_path / "ledger.json")}
+    from transport.flower import ENVELOPE_RECORD
+
+    msg = _message(sent, MessageType.TRAIN, 0)
+    msg.content[ENVELOPE_RECORD] = ConfigRecord({"round": 1, "sae": "server"})  # as the server's TransportGrid sends it
+    reply = app(msg, ctx)  # one release at sigma 1 is epsilon > 1 already
+    assert reply.has_error() and "privacy budget is spent" in reply.error.reason
+    assert not (tmp_path / "ledger.json").exists()  # nothing was released, so nothing was spent

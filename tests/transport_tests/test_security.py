@@ -521,6 +521,144 @@ def test_central_dp_epsilon_uses_the_real_sample_without_replacement():
     assert ledger.epsilon > nominal  # what q = fraction-train would have claimed
 
 
+UP = Envelope(1, 2, 11, "node-11", "server", "up", "train")
+DOWN = Envelope(1, 2, 11, "server", "node-11", "down", "train")
+
+
+def _scaffold_reply(rng):  # noqa: ANN001, ANN202 (a request and a reply as SCAFFOLD's ClientApp sends it)
+    from qfl.common.contract import CIRCUIT_DEPTH, CONTROL_DELTA, GATES, SWAPS, TRAIN_METRICS, TWO_QUBIT_GATES
+
+    glob = {"w": rng.normal(size=30), "b": rng.normal(size=3)}
+    request = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in glob.items()})})
+    reply = RecordDict({
+        "arrays": ArrayRecord({k: Array(v + 0.01 * rng.normal(size=v.shape)) for k, v in glob.items()}),
+        CONTROL_DELTA: ArrayRecord({k: Array(2.3 * np.ones_like(v)) for k, v in glob.items()}),  # norm 13: a full gradient
+        "metrics": MetricRecord({**{m: 0.7 for m in TRAIN_METRICS}, "num-examples": 37}),
+    })
+    public = {CIRCUIT_DEPTH, GATES, TWO_QUBIT_GATES, SWAPS}
+    return glob, request, reply, public
+
+
+def test_local_dp_covers_scaffolds_control_delta_and_sends_no_unnoised_metric():
+    """What measured 13 against clip 1 leaves clipped with the update, as one vector; loss,
+    accuracy, time and noise gap are not sent; the example count leaves rounded."""
+    from qfl.common.contract import CONTROL_DELTA, NUM_EXAMPLES
+
+    glob, request, reply, public = _scaffold_reply(np.random.default_rng(3))
+    out = LocalDPTransport(clip=1.0, noise_multiplier=1e-12, count_granularity=10).encode(reply, UP, request)
+    update = np.concatenate([out["arrays"][k].numpy() - glob[k] for k in ("w", "b")])
+    control = np.concatenate([out[CONTROL_DELTA][k].numpy() for k in ("w", "b")])
+    assert np.linalg.norm(np.concatenate([update, control])) == pytest.approx(1.0, rel=1e-6)  # clipped together
+    assert set(out["metrics"].keys()) == public | {NUM_EXAMPLES}
+    assert out["metrics"][NUM_EXAMPLES] == 30
+    noisy = LocalDPTransport(clip=1.0, noise_multiplier=1.0).encode(reply, UP, request)
+    assert np.std(np.concatenate([noisy[CONTROL_DELTA][k].numpy() - out[CONTROL_DELTA][k].numpy()
+                                  for k in ("w", "b")])) > 0.5  # and noised: sigma C = 1
+    evaluation = RecordDict({"metrics": MetricRecord({"eval-loss": 0.3, "eval-accuracy": 0.9, "num-examples": 7})})
+    assert dict(LocalDPTransport(1.0, 1.0).encode(evaluation, UP, request)["metrics"]) == {NUM_EXAMPLES: 10}
+
+
+def test_dp_runs_before_encryption_and_the_channel_whatever_order_is_written(defaults):
+    from qfl.common.config import NodeConfig, RunConfig
+    from transport.registry import build_transport, transport_parts
+
+    assert transport_parts("dp+qkd") == transport_parts("qkd+dp") == ["qkd", "dp"]
+    cfg = RunConfig.from_run_config({**defaults, "transport": "dp+qcn"})
+    node = NodeConfig.from_node_config({"partition-id": 0, "num-partitions": 2})
+    assert build_transport(cfg, node).name == "qcn+dp"  # dp innermost: it sees the update first
+
+
+@pytest.mark.parametrize(("run", "why"), [
+    ({"transport": "plain"}, "trains only under local DP"),
+    ({"transport": "dp", "dp-mode": "central"}, "trains only under local DP"),
+    ({"transport": "dp", "dp-noise-multiplier": 0.5}, "below this node's dp-min-noise-multiplier 2"),
+])
+def test_a_node_refuses_a_run_below_its_own_privacy_floor(defaults, run, why):
+    """The floor is the node's (node config), not the run config the server submits."""
+    from qfl.common.config import NodeConfig, RunConfig
+    from transport.registry import build_transport
+
+    node = NodeConfig.from_node_config({"partition-id": 0, "num-partitions": 2, "dp-min-noise-multiplier": 2.0})
+    with pytest.raises(ValueError, match=why):
+        build_transport(RunConfig.from_run_config({**defaults, **run}), node)
+    assert build_transport(RunConfig.from_run_config({**defaults, "transport": "dp", "dp-noise-multiplier": 2.0}), node)
+
+
+def test_a_node_keeps_its_own_ledger_across_runs_and_stops_at_its_budget(defaults, tmp_path):
+    from qfl.common.config import NodeConfig, RunConfig
+    from transport.dp import NodePrivacy
+
+    ledger = tmp_path / "ledger.json"
+    node = NodeConfig.from_node_config({"partition-id": 1, "num-partitions": 2, "dp-max-epsilon": 8.0,
+                                        "dp-ledger": str(ledger)})
+    glob, request, reply, _ = _scaffold_reply(np.random.default_rng(4))
+    sent = 0
+    for run in range(6):  # each run a new transport, as each ClientApp process builds one; the seed changes too
+        cfg = RunConfig.from_run_config({**defaults, "transport": "dp", "dp-noise-multiplier": 2.0, "seed": run})
+        dp = LocalDPTransport.from_run_config(cfg, node)
+        try:
+            dp.decode(request, DOWN)  # the node checks before it trains
+            dp.encode(reply, UP, request)
+            sent += 1
+        except TransportError as err:
+            assert "privacy budget is spent" in str(err) and "dp-max-epsilon 8" in str(err)
+            break
+    else:
+        raise AssertionError("the node never stopped")
+    mine = NodePrivacy.from_configs(cfg, node)
+    assert mine.releases() == {2.0: sent} and sent >= 1
+    assert mine.epsilon() <= 8.0 < mine.epsilon(2.0)
+    ref = epsilon_of([(gaussian_event(2.0), sent)], 1e-5)  # dp-accounting, at the node's own delta
+    assert mine.epsilon() == pytest.approx(ref, rel=1e-12)
+
+
+def test_the_server_expects_no_withheld_metric_under_local_dp(defaults, task_identity):
+    from qfl.common.config import RunConfig
+    from server.instrumented import train_reply_schema
+    from strategies.validation import schema_problem
+    from transport.registry import build_transport
+
+    server = build_transport(RunConfig.from_run_config({**defaults, "transport": "dp"}), None)
+    schema = train_reply_schema(server.reply_metrics, server.reply_configs, (), server.withheld_metrics)
+    _, request, reply, _ = _scaffold_reply(np.random.default_rng(5))
+    del reply["control-delta"]
+    out = LocalDPTransport(1.0, 1.0).encode(reply, UP, request)
+    assert schema_problem(Message(out, dst_node_id=0, message_type="train"), schema) is None
+    assert schema_problem(Message(reply, dst_node_id=0, message_type="train"), schema) is not None  # unnoised metrics
+
+
+def test_central_dp_divides_by_the_nodes_sampled_not_the_replies_that_came(task_identity):
+    """The sensitivity 2C/m the ledger counts needs the denominator fixed before any reply:
+    a reply that fails adds zero, and the noise std is sigma C / m."""
+    from flwr.app import Error
+    from flwr.serverapp.strategy import FedAvg
+
+    from strategies.central_dp import CentralDPFixedClipping
+
+    def round_of(sigma: float) -> np.ndarray:  # 4 sampled, 3 replies, one an error
+        dp = CentralDPFixedClipping(FedAvg(), noise_multiplier=sigma, clipping_norm=1.0)
+        dp.current_arrays = ArrayRecord({"w": Array(np.zeros(20000))})
+        dp.last_sample = (10, 4)
+        failed = stamp(Message(Error(1, "gone"), reply_to=Message(RecordDict(), dst_node_id=3, message_type="train")),
+                       src_node_id=3)
+        replies = [make_reply({"w": np.full(20000, 0.5)}, 10, 1), make_reply({"w": np.full(20000, 0.5)}, 90, 2), failed]
+        return dp.aggregate_train(1, replies)[0]["w"].numpy()
+
+    clipped = 1.0 / np.sqrt(20000)  # each update clipped to norm C = 1
+    np.testing.assert_allclose(round_of(1e-12), 2 * clipped / 4, rtol=1e-6)  # the sum of 2, over m = 4
+    assert np.std(round_of(1.0) - 2 * clipped / 4) == pytest.approx(1.0 / 4, rel=0.03)
+
+
+def test_central_dp_turns_the_guards_cross_client_screens_off(defaults):
+    from qfl.common.config import RunConfig
+    from server.chain import guard_screens
+
+    central = RunConfig.from_run_config({**defaults, "transport": "dp", "dp-mode": "central"})
+    assert guard_screens(central) == (0.0, 0.0, False)
+    plain = RunConfig.from_run_config(defaults)
+    assert guard_screens(plain) == (plain.robust_norm_factor, plain.robust_examples_factor, plain.robust_direction)
+
+
 def test_pld_is_offered_and_tighter_where_it_applies():
     rdp, pld = LocalDPLedger(4.0, 1e-5, "rdp"), LocalDPLedger(4.0, 1e-5, "pld")
     for ledger in (rdp, pld):

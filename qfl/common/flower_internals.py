@@ -132,3 +132,18 @@ def simulation_internals() -> SimpleNamespace:
         generate_rand_int_from_bytes=generate_rand_int_from_bytes, run_simulation=_run_simulation,
         NOOP_FEDERATION_ID=NOOP_FEDERATION_ID, Run=Run, leave_event=EventType.FLWR_SIMULATION_RUN_LEAVE,
     )
+
+
+# --- SecAgg+ primitives ---------------------------------------------------------------------
+# Flower's Shamir sharing and share encryption (Fernet) live in
+# ``flwr.common.secure_aggregation``, which its legacy SecAgg+ workflow and mod use; they are
+# not in the public API (a Message-API SecAgg+ is an open request upstream).
+
+
+def secagg_primitives() -> SimpleNamespace:
+    """Flower's ``create_shares`` / ``combine_shares`` (Shamir) and ``encrypt`` / ``decrypt``
+    (the share encryption, Fernet under a urlsafe-base64 32-byte key)."""
+    from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
+    from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt
+
+    return SimpleNamespace(create_shares=create_shares, combine_shares=combine_shares, encrypt=encrypt, decrypt=decrypt)

@@ -1,0 +1,131 @@
+"""SecAgg+'s pure parts (transport/secagg.py): a round played by honest clients in this process.
+
+What the server receives are the masked inputs; these tests check that their sum unmasks to
+the plain sum (to the quantisation error), that it still does when a client drops after the
+key exchange, that below the threshold the round fails naming why, and that one client's
+masked input is uniform whatever its update.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from transport import secagg
+
+CLIP, LEVELS = 1.0, 2**16
+
+
+def _round(updates: dict[int, np.ndarray], k: int, t: int, drop: set[int] = frozenset(), round_id: str = "r1"):  # noqa: ANN202
+    """Every stage of one round; returns (the server's unmasked float sum, the masked inputs it saw)."""
+    nodes = sorted(updates)
+    graph = secagg.neighbours(nodes, k, seed=7)
+    # 1. keys
+    c_keys = {i: secagg.new_key() for i in nodes}
+    s_keys = {i: secagg.new_key() for i in nodes}
+    c_pub = {i: secagg.public_bytes(c_keys[i]) for i in nodes}
+    s_pub = {i: secagg.public_bytes(s_keys[i]) for i in nodes}
+    # 2. shares, encrypted for their holders (the server relays ciphertexts only)
+    self_seeds = {i: np.random.default_rng().bytes(32) for i in nodes}
+    inbox: dict[int, dict[int, tuple[bytes, bytes]]] = {i: {} for i in nodes}  # holder -> {owner: (b share, sk share)}
+    for i in nodes:
+        holders = sorted(graph[i])
+        b_shares = secagg.split(self_seeds[i], t, holders)
+        sk_shares = secagg.split(secagg.private_bytes(s_keys[i]), t, holders)
+        for j in holders:
+            key = secagg.agree(c_keys[i], c_pub[j], secagg.pair_info(round_id, i, j, secagg.PAIR_SHARES))
+            inbox[j][i] = (secagg.encrypt_share(key, b_shares[j]), secagg.encrypt_share(key, sk_shares[j]))
+    # 3. masked inputs from the clients that did not drop
+    masked = {}
+    for i in nodes:
+        if i in drop:
+            continue
+        pair = {j: secagg.agree(s_keys[i], s_pub[j], secagg.pair_info(round_id, i, j, secagg.PAIR_MASK)) for j in graph[i]}
+        masked[i] = secagg.masked_input(secagg.quantize(updates[i], CLIP, LEVELS), i, self_seeds[i], pair)
+    # 4. unmask: each survivor decrypts what it holds and hands b shares of survivors, sk shares of the dropped
+    survivors = set(masked)
+    b_of: dict[int, list[bytes]] = {i: [] for i in survivors}
+    sk_of: dict[int, list[bytes]] = {j: [] for j in drop}
+    for holder in survivors:
+        for owner, (b_token, sk_token) in inbox[holder].items():
+            key = secagg.agree(c_keys[holder], c_pub[owner], secagg.pair_info(round_id, holder, owner, secagg.PAIR_SHARES))
+            if owner in survivors:
+                b_of[owner].append(secagg.decrypt_share(key, b_token))
+            else:
+                sk_of[owner].append(secagg.decrypt_share(key, sk_token))
+    seeds = {i: secagg.rebuild(s, t, i, "self-mask seed") for i, s in b_of.items()}
+    dropped = {j: secagg.rebuild(s, t, j, "mask key") for j, s in sk_of.items()}
+    total = secagg.unmask(masked, graph, round_id, seeds, dropped, s_pub)
+    return secagg.dequantize_sum(total, len(survivors), CLIP, LEVELS), masked
+
+
+def _updates(n: int, d: int = 200, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {i: rng.uniform(-0.9, 0.9, d) for i in range(1, n + 1)}
+
+
+@pytest.mark.parametrize(("n", "k"), [(5, 4), (12, 6)])  # complete graph; sparse ring
+def test_the_unmasked_sum_is_the_plain_sum_to_the_quantisation_error(n, k):
+    updates = _updates(n)
+    total, masked = _round(updates, k=k, t=3)
+    plain = sum(updates.values())
+    step = 2 * CLIP / LEVELS
+    assert np.max(np.abs(total - plain)) <= n * step  # each input rounds by less than one step
+    assert all(not np.allclose(y, secagg.quantize(updates[i], CLIP, LEVELS)) for i, y in masked.items())
+
+
+def test_a_client_that_drops_after_the_key_exchange_leaves_the_sum_of_the_survivors():
+    updates = _updates(8)
+    total, _ = _round(updates, k=6, t=3, drop={3})
+    survivors = sum(v for i, v in updates.items() if i != 3)
+    assert np.max(np.abs(total - survivors)) <= 8 * 2 * CLIP / LEVELS
+
+
+def test_below_the_threshold_the_round_fails_naming_the_client():
+    updates = _updates(6)
+    # k = 2: each client's shares sit with 2 neighbours; both neighbours of client 3 drop with it
+    graph = secagg.neighbours(sorted(updates), 2, seed=7)
+    gone = {3, *graph[3]}
+    with pytest.raises(secagg.SecAggError, match=r"share\(s\) of client \d's .*, the threshold is 2"):
+        _round(updates, k=2, t=2, drop=gone)
+
+
+def test_one_clients_masked_input_is_uniform_whatever_its_update():
+    """The server's view of client 1 is the same distribution for two very different updates:
+    uniform over Z_{2^32} (fresh keys each round, as every round makes them)."""
+    seen = {}
+    for name, value in (("zeros", 0.0), ("large", 0.9)):
+        draws = []
+        for _ in range(40):
+            updates = _updates(4, d=50)
+            updates[1] = np.full(50, value)
+            _, masked = _round(updates, k=3, t=2)
+            draws.append(masked[1] / 2.0**32)
+        seen[name] = np.concatenate(draws)
+    for sample in seen.values():
+        assert stats.kstest(sample, "uniform").pvalue > 1e-3
+    assert stats.ks_2samp(seen["zeros"], seen["large"]).pvalue > 1e-3
+
+
+def test_the_neighbour_graph_is_symmetric_sparse_and_the_same_for_the_same_round_seed():
+    nodes = list(range(10, 110))
+    graph = secagg.neighbours(nodes, 8, seed=3)
+    assert graph == secagg.neighbours(nodes, 8, seed=3) != secagg.neighbours(nodes, 8, seed=4)
+    assert all(i in graph[j] for i in nodes for j in graph[i])
+    assert {len(v) for v in graph.values()} == {8}  # k of 100, not 99
+    assert secagg.neighbours(nodes[:5], 8, seed=3)[10] == set(nodes[1:5])  # k >= n - 1: complete
+
+
+def test_the_prg_is_keyed_by_all_32_bytes_of_its_seed():
+    """Flower's pseudo_rand_gen folds its seed to 32 bits; this one does not."""
+    seed = bytes(32)
+    flipped = bytes(31) + b"\x01"
+    folded = b"\x01\0\0\0" * 2 + bytes(24)  # its 4-byte words XOR to 0, as `seed`'s do
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen  # the weakness, shown
+
+    assert np.array_equal(pseudo_rand_gen(seed, 2**32, [(64,)])[0], pseudo_rand_gen(folded, 2**32, [(64,)])[0])
+    assert not np.array_equal(secagg.prg(seed, 64), secagg.prg(flipped, 64))
+    assert not np.array_equal(secagg.prg(seed, 64), secagg.prg(folded, 64))
+    with pytest.raises(ValueError, match="32 bytes"):
+        secagg.prg(b"short", 4)

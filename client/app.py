@@ -19,8 +19,9 @@ from flwr.supercore import log
 from client.job import CLIENT_CONTROL, request
 from client.runtime import WorkerError, run, watched_pid
 from qfl.common.config import KEY, ConfigError, NodeConfig, RunConfig
-from qfl.common.contract import DEVICE, DEVICE_NUM_PARTITIONS, DEVICE_PARTITION, WARM_UP_ACTION
+from qfl.common.contract import DEVICE, DEVICE_NUM_PARTITIONS, DEVICE_PARTITION, SECAGG_ACTION, WARM_UP_ACTION
 from transport.flower import HELLO_ACTION, answer_hello, transport_mod
+from transport.secagg_flower import secagg_stage
 
 WORKER_ERROR_CODE = 4301
 
@@ -28,6 +29,8 @@ WORKER_ERROR_CODE = 4301
 app = ClientApp(mods=[transport_mod])
 # the server asks a node which SAE it is once per run (transports that identify ends)
 app.query(HELLO_ACTION)(answer_hello)
+# the stages of secure aggregation around a training message (transport = "secagg")
+app.query(SECAGG_ACTION)(secagg_stage)
 
 
 def _refuse_attack(cfg: RunConfig) -> None:

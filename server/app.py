@@ -22,11 +22,10 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from qfl.common.config import RunConfig
-from qfl.common.contract import ROUND_OFFSET
+from qfl.common.contract import NUM_EXAMPLES, ROUND_OFFSET, SECAGG_DROPPED, SECAGG_SUMMED
 from qfl.task.build import build_dataset, build_model
 from qfl.task.data import partition_indices
 from server.chain import build_strategy, guard_screens, server_strategy
@@ -37,10 +36,11 @@ from server.progress import ProgressLog
 from server.recorder import RunRecorder, holds_run
 from server.rounds import PROGRESS_TAG, RoundRecorder, RunFailed
 from server.sinks import open_sinks
-from transport.base import TransportStack
+from strategies.validation import ReplySchema
 from transport.dp import CentralDPLedger, LocalDPLedger
 from transport.flower import WARM_UP_TYPE, TransportGrid
 from transport.registry import build_transport
+from transport.secagg_flower import SecAggGrid
 
 app = ServerApp()
 
@@ -118,17 +118,27 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
     sizes.bound.update(warm_up.partitions)  # what each node named first: at the warm-up
     norm_factor, examples_factor, direction = guard_screens(cfg)
     if not direction and cfg.robust_direction:
-        log(INFO, "%s central DP: the guard's cross-client screens are off (clipping bounds each client)", PROGRESS_TAG)
-    schema = train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays, stack.withheld_metrics)
-    guard = InstrumentedStrategy(inner, schema, norm_factor, examples_factor, sizes, direction,
+        log(INFO, "%s the guard's cross-client screens are off (%s)", PROGRESS_TAG,
+            "secure aggregation: the server sees only the sum" if cfg.uses_transport("secagg")
+            else "central DP: clipping bounds each client")
+    if cfg.uses_transport("secagg"):  # one reply, the aggregate: nothing per client to check
+        schema, bounds = ReplySchema(metrics=frozenset((NUM_EXAMPLES, SECAGG_SUMMED, SECAGG_DROPPED))), None
+    else:
+        schema = train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays, stack.withheld_metrics)
+        bounds = sizes
+    guard = InstrumentedStrategy(inner, schema, norm_factor, examples_factor, bounds, direction,
                                  PathFidelity(cfg, sizes.bound) if cfg.uses_transport("qcn") else None)
     guard_ref.append(guard)
     # strategy -> transport -> wire: the transport encodes what the metered grid sends
     wire = TransportGrid(metered, stack, context.run_id, lambda: guard.current_round) if stack.transports else None
+    top = wire
+    if cfg.uses_transport("secagg"):  # strategy -> secure aggregation -> transport -> wire
+        connected = len(list(metered.get_node_ids()))
+        top = SecAggGrid(wire, cfg, weight_bound=max(sizes.sizes(connected) or [len(data.y_train)]))
     on_round = RoundRecorder(cfg, start_round, model, data, files, guard, metered, wire, ledger, central_dp, progress, sinks)
     log(INFO, "%s transport: %s", PROGRESS_TAG, stack.name if stack.transports else "plain")
     guard.start(
-        grid=wire or metered,
+        grid=top or metered,
         initial_arrays=arrays,
         num_rounds=cfg.num_server_rounds - start_round,
         timeout=cfg.round_timeout,

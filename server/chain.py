@@ -55,6 +55,6 @@ def guard_screens(cfg: RunConfig) -> tuple[float, float, bool]:
     bounds each client's pull instead; the per-reply checks (schema, finite values, claims)
     stay, and a reply they refuse adds zero to the sum (docs/transport.md).
     """
-    if cfg.uses_transport("dp") and cfg.dp_mode == "central":
-        return 0.0, 0.0, False
+    if (cfg.uses_transport("dp") and cfg.dp_mode == "central") or cfg.uses_transport("secagg"):
+        return 0.0, 0.0, False  # secure aggregation: one reply, the sum
     return cfg.robust_norm_factor, cfg.robust_examples_factor, cfg.robust_direction

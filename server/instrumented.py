@@ -37,7 +37,6 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from qfl.common.contract import (
-    CIRCUIT_DEPTH,
     DEVICE,
     DEVICE_KEYS,
     DEVICE_NUM_PARTITIONS,
@@ -45,10 +44,6 @@ from qfl.common.contract import (
     DEVICE_PROFILE,
     DEVICE_ZNE,
     EVAL_METRICS,
-    FIDELITY,
-    LATENCY_S,
-    NOISE_GAP,
-    QCN_LOST_FRACTION,
     REPORT_COLUMNS,
     REPORT_LATE,
     REPORT_TRIMMED,
@@ -58,11 +53,9 @@ from qfl.common.contract import (
     ROUND_CLIENTS_OK,
     ROUND_CLIENTS_REJECTED,
     ROUND_CLIENTS_TRIMMED,
-    SWAPS,
-    TRAIN_LOSS,
+    SECAGG_DROPPED,
+    SECAGG_SUMMED,
     TRAIN_METRICS,
-    TRAIN_TIME_S,
-    TWO_QUBIT_GATES,
 )
 from server.recorder import CLIENT_METRICS, column
 from strategies.delegating import DelegatingStrategy, RoundReport, round_report
@@ -184,6 +177,9 @@ class InstrumentedStrategy(DelegatingStrategy):
         stats[ROUND_CLIENTS_TRIMMED] = trimmed
         stats[ROUND_CLIENTS_CAPPED] = len(claims)  # a claim of examples or fidelity bounded
         stats[ROUND_AGGREGATION_FAILED] = aggregation_failed
+        if SECAGG_SUMMED in stats:  # secure aggregation: one reply that sums this many clients
+            stats[ROUND_CLIENTS_OK] = stats[SECAGG_SUMMED]
+            stats[ROUND_CLIENTS_FAILED] += stats.get(SECAGG_DROPPED, 0)
         stats.update(report.stats)  # e.g. a round deadline's straggler counts
         self._client_rows = _client_rows(sound, report, claims)
         self._client_rows += [{**_identity(m), "status": f"rejected: {why}"} for m, why in rejected]

@@ -84,7 +84,8 @@ def stack_mod(build: Callable[[Context], TransportStack]) -> ClientAppMod:
 
 
 def _stack_of_run(context: Context) -> TransportStack:
-    return build_transport(RunConfig.from_run_config(context.run_config), NodeConfig.from_node_config(context.node_config))
+    return build_transport(RunConfig.from_run_config(context.run_config), NodeConfig.from_node_config(context.node_config),
+                           context.state)
 
 
 # the project's ClientApp mod: the transports the run config's ``transport`` names

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import importlib
 
+from flwr.app import RecordDict
+
 from qfl.common.config import NodeConfig, RunConfig
 from transport.base import PlainTransport, Transport, TransportStack
 
-BUILTIN_TRANSPORTS = ("plain", "qkd", "dp", "qcn")
+BUILTIN_TRANSPORTS = ("plain", "qkd", "dp", "qcn", "secagg")
 
 
 def _user_class(part: str) -> type[Transport]:
@@ -46,13 +48,15 @@ def transport_parts(spec: str) -> list[str]:
             _user_class(part)
         elif part not in BUILTIN_TRANSPORTS:
             raise ValueError(f"unknown transport {part!r} (use {', '.join(BUILTIN_TRANSPORTS)} or 'package.module:Class')")
-    return [p for p in parts if p != "dp"] + [p for p in parts if p == "dp"]  # dp innermost: see the module doc
+    inner = ("secagg", "dp")  # dp innermost, secure aggregation around it: see the module doc
+    return [p for p in parts if p not in inner] + [p for p in inner if p in parts]
 
 
-def build_transport(cfg: RunConfig, node: NodeConfig | None = None) -> TransportStack:
+def build_transport(cfg: RunConfig, node: NodeConfig | None = None, state: RecordDict | None = None) -> TransportStack:
     """The transport stack ``cfg.transport`` names, for this end of the federation.
 
-    ``node`` is the SuperNode's node config on a node, ``None`` on the server. A user class
+    ``node`` is the SuperNode's node config on a node, ``None`` on the server; ``state`` the
+    node's Flower state (``context.state``: ``secagg`` keeps the round's secrets there). A user class
     is built with ``Class.from_run_config(cfg, node)`` if it has that classmethod, else
     ``Class()``. ``qkd`` reads this end's SAE certificate from the environment
     (:class:`~transport.qkd.identity.SaeCredentials`).
@@ -83,6 +87,10 @@ def build_transport(cfg: RunConfig, node: NodeConfig | None = None) -> Transport
             from transport.dp import LocalDPTransport
 
             stack.append(LocalDPTransport.from_run_config(cfg, node))
+        elif part == "secagg":
+            from transport.secagg_flower import SecAggTransport
+
+            stack.append(SecAggTransport(state))
         elif part == "qcn":
             from transport.qcn_transport import QCNTransport
 

@@ -170,3 +170,49 @@ def unmask(masked: dict[int, np.ndarray], graph: dict[int, set[int]], round_id: 
             mask = prg(agree(key, public_keys[i], pair_info(round_id, i, j, PAIR_MASK)), total.size)
             total = total - mask if j > i else total + mask  # i added +mask when j > i
     return total
+
+
+def play_round(updates: dict[int, np.ndarray], k: int, t: int, clip: float, levels: int,
+               drop: frozenset[int] = frozenset(), round_id: str = "r1") -> tuple[np.ndarray, dict[int, np.ndarray], dict[str, int]]:
+    """Every stage of one round, every client honest, in this process (tests, benchmarks).
+
+    Returns the server's unmasked float sum of the survivors' ``updates``, the masked inputs
+    it received, and the bytes each stage moved between a client and the server (summed over
+    clients): ``keys``, ``shares``, ``masked``, ``unmask``.
+    """
+    nodes = sorted(updates)
+    graph = neighbours(nodes, k, seed=7)
+    c_keys, s_keys = {i: new_key() for i in nodes}, {i: new_key() for i in nodes}
+    c_pub, s_pub = {i: public_bytes(c_keys[i]) for i in nodes}, {i: public_bytes(s_keys[i]) for i in nodes}
+    moved = {"keys": 64 * len(nodes), "shares": 0, "masked": 0, "unmask": 0}
+    self_seeds = {i: np.random.default_rng().bytes(SEED_BYTES) for i in nodes}
+    inbox: dict[int, dict[int, tuple[bytes, bytes]]] = {i: {} for i in nodes}  # holder -> {owner: tokens}
+    for i in nodes:
+        holders = sorted(graph[i])
+        b_shares, sk_shares = split(self_seeds[i], t, holders), split(private_bytes(s_keys[i]), t, holders)
+        moved["shares"] += 64 * len(holders)  # the neighbours' public keys, down
+        for j in holders:
+            key = agree(c_keys[i], c_pub[j], pair_info(round_id, i, j, PAIR_SHARES))
+            inbox[j][i] = (encrypt_share(key, b_shares[j]), encrypt_share(key, sk_shares[j]))
+            moved["shares"] += sum(map(len, inbox[j][i]))
+    masked = {}
+    for i in nodes:
+        if i in drop:
+            continue
+        pair = {j: agree(s_keys[i], s_pub[j], pair_info(round_id, i, j, PAIR_MASK)) for j in graph[i]}
+        masked[i] = masked_input(quantize(updates[i], clip, levels), i, self_seeds[i], pair)
+        moved["masked"] += masked[i].nbytes
+    survivors = set(masked)
+    b_of: dict[int, list[bytes]] = {i: [] for i in survivors}
+    sk_of: dict[int, list[bytes]] = {j: [] for j in drop}
+    for holder in survivors:
+        for owner, (b_token, sk_token) in inbox[holder].items():
+            moved["unmask"] += len(b_token)  # the token down (either one), the share up
+            key = agree(c_keys[holder], c_pub[owner], pair_info(round_id, holder, owner, PAIR_SHARES))
+            share = decrypt_share(key, b_token if owner in survivors else sk_token)
+            (b_of if owner in survivors else sk_of)[owner].append(share)
+            moved["unmask"] += len(share)
+    seeds = {i: rebuild(s, t, i, "self-mask seed") for i, s in b_of.items()}
+    lost = {j: rebuild(s, t, j, "mask key") for j, s in sk_of.items() if j in drop}
+    total = unmask(masked, graph, round_id, seeds, lost, s_pub)
+    return dequantize_sum(total, len(survivors), clip, levels), masked, moved

@@ -101,7 +101,7 @@ class RunConfig(_Strict):
     # --- transport
     transport: str = Field(
         "plain", min_length=1,
-        description="plain, qkd, dp, qcn, compositions such as qkd+qcn+dp (first nearest the wire), or package.module:Class")
+        description="plain, qkd, dp, qcn, secagg, compositions such as qkd+qcn+dp (first nearest the wire), or package.module:Class")
     kms_url: str = Field("https://127.0.0.1:8470", pattern=r"^https://",
                          description="ETSI GS QKD 014 key manager, HTTPS with client certificates")
     qkd_server_sae: str = Field("server", pattern=NAME_RE.pattern, description="the server's SAE ID: nodes take the server's keys only from it")
@@ -111,6 +111,12 @@ class RunConfig(_Strict):
     dp_noise_multiplier: float = Field(1.0, gt=0, description="sigma: noise std is sigma * C")
     dp_delta: float = Field(1e-5, gt=0, lt=1, description="delta of the reported (epsilon, delta)")
     dp_accountant: Literal["rdp", "pld"] = Field("rdp", description="rdp or pld (tighter; central DP only with fraction-train = 1)")
+    secagg_neighbours: int = Field(
+        0, ge=0, description="secagg: how many others each client masks with and shares its secrets among (0: every other client up to 8 clients, else the even number nearest 2 log2 n)")
+    secagg_threshold: float = Field(
+        0.5, gt=0, lt=1, description="secagg: the share of a client's neighbours whose shares rebuild its secrets (at least 2); fewer survivors fail the round")
+    secagg_clip: float = Field(
+        1.0, gt=0, description="secagg: each coordinate of a client's weighted update is clipped to [-secagg-clip, secagg-clip] before quantisation")
     dp_count_granularity: int = Field(
         10, ge=1, description="local DP: a reply's example count is rounded down to a multiple of this (at least one multiple); its other data-dependent metrics are not sent")
     qcn_paths: str = Field(
@@ -190,9 +196,22 @@ class RunConfig(_Strict):
             raise _Conflict("zne", "zero-noise extrapolation needs angle data; the tfim set is loaded as states")
         if self.uses_transport("dp") and self.dp_mode == "central" and self.dp_accountant == "pld" and self.fraction_train < 1:
             raise _Conflict("dp-accountant", "the PLD accountant cannot amplify Flower's fixed-size sampling: use \"rdp\" or fraction-train = 1.0")
+        if self.uses_transport("secagg"):
+            self._check_secagg()
         if self.resume and not self.run_name:
             raise _Conflict("resume", "names no run: set run-name to the run to continue")
         return self
+
+    def _check_secagg(self) -> None:
+        """Secure aggregation hides each client's update: what needs one is refused, named."""
+        for other, why in (("qcn", "the simulated channel loses coordinates, and a masked sum with a lost coordinate "
+                                   "cannot be unmasked"),
+                           ("dp", "DP's accounting under secure aggregation (distributed DP) is not built yet")):
+            if self.uses_transport(other):
+                raise _Conflict("transport", f"secagg with {other}: {why}")
+        if self.strategy not in SECAGG_STRATEGIES:
+            raise _Conflict("strategy", f"'{self.strategy}' needs each client's update, which secure aggregation hides "
+                            f"from the server; with secagg use one of {', '.join(SECAGG_STRATEGIES)}")
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -273,6 +292,12 @@ class NodeConfig(_Strict):
         """This node's quantum-network path spec."""
         specs = run.path_specs()
         return self.qcn_path if self.qcn_path is not None else specs[self.partition_id % len(specs)]
+
+
+# strategies that need only the weighted average of the updates, which is what the server
+# learns under secure aggregation (median, Krum, trimming, noise isolation, fidelity
+# weighting and SCAFFOLD need each client's update or a per-client number)
+SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
 
 
 class _Conflict(ValueError):

@@ -17,6 +17,13 @@ MASK = "mask"  # ConfigRecord: per parameter, the coordinates that arrived (qcn)
 
 # --- message types of our own (Flower's "query.<action>") ---------------------------------
 WARM_UP_ACTION = "qfl_warm_up"  # the ServerApp asks every node to start its warm worker
+SECAGG_ACTION = "qfl_secagg"  # a stage of secure aggregation (keys, shares, unmask)
+
+# --- secure aggregation (transport.secagg_flower) ------------------------------------------
+SECAGG_RECORD = "secagg"  # ConfigRecord: a stage's instructions and answers
+SECAGG_MASKED = "secagg-masked"  # ArrayRecord of a masked training reply: its one array, in Z_2^32
+SECAGG_SUMMED = "secagg-summed"  # metric of the server's aggregate: how many clients' inputs it sums
+SECAGG_DROPPED = "secagg-dropped"  # and how many that shared keys dropped before their input counted
 
 # --- the server's instructions (CONFIG) ------------------------------------------------
 SERVER_ROUND = "server-round"  # Flower's: the round within this ServerApp run

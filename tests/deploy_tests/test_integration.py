@@ -354,6 +354,43 @@ def test_central_dp_noises_the_aggregate_at_the_server(two_node_run, tmp_path):
         assert not np.allclose(a["weights"], b["weights"])
 
 
+@pytest.mark.slow
+def test_secure_aggregation_survives_a_supernode_killed_after_the_key_exchange(tmp_path):
+    """Four nodes under secagg; in round 2, once the nodes shared their keys, one SuperNode is
+    killed (-9): the round ends with the unmasked sum of the other three. Long (~2 min): the
+    round waits for the dead node until the round timeout."""
+    import numpy as np
+
+    run_dir = tmp_path / "secagg"
+    proc = subprocess.Popen(
+        launch_cmd(tmp_path, "secagg", "--clients", "4", "--rounds", "2", "--transport", "secagg",
+                   "--set", "round-timeout=30.0"),
+        cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    log = run_dir / "logs" / "flwr-run.log"
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while not (log.exists() and log.read_text().count("shared their keys") >= 2):  # round 2's exchange done
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "round 2's key exchange never finished"
+            time.sleep(0.2)
+        victim = json.loads((run_dir / "logs" / "pids.json").read_text())["supernode-3"]
+        os.killpg(victim, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    rows = run_rows(run_dir)
+    assert [r["clients_ok"] for r in rows[1:]] == [4, 3]
+    text = log.read_text()
+    assert "the sum of 4 client(s) unmasked (0 dropped" in text
+    assert "the sum of 3 client(s) unmasked (1 dropped after sharing keys)" in text
+    with np.load(run_dir / "checkpoints" / "round-0001.npz") as a, np.load(run_dir / "checkpoints" / "round-0002.npz") as b:
+        assert not np.allclose(a["weights"], b["weights"])  # the survivors' sum moved the model
+    assert processes_in(run_dir) == []
+
+
 def _client_rows(run_dir: Path) -> list[dict]:
     import csv
 

@@ -1,4 +1,5 @@
-"""SecAgg+'s pure parts (transport/secagg.py): a round played by honest clients in this process.
+"""SecAgg+'s pure parts (transport/secagg.py): a round played by honest clients in this process
+(:func:`transport.secagg.play_round`, every stage in turn).
 
 What the server receives are the masked inputs; these tests check that their sum unmasks to
 the plain sum (to the quantisation error), that it still does when a client drops after the
@@ -17,47 +18,9 @@ from transport import secagg
 CLIP, LEVELS = 1.0, 2**16
 
 
-def _round(updates: dict[int, np.ndarray], k: int, t: int, drop: set[int] = frozenset(), round_id: str = "r1"):  # noqa: ANN202
-    """Every stage of one round; returns (the server's unmasked float sum, the masked inputs it saw)."""
-    nodes = sorted(updates)
-    graph = secagg.neighbours(nodes, k, seed=7)
-    # 1. keys
-    c_keys = {i: secagg.new_key() for i in nodes}
-    s_keys = {i: secagg.new_key() for i in nodes}
-    c_pub = {i: secagg.public_bytes(c_keys[i]) for i in nodes}
-    s_pub = {i: secagg.public_bytes(s_keys[i]) for i in nodes}
-    # 2. shares, encrypted for their holders (the server relays ciphertexts only)
-    self_seeds = {i: np.random.default_rng().bytes(32) for i in nodes}
-    inbox: dict[int, dict[int, tuple[bytes, bytes]]] = {i: {} for i in nodes}  # holder -> {owner: (b share, sk share)}
-    for i in nodes:
-        holders = sorted(graph[i])
-        b_shares = secagg.split(self_seeds[i], t, holders)
-        sk_shares = secagg.split(secagg.private_bytes(s_keys[i]), t, holders)
-        for j in holders:
-            key = secagg.agree(c_keys[i], c_pub[j], secagg.pair_info(round_id, i, j, secagg.PAIR_SHARES))
-            inbox[j][i] = (secagg.encrypt_share(key, b_shares[j]), secagg.encrypt_share(key, sk_shares[j]))
-    # 3. masked inputs from the clients that did not drop
-    masked = {}
-    for i in nodes:
-        if i in drop:
-            continue
-        pair = {j: secagg.agree(s_keys[i], s_pub[j], secagg.pair_info(round_id, i, j, secagg.PAIR_MASK)) for j in graph[i]}
-        masked[i] = secagg.masked_input(secagg.quantize(updates[i], CLIP, LEVELS), i, self_seeds[i], pair)
-    # 4. unmask: each survivor decrypts what it holds and hands b shares of survivors, sk shares of the dropped
-    survivors = set(masked)
-    b_of: dict[int, list[bytes]] = {i: [] for i in survivors}
-    sk_of: dict[int, list[bytes]] = {j: [] for j in drop}
-    for holder in survivors:
-        for owner, (b_token, sk_token) in inbox[holder].items():
-            key = secagg.agree(c_keys[holder], c_pub[owner], secagg.pair_info(round_id, holder, owner, secagg.PAIR_SHARES))
-            if owner in survivors:
-                b_of[owner].append(secagg.decrypt_share(key, b_token))
-            else:
-                sk_of[owner].append(secagg.decrypt_share(key, sk_token))
-    seeds = {i: secagg.rebuild(s, t, i, "self-mask seed") for i, s in b_of.items()}
-    dropped = {j: secagg.rebuild(s, t, j, "mask key") for j, s in sk_of.items()}
-    total = secagg.unmask(masked, graph, round_id, seeds, dropped, s_pub)
-    return secagg.dequantize_sum(total, len(survivors), CLIP, LEVELS), masked
+def _round(updates: dict[int, np.ndarray], k: int, t: int, drop: set[int] = frozenset()):  # noqa: ANN202
+    total, masked, _ = secagg.play_round(updates, k, t, CLIP, LEVELS, frozenset(drop))
+    return total, masked
 
 
 def _updates(n: int, d: int = 200, seed: int = 0) -> dict[int, np.ndarray]:

@@ -41,7 +41,7 @@ import secrets
 from logging import ERROR, INFO, WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
@@ -66,6 +66,7 @@ STATE = "qfl-secagg"  # the node's ConfigRecord in its Flower state: this round'
 LEVELS = 2**20  # quantisation levels per coordinate: sums of up to 4,096 inputs fit in Z_2^32
 MASKED = "y"  # not a contract name: the one array of a masked reply
 KEY_BYTES = 32
+SECAGG_ERROR_CODE = 4401  # an error reply: a stage this node refused (out of order, both shares asked)
 
 
 def sizes(n: int, cfg: RunConfig) -> tuple[int, int]:
@@ -120,13 +121,9 @@ def secagg_stage(msg: Message, context: Context) -> Message:
             raise TransportError(f"secagg: unknown stage {stage!r}")
     except (TransportError, KeyError, ValueError, TypeError) as err:
         log(WARNING, "secagg: refused stage %r: %s", stage, err)
-        from flwr.app import Error
-
         return Message(Error(SECAGG_ERROR_CODE, f"secagg: {err}"), reply_to=msg)
     return Message(RecordDict({SECAGG_RECORD: answer}), reply_to=msg)
 
-
-SECAGG_ERROR_CODE = 4401
 
 
 def _unmask_answer(ask: ConfigRecord, state: ConfigRecord, round_id: str, me: int) -> ConfigRecord:
@@ -174,7 +171,10 @@ class SecAggTransport(Transport):
         names = list(request[ARRAYS].keys())
         delta = flatten(content[ARRAYS], names) - flatten(request[ARRAYS], names)
         bound, clip = float(ask["weight-bound"]), float(ask["clip"])
-        n = float(content.metric_records[METRICS][NUM_EXAMPLES])
+        metrics = content.metric_records.get(METRICS, {})
+        if NUM_EXAMPLES not in metrics:
+            raise TransportError("secagg: the training reply names no example count to weigh it by")
+        n = float(metrics[NUM_EXAMPLES])
         a = min(max(n, 0.0), bound) / bound
         x = secagg.quantize(np.concatenate([a * delta, [a * clip]]), clip, int(ask["levels"]))
         survivors = {int(j) for j in ask["survivors"]}

@@ -20,6 +20,7 @@ from flwr.supercore import log
 from qfl.common.config import NodeConfig, RunConfig
 from qfl.common.contract import SERVER_ROUND, WARM_UP_ACTION
 from transport.base import SERVER_SAE, Envelope, TransportError, TransportStack, node_sae
+from transport.delegating_grid import DelegatingGrid  # noqa: F401 (also imported from here)
 from transport.qkd.identity import SAE_ID_RE
 from transport.registry import build_transport
 
@@ -119,38 +120,6 @@ def _through(stack: TransportStack, msg: Message, context: Context,
         return Message(Error(TRANSPORT_ERROR_CODE, f"transport {stack.name}: reply not sent: {err}"), reply_to=msg)
     reply.content = _with_envelope(wire, server_round, me)
     return reply
-
-
-class DelegatingGrid(Grid):
-    """A Grid that forwards everything to ``grid``; subclasses override what they change."""
-
-    def __init__(self, grid: Grid) -> None:
-        self._grid = grid
-
-    def set_run(self, run):  # type: ignore[no-untyped-def]
-        self._grid.set_run(run)
-
-    @property
-    def run(self):  # type: ignore[no-untyped-def]
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def get_nodes(self):  # type: ignore[no-untyped-def]
-        return self._grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 class TransportGrid(DelegatingGrid):

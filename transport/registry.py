@@ -90,7 +90,13 @@ def build_transport(cfg: RunConfig, node: NodeConfig | None = None, state: Recor
         elif part == "secagg":
             from transport.secagg_flower import SecAggTransport
 
-            stack.append(SecAggTransport(state))
+            kms = None
+            if node is not None and "qkd" in parts:  # the pairwise masks are keyed by QKD keys
+                from transport.qkd.client import KeyManagerClient
+                from transport.qkd.identity import SaeCredentials
+
+                kms = KeyManagerClient(cfg.kms_url, SaeCredentials.from_env())
+            stack.append(SecAggTransport(state, kms, cfg.qkd_server_sae))
         elif part == "qcn":
             from transport.qcn_transport import QCNTransport
 

@@ -90,6 +90,11 @@ def agree(private: X25519PrivateKey | bytes, peer_public: bytes, info: bytes) ->
     return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(shared)
 
 
+def seed_from_key(key: bytes, info: bytes) -> bytes:
+    """32 bytes from a key both ends already share (a QKD key), bound to ``info`` (HKDF-SHA256)."""
+    return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(key)
+
+
 def pair_info(round_id: str, i: int, j: int, what: str) -> bytes:
     """The HKDF ``info`` of the pair ``{i, j}`` in one round: the same from both ends."""
     low, high = sorted((i, j))
@@ -169,6 +174,20 @@ def unmask(masked: dict[int, np.ndarray], graph: dict[int, set[int]], round_id: 
         for i in graph[j] & set(masked):
             mask = prg(agree(key, public_keys[i], pair_info(round_id, i, j, PAIR_MASK)), total.size)
             total = total - mask if j > i else total + mask  # i added +mask when j > i
+    return total
+
+
+def unmask_with_pair_seeds(masked: dict[int, np.ndarray], self_seeds: dict[int, bytes],
+                           pair_seeds: dict[tuple[int, int], bytes]) -> np.ndarray:
+    """As :func:`unmask`, where each survivor ``i`` revealed its pair seed with each dropped
+    neighbour ``j`` (``pair_seeds[(i, j)]``), as with QKD-keyed masks, which no key of the
+    dropped client's can rebuild."""
+    total = np.zeros(next(iter(masked.values())).size, dtype=FIELD)
+    for i, y in masked.items():
+        total = total + y - prg(self_seeds[i], y.size)
+    for (i, j), seed in pair_seeds.items():
+        mask = prg(seed, total.size)
+        total = total - mask if j > i else total + mask  # i added +mask when j > i
     return total
 
 

@@ -59,7 +59,7 @@ from qfl.common.contract import (
 from qfl.common.records import flatten, unflatten
 from transport import secagg
 from transport.base import Envelope, Transport, TransportError
-from transport.flower import DelegatingGrid
+from transport.delegating_grid import DelegatingGrid
 
 SECAGG_TYPE = f"query.{SECAGG_ACTION}"
 STATE = "qfl-secagg"  # the node's ConfigRecord in its Flower state: this round's secrets
@@ -112,8 +112,12 @@ def secagg_stage(msg: Message, context: Context) -> Message:
                     for j, pk in zip(holders, c_pks)]
             answer = ConfigRecord({"b-tokens": [secagg.encrypt_share(k, b_shares[j]) for j, k in zip(holders, keys)],
                                    "sk-tokens": [secagg.encrypt_share(k, sk_shares[j]) for j, k in zip(holders, keys)]})
-            context.state[STATE] = ConfigRecord({**dict(state), "stage": "shares", "b": seed, "neighbours": holders,
-                                                 "c-pks": c_pks, "s-pks": list(ask["s-pks"])})
+            kept = {**dict(state), "stage": "shares", "b": seed, "neighbours": holders, "c-pks": c_pks,
+                    "s-pks": list(ask["s-pks"])}
+            if "saes" in ask:  # qkd: the pairwise seeds come from keys the key manager issues per pair
+                ids, seeds = _qkd_pair_keys(context, round_id, me, holders, [str(s) for s in ask["saes"]])
+                answer["qkd-key-ids"], kept["qkd-seeds"] = ids, seeds
+            context.state[STATE] = ConfigRecord(kept)
         elif stage == "unmask":
             answer = _unmask_answer(ask, _mine(context, round_id, "masked"), round_id, me)
             del context.state[STATE]  # the round's secrets are spent
@@ -124,6 +128,41 @@ def secagg_stage(msg: Message, context: Context) -> Message:
         return Message(Error(SECAGG_ERROR_CODE, f"secagg: {err}"), reply_to=msg)
     return Message(RecordDict({SECAGG_RECORD: answer}), reply_to=msg)
 
+
+
+def _key_manager(context: Context):  # -> KeyManagerClient
+    from transport.qkd.client import KeyManagerClient
+    from transport.qkd.identity import SaeCredentials
+
+    return KeyManagerClient(RunConfig.from_run_config(context.run_config).kms_url, SaeCredentials.from_env())
+
+
+def _refuse_server_sae(context: Context, saes: list[str]) -> None:
+    """A pair key shared with the server's SAE would hand it the mask: never ask for one."""
+    server = RunConfig.from_run_config(context.run_config).qkd_server_sae
+    if server in saes:
+        raise TransportError(f"secagg: the server named its own SAE {server!r} as a neighbour's")
+
+
+def _qkd_pair_keys(context: Context, round_id: str, me: int, holders: list[int], saes: list[str]) -> tuple[list, list]:
+    """For each neighbour above this node, a key from the key manager (this node the master
+    SAE): ``(key IDs, seeds)`` aligned with ``holders`` (empty below this node, whose keys it
+    will take as the slave)."""
+    _refuse_server_sae(context, saes)
+    kms = _key_manager(context)
+    try:
+        ids, seeds = [], []
+        for j, sae in zip(holders, saes):
+            if j > me:
+                key_id, key = kms.enc_key(sae)
+                ids.append(key_id)
+                seeds.append(secagg.seed_from_key(key, secagg.pair_info(round_id, me, j, secagg.PAIR_MASK)))
+            else:
+                ids.append("")
+                seeds.append(b"")
+        return ids, seeds
+    finally:
+        kms.close()
 
 
 def _unmask_answer(ask: ConfigRecord, state: ConfigRecord, round_id: str, me: int) -> ConfigRecord:
@@ -142,6 +181,10 @@ def _unmask_answer(ask: ConfigRecord, state: ConfigRecord, round_id: str, me: in
         elif owner in dropped:
             out["sk-owners"].append(owner)
             out["sk-shares"].append(secagg.decrypt_share(key, sk_token))
+    if "pair-seeds" in state:  # qkd: a dropped neighbour's mask with this node is their pair seed
+        seeds = dict(zip([int(j) for j in state["neighbours"]], state["pair-seeds"]))
+        out["pair-owners"] = [j for j in sorted(dropped) if j in seeds]
+        out["pair-seeds"] = [seeds[j] for j in out["pair-owners"]]
     return ConfigRecord(out)
 
 
@@ -155,8 +198,8 @@ class SecAggTransport(Transport):
 
     name = "secagg"
 
-    def __init__(self, state: RecordDict | None = None) -> None:
-        self.state = state
+    def __init__(self, state: RecordDict | None = None, kms=None, server_sae: str = "server") -> None:  # noqa: ANN001
+        self.state, self.kms, self.server_sae = state, kms, server_sae  # kms: a KeyManagerClient (qkd)
 
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         if envelope.direction != "up" or request is None or envelope.message_type != "train" or not content.array_records:
@@ -180,11 +223,37 @@ class SecAggTransport(Transport):
         survivors = {int(j) for j in ask["survivors"]}
         me = envelope.node_id
         s_sk = bytes(state["s-sk"])
-        pairs = {j: secagg.agree(s_sk, pk, secagg.pair_info(round_id, me, j, secagg.PAIR_MASK))
-                 for j, pk in zip([int(j) for j in state["neighbours"]], state["s-pks"]) if j in survivors}
+        neighbours = [int(j) for j in state["neighbours"]]
+        if "qkd-seeds" in state:
+            pairs = self._qkd_pairs(ask, state, round_id, me, neighbours, survivors)
+        else:
+            pairs = {j: secagg.agree(s_sk, pk, secagg.pair_info(round_id, me, j, secagg.PAIR_MASK))
+                     for j, pk in zip(neighbours, state["s-pks"]) if j in survivors}
         y = secagg.masked_input(x, me, bytes(state["b"]), pairs)
-        self.state[STATE] = ConfigRecord({**dict(state), "stage": "masked"})
+        kept = {**dict(state), "stage": "masked"}
+        if "qkd-seeds" in state:
+            kept["pair-seeds"] = [pairs.get(j, b"") for j in neighbours]
+        self.state[STATE] = ConfigRecord(kept)
         return RecordDict({SECAGG_MASKED: ArrayRecord({MASKED: Array(y)})})
+
+    def _qkd_pairs(self, ask: ConfigRecord, state: ConfigRecord, round_id: str, me: int, neighbours: list[int],
+                   survivors: set[int]) -> dict[int, bytes]:
+        """Pair seeds from QKD keys: those this node made (neighbours above it) and those its
+        neighbours below it made for it, fetched from the key manager by the IDs they sent."""
+        pairs = {j: bytes(s) for j, s in zip(neighbours, state["qkd-seeds"]) if j > me and j in survivors}
+        if self.kms is None:
+            raise TransportError("secagg: QKD-keyed masks need the key manager (transport qkd)")
+        for j, key_id, sae in zip(ask.get("qkd-from", []), ask.get("qkd-key-ids-from", []), ask.get("qkd-saes-from", [])):
+            j = int(j)
+            if j < me and j in survivors and j in neighbours:
+                if sae == self.server_sae:
+                    raise TransportError(f"secagg: the server named its own SAE {sae!r} as a neighbour's")
+                pairs[j] = secagg.seed_from_key(self.kms.dec_key(str(sae), str(key_id)),
+                                                secagg.pair_info(round_id, j, me, secagg.PAIR_MASK))
+        missing = sorted(j for j in neighbours if j in survivors and j not in pairs)
+        if missing:
+            raise TransportError(f"secagg: no QKD pair key with neighbour(s) {missing}")
+        return pairs
 
     def decode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
         return content
@@ -223,6 +292,12 @@ class SecAggGrid(DelegatingGrid):
             log(ERROR, "secagg: the round cannot be unmasked, the model stays as it was: %s", err)
             return []
 
+    def _saes(self) -> dict[int, str] | None:
+        """Each node's SAE ID when the grid below identifies them by certificate (qkd), else ``None``."""
+        grid = self._grid
+        stack = getattr(grid, "stack", None)
+        return dict(grid.peers) if stack is not None and stack.identifies_peers else None
+
     def _ask(self, stage: str, asks: dict[int, dict], timeout: float | None) -> dict[int, ConfigRecord]:
         msgs = [Message(RecordDict({SECAGG_RECORD: ConfigRecord({"stage": stage, **ask})}), dst_node_id=node,
                         message_type=SECAGG_TYPE) for node, ask in asks.items()]
@@ -248,17 +323,29 @@ class SecAggGrid(DelegatingGrid):
         asks = {i: {"round-id": round_id, "threshold": t, "neighbours": sorted(graph[i]),
                     "c-pks": [bytes(keys[j]["c-pk"]) for j in sorted(graph[i])],
                     "s-pks": [bytes(keys[j]["s-pk"]) for j in sorted(graph[i])]} for i in graph}
+        saes = self._saes()
+        if saes is not None:  # qkd: the nodes key their pairwise masks with QKD keys
+            for i, ask in asks.items():
+                ask["saes"] = [saes.get(j, "") for j in ask["neighbours"]]
         shares = {i: r for i, r in self._ask("shares", asks, timeout).items()
                   if len(r.get("b-tokens", [])) == len(r.get("sk-tokens", [])) == len(graph[i])}
         shared = sorted(shares)
-        log(INFO, "secagg: %d of %d nodes shared their keys (k = %d, t = %d); training", len(shared), len(nodes), k, t)
+        log(INFO, "secagg: %d of %d nodes shared their keys (k = %d, t = %d; pairwise masks from %s); training",
+            len(shared), len(nodes), k, t, "X25519" if saes is None else "QKD keys")
         instructions = {"round-id": round_id, "survivors": shared, "clip": self.cfg.secagg_clip, "levels": LEVELS,
                         "weight-bound": self.weight_bound}
         train = []
         for msg in messages:
-            if msg.metadata.dst_node_id in shares:
+            i = msg.metadata.dst_node_id
+            if i in shares:
                 content = RecordDict(dict(msg.content.items()))
-                content[SECAGG_RECORD] = ConfigRecord(instructions)
+                mine = dict(instructions)
+                if saes is not None:  # the key IDs its neighbours below it got for it, and who they are
+                    below = [j for j in sorted(graph[i]) if j < i and j in shares]
+                    mine["qkd-from"] = below
+                    mine["qkd-key-ids-from"] = [shares[j]["qkd-key-ids"][sorted(graph[j]).index(i)] for j in below]
+                    mine["qkd-saes-from"] = [saes[j] for j in below]
+                content[SECAGG_RECORD] = ConfigRecord(mine)
                 train.append(Message(content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type))
         size = sum(v.numpy().size for v in messages[0].content[ARRAYS].values()) + 1
         replies = {}
@@ -289,9 +376,18 @@ class SecAggGrid(DelegatingGrid):
             for owner, share in zip(answer.get("sk-owners", []), answer.get("sk-shares", [])):
                 sk_of.setdefault(int(owner), []).append(bytes(share))
         seeds = {i: secagg.rebuild(b_of[i], t, i, "self-mask seed") for i in survivors}
-        lost = {j: secagg.rebuild(sk_of[j], t, j, "mask key") for j in dropped}
-        total = secagg.unmask({i: y for i, (_, y) in replies.items()}, graph, round_id, seeds, lost,
-                              {j: bytes(keys[j]["s-pk"]) for j in keys})
+        masked = {i: y for i, (_, y) in replies.items()}
+        if saes is None:
+            lost = {j: secagg.rebuild(sk_of[j], t, j, "mask key") for j in dropped}
+            total = secagg.unmask(masked, graph, round_id, seeds, lost, {j: bytes(keys[j]["s-pk"]) for j in keys})
+        else:  # QKD-keyed masks: each survivor reveals its pair seed with a dropped neighbour
+            pair_seeds = {(int(h), int(j)): bytes(s) for h, answer in answers.items()
+                          for j, s in zip(answer.get("pair-owners", []), answer.get("pair-seeds", []))}
+            for j in dropped:
+                for i in graph[j] & set(survivors):
+                    if (i, j) not in pair_seeds:
+                        raise secagg.SecAggError(f"survivor {i} did not reveal its pair seed with dropped client {j}")
+            total = secagg.unmask_with_pair_seeds(masked, seeds, {p: s for p, s in pair_seeds.items() if p[1] in dropped})
         summed = secagg.dequantize_sum(total, len(survivors), self.cfg.secagg_clip, LEVELS)
         weight = summed[-1] / self.cfg.secagg_clip
         if not weight > 0:

@@ -20,7 +20,7 @@ WARM_UP_ACTION = "qfl_warm_up"  # the ServerApp asks every node to start its war
 SECAGG_ACTION = "qfl_secagg"  # a stage of secure aggregation (keys, shares, unmask)
 
 # --- secure aggregation (transport.secagg_flower) ------------------------------------------
-SECAGG_RECORD = "secagg"  # ConfigRecord: a stage's instructions and answers
+SECAGG_RECORD = "secagg-stage"  # ConfigRecord: a stage's instructions and answers
 SECAGG_MASKED = "secagg-masked"  # ArrayRecord of a masked training reply: its one array, in Z_2^32
 SECAGG_SUMMED = "secagg-summed"  # metric of the server's aggregate: how many clients' inputs it sums
 SECAGG_DROPPED = "secagg-dropped"  # and how many that shared keys dropped before their input counted

@@ -356,14 +356,15 @@ def test_central_dp_noises_the_aggregate_at_the_server(two_node_run, tmp_path):
 
 @pytest.mark.slow
 def test_secure_aggregation_survives_a_supernode_killed_after_the_key_exchange(tmp_path):
-    """Four nodes under secagg; in round 2, once the nodes shared their keys, one SuperNode is
-    killed (-9): the round ends with the unmasked sum of the other three. Long (~2 min): the
-    round waits for the dead node until the round timeout."""
+    """Four nodes under qkd+secagg (pairwise masks keyed by QKD keys; the X25519 path's dropouts
+    are in transport_tests/test_secagg_flower.py); in round 2, once the nodes shared their
+    keys, one SuperNode is killed (-9): the round ends with the unmasked sum of the other
+    three. Long (~2 min): the round waits for the dead node until the round timeout."""
     import numpy as np
 
     run_dir = tmp_path / "secagg"
     proc = subprocess.Popen(
-        launch_cmd(tmp_path, "secagg", "--clients", "4", "--rounds", "2", "--transport", "secagg",
+        launch_cmd(tmp_path, "secagg", "--clients", "4", "--rounds", "2", "--transport", "qkd+secagg",
                    "--set", "round-timeout=30.0"),
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -384,6 +385,7 @@ def test_secure_aggregation_survives_a_supernode_killed_after_the_key_exchange(t
     rows = run_rows(run_dir)
     assert [r["clients_ok"] for r in rows[1:]] == [4, 3]
     text = log.read_text()
+    assert "pairwise masks from QKD keys" in text
     assert "the sum of 4 client(s) unmasked (0 dropped" in text
     assert "the sum of 3 client(s) unmasked (1 dropped after sharing keys)" in text
     with np.load(run_dir / "checkpoints" / "round-0001.npz") as a, np.load(run_dir / "checkpoints" / "round-0002.npz") as b:

@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from client.app import app
 from qfl.common.config import ConfigError, RunConfig
-from qfl.common.contract import ARRAYS, NUM_EXAMPLES, SECAGG_DROPPED, SECAGG_MASKED, SECAGG_SUMMED
+from qfl.common.contract import ARRAYS, NUM_EXAMPLES, SECAGG_DROPPED, SECAGG_MASKED, SECAGG_RECORD, SECAGG_SUMMED
 from qfl.common.flower_internals import stamp
 from qfl.task.build import build_dataset, build_model
 from transport.flower import DelegatingGrid, TransportGrid
@@ -57,7 +57,7 @@ class LoopbackGrid(DelegatingGrid):
     @staticmethod
     def _stage(msg: Message) -> str | None:
         """A secagg query's stage (what travels is encrypted only with qkd; here it is plain)."""
-        record = msg.content.config_records.get("secagg")
+        record = msg.content.config_records.get(SECAGG_RECORD)
         return None if record is None else record.get("stage")
 
 
@@ -138,7 +138,7 @@ def test_a_node_will_not_reveal_both_shares_of_one_client(defaults):
                                             "c-pks": [bytes(32)]})
     ask = ConfigRecord({"stage": "unmask", "round-id": "r", "survivors": [11, 12], "dropped": [12], "owners": [12],
                         "b-tokens": [b"x"], "sk-tokens": [b"y"]})
-    msg = stamp(Message(RecordDict({"secagg": ask}), dst_node_id=11, message_type=SECAGG_TYPE), message_id="u")
+    msg = stamp(Message(RecordDict({SECAGG_RECORD: ask}), dst_node_id=11, message_type=SECAGG_TYPE), message_id="u")
     from transport.secagg_flower import secagg_stage
 
     reply = secagg_stage(msg, ctx)

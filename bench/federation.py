@@ -1,4 +1,5 @@
-"""Helpers shared by the federation experiments (``noise_isolation.py``, ``qcn.py``)."""
+"""Helpers shared by the benchmarks that launch federations (``noise_isolation.py``, ``qcn.py``,
+``transport_cost.py``, ``secagg_cost.py``)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def launch_accuracy(name: str, out: Path, args: list[str]) -> list[float]:
-    """Run ``qfl launch --simulation --run-name NAME`` with ``args``; central test accuracy per round."""
-    cmd = [sys.executable, "-m", "qfl.launcher", "launch", "--simulation", "--run-name", name,
-           "--set", f'output-dir="{out}"', *args]
+def launch_rows(name: str, out: Path, args: list[str], simulation: bool = False) -> list[dict]:
+    """Run ``qfl launch [--simulation] --run-name NAME`` with ``args`` into ``out``; its rounds."""
+    cmd = [sys.executable, "-m", "qfl.launcher", "launch", *(["--simulation"] if simulation else []),
+           "--run-name", name, "--set", f'output-dir="{out}"', *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    rows = json.loads((out / name / "metrics.json").read_text())["rounds"]
-    return [r["test_accuracy"] for r in rows]
+    return json.loads((out / name / "metrics.json").read_text())["rounds"]
+
+
+def launch_accuracy(name: str, out: Path, args: list[str]) -> list[float]:
+    """Run ``qfl launch --simulation --run-name NAME`` with ``args``; central test accuracy per round."""
+    return [r["test_accuracy"] for r in launch_rows(name, out, args, simulation=True)]
 
 
 def rounds_to(acc: list[float], target: float) -> int | None:

@@ -13,9 +13,7 @@ Run: ``python bench/secagg_cost.py [--part 1 2] [--clients 10 50 200]``
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)  # this folder would shadow the `transport` package
+    sys.path[0] = str(ROOT)  # the project's packages first
+    sys.path.append(str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers, after the packages
 OUT = ROOT / "bench" / "results" / "secagg"
 
 
@@ -67,11 +66,9 @@ def part_protocol(clients: list[int]) -> None:
 
 
 def launch(name: str, *args: str) -> list[dict]:
-    cmd = [sys.executable, "-m", "qfl.launcher", "launch", "--run-name", name, "--set", f'output-dir="{OUT}"', *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return json.loads((OUT / name / "metrics.json").read_text())["rounds"]
+    from federation import launch_rows
+
+    return launch_rows(name, OUT, list(args))
 
 
 def part_deployment() -> None:

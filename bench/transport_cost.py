@@ -16,8 +16,6 @@ Run: ``python bench/transport_cost.py [--part 1 2 3]``
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,15 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # the `transport` package: put the project root there instead.
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(ROOT)
+    sys.path.append(str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers, after the packages
 OUT = ROOT / "bench" / "results" / "transport"
 
 
 def launch(name: str, *args: str) -> list[dict]:
-    cmd = [sys.executable, "-m", "qfl.launcher", "launch", "--run-name", name, "--set", f'output-dir="{OUT}"', *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return json.loads((OUT / name / "metrics.json").read_text())["rounds"]
+    from federation import launch_rows
+
+    return launch_rows(name, OUT, list(args))
 
 
 def part_transports(rounds: int) -> None:

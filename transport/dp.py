@@ -40,9 +40,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
-
 from logging import WARNING
+from pathlib import Path
 
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
@@ -201,58 +200,57 @@ class NodePrivacy:
         key = f"{cfg.dataset}/{node.partition_id}-of-{node.num_partitions}"
         return cls(path, key, node.dp_max_epsilon, node.dp_delta)
 
-    def releases(self) -> dict[float, int]:
-        """``{sigma: count}`` of this key's releases so far."""
+    def _book(self) -> dict:
+        """The ledger file's contents (every key's releases); empty before the first."""
         try:
-            book = json.loads(self.path.read_text())
+            return json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as err:
             raise TransportError(f"the node's privacy ledger {self.path} cannot be read: {err}") from err
+
+    def releases(self, book: dict | None = None) -> dict[float, int]:
+        """``{sigma: count}`` of this key's releases so far (in ``book``, else the file)."""
+        book = self._book() if book is None else book
         return {float(s): int(c) for s, c in book.get(self.key, {}).items()}
 
-    def epsilon(self, extra_sigma: float | None = None) -> float:
+    def epsilon(self, extra_sigma: float | None = None, book: dict | None = None) -> float:
         """This key's epsilon so far, or after one more release at ``extra_sigma``."""
-        counts = self.releases()
+        counts = self.releases(book)
         if extra_sigma is not None:
             counts[extra_sigma] = counts.get(extra_sigma, 0) + 1
         return epsilon_of([(gaussian_event(s), c) for s, c in counts.items()], self.delta)
 
-    def check(self, sigma: float) -> None:
+    def check(self, sigma: float, book: dict | None = None) -> None:
         """Raise :class:`TransportError` if one more release at ``sigma`` would pass the budget."""
         if self.max_epsilon is None:
             return
-        after = self.epsilon(sigma)
+        after = self.epsilon(sigma, book)
         if after > self.max_epsilon:
             raise TransportError(f"this node's privacy budget is spent: one more release would make its epsilon "
                                  f"{after:.3g} > {NODE_DP_MAX_EPSILON} {self.max_epsilon:g} (delta {self.delta:g}, "
                                  f"ledger {self.path}, {self.key})")
 
     def spend(self, sigma: float) -> None:
-        """Check, then record one release at ``sigma`` (under a lock: one node may run several ClientApps)."""
+        """Check, then record one release at ``sigma``, reading and writing the file once under a
+        lock (one node may run several ClientApps). A ledger that cannot be written refuses the
+        release when the node has a budget (one that cannot be kept is none), else it warns."""
         import fcntl
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(self.path.with_suffix(".lock"), "a")  # noqa: SIM115 (closed below)
-        except OSError as err:
-            if self.max_epsilon is not None:
-                raise TransportError(f"the node's privacy ledger {self.path} cannot be written: {err}") from err
-            log(WARNING, "dp: this release is not in the node's ledger %s (%s)", self.path, err)
-            return
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            self.check(sigma)
-            try:
-                book = json.loads(self.path.read_text()) if self.path.exists() else {}
+            with open(self.path.with_suffix(".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                book = self._book()
+                self.check(sigma, book)
                 entry = book.setdefault(self.key, {})
                 entry[repr(float(sigma))] = int(entry.get(repr(float(sigma)), 0)) + 1
                 atomic_write(self.path, json.dumps(book, indent=1, sort_keys=True).encode())
-            except (OSError, ValueError) as err:
-                if self.max_epsilon is not None:  # a budget that cannot be kept is no budget: refuse
-                    raise TransportError(f"the node's privacy ledger {self.path} cannot be written: {err}") from err
-                log(WARNING, "dp: this release is not in the node's ledger %s (%s); set dp-ledger to a writable file",
-                    self.path, err)
+        except OSError as err:
+            if self.max_epsilon is not None:
+                raise TransportError(f"the node's privacy ledger {self.path} cannot be written: {err}") from err
+            log(WARNING, "dp: this release is not in the node's ledger %s (%s); set dp-ledger to a writable file",
+                self.path, err)
 
 
 ACCOUNTANTS = ("rdp", "pld")

@@ -78,10 +78,9 @@ def build_transport(cfg: RunConfig, node: NodeConfig | None = None, state: Recor
             stack.append(PlainTransport())
         elif part == "qkd":
             from transport.qkd.client import KeyManagerClient
-            from transport.qkd.identity import SaeCredentials
             from transport.qkd.transport import QKDTransport
 
-            kms = KeyManagerClient(cfg.kms_url, SaeCredentials.from_env())
+            kms = KeyManagerClient.of_this_sae(cfg.kms_url)
             stack.append(QKDTransport(kms, cfg.qkd_server_sae, on_server=node is None))
         elif part == "dp":
             from transport.dp import LocalDPTransport
@@ -93,9 +92,8 @@ def build_transport(cfg: RunConfig, node: NodeConfig | None = None, state: Recor
             kms = None
             if node is not None and "qkd" in parts:  # the pairwise masks are keyed by QKD keys
                 from transport.qkd.client import KeyManagerClient
-                from transport.qkd.identity import SaeCredentials
 
-                kms = KeyManagerClient(cfg.kms_url, SaeCredentials.from_env())
+                kms = KeyManagerClient.of_this_sae(cfg.kms_url)
             stack.append(SecAggTransport(state, kms, cfg.qkd_server_sae))
         elif part == "qcn":
             from transport.qcn_transport import QCNTransport

@@ -129,27 +129,17 @@ def secagg_stage(msg: Message, context: Context) -> Message:
     return Message(RecordDict({SECAGG_RECORD: answer}), reply_to=msg)
 
 
-
-def _key_manager(context: Context):  # -> KeyManagerClient
-    from transport.qkd.client import KeyManagerClient
-    from transport.qkd.identity import SaeCredentials
-
-    return KeyManagerClient(RunConfig.from_run_config(context.run_config).kms_url, SaeCredentials.from_env())
-
-
-def _refuse_server_sae(context: Context, saes: list[str]) -> None:
-    """A pair key shared with the server's SAE would hand it the mask: never ask for one."""
-    server = RunConfig.from_run_config(context.run_config).qkd_server_sae
-    if server in saes:
-        raise TransportError(f"secagg: the server named its own SAE {server!r} as a neighbour's")
-
-
 def _qkd_pair_keys(context: Context, round_id: str, me: int, holders: list[int], saes: list[str]) -> tuple[list, list]:
     """For each neighbour above this node, a key from the key manager (this node the master
     SAE): ``(key IDs, seeds)`` aligned with ``holders`` (empty below this node, whose keys it
-    will take as the slave)."""
-    _refuse_server_sae(context, saes)
-    kms = _key_manager(context)
+    will take as the slave). A pair key shared with the server's SAE would hand it the mask:
+    a neighbour named by the server's SAE is refused."""
+    cfg = RunConfig.from_run_config(context.run_config)
+    if cfg.qkd_server_sae in saes:
+        raise TransportError(f"secagg: the server named its own SAE {cfg.qkd_server_sae!r} as a neighbour's")
+    from transport.qkd.client import KeyManagerClient
+
+    kms = KeyManagerClient.of_this_sae(cfg.kms_url)
     try:
         ids, seeds = [], []
         for j, sae in zip(holders, saes):

@@ -34,6 +34,11 @@ class KeyManagerClient:
         context.load_cert_chain(str(credentials.cert), str(credentials.key))
         self._client = httpx.Client(base_url=self.base_url, timeout=timeout, verify=context)
 
+    @classmethod
+    def of_this_sae(cls, base_url: str) -> KeyManagerClient:
+        """A client with this SAE's own certificate, from the environment (``QFL_SAE_*``)."""
+        return cls(base_url, SaeCredentials.from_env())
+
     def enc_key(self, slave_sae_id: str, size_bits: int = 256) -> tuple[str, bytes]:
         """One new key shared with ``slave_sae_id``: ``(key_ID, key)``."""
         data = self._call("POST", f"/api/v1/keys/{slave_sae_id}/enc_keys", json={"number": 1, "size": size_bits})

@@ -49,5 +49,7 @@ def model_key(cfg: RunConfig, node: NodeConfig) -> str:
     share a :class:`LocalTask`. Training settings (epochs, learning rate, ...) are not in it."""
     run = cfg.to_run_config()
     keys = (KEY.dataset, KEY.partitioner, KEY.dirichlet_alpha, KEY.test_fraction, KEY.tfim_samples, KEY.seed,
-            KEY.n_qubits, KEY.n_layers, KEY.device, KEY.diff_method, KEY.device_profiles, KEY.zne, KEY.embedding, KEY.model)
-    return json.dumps({**{k: run[k] for k in keys}, **node.model_dump()}, sort_keys=True)
+            KEY.n_qubits, KEY.n_layers, KEY.device, KEY.diff_method, KEY.device_profiles, KEY.zne,
+            KEY.mitigation, KEY.embedding, KEY.model)
+    # two parts, not one merged mapping: the node's keys (zne, mitigation) would hide the run's
+    return json.dumps([{k: run[k] for k in keys}, node.model_dump()], sort_keys=True)

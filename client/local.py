@@ -17,6 +17,7 @@ import json
 import time
 from collections import OrderedDict
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.job import CLIENT_CONTROL, JOB, OPS, model_key
@@ -28,6 +29,7 @@ from qfl.common.contract import (
     CONTROL,
     CONTROL_DELTA,
     DEVICE,
+    DEVICE_MITIGATION,
     DEVICE_NUM_PARTITIONS,
     DEVICE_PARTITION,
     DEVICE_PROFILE,
@@ -36,21 +38,26 @@ from qfl.common.contract import (
     EVAL_LOSS,
     GATES,
     METRICS,
+    NOISE_CONTRACTION,
     NOISE_GAP,
     NUM_EXAMPLES,
+    PEC_GAMMA2,
     PROXIMAL_MU,
     ROUND_OFFSET,
     SERVER_ROUND,
     SWAPS,
     TRAIN_TIME_S,
     TWO_QUBIT_GATES,
+    UPDATE_NOISE_VAR,
 )
 from qfl.task.build import build_dataset, build_model
-from qfl.task.data import load_partition
+from qfl.task.data import Dataset, load_partition, partition_indices
 from qfl.task.train import evaluate as evaluate_model
-from qfl.task.train import full_gradient, train_local
+from qfl.task.noise_estimate import noise_contraction
+from qfl.task.train import NOISE_REPLICAS, full_gradient, train_local
 
 CACHE_SIZE = 8  # tasks one process keeps (the simulation engine runs many clients per worker)
+DATA_CACHE_SIZE = 2  # data sets, and splits, one process keeps (its tasks share them)
 # One thread for torch: a node's circuits are small, and several nodes (or a node and the
 # server) share the machine's cores; more threads only fight over them. Same on every path,
 # so the warm and cold paths add in the same order.
@@ -60,16 +67,22 @@ TORCH_THREADS = 1
 class LocalTask:
     """One node's partition and model, for one model-defining configuration."""
 
-    def __init__(self, cfg: RunConfig, node: NodeConfig) -> None:
+    def __init__(self, cfg: RunConfig, node: NodeConfig, data: Dataset | None = None,
+                 indices: np.ndarray | None = None) -> None:
+        """``data`` and the partition's ``indices`` into its training split, where a
+        :class:`TaskCache` shares them among its tasks; else built here."""
         import torch
 
         torch.set_num_threads(TORCH_THREADS)
-        data = build_dataset(cfg)
-        self.x, self.y = load_partition(data, node.partition_id, node.num_partitions, cfg.partitioner, cfg.seed,
-                                        cfg.dirichlet_alpha)
-        self.spec, zne = node.device_for(cfg)
+        if data is None or indices is None:
+            data = build_dataset(cfg)
+            self.x, self.y = load_partition(data, node.partition_id, node.num_partitions, cfg.partitioner, cfg.seed,
+                                            cfg.dirichlet_alpha)
+        else:  # the partition's own rows (a copy of a few), not the data set
+            self.x, self.y = data.x_train[indices], data.y_train[indices]
+        self.spec, mitigation = node.device_for(cfg)
         self.node = node
-        self.model = build_model(cfg, data, self.spec, zne)
+        self.model = build_model(cfg, data, self.spec, mitigation)
 
     def warm_up(self) -> None:
         """One forward and backward pass on two samples, thrown away: the first pass of a
@@ -111,7 +124,11 @@ class LocalTask:
                               learning_rate=cfg.learning_rate,
                               # a different, reproducible shuffle per client and round
                               seed=cfg.seed * 1_000_003 + server_round * 1009 + self.node.partition_id,
-                              proximal_mu=mu, correction=correction)
+                              proximal_mu=mu, correction=correction,
+                              # replicas on the broadcast axis measure the update's device noise;
+                              # a noiseless device's update is deterministic: variance 0, no replicas
+                              noise_replicas=NOISE_REPLICAS if self.model.is_noisy else 1)
+        metrics.setdefault(UPDATE_NOISE_VAR, 0.0)
         train_time = time.perf_counter() - start
         metrics.update(noise_metrics(cfg, self.model, self.x, self.y))
         metrics.update({TRAIN_TIME_S: train_time, NUM_EXAMPLES: len(self.y)})
@@ -119,7 +136,8 @@ class LocalTask:
             ARRAYS: ArrayRecord(self.model.state_dict()),
             METRICS: MetricRecord(metrics),
             # what the server logs per client (strings do not fit a MetricRecord)
-            DEVICE: ConfigRecord({DEVICE_PROFILE: self.spec, DEVICE_ZNE: self.model.zne, DEVICE_PARTITION: self.node.partition_id,
+            DEVICE: ConfigRecord({DEVICE_PROFILE: self.spec, DEVICE_ZNE: self.model.zne,
+                                  DEVICE_MITIGATION: self.model.mitigation, DEVICE_PARTITION: self.node.partition_id,
                                   DEVICE_NUM_PARTITIONS: self.node.num_partitions}),
         })
         if new_control is not None:
@@ -140,15 +158,22 @@ def noise_metrics(cfg: RunConfig, model, x, y) -> dict[str, float]:  # noqa: ANN
 
     ``noise-gap``: noiseless minus noisy accuracy of the same parameters on the local
     data (the accuracy the device's noise costs); ``circuit-depth``, ``gates``,
-    ``two-qubit-gates`` and ``swaps`` of the circuit as routed to the device's coupling map.
+    ``two-qubit-gates`` and ``swaps`` of the circuit as routed to the device's coupling map;
+    ``noise-contraction`` (:func:`qfl.task.noise_estimate.noise_contraction`: one broadcast
+    execution of 256 device circuits without gradient) and ``pec-gamma2`` (analytic).
+    ``update-noise-var`` comes from training (:func:`qfl.task.train.train_local`).
     """
     import torch
 
     from qfl.task.model import PQCClassifier
 
     if not isinstance(model, PQCClassifier):  # the classical baseline: no circuit, no device
-        return {CIRCUIT_DEPTH: 0.0, GATES: 0.0, TWO_QUBIT_GATES: 0.0, SWAPS: 0.0, NOISE_GAP: 0.0}
-    out: dict[str, float] = {k: float(v) for k, v in model.routed_metrics(torch.as_tensor(x)).items()}
+        return {CIRCUIT_DEPTH: 0.0, GATES: 0.0, TWO_QUBIT_GATES: 0.0, SWAPS: 0.0, NOISE_GAP: 0.0,
+                NOISE_CONTRACTION: 1.0, PEC_GAMMA2: 1.0}
+    xt = torch.as_tensor(x)
+    out: dict[str, float] = {k: float(v) for k, v in model.routed_metrics(xt).items()}
+    out[PEC_GAMMA2] = model.pec_gamma2(xt)
+    out[NOISE_CONTRACTION] = noise_contraction(model, xt)
     if model.profile is None or model.profile.is_noiseless:
         out[NOISE_GAP] = 0.0
         return out
@@ -160,21 +185,55 @@ def noise_metrics(cfg: RunConfig, model, x, y) -> dict[str, float]:  # noqa: ANN
 
 
 class TaskCache:
-    """The :class:`LocalTask` of each model key, the least recently used dropped first."""
+    """The :class:`LocalTask` of each model key, the least recently used dropped first; and,
+    shared by its tasks, the data sets they were cut from and each data set's split.
 
-    def __init__(self, size: int = CACHE_SIZE) -> None:
-        self.size = size
+    On the simulation engine one process (a Ray actor) serves thousands of clients in turn:
+    the cache holds at most ``size`` tasks (each its partition's rows and its model), and at
+    most ``data_size`` data sets and splits, whatever the number of clients. A new client's
+    task takes its rows from the shared split instead of loading the data set and splitting
+    it again (at 10,000 partitions that was half a client's time).
+    """
+
+    def __init__(self, size: int = CACHE_SIZE, data_size: int = DATA_CACHE_SIZE) -> None:
+        self.size, self.data_size = size, data_size
         self._tasks: OrderedDict[str, LocalTask] = OrderedDict()
+        self._data: OrderedDict[tuple, Dataset] = OrderedDict()
+        self._splits: OrderedDict[tuple, list[np.ndarray]] = OrderedDict()
+
+    def sizes(self) -> tuple[int, int, int]:
+        """How many tasks, data sets and splits the cache holds."""
+        return len(self._tasks), len(self._data), len(self._splits)
 
     def get(self, cfg: RunConfig, node: NodeConfig) -> LocalTask:
         key = model_key(cfg, node)
         if key in self._tasks:
             self._tasks.move_to_end(key)
         else:
-            self._tasks[key] = LocalTask(cfg, node)
+            data, data_key = self._dataset(cfg)
+            split_key = (data_key, node.num_partitions, cfg.partitioner, cfg.seed, cfg.dirichlet_alpha)
+            parts = _lru(self._splits, split_key, self.data_size, lambda: partition_indices(
+                data.y_train, node.num_partitions, cfg.partitioner, cfg.seed, cfg.dirichlet_alpha, data.h_train))
+            self._tasks[key] = LocalTask(cfg, node, data, parts[node.partition_id])
             while len(self._tasks) > self.size:
                 self._tasks.popitem(last=False)
         return self._tasks[key]
+
+    def _dataset(self, cfg: RunConfig) -> tuple[Dataset, tuple]:
+        # what build_dataset reads of the run config
+        key = (cfg.dataset, cfg.n_qubits, cfg.seed, cfg.test_fraction, cfg.tfim_samples)
+        return _lru(self._data, key, self.data_size, lambda: build_dataset(cfg)), key
+
+
+def _lru(cache: OrderedDict, key: tuple, size: int, make):  # noqa: ANN001, ANN202
+    """``cache[key]``, made by ``make()`` if missing; the least recently used dropped beyond ``size``."""
+    if key in cache:
+        cache.move_to_end(key)
+    else:
+        cache[key] = make()
+        while len(cache) > size:
+            cache.popitem(last=False)
+    return cache[key]
 
 
 def answer(req: RecordDict, tasks: TaskCache | None = None) -> RecordDict:

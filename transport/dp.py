@@ -11,7 +11,8 @@ is added:
 
 Of the reply's metrics only those that do not depend on the data leave (the circuit's size
 on the device) and the example count, rounded down to a multiple of ``dp-count-granularity``;
-loss, accuracy, timing and the noise gap are not sent (:data:`DATA_METRICS`), in training
+loss, accuracy, timing, the noise gap and the client's noise variance and contraction are not
+sent (:data:`DATA_METRICS`), in training
 and evaluation replies alike. The node owns its floor (:class:`NodePrivacy`): with
 ``dp-min-noise-multiplier`` or ``dp-max-epsilon`` in its node config it trains only under
 local DP with at least that sigma, and keeps its own ledger across runs.
@@ -53,11 +54,13 @@ from qfl.common.contract import (
     EVAL_LOSS,
     NODE_DP_MAX_EPSILON,
     NODE_DP_MIN_NOISE_MULTIPLIER,
+    NOISE_CONTRACTION,
     NOISE_GAP,
     NUM_EXAMPLES,
     TRAIN_ACCURACY,
     TRAIN_LOSS,
     TRAIN_TIME_S,
+    UPDATE_NOISE_VAR,
 )
 from qfl.common.files import atomic_write
 from qfl.common.records import clip_update, flatten, unflatten
@@ -75,8 +78,11 @@ def validate_dp(clip: float, noise_multiplier: float, delta: float) -> None:
         raise ValueError(f"{KEY.dp_delta} must be in (0, 1), got {delta!r}")
 
 
-# what a reply's metrics say about the data: local DP does not send them
-DATA_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, TRAIN_TIME_S, NOISE_GAP, EVAL_LOSS, EVAL_ACCURACY)
+# what a reply's metrics say about the data: local DP does not send them (the update's noise
+# variance and the contraction are measured on the local data and the trained parameters;
+# pec-gamma2 counts the circuit's gates only, and leaves)
+DATA_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, TRAIN_TIME_S, NOISE_GAP, UPDATE_NOISE_VAR, NOISE_CONTRACTION, EVAL_LOSS,
+                EVAL_ACCURACY)
 
 
 def rounded_count(count: float, granularity: int) -> int:

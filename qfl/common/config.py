@@ -27,13 +27,20 @@ from qfl.common.contract import NODE_NUM_PARTITIONS, NODE_PARTITION_ID
 DATASETS = ("iris", "wine", "breast-cancer", "digits", "tfim")
 MODELS = ("pqc", "mlp")
 PARTITIONERS = ("iid", "dirichlet", "h-range")
-DEVICES = ("default.qubit", "lightning.qubit")
-# Which differentiation methods each device supports (PennyLane 0.45).
+DEVICES = ("auto", "default.qubit", "lightning.qubit")
+# Which differentiation methods each device supports (PennyLane 0.45); "auto" takes
+# default.qubit for backprop, the only device that has it (qfl.task.simulators).
 DEVICE_DIFF_METHODS = {
+    "auto": ("best", "backprop", "adjoint", "parameter-shift"),
     "default.qubit": ("best", "backprop", "adjoint", "parameter-shift"),
     "lightning.qubit": ("best", "adjoint", "parameter-shift"),
 }
+# device = "auto": lightning.qubit (adjoint) from this many qubits, default.qubit (backprop)
+# below; the crossovers of one training step, bench/client_training.py (docs/benchmarks.md)
+LIGHTNING_FROM_QUBITS = 14  # an ideal device
+LIGHTNING_FROM_QUBITS_NOISY = 12  # sampled noise gates: a profile with gate errors, or mitigation
 SINKS = ("tensorboard", "mlflow")
+MITIGATIONS = ("none", "zne", "pec")  # the clients' error mitigation (qfl.task.model, qfl.task.pec)
 MAX_QUBITS = 16  # the largest register simulated as a state vector per sample (2^16 amplitudes)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -84,14 +91,20 @@ class RunConfig(_Strict):
     n_layers: int = Field(3, ge=1, description="re-uploading + trainable layers")
     embedding: Literal["fixed", "trainable"] = Field(
         "fixed", description="data embedding: fixed angles/states, or trainable (per-layer input scale and shift; a Rot layer after a state)")
-    device: Literal["default.qubit", "lightning.qubit"] = Field(
-        "default.qubit", description="default.qubit or lightning.qubit (adjoint differentiation; pays off from ~16 qubits)")
+    device: Literal["auto", "default.qubit", "lightning.qubit"] = Field(
+        "auto", description=f"auto: default.qubit (backprop, broadcast) below {LIGHTNING_FROM_QUBITS} qubits, lightning.qubit "
+                            f"(adjoint) from {LIGHTNING_FROM_QUBITS} (the faster), from {LIGHTNING_FROM_QUBITS_NOISY} on a "
+                            "device profile with gate noise or with mitigation (default.qubit's memory); docs/benchmarks.md. "
+                            "Or either by name")
     diff_method: Literal["best", "backprop", "adjoint", "parameter-shift"] = Field(
         "best", description="best, backprop, adjoint, parameter-shift")
     device_profiles: str = Field(
         "ideal", min_length=1,
         description="simulated device per partition: ;-separated specs, cycled (docs/noise.md); a node's device-profile overrides")
-    zne: bool = Field(False, description="zero-noise extrapolation on every client (a node can set zne=true)")
+    mitigation: Literal["none", "zne", "pec"] = Field(
+        "none", description="error mitigation on every client: none, zne (zero-noise extrapolation), pec (probabilistic "
+                            "error cancellation, unbiased at gamma^2 times the variance; docs/noise.md); a node's mitigation overrides")
+    zne: bool = Field(False, description="true: the same as mitigation = \"zne\" (the older switch, kept for existing configs)")
     # --- local training
     local_epochs: int = Field(2, ge=1, description="epochs per round on each client")
     batch_size: int = Field(32, ge=1, description="mini-batch, evaluated as one broadcast circuit")
@@ -106,7 +119,7 @@ class RunConfig(_Strict):
                          description="ETSI GS QKD 014 key manager, HTTPS with client certificates")
     qkd_server_sae: str = Field("server", pattern=NAME_RE.pattern, description="the server's SAE ID: nodes take the server's keys only from it")
     dp_mode: Literal["local", "central"] = Field(
-        "local", description="local (nodes clip + noise) or central (the server clips, averages uniformly, noises)")
+        "local", description="local (nodes clip + noise) or central (the server clips, averages uniformly, noises; with secagg: distributed, each node adds its share of the noise)")
     dp_clip: float = Field(1.0, gt=0, description="L2 clipping norm C of a whole update")
     dp_noise_multiplier: float = Field(1.0, gt=0, description="sigma: noise std is sigma * C")
     dp_delta: float = Field(1e-5, gt=0, lt=1, description="delta of the reported (epsilon, delta)")
@@ -114,7 +127,7 @@ class RunConfig(_Strict):
     secagg_neighbours: int = Field(
         0, ge=0, description="secagg: how many others each client masks with and shares its secrets among (0: every other client up to 8 clients, else the even number nearest 2 log2 n)")
     secagg_threshold: float = Field(
-        0.5, gt=0, lt=1, description="secagg: the share of a client's neighbours whose shares rebuild its secrets (at least 2); fewer survivors fail the round")
+        0.5, gt=0, lt=1, description="secagg: the share of a client's neighbours whose shares rebuild its self-mask seed, and of a round's participants whose sum may be unmasked (at least 2 each); fewer survivors fail the round")
     secagg_clip: float = Field(
         1.0, gt=0, description="secagg: each coordinate of a client's weighted update is clipped to [-secagg-clip, secagg-clip] before quantisation")
     dp_count_granularity: int = Field(
@@ -124,6 +137,22 @@ class RunConfig(_Strict):
         description="quantum-network path per partition (transport qcn): ;-separated specs, cycled; a node's qcn-path overrides")
     qcn_copies: int = Field(100, ge=0, description="teleported copies per value (0: exact expectations)")
     qcn_channels: int = Field(16, ge=1, description="parallel channels per path (divides the latency)")
+    qcn_topology: str = Field(
+        "", description="a shared quantum network instead of qcn-paths: metro-ring, star-overloaded (name:clients=N,...) "
+                        "or a networkx node-link JSON file; the server then associates and schedules every round ('': off)")
+    qcn_association: Literal["deferred-acceptance", "hungarian", "greedy"] = Field(
+        "deferred-acceptance", description="qcn-topology: how clients are matched to repeaters' memory slots")
+    qcn_schedule: Literal["joint", "fixed"] = Field(
+        "joint", description="qcn-topology: joint (cutoff, distillation or skip per client and round, optimised) or fixed (qcn-cutoff, qcn-distillation for all)")
+    qcn_cutoff: float = Field(0.5, gt=0, description="qcn-schedule fixed: memory cutoff as a multiple of the route's coherence time")
+    qcn_distillation: int = Field(0, ge=0, le=2, description="qcn-schedule fixed: rounds of DEJMPS distillation")
+    qcn_pair_price: float = Field(
+        0.0, ge=0, description="qcn-schedule joint: aggregate quality given up per 1,000 Bell pairs (0: pairs cost nothing within the budgets)")
+    qcn_loss_cost: float = Field(
+        0.1, ge=0, description="qcn-topology: what a lost or late coordinate costs beyond its missing information, per unit of the strategy's weight")
+    qcn_topk: float = Field(1.0, gt=0, le=1, description="share of an update's coordinates sent (top-k with error feedback; 1: all)")
+    qcn_bits: int = Field(0, ge=0, le=16, description="quantise sent values to this many bits, each bit teleported qcn-bit-copies times (0: analog)")
+    qcn_bit_copies: int = Field(3, ge=1, description="carriers per bit when qcn-bits > 0 (read by majority)")
     round_deadline: float = Field(0.0, ge=0, description="deadline on the simulated network clock, s (0: none)")
     straggler_policy: Literal["drop", "stale"] = Field("drop", description="drop late updates, or stale: fold them into the round they arrive in")
     staleness_discount: float = Field(0.5, gt=0, le=1, description="weight factor per round late (policy stale)")
@@ -188,27 +217,43 @@ class RunConfig(_Strict):
         if self.diff_method not in DEVICE_DIFF_METHODS[self.device]:
             raise _Conflict("diff-method", f"'{self.diff_method}' is not supported on device '{self.device}' "
                             f"(choose from {', '.join(DEVICE_DIFF_METHODS[self.device])})")
-        if self.model == "mlp" and (self.device_profiles.strip() != "ideal" or self.zne or self.embedding != "fixed"):
-            key = "zne" if self.zne else "embedding" if self.embedding != "fixed" else "device-profiles"
+        if self.zne and self.mitigation not in ("none", "zne"):
+            raise _Conflict("zne", f"zne = true asks for zero-noise extrapolation, mitigation = \"{self.mitigation}\" for "
+                            "another: set mitigation alone (zne = true is the older spelling of mitigation = \"zne\")")
+        mitigating = "zne" if self.zne else "mitigation"  # the key that asks for it
+        if self.model == "mlp" and (self.device_profiles.strip() != "ideal" or self.mitigation_method != "none"
+                                    or self.embedding != "fixed"):
+            key = mitigating if self.mitigation_method != "none" else "embedding" if self.embedding != "fixed" else "device-profiles"
             raise _Conflict(key, "the classical baseline (model = \"mlp\") runs noiselessly with no embedding: "
-                            "keep device-profiles = \"ideal\", zne = false, embedding = \"fixed\"")
-        if self.zne and self.dataset == "tfim":
-            raise _Conflict("zne", "zero-noise extrapolation needs angle data; the tfim set is loaded as states")
+                            "keep device-profiles = \"ideal\", mitigation = \"none\", embedding = \"fixed\"")
+        if self.mitigation_method == "zne" and self.dataset == "tfim":
+            raise _Conflict(mitigating, "zero-noise extrapolation needs angle data; the tfim set is loaded as states")
         if self.uses_transport("dp") and self.dp_mode == "central" and self.dp_accountant == "pld" and self.fraction_train < 1:
             raise _Conflict("dp-accountant", "the PLD accountant cannot amplify Flower's fixed-size sampling: use \"rdp\" or fraction-train = 1.0")
         if self.uses_transport("secagg"):
             self._check_secagg()
+        self._check_qcn()
         if self.resume and not self.run_name:
             raise _Conflict("resume", "names no run: set run-name to the run to continue")
         return self
 
+    def _check_qcn(self) -> None:
+        """The shared network and compression act on the qcn transport's channel only."""
+        if not self.uses_transport("qcn"):
+            for key, value, off in (("qcn-topology", self.qcn_topology, ""), ("qcn-topk", self.qcn_topk, 1.0),
+                                    ("qcn-bits", self.qcn_bits, 0)):
+                if value != off:
+                    raise _Conflict(key, f"acts on the qcn transport's channel; transport is '{self.transport}'")
+
     def _check_secagg(self) -> None:
         """Secure aggregation hides each client's update: what needs one is refused, named."""
-        for other, why in (("qcn", "the simulated channel loses coordinates, and a masked sum with a lost coordinate "
-                                   "cannot be unmasked"),
-                           ("dp", "DP's accounting under secure aggregation (distributed DP) is not built yet")):
-            if self.uses_transport(other):
-                raise _Conflict("transport", f"secagg with {other}: {why}")
+        if self.uses_transport("qcn"):
+            raise _Conflict("transport", "secagg with qcn: the simulated channel loses coordinates, and a masked sum "
+                                         "with a lost coordinate cannot be unmasked")
+        if self.uses_transport("dp") and self.dp_mode == "local":
+            raise _Conflict("dp-mode", "secagg with local DP: each client's full noise would add m times the noise the "
+                                       "sum needs; use dp-mode = \"central\", which under secagg is distributed DP "
+                                       "(each client adds its share of the noise, the server never sees one update)")
         if self.strategy not in SECAGG_STRATEGIES:
             raise _Conflict("strategy", f"'{self.strategy}' needs each client's update, which secure aggregation hides "
                             f"from the server; with secagg use one of {', '.join(SECAGG_STRATEGIES)}")
@@ -237,6 +282,12 @@ class RunConfig(_Strict):
         return _validate(type(self), {**self.to_run_config(), **{_dashed(k): v for k, v in changes.items()}})
 
     # --- derived views ----------------------------------------------------------------
+    @property
+    def mitigation_method(self) -> str:
+        """The clients' error mitigation, one of :data:`MITIGATIONS`: ``mitigation``, or
+        ``"zne"`` where the older ``zne = true`` asks for it."""
+        return "zne" if self.zne else self.mitigation
+
     def uses_transport(self, name: str) -> bool:
         """Whether ``name`` is one of the composed transports."""
         return name in (p.strip() for p in self.transport.split("+"))
@@ -257,7 +308,9 @@ class NodeConfig(_Strict):
     partition_id: int = Field(ge=0, description="this node's share of the data: partition I of N (required)")
     num_partitions: int = Field(ge=1, description="how many partitions the split has (required)")
     device_profile: str | None = Field(None, min_length=1, description="this node's simulated device, instead of entry I of device-profiles")
-    zne: bool | None = Field(None, description="zero-noise extrapolation on this node, instead of the run's zne")
+    mitigation: Literal["none", "zne", "pec"] | None = Field(
+        None, description="this node's error mitigation (none, zne, pec), instead of the run's mitigation")
+    zne: bool | None = Field(None, description="the older switch: true is mitigation = \"zne\" on this node, false \"none\"")
     qcn_path: str | None = Field(None, min_length=1, description="this node's quantum-network path, instead of entry I of qcn-paths")
     dp_min_noise_multiplier: float | None = Field(
         None, gt=0, description="the node's privacy floor: it trains only under local DP with at least this sigma")
@@ -273,6 +326,9 @@ class NodeConfig(_Strict):
     def _in_range(self) -> NodeConfig:
         if self.partition_id >= self.num_partitions:
             raise _Conflict(NODE_PARTITION_ID, f"must be in [0, {self.num_partitions}), got {self.partition_id}")
+        if self.zne is not None and self.mitigation is not None and ("zne" if self.zne else "none") != self.mitigation:
+            raise _Conflict("zne", f"zne = {str(self.zne).lower()} contradicts mitigation = \"{self.mitigation}\": "
+                            "set mitigation alone")
         return self
 
     @classmethod
@@ -282,11 +338,15 @@ class NodeConfig(_Strict):
                 raise ConfigError(key, "missing from the node config (--node-config)")
         return _validate(cls, node_config)
 
-    def device_for(self, run: RunConfig) -> tuple[str, bool]:
-        """``(profile spec, zne)`` of this node: its own settings first, then the run's."""
+    def device_for(self, run: RunConfig) -> tuple[str, str]:
+        """``(profile spec, mitigation)`` of this node: its own settings first, then the run's."""
         specs = run.profile_specs()
         spec = self.device_profile if self.device_profile is not None else specs[self.partition_id % len(specs)]
-        return spec, run.zne if self.zne is None else self.zne
+        if self.mitigation is not None:
+            return spec, self.mitigation
+        if self.zne is not None:
+            return spec, "zne" if self.zne else "none"
+        return spec, run.mitigation_method
 
     def path_for(self, run: RunConfig) -> str:
         """This node's quantum-network path spec."""

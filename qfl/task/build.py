@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qfl.common.config import RunConfig
+from qfl.common.config import MITIGATIONS, RunConfig
 from qfl.task.data import Dataset, load_dataset
 
 if TYPE_CHECKING:
@@ -18,20 +18,22 @@ def build_dataset(cfg: RunConfig) -> Dataset:
 
 
 def build_model(
-    cfg: RunConfig, data: Dataset, profile_spec: str | None = None, zne: bool = False, seed: int | None = None
+    cfg: RunConfig, data: Dataset, profile_spec: str | None = None, mitigation: str = MITIGATIONS[0],
+    seed: int | None = None,
 ) -> PQCClassifier | MLPClassifier:
     """The model a run config names, for a data set's shape: the PQC, or with
     ``model = "mlp"`` its classical twin of about the same parameter count.
 
     Parameters are initialised from ``cfg.seed`` (the same global model everywhere);
-    ``profile_spec`` puts the PQC on a simulated device whose noise draws use ``seed``.
+    ``profile_spec`` puts the PQC on a simulated device whose noise draws use ``seed``, with its
+    error ``mitigation`` (one of :data:`~qfl.common.config.MITIGATIONS`).
     """
     if cfg.model == "mlp":
         from qfl.task.classical import MLPClassifier, matched_hidden_width, pqc_parameter_count
 
-        if zne or profile_spec not in (None, "ideal"):
+        if mitigation != MITIGATIONS[0] or profile_spec not in (None, "ideal"):
             raise ValueError(f"the classical baseline runs noiselessly: device profile {profile_spec!r} "
-                             f"and zne={zne} do not apply to model 'mlp'")
+                             f"and mitigation {mitigation!r} do not apply to model 'mlp'")
         n_inputs = data.x_train.shape[1]
         target = pqc_parameter_count(cfg.n_qubits, cfg.n_layers, data.n_classes)
         return MLPClassifier(n_inputs, data.n_classes, matched_hidden_width(n_inputs, data.n_classes, target), cfg.seed)
@@ -48,7 +50,7 @@ def build_model(
         diff_method=cfg.diff_method,
         seed=cfg.seed,
         profile=profile,
-        zne=zne,
+        mitigation=mitigation,
         embedding=cfg.embedding,
     )
     if seed is not None and profile is not None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from qfl.common.config import MITIGATIONS
+
 
 def pqc_parameter_count(n_qubits: int, n_layers: int, n_classes: int) -> int:
     """Trainable parameters of the fixed-embedding PQC: weights ``(L, n, 3)``, scale, bias."""
@@ -64,7 +66,7 @@ class MLPClassifier(torch.nn.Module):
                 layer.weight.uniform_(-bound, bound, generator=gen)
                 layer.bias.uniform_(-bound, bound, generator=gen)
         # what the PQC exposes to the client's bookkeeping: no device, nothing to mitigate
-        self.profile, self.zne = None, False
+        self.profile, self.zne, self.mitigation, self.is_noisy = None, False, MITIGATIONS[0], False
 
     def reseed_noise(self, seed: int) -> None:
         """Nothing to reseed: the MLP runs noiselessly."""

@@ -25,8 +25,9 @@ Batches go through PennyLane's parameter broadcasting: one circuit execution
 evaluates the whole batch (inputs of shape ``(B, n)`` or ``(B, 2**n)``).
 
 On a simulated NISQ device (``profile``, see :mod:`qfl.task.noise`) the circuit is routed to
-the device's coupling map, optionally folded for zero-noise extrapolation, run with
-sampled Pauli-error trajectories, and read out with bit-flip error and finite shots.
+the device's coupling map, optionally mitigated (``mitigation``: zero-noise extrapolation by
+folding, or probabilistic error cancellation, :mod:`qfl.task.pec`), run with sampled
+Pauli-error trajectories, and read out with bit-flip error and finite shots.
 With a trainable embedding (:func:`make_circuit`) a parameter ``embedding`` joins them.
 Parameters (``torch.float64``) are named ``weights (L, n, 3)``, ``scale (C,)``,
 ``bias (C,)`` in the state dict that travels as Flower's ``ArrayRecord``.
@@ -35,14 +36,18 @@ Parameters (``torch.float64``) are named ``weights (L, n, 3)``, ``scale (C,)``,
 from __future__ import annotations
 
 import numpy as np
-import pennylane as qml
 import torch
 
+from qfl.common.config import MITIGATIONS
 from qfl.task.noise import DeviceProfile, coupling_edges, pauli_trajectories, route
+from qfl.task.pec import circuit_gamma, pec_trajectories
+from qfl.task.qml import qml
+from qfl.task.simulators import AUTO, choose_simulator, make_device, runs_noise_gates
 
 WEIGHT_INIT_STD = 0.1  # near-identity initialisation avoids barren plateaus at start
 SCALE_INIT = 2.0
 ZNE_SCALE_FACTORS = (1.0, 3.0, 5.0)  # odd: global folding U (U^dag U)^k is exact
+NO_MITIGATION, ZNE, PEC = MITIGATIONS
 
 
 def entangling_layer(weights: torch.Tensor, wires: range) -> None:
@@ -94,7 +99,7 @@ def make_circuit(n_qubits: int, n_layers: int, n_classes: int, kind: str, embedd
 
 
 def _check_circuit(n_qubits: int, n_classes: int, kind: str, embedding: str, profile: DeviceProfile | None,
-                   zne: bool) -> None:
+                   mitigation: str) -> None:
     """Refuse a circuit that cannot be built, naming the argument."""
     if embedding not in ("fixed", "trainable"):
         raise ValueError(f"embedding must be 'fixed' or 'trainable', got {embedding!r}")
@@ -104,14 +109,18 @@ def _check_circuit(n_qubits: int, n_classes: int, kind: str, embedding: str, pro
         raise ValueError(f"kind must be 'angles' or 'states', got {kind!r}")
     if profile is not None and n_qubits > profile.n_qubits:
         raise ValueError(f"device profile {profile.name!r} has {profile.n_qubits} qubits, the circuit needs {n_qubits}")
-    if zne and kind == "states":
-        raise ValueError("zne: global folding cannot invert a state preparation; use angle data")
+    if mitigation not in MITIGATIONS:
+        raise ValueError(f"mitigation must be one of {', '.join(MITIGATIONS)}, got {mitigation!r}")
+    if mitigation == ZNE and kind == "states":
+        raise ValueError("mitigation 'zne': global folding cannot invert a state preparation; use angle data")
 
 
-def on_device(qnode: qml.QNode, n_qubits: int, profile: DeviceProfile | None, zne: bool,
+def on_device(qnode: qml.QNode, n_qubits: int, profile: DeviceProfile | None, mitigation: str,
               rng: np.random.Generator) -> tuple[qml.QNode, qml.QNode]:
     """``(routed, as run)``: ``qnode`` routed to the profile's coupling map, and that circuit as
-    the device runs it (folded for ZNE, then with Pauli noise trajectories drawn from ``rng``).
+    the device runs it: folded for ZNE, then with Pauli noise trajectories drawn from ``rng``;
+    or, with PEC, with the noise trajectories and PEC's sampled Paulis in one transform (whose
+    circuit returns each element's signed weight after the expectations, :mod:`qfl.task.pec`).
 
     The transforms run in the order applied: route, then fold, then add noise, so that folded
     copies of the circuit collect their own noise, as on hardware. ``profile=None``: ideal.
@@ -120,8 +129,10 @@ def on_device(qnode: qml.QNode, n_qubits: int, profile: DeviceProfile | None, zn
         return qnode, qnode
     edges = coupling_edges(profile.coupling, n_qubits)
     routed = route(qnode, coupling_map=edges) if edges is not None else qnode
+    if mitigation == PEC:
+        return routed, pec_trajectories(routed, profile=profile, rng=rng)
     run = routed
-    if zne:
+    if mitigation == ZNE:
         run = qml.noise.mitigate_with_zne(run, scale_factors=list(ZNE_SCALE_FACTORS), folding=qml.noise.fold_global,
                                           extrapolate=qml.noise.richardson_extrapolate)
     if profile.p1 > 0 or profile.p2 > 0 or not np.isinf(profile.t1_us) or not np.isinf(profile.t2_us):
@@ -145,7 +156,8 @@ class PQCClassifier(torch.nn.Module):
         (amplitude vectors of length ``2**n``).
     device : str
         PennyLane device name: ``"default.qubit"`` (fast with broadcasting) or
-        ``"lightning.qubit"`` (adjoint differentiation, for large ``n``).
+        ``"lightning.qubit"`` (adjoint differentiation, for large ``n``), or ``"auto"``:
+        the faster for ``n`` and the noise (:func:`qfl.task.simulators.choose_simulator`).
     diff_method : str
         PennyLane differentiation method; ``"best"`` picks backprop on
         ``default.qubit`` and adjoint on ``lightning.qubit``.
@@ -153,9 +165,12 @@ class PQCClassifier(torch.nn.Module):
         Seed of the parameter initialisation and of the noise trajectories / shots.
     profile : DeviceProfile, optional
         Simulated device; ``None`` (or a noiseless all-to-all profile) is ideal.
-    zne : bool
-        Zero-noise extrapolation (global folding at scale factors
-        :data:`ZNE_SCALE_FACTORS`, Richardson extrapolation): 9x the gates per forward.
+    mitigation : str
+        ``"none"``; ``"zne"``: zero-noise extrapolation (global folding at scale factors
+        :data:`ZNE_SCALE_FACTORS`, Richardson extrapolation), 9x the gates per forward;
+        ``"pec"``: probabilistic error cancellation (:mod:`qfl.task.pec`), one sampled
+        circuit per sample, unbiased at :math:`\\gamma^2` times the variance, and read-out
+        error undone.
 
     Examples
     --------
@@ -170,25 +185,25 @@ class PQCClassifier(torch.nn.Module):
         n_layers: int,
         n_classes: int,
         kind: str = "angles",
-        device: str = "default.qubit",
+        device: str = AUTO,
         diff_method: str = "best",
         seed: int = 0,
         profile: DeviceProfile | None = None,
-        zne: bool = False,
+        mitigation: str = NO_MITIGATION,
         embedding: str = "fixed",
     ) -> None:
         super().__init__()
-        _check_circuit(n_qubits, n_classes, kind, embedding, profile, zne)
+        _check_circuit(n_qubits, n_classes, kind, embedding, profile, mitigation)
         self.n_qubits, self.n_layers, self.n_classes, self.kind = n_qubits, n_layers, n_classes, kind
-        self.embedding_kind, self.profile, self.zne = embedding, profile, zne
+        self.embedding_kind, self.profile, self.mitigation = embedding, profile, mitigation
         self._init_parameters(seed)
-        if diff_method == "best":
-            diff_method = "adjoint" if device == "lightning.qubit" else "backprop"
-        self.device_name, self.diff_method = device, diff_method
+        self.device_name, self.diff_method = choose_simulator(device, diff_method, n_qubits,
+                                                              runs_noise_gates(profile, mitigation))
         self.ideal_qnode = qml.QNode(make_circuit(n_qubits, n_layers, n_classes, kind, embedding),
-                                     qml.device(device, wires=n_qubits), interface="torch", diff_method=diff_method)
+                                     make_device(self.device_name, n_qubits), interface="torch",
+                                     diff_method=self.diff_method)
         self.noise_rng = np.random.default_rng([seed, 0x5EED])  # the trajectories' generator, reseeded in place
-        self.routed_qnode, self.qnode = on_device(self.ideal_qnode, n_qubits, profile, zne, self.noise_rng)
+        self.routed_qnode, self.qnode = on_device(self.ideal_qnode, n_qubits, profile, mitigation, self.noise_rng)
         self.shot_gen = torch.Generator().manual_seed(seed + 0x5407)
 
     def _init_parameters(self, seed: int) -> None:
@@ -212,19 +227,49 @@ class PQCClassifier(torch.nn.Module):
         self.noise_rng.bit_generator.state = np.random.default_rng([seed, 0x5EED]).bit_generator.state
         self.shot_gen.manual_seed(seed + 0x5407)
 
+    @property
+    def zne(self) -> bool:
+        """Whether the device runs zero-noise extrapolation (the ``zne`` claim of a reply)."""
+        return self.mitigation == ZNE
+
+    @property
+    def is_noisy(self) -> bool:
+        """Whether the device adds noise of any kind (gates, read-out or shots)."""
+        return self.profile is not None and not self.profile.is_noiseless
+
+    def routed_tape(self, x: torch.Tensor) -> qml.tape.QuantumScript:
+        """The circuit for one input of ``x`` as routed to the device (before noise)."""
+        return qml.workflow.construct_batch(self.routed_qnode, level="user")(x[:1], self.weights, self.embedding)[0][0]
+
     def routed_metrics(self, x: torch.Tensor) -> dict[str, int]:
         """Depth, gate, 2-qubit-gate and SWAP counts of the circuit as routed to the device."""
         from qfl.task.noise import circuit_metrics
 
-        tape = qml.workflow.construct_batch(self.routed_qnode, level="user")(x[:1], self.weights, self.embedding)[0][0]
-        return circuit_metrics(tape)
+        return circuit_metrics(self.routed_tape(x))
 
-    def expvals(self, x: torch.Tensor) -> torch.Tensor:
-        """Pauli-Z expectations, shape ``(B, C)`` for a batch ``x``, as the device reports them."""
-        out = torch.stack(list(self.qnode(x, self.weights, self.embedding)), dim=-1)
+    def pec_gamma2(self, x: torch.Tensor) -> float:
+        r""":math:`\gamma^2` of PEC on this device (gates and read-out, :func:`qfl.task.pec.circuit_gamma`):
+        the factor PEC multiplies a sample's variance by; 1.0 without PEC. Cost: one tape
+        construction, no execution."""
+        if self.mitigation != PEC or self.profile is None:
+            return 1.0
+        return circuit_gamma(self.routed_tape(x), self.profile) ** 2
+
+    def ideal_expvals(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact noiseless Pauli-Z expectations ``(B, C)`` of the same parameters."""
+        return torch.stack(list(self.ideal_qnode(x, self.weights, self.embedding)), dim=-1)
+
+    def device_expvals(self, inputs: torch.Tensor, weights: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        """Pauli-Z expectations ``(B, C)`` as the device reports them (after its mitigation),
+        for inputs and circuit parameters already on the broadcast axis (:meth:`expvals`)."""
+        out = list(self.qnode(inputs, weights, embed))
+        pec_weight = out.pop() if self.mitigation == PEC and self.profile is not None else None
+        out = torch.stack(out, dim=-1)
         if self.profile is None:
             return out
-        out = out * (1.0 - 2.0 * self.profile.readout_error)
+        readout = 1.0 - 2.0 * self.profile.readout_error
+        offset = self.profile.readout_asymmetry  # p(0|1) - p(1|0): a biased read-out leans toward |0>
+        out = out * readout + offset if offset else out * readout
         if self.profile.shots:
             # Estimate from `shots` samples; the gradient flows through the exact value
             # (straight-through), as a parameter-shift gradient would in expectation.
@@ -232,8 +277,35 @@ class PQCClassifier(torch.nn.Module):
             counts = torch.binomial(torch.full_like(p_up, float(self.profile.shots)), p_up, generator=self.shot_gen)
             estimate = 2.0 * counts / self.profile.shots - 1.0
             out = out + (estimate - out.detach())
+        if pec_weight is not None:
+            # each sampled circuit's signed weight, then read-out undone: unbiased (qfl.task.pec)
+            out = (out - offset if offset else out) * (pec_weight[..., None] / readout)
         return out
+
+    def expvals(self, x: torch.Tensor) -> torch.Tensor:
+        """Pauli-Z expectations, shape ``(B, C)`` for a batch ``x``, as the device reports them."""
+        return self.device_expvals(x, self.weights, self.embedding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(B, C)``."""
         return self.expvals(x) * self.scale + self.bias
+
+    def replica_logits(self, x: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                       embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(R, B, C)`` of ``R`` copies of the model with their own parameters (each
+        with a leading axis ``R``: ``weights (R, L, n, 3)``, ...) on the same batch ``x``, in
+        one broadcast execution of ``R * B`` circuits, each with its own noise draws.
+
+        The circuit reads one angle per gate; given a trailing axis of length ``R * B``
+        (element ``r * B + b``), every gate is broadcast along with the inputs, so the circuit
+        function is unchanged. Gradients flow back to each copy's parameters.
+        """
+        copies, size = weights.shape[0], x.shape[0]
+
+        def spread(param: torch.Tensor) -> torch.Tensor:  # (R, *shape) -> (*shape, R * B)
+            return param.movedim(0, -1).repeat_interleave(size, dim=-1)
+
+        embed = spread(embedding) if self.embedding_kind == "trainable" else self.embedding
+        inputs = x.repeat(copies, *([1] * (x.dim() - 1)))
+        values = self.device_expvals(inputs, spread(weights), embed).reshape(copies, size, self.n_classes)
+        return values * scale[:, None, :] + bias[:, None, :]

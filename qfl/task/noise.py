@@ -40,7 +40,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pennylane as qml
 
 from qfl.common.contract import CIRCUIT_DEPTH, GATES, SWAPS, TWO_QUBIT_GATES
 from qfl.task.profiles import (  # noqa: F401 (re-exported: the noise model's vocabulary)
@@ -52,6 +51,7 @@ from qfl.task.profiles import (  # noqa: F401 (re-exported: the noise model's vo
     coupling_edges,
     get_profile,
 )
+from qfl.task.qml import qml
 
 # Pauli index p = 2*x + z for X^x Z^z:  0 = I, 1 = Z, 2 = X, 3 = Y (up to phase).
 _X_BIT = np.array([0, 0, 1, 1])

@@ -53,6 +53,11 @@ class DeviceProfile:
         Qubits available on the device.
     coupling : str
         One of :data:`COUPLINGS`.
+    readout_asymmetry : float
+        ``p(0|1) - p(1|0)``: read-out's bias toward ``|0>`` (a superconducting qubit decays
+        during read-out). ``readout_error`` is the mean of the two probabilities, so the
+        asymmetry lies within +-2 ``readout_error``, and ``<Z>`` becomes
+        ``(1 - 2 readout_error) <Z> + readout_asymmetry``. Default 0: symmetric.
     """
 
     name: str
@@ -67,12 +72,16 @@ class DeviceProfile:
     shots: int
     n_qubits: int
     coupling: str
+    readout_asymmetry: float = 0.0
 
     def __post_init__(self) -> None:
         for field in ("p1", "p2", "readout_error"):
             v = getattr(self, field)
             if isinstance(v, bool) or not 0.0 <= v < 0.5:
                 raise ValueError(f"device profile {self.name!r}: {field} must be in [0, 0.5), got {v!r}")
+        if isinstance(self.readout_asymmetry, bool) or not abs(self.readout_asymmetry) <= 2 * self.readout_error:
+            raise ValueError(f"device profile {self.name!r}: readout_asymmetry = p(0|1) - p(1|0) must lie within "
+                             f"+-2 x readout_error = +-{2 * self.readout_error:g}, got {self.readout_asymmetry!r}")
         for field in ("t1_us", "t2_us"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"device profile {self.name!r}: {field} must be > 0")
@@ -163,6 +172,17 @@ PROFILES: dict[str, DeviceProfile] = {
         # A deliberately poor NISQ device (early-generation figures) for experiments:
         # 1q 0.5 %, 2q 5 %, read-out 5 %, T1 30 us, T2 20 us, 1q 50 ns, 2q 400 ns; line.
         DeviceProfile("noisy-nisq", "superconducting", 5e-3, 5e-2, 30.0, 20.0, 50.0, 400.0, 5e-2, 0, 16, "line"),
+        # IBM Eagle r3 ibm_cusco, calibration of 2025-02-26 as published in qiskit-ibm-runtime's
+        # fake provider (props_cusco.json): the worst median 2q error of the IBM devices there
+        # dated 2025 (ECR 2.2e-2; SX 6.3e-4), T1 131 us, T2 80 us, 1q 44 ns, 2q 460 ns,
+        # read-out p(0|1) 3.6 %, p(1|0) 3.3 % (medians); heavy-hex.
+        DeviceProfile("ibm-cusco", "superconducting", 6.3e-4, 2.2e-2, 131.0, 80.0, 44.0, 460.0, 3.45e-2, 0, 127,
+                      "heavy-hex", 3e-3),
+        # IBM Falcon ibmq_16_melbourne, calibration of 2021-03-15 (same source, props_melbourne.json):
+        # CX 2.9e-2, SX 1.1e-3, T1 53 us, T2 55 us, 1q 53 ns, 2q 900 ns, and a biased read-out,
+        # p(0|1) 7.0 %, p(1|0) 1.9 % (medians); a 2 x 7 ladder (grid).
+        DeviceProfile("ibmq-melbourne", "superconducting", 1.1e-3, 2.9e-2, 53.0, 55.0, 53.0, 900.0, 4.45e-2, 0, 15,
+                      "grid", 5.1e-2),
     )
 }
 

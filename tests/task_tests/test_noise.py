@@ -86,6 +86,23 @@ def test_readout_error_and_shots_in_the_model():
     assert 0 < err.abs().max() < 5 * math.sqrt(1 / 400)  # finite-shot noise of the right size
 
 
+def test_a_biased_read_out_shifts_every_expectation_toward_zero_state():
+    """p(0|1) = 0.12, p(1|0) = 0.02: <Z> -> (1 - p(0|1) - p(1|0)) <Z> + p(0|1) - p(1|0)."""
+    x = torch.rand(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ideal = PQCClassifier(4, 2, 3, seed=1)
+    biased = PQCClassifier(4, 2, 3, seed=1, profile=replace(IDEAL, readout_error=0.07, readout_asymmetry=0.10))
+    torch.testing.assert_close(biased.expvals(x), 0.86 * ideal.expvals(x) + 0.10)
+    shots = PQCClassifier(4, 2, 3, seed=1, profile=replace(IDEAL, readout_error=0.07, readout_asymmetry=0.10,
+                                                                shots=20_000))
+    err = (shots.expvals(x) - (0.86 * ideal.expvals(x) + 0.10)).detach()
+    assert err.abs().max() < 5 * math.sqrt(1 / 20_000)  # sampled around the biased value
+    assert get_profile("ibmq-melbourne").readout_asymmetry > 0  # a published biased read-out
+    with pytest.raises(ValueError, match="readout_asymmetry"):  # p(1|0) would be negative
+        replace(IDEAL, readout_error=0.02, readout_asymmetry=0.05)
+    with pytest.raises(ValueError, match="readout_asymmetry"):
+        get_profile("ideal:readout_asymmetry=0.01")
+
+
 @pytest.mark.parametrize("coupling", COUPLINGS)
 @pytest.mark.parametrize("kind", ["angles", "states"])
 def test_routed_circuit_computes_the_same_function(coupling, kind):

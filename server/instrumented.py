@@ -44,8 +44,10 @@ from qfl.common.contract import (
     DEVICE_PROFILE,
     DEVICE_ZNE,
     EVAL_METRICS,
+    NOISE_CLAIM_METRICS,
     REPORT_COLUMNS,
     REPORT_LATE,
+    REPORT_NAMED,
     REPORT_TRIMMED,
     ROUND_AGGREGATION_FAILED,
     ROUND_CLIENTS_CAPPED,
@@ -62,10 +64,12 @@ from strategies.delegating import DelegatingStrategy, RoundReport, round_report
 from strategies.fidelity_weighted import impute_lost
 from strategies.validation import (
     FIDELITY_RANGE,
+    NOISE_CLAIM_RANGES,
     NORM_BOUND,
     TWIN_FRACTION,
     ReplySchema,
     ScreenResult,
+    common_optional_metrics,
     delta_screen,
     filter_replies,
     is_finite_number,
@@ -149,6 +153,8 @@ class InstrumentedStrategy(DelegatingStrategy):
         claims: dict[int, str] = {}
         if self._reference is not None and self._global is not None:
             replies, rejected = filter_replies(replies, self._reference, schema=self.schema)
+            if self.schema is not None:
+                replies = common_optional_metrics(replies, self.schema.optional_metrics)
             screen = robust_screen(replies, self._global, self.norm_factor, self.examples_factor,
                                    examples_bounds=self.examples_bounds, direction=self.direction,
                                    fidelity_estimates=self.fidelity_estimates)
@@ -168,6 +174,9 @@ class InstrumentedStrategy(DelegatingStrategy):
                 server_round, type(err).__name__, err, traceback.format_exc(limit=3))
             arrays, metrics, aggregation_failed = None, None, 1
         report = RoundReport() if aggregation_failed else round_report(self.strategy)
+        for node, said in report.clients.items():  # what a strategy named (e.g. a noise claim its spread contradicts)
+            if said.get(REPORT_NAMED):
+                claims[node] = f"{claims[node]}; {said[REPORT_NAMED]}" if node in claims else str(said[REPORT_NAMED])
         stats: dict[str, float] = dict(metrics) if metrics is not None else {}
         sound = [m for m in replies if not m.has_error()]
         trimmed = sum(1 for m in sound if report.clients.get(m.metadata.src_node_id, {}).get(REPORT_TRIMMED))
@@ -175,7 +184,7 @@ class InstrumentedStrategy(DelegatingStrategy):
         stats[ROUND_CLIENTS_FAILED] = len(failed)
         stats[ROUND_CLIENTS_REJECTED] = len(rejected)
         stats[ROUND_CLIENTS_TRIMMED] = trimmed
-        stats[ROUND_CLIENTS_CAPPED] = len(claims)  # a claim of examples or fidelity bounded
+        stats[ROUND_CLIENTS_CAPPED] = len(claims)  # a claim (examples, fidelity, noise) bounded
         stats[ROUND_AGGREGATION_FAILED] = aggregation_failed
         if SECAGG_SUMMED in stats:  # secure aggregation: one reply that sums this many clients
             stats[ROUND_CLIENTS_OK] = stats[SECAGG_SUMMED]
@@ -262,8 +271,9 @@ def train_reply_schema(extra_metrics: Iterable[str] = (), extra_configs: dict[st
     records) and what the strategy asks for (ArrayRecords, e.g. SCAFFOLD's ``control-delta``),
     less the metrics a transport does not send (local DP's data-dependent ones)."""
     configs = {DEVICE: frozenset(DEVICE_KEYS), **(extra_configs or {})}
-    metrics = frozenset((*TRAIN_METRICS, *extra_metrics)) - frozenset(withheld_metrics)
-    return ReplySchema(metrics=metrics, configs=configs, extra_arrays=frozenset(extra_arrays))
+    optional = frozenset(NOISE_CLAIM_METRICS) - frozenset(withheld_metrics)  # a client's own noise: sent or not
+    metrics = frozenset((*TRAIN_METRICS, *extra_metrics)) - frozenset(withheld_metrics) - optional
+    return ReplySchema(metrics=metrics, configs=configs, extra_arrays=frozenset(extra_arrays), optional_metrics=optional)
 
 
 def _bounded_claims(screen: ScreenResult) -> dict[int, str]:
@@ -288,6 +298,10 @@ def _bounded_claims(screen: ScreenResult) -> dict[int, str]:
         low, high = FIDELITY_RANGE
         said.setdefault(node, []).append(
             f"clipped: claimed fidelity {claimed:g}, outside [{low:g}, {high:g}], used {used:g}")
+    for node, bounded in screen.noise_clipped.items():
+        said.setdefault(node, []).extend(
+            f"clipped: claimed {key} {claimed:g}, outside {NOISE_CLAIM_RANGES[key]}, used {used:g}"
+            for key, claimed, used in bounded)
     return {node: "; ".join(words) for node, words in said.items()}
 
 

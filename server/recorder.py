@@ -7,7 +7,9 @@ Files (all rewritten atomically after every round, so a crash loses nothing):
 - ``metrics.png``: test accuracy and losses per round;
 - ``clients.csv``: one row per client and round: device profile, hardware metrics of the
   routed circuit, noise-capturing metrics, (noise-isolating strategy) weight and the
-  client's DP epsilon;
+  client's DP epsilon; over a shared quantum network also the server's decision for it and
+  what that predicted (fidelity, lost share, latency, Bell pairs) beside what it realised,
+  and a ``skipped: <why>`` row for a client the plan did not serve;
 - ``privacy.json``: the DP ledger (each client's releases, or each round's sample);
 - ``checkpoints/round-NNNN.npz``: the global parameters after round ``NNNN``, with the
   round under ``__round__`` and a SHA-256 of everything under ``__sha256__``;
@@ -35,9 +37,16 @@ from qfl.common.contract import (
     DEVICE_ZNE,
     FIDELITY,
     LATENCY_S,
+    NOISE_CONTRACTION,
     NOISE_GAP,
     NUM_EXAMPLES,
+    PEC_GAMMA2,
+    QCN_BELL_PAIRS,
+    QCN_BYTES,
+    QCN_BYTES_SAVED,
     QCN_LOST_FRACTION,
+    QCN_PAIRS_SAVED,
+    QCN_ROUND_METRICS,
     REPORT_COLUMNS,
     ROUND_CLIENTS_CAPPED,
     ROUND_CLIENTS_FAILED,
@@ -46,10 +55,12 @@ from qfl.common.contract import (
     ROUND_CLIENTS_TRIMMED,
     ROUND_STALE_FOLDED,
     ROUND_STRAGGLERS,
+    SCHEDULE_COLUMNS,
     SWAPS,
     TRAIN_LOSS,
     TRAIN_TIME_S,
     TWO_QUBIT_GATES,
+    UPDATE_NOISE_VAR,
 )
 from qfl.common.files import atomic_write
 
@@ -76,7 +87,9 @@ COLUMNS = (
     "dp_epsilon",
     column(ROUND_STRAGGLERS),
     column(ROUND_STALE_FOLDED),
+    *map(column, QCN_ROUND_METRICS),  # the qcn transport's round (NaN without it)
 )
+QCN_COLUMNS = frozenset(map(column, QCN_ROUND_METRICS))
 RESULTS = ("metrics.json", "checkpoints")  # what makes a folder a run's
 ROUND_KEY = "__round__"
 CHECKSUM_KEY = "__sha256__"
@@ -131,11 +144,12 @@ def _read_checkpoint(path: Path, max_round: int | None) -> tuple[str | None, tup
             return f"'{name}' is not finite floating point", None
     return None, (server_round, ArrayRecord({k: Array(v) for k, v in arrays.items()}))
 # clients.csv: who (claims), what it reported, what the strategies made of it, its epsilon, its fate
-CLIENT_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, NOISE_GAP, CIRCUIT_DEPTH, TWO_QUBIT_GATES, SWAPS, TRAIN_TIME_S,
-                  FIDELITY, LATENCY_S, QCN_LOST_FRACTION)
+CLIENT_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, NOISE_GAP, UPDATE_NOISE_VAR, NOISE_CONTRACTION, PEC_GAMMA2, CIRCUIT_DEPTH,
+                  TWO_QUBIT_GATES, SWAPS, TRAIN_TIME_S, FIDELITY, LATENCY_S, QCN_LOST_FRACTION, QCN_BELL_PAIRS,
+                  QCN_PAIRS_SAVED, QCN_BYTES, QCN_BYTES_SAVED)
 CLIENT_COLUMNS = (
     "round", "node_id", column(DEVICE_PARTITION), DEVICE_PROFILE, DEVICE_ZNE, *map(column, CLIENT_METRICS),
-    *REPORT_COLUMNS, "dp_epsilon", "status",
+    *REPORT_COLUMNS, *SCHEDULE_COLUMNS, "dp_epsilon", "status",
 )
 
 
@@ -235,11 +249,12 @@ class RunRecorder:
         atomic_write(self.run_dir / "clients.csv", out.getvalue().encode())
 
     def add_row(self, row: dict[str, float]) -> None:
-        """Append one round's metrics and rewrite the CSV, JSON and plot."""
-        missing = set(COLUMNS) - set(row)
+        """Append one round's metrics and rewrite the CSV, JSON and plot (the qcn transport's
+        columns may be left out: NaN)."""
+        missing = set(COLUMNS) - set(row) - QCN_COLUMNS
         if missing:
             raise ValueError(f"metrics row lacks {sorted(missing)}")
-        self.rows.append({k: row[k] for k in COLUMNS})
+        self.rows.append({k: row.get(k, float("nan")) for k in COLUMNS})
         self._write()
 
     def _write(self) -> None:

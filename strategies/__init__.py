@@ -3,17 +3,21 @@
 from strategies.central_dp import CentralDPFixedClipping
 from strategies.deadline import RoundDeadline
 from strategies.fidelity_weighted import FidelityWeightedFedAvg, fidelity_weight, unpack_mask
-from strategies.noise_isolating import ClientNoiseEstimate, NoiseIsolatingFedAvg, isolate_noise
+from strategies.noise_isolating import ClientNoise, NoiseIsolatingFedAvg, dersimonian_laird, separate_noise
+from strategies.noise_isolating_median import ClientNoiseEstimate, MedianNoiseIsolatingFedAvg, isolate_noise
 from strategies.registry import BUILTIN_STRATEGIES, load_strategy, parse_strategy_options, resolve_strategy
 from strategies.validation import filter_replies, reply_problem
 
 __all__ = [
     "BUILTIN_STRATEGIES",
     "CentralDPFixedClipping",
+    "ClientNoise",
     "ClientNoiseEstimate",
     "FidelityWeightedFedAvg",
+    "MedianNoiseIsolatingFedAvg",
     "NoiseIsolatingFedAvg",
     "RoundDeadline",
+    "dersimonian_laird",
     "fidelity_weight",
     "filter_replies",
     "isolate_noise",
@@ -21,5 +25,6 @@ __all__ = [
     "parse_strategy_options",
     "reply_problem",
     "resolve_strategy",
+    "separate_noise",
     "unpack_mask",
 ]

@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import (
 
 from strategies.fidelity_weighted import FidelityWeightedFedAvg
 from strategies.noise_isolating import NoiseIsolatingFedAvg
+from strategies.noise_isolating_median import MedianNoiseIsolatingFedAvg
 from strategies.scaffold import Scaffold
 
 # Built-in names -> classes. Every class accepts FedAvg's sampling keyword arguments.
@@ -36,7 +37,8 @@ BUILTIN_STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedtrimmedavg": FedTrimmedAvg,
     "krum": Krum,
     "multikrum": MultiKrum,
-    "noise-isolating": NoiseIsolatingFedAvg,
+    "noise-isolating": NoiseIsolatingFedAvg,  # clients' own noise claims, random effects (DerSimonian-Laird)
+    "noise-isolating-median": MedianNoiseIsolatingFedAvg,  # the first one: distance to the median, for comparison
     "fidelity-weighted": FidelityWeightedFedAvg,
     # client drift on non-IID data: a proximal term, control variates, server optimisers
     "fedprox": FedProx,  # the client adds (proximal-mu / 2) ||w - w_global||^2 (Li et al. 2020)
@@ -93,11 +95,11 @@ def load_strategy(name: str, **options: Any) -> Strategy:
 def parse_strategy_options(text: str) -> dict[str, Any]:
     """Parse the ``strategy-options`` run-config string: a TOML inline table.
 
-    Keys may use dashes or underscores (``{ trim-threshold = 4.0 }``); they are passed
+    Keys may use dashes or underscores (``{ weight-cap = 3.0 }``); they are passed
     to the strategy's constructor with underscores.
 
-    >>> parse_strategy_options("{ trim-threshold = 4.0, shrink = false }")
-    {'trim_threshold': 4.0, 'shrink': False}
+    >>> parse_strategy_options("{ weight-cap = 3.0, uncorrected-parameters = [] }")
+    {'weight_cap': 3.0, 'uncorrected_parameters': []}
     """
     import tomllib
 

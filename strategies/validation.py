@@ -17,7 +17,8 @@ from the global model is far outside the round's robust spread is rejected, so i
 median update; the others' norms are bounded by twice the round's median; and no claim
 decides a weight unchecked: a claimed example
 count is capped by the round's median and the partition the reply names (the round's smallest
-without one), a claimed link fidelity is clipped to its physical range.
+without one), a claimed link fidelity is clipped to its physical range, and so are a client's
+claims about its own noise (:func:`clip_noise_claims`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,16 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import pdist, squareform
 
-from qfl.common.contract import ARRAYS, FIDELITY, MASK, METRICS, NUM_EXAMPLES
+from qfl.common.contract import (
+    ARRAYS,
+    FIDELITY,
+    MASK,
+    METRICS,
+    NOISE_CONTRACTION,
+    NUM_EXAMPLES,
+    PEC_GAMMA2,
+    UPDATE_NOISE_VAR,
+)
 from qfl.common.records import flatten, unflatten
 
 
@@ -108,7 +118,7 @@ class ReplySchema:
     Attributes
     ----------
     metrics : frozenset[str]
-        The keys of its one MetricRecord, all of them, no others.
+        The keys of its one MetricRecord, all of them, no others but ``optional_metrics``.
     configs : Mapping[str, frozenset[str] | None]
         The ConfigRecords it may carry, each with the keys it may hold (a subset; ``None``:
         keys checked elsewhere, e.g. a ``mask``'s by :func:`reply_problem`).
@@ -116,6 +126,9 @@ class ReplySchema:
         The names of its one parameter ArrayRecord and its one MetricRecord.
     extra_arrays : frozenset[str]
         Further ArrayRecords it must carry, each with the model's parameter names and shapes.
+    optional_metrics : frozenset[str]
+        Keys its MetricRecord may carry or not (a client's claims about its own noise, which an
+        older client or a classical model does not send).
     """
 
     metrics: frozenset[str]
@@ -123,6 +136,7 @@ class ReplySchema:
     arrayrecord_key: str = ARRAYS
     metricrecord_key: str = METRICS
     extra_arrays: frozenset[str] = frozenset()  # more ArrayRecords of the model's parameters (e.g. SCAFFOLD's)
+    optional_metrics: frozenset[str] = frozenset()
 
 
 def schema_problem(message: Message, schema: ReplySchema) -> str | None:
@@ -141,8 +155,9 @@ def schema_problem(message: Message, schema: ReplySchema) -> str | None:
         if allowed is not None and set(record.keys()) - allowed:
             return f"ConfigRecord '{name}' has unexpected keys {sorted(set(record.keys()) - allowed)}"
     metrics: MetricRecord = content.metric_records[schema.metricrecord_key]
-    if set(metrics.keys()) != schema.metrics:
-        missing, extra_keys = schema.metrics - set(metrics.keys()), set(metrics.keys()) - schema.metrics
+    if not schema.metrics <= set(metrics.keys()) <= schema.metrics | schema.optional_metrics:
+        missing = schema.metrics - set(metrics.keys())
+        extra_keys = set(metrics.keys()) - schema.metrics - schema.optional_metrics
         return f"metric keys differ: missing {sorted(missing)}, unexpected {sorted(extra_keys)}"
     for key, value in metrics.items():
         if not is_finite_number(value):
@@ -209,6 +224,7 @@ class ScreenResult:
     scaled: dict[int, float] = field(default_factory=dict)  # node -> factor its update was scaled by (< 1)
     twins: dict[int, tuple[int, ...]] = field(default_factory=dict)  # node -> the others of its group
     overclaimed: dict[int, tuple[float, float]] = field(default_factory=dict)  # node -> (claimed, server's estimate)
+    noise_clipped: dict[int, tuple[tuple[str, float, float], ...]] = field(default_factory=dict)  # node -> (key, claimed, used)
 
 
 def _lower_median(values: np.ndarray) -> float:
@@ -265,6 +281,9 @@ def robust_screen(
       ``fidelity_estimates(replies)`` (the server's own estimate of each reply's link, and
       its tolerance) allows is replaced by the estimate (:func:`clip_fidelity`).
 
+    A client's claims about its own noise (``update-noise-var``, ``noise-contraction``,
+    ``pec-gamma2``) are bounded to their physical ranges (:func:`clip_noise_claims`).
+
     With ``direction`` (the run's ``robust-direction``, on by default), then
     :func:`direction_screen`: an update that points against the round's coordinate-wise
     median update is rejected, the others' norms are bounded by twice their median, and
@@ -289,8 +308,10 @@ def robust_screen(
         log(WARNING, "Rejected the update of node %d: %s", msg.metadata.src_node_id, reason)
     sound, capped, unbound = _cap_examples(sound, examples_factor, weighted_by_key, examples_bounds)
     sound, clipped, overclaimed = clip_fidelity(sound, fidelity_estimates(sound) if fidelity_estimates else None)
+    sound, noise_clipped = clip_noise_claims(sound)
     sound = _trusted(sound, seen.trust, weighted_by_key)
-    return ScreenResult(sound + error, rejected, capped, unbound, clipped, seen.scaled, seen.twins, overclaimed)
+    return ScreenResult(sound + error, rejected, capped, unbound, clipped, seen.scaled, seen.twins, overclaimed,
+                        noise_clipped)
 
 
 MIN_COSINE = 0.0  # an update at or below this cosine with the median update pulls the model back
@@ -518,6 +539,81 @@ def clip_fidelity(
 def _in_range(claim: object) -> float:
     low, high = FIDELITY_RANGE
     return min(max(float(claim), low), high) if is_finite_number(claim) else low  # type: ignore[arg-type]
+
+
+# a client's claims about its own noise, the physical range of each (as words), and the value
+# that stands for a claim outside it: a variance is not negative, a contraction of expectation
+# values is in (0, 1] (outside it the update is taken as it is: no division, no sign flip), PEC
+# costs at least nothing
+NOISE_CLAIM_RANGES = {UPDATE_NOISE_VAR: "[0, inf)", NOISE_CONTRACTION: "(0, 1]", PEC_GAMMA2: "[1, inf)"}
+
+
+def bound_noise_claim(key: str, value: object) -> float | None:
+    """A noise claim (``key`` of :data:`NOISE_CLAIM_RANGES`) within its physical range; ``None``
+    when it is no finite number (no claim). A variance below 0 counts as 0, a contraction outside
+    (0, 1] as 1, a PEC overhead below 1 as 1."""
+    if not is_finite_number(value):
+        return None
+    claim = float(value)  # type: ignore[arg-type]
+    if key == UPDATE_NOISE_VAR:
+        return max(claim, 0.0)
+    if key == NOISE_CONTRACTION:
+        return claim if 0.0 < claim <= 1.0 else 1.0
+    if key == PEC_GAMMA2:
+        return max(claim, 1.0)
+    raise KeyError(key)
+
+
+def clip_noise_claims(replies: list[Message]) -> tuple[list[Message], dict[int, tuple[tuple[str, float, float], ...]]]:
+    """Replies whose noise claims (:data:`NOISE_CLAIM_RANGES`) are inside their physical range
+    (:func:`bound_noise_claim`), and ``node -> ((key, claimed, used), ...)`` of those that were not.
+
+    A claim in range stands here: what it may buy is bounded by the strategy that weighs it
+    (:class:`strategies.noise_isolating.NoiseIsolatingFedAvg` caps every weight and tests each
+    variance against the update's spread). Replies without the metrics pass as they are."""
+    out, clipped = [], {}
+    for msg in replies:
+        said = []
+        for key in NOISE_CLAIM_RANGES if not msg.has_error() else ():
+            claims = [r[key] for r in msg.content.metric_records.values() if key in r]
+            used = bound_noise_claim(key, claims[0]) if claims else None
+            if used is not None and used != claims[0]:
+                said.append((key, float(claims[0]), used))  # type: ignore[arg-type]
+                msg = _with_metric(msg, key, used)
+        if said:
+            clipped[msg.metadata.src_node_id] = tuple(said)
+            log(WARNING, "Clipped the noise claims of node %d: %s", msg.metadata.src_node_id,
+                "; ".join(f"{k} {c:g} is outside {NOISE_CLAIM_RANGES[k]}, used {u:g}" for k, c, u in said))
+        out.append(msg)
+    return out, clipped
+
+
+def common_optional_metrics(replies: list[Message], optional: frozenset[str]) -> list[Message]:
+    """The replies with every ``optional`` metric that not all of the round's sound replies carry
+    taken out of those that do, and logged: Flower's strategies average one set of metric keys
+    and refuse a round whose replies differ (a round mixing clients that claim their noise with
+    older ones; :class:`~strategies.noise_isolating.NoiseIsolatingFedAvg` then weighs the round
+    as if nobody had claimed, and says so)."""
+    sound = [m for m in replies if not m.has_error()]
+    carried = [{k for r in m.content.metric_records.values() for k in r.keys() if k in optional} for m in sound]
+    partial = (set().union(*carried) - set.intersection(*carried)) if carried else set()
+    if not partial:
+        return replies
+    log(WARNING, "Metrics %s come from nodes %s but not from the round's others: left out of this round", sorted(partial),
+        sorted(m.metadata.src_node_id for m, keys in zip(sound, carried) if keys & partial))
+    return [m if m.has_error() else _without_metrics(m, partial) for m in replies]
+
+
+def _without_metrics(message: Message, keys: set[str]) -> Message:
+    """A copy of ``message`` without the metrics ``keys`` (the original is left as sent)."""
+    import copy
+
+    content = RecordDict(dict(message.content.items()))
+    for name, record in message.content.metric_records.items():
+        content[name] = MetricRecord({k: v for k, v in record.items() if k not in keys})
+    out = copy.copy(message)
+    out.content = content
+    return out
 
 
 def _examples(message: Message, key: str) -> float:

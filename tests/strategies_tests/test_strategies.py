@@ -11,6 +11,7 @@ from flwr.serverapp.strategy import FedAvg
 from helpers import make_reply
 
 from strategies import (
+    MedianNoiseIsolatingFedAvg,
     NoiseIsolatingFedAvg,
     isolate_noise,
     load_strategy,
@@ -34,7 +35,7 @@ def as_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-STRATEGIES = [FedAvg, NoiseIsolatingFedAvg]
+STRATEGIES = [FedAvg, NoiseIsolatingFedAvg, MedianNoiseIsolatingFedAvg]
 
 
 @pytest.mark.parametrize("cls", STRATEGIES)
@@ -46,25 +47,27 @@ def test_every_strategy_keeps_keys_and_shapes(cls):
     assert "train-loss" in metrics
 
 
+@pytest.mark.parametrize("cls", [NoiseIsolatingFedAvg, MedianNoiseIsolatingFedAvg])
 @pytest.mark.parametrize("num_clients", [2, 3, 5])
-def test_noise_isolating_equals_fedavg_on_identical_clients(num_clients):
+def test_noise_isolating_equals_fedavg_on_identical_clients(num_clients, cls):
     rng = np.random.default_rng(1)
     params = random_params(rng)
     replies = [make_reply(params, 5 * (i + 1), i) for i in range(num_clients)]
-    ours, _ = NoiseIsolatingFedAvg().aggregate_train(1, replies)
+    ours, _ = cls().aggregate_train(1, replies)
     ref, _ = FedAvg().aggregate_train(1, replies)
     for k in SHAPES:
         np.testing.assert_allclose(as_numpy(ours)[k], as_numpy(ref)[k], rtol=0, atol=1e-12)
 
 
-def test_noise_isolating_equals_fedavg_when_clients_deviate_equally():
+@pytest.mark.parametrize("cls", [NoiseIsolatingFedAvg, MedianNoiseIsolatingFedAvg])
+def test_noise_isolating_equals_fedavg_when_clients_deviate_equally(cls):
     # consensus +/- the same deviation: every client is "equally clean"
     rng = np.random.default_rng(2)
     centre = random_params(rng)
     delta = random_params(rng, 0.1)
     ps = [{k: centre[k] + sgn * delta[k] for k in SHAPES} for sgn in (1, -1, 1, -1)]
     replies = [make_reply(p, n, i) for i, (p, n) in enumerate(zip(ps, (4, 4, 7, 7)))]
-    ours, _ = NoiseIsolatingFedAvg().aggregate_train(1, replies)
+    ours, _ = cls().aggregate_train(1, replies)
     ref, _ = FedAvg().aggregate_train(1, replies)
     for k in SHAPES:
         np.testing.assert_allclose(as_numpy(ours)[k], as_numpy(ref)[k], atol=1e-12)
@@ -77,7 +80,7 @@ def test_noisy_client_is_down_weighted_and_the_average_is_closer_to_the_truth():
     ps = [{k: truth[k] + 0.05 * rng.normal(size=s) for k, s in SHAPES.items()} for _ in range(5)]
     ps[4] = {k: v + 0.6 * rng.normal(size=v.shape) for k, v in ps[4].items()}
     replies = [make_reply(p, 20, i) for i, p in enumerate(ps)]
-    strategy = NoiseIsolatingFedAvg(trim_threshold=1e6)  # no trimming: test the weighting
+    strategy = MedianNoiseIsolatingFedAvg(trim_threshold=1e6)  # no trimming: test the weighting
     # Act
     ours, metrics = strategy.aggregate_train(1, replies)
     ref, _ = FedAvg().aggregate_train(1, replies)
@@ -97,7 +100,7 @@ def test_outlier_beyond_threshold_is_trimmed():
     truth = random_params(rng)
     ps = [{k: truth[k] + 0.05 * rng.normal(size=s) for k, s in SHAPES.items()} for _ in range(4)]
     ps.append({k: truth[k] + 5.0 for k in SHAPES})
-    strategy = NoiseIsolatingFedAvg()
+    strategy = MedianNoiseIsolatingFedAvg()
     _, metrics = strategy.aggregate_train(1, [make_reply(p, 10, i) for i, p in enumerate(ps)])
     assert metrics["ni-trimmed"] == 1
     assert [e.node_id for e in strategy.last_estimates if e.trimmed] == [4]
@@ -117,7 +120,7 @@ def test_bad_updates_are_rejected_with_a_logged_reason(caplog, corrupt, reason):
     rng = np.random.default_rng(5)
     good = [make_reply(random_params(rng), 10, i) for i in range(3)]
     bad = make_reply(corrupt(random_params(rng)), 10, 99)
-    strategy = NoiseIsolatingFedAvg()
+    strategy = MedianNoiseIsolatingFedAvg()
     strategy._reference = dict(SHAPES)  # as configure_train records it
     with caplog.at_level(logging.WARNING):
         arrays, _ = strategy.aggregate_train(1, [*good, bad])
@@ -136,13 +139,14 @@ def test_isolate_noise_weights_sum_to_one():
 
 def test_trim_threshold_is_validated():
     with pytest.raises(ValueError, match="trim_threshold"):
-        NoiseIsolatingFedAvg(trim_threshold=0.5)
+        MedianNoiseIsolatingFedAvg(trim_threshold=0.5)
 
 
 def test_registry_names_paths_and_options():
     assert resolve_strategy("noise-isolating") is NoiseIsolatingFedAvg
+    assert resolve_strategy("noise-isolating-median") is MedianNoiseIsolatingFedAvg
     assert resolve_strategy("flwr.serverapp.strategy:FedProx").__name__ == "FedProx"
-    strategy = load_strategy("noise-isolating", **parse_strategy_options("{ trim-threshold = 4.0 }"))
+    strategy = load_strategy("noise-isolating-median", **parse_strategy_options("{ trim-threshold = 4.0 }"))
     assert strategy.trim_threshold == 4.0
     with pytest.raises(ValueError, match="does not accept"):
         load_strategy("fedavg", trim_threshold=4.0)

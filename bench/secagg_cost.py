@@ -4,8 +4,8 @@
    this process (:func:`transport.secagg.play_round`) on an update the size of the default
    model: seconds a round and bytes per client, against plain FedAvg's (each client's
    float64 update up, the model down), and bytes per client over log2(n) x model bytes.
-2. A real deployment (SuperLink + 4 SuperNodes on loopback, Wine, 3 rounds): mean round
-   time of ``secagg`` against ``plain`` (rounds 2-3, after the cold start).
+2. A real deployment (SuperLink + 4 SuperNodes on loopback, Wine, 5 rounds): mean round
+   time of ``secagg`` against ``plain`` (rounds 2-5, after the cold start).
 
 Run: ``python bench/secagg_cost.py [--part 1 2] [--clients 10 50 200]``
 """
@@ -40,7 +40,7 @@ def part_protocol(clients: list[int]) -> None:
     from qfl.common.config import RunConfig
     from qfl.launch.config import app_defaults
     from transport import secagg
-    from transport.secagg_flower import LEVELS, sizes
+    from transport.secagg_flower import STEPS_PER_CLIP, sizes
 
     cfg = RunConfig.from_run_config(app_defaults(ROOT))
     d = model_size() + 1  # the weighted update and its weight
@@ -52,12 +52,12 @@ def part_protocol(clients: list[int]) -> None:
         updates = {i: rng.uniform(-0.5, 0.5, d) for i in range(1, n + 1)}
         k, t = sizes(n, cfg)
         begin = time.perf_counter()
-        secagg.play_round(updates, k, t, cfg.secagg_clip, LEVELS)
+        secagg.play_round(updates, k, t, cfg.secagg_clip / STEPS_PER_CLIP)
         took = time.perf_counter() - begin
         begin = time.perf_counter()
         np.mean(np.stack(list(updates.values())), axis=0)  # what the plain server computes
         plain_s = time.perf_counter() - begin
-        _, _, moved = secagg.play_round(updates, k, t, cfg.secagg_clip, LEVELS)
+        _, _, moved = secagg.play_round(updates, k, t, cfg.secagg_clip / STEPS_PER_CLIP)
         per_client = (sum(moved.values()) + 8 * d) / n  # + the model down, as plain sends it
         plain_b = 2 * 8 * d  # float64 update up, model down
         model_b = 8 * d
@@ -73,8 +73,8 @@ def launch(name: str, *args: str) -> list[dict]:
 
 def part_deployment() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    print("2. deployment, 4 clients, Wine, 3 rounds (mean of rounds 2-3)")
-    common = ("--clients", "4", "--rounds", "3", "--dataset", "wine", "--set", "robust-direction=false")
+    print("2. deployment, 4 clients, Wine, 5 rounds (mean of rounds 2-5)")
+    common = ("--clients", "4", "--rounds", "5", "--dataset", "wine", "--set", "robust-direction=false")
     times = {}
     for transport in ("plain", "secagg"):
         rows = launch(f"{transport}-{stamp}", *common, "--transport", transport)

@@ -19,9 +19,16 @@ from flwr.supercore import log
 from client.job import CLIENT_CONTROL, request
 from client.runtime import WorkerError, run, watched_pid
 from qfl.common.config import KEY, ConfigError, NodeConfig, RunConfig
-from qfl.common.contract import DEVICE, DEVICE_NUM_PARTITIONS, DEVICE_PARTITION, SECAGG_ACTION, WARM_UP_ACTION
+from qfl.common.contract import (
+    DEVICE,
+    DEVICE_NUM_PARTITIONS,
+    DEVICE_PARTITION,
+    SECAGG_ACTION,
+    SECAGG_RECORD,
+    WARM_UP_ACTION,
+)
 from transport.flower import HELLO_ACTION, answer_hello, transport_mod
-from transport.secagg_flower import secagg_stage
+from transport.secagg_flower import node_public_key, secagg_stage
 
 WORKER_ERROR_CODE = 4301
 
@@ -76,7 +83,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 def warm_up(msg: Message, context: Context) -> Message:
     """Start this node's warm worker and build its task now, while the server still builds
     its own model: round 1 then finds it ready (without a warm runtime there is nothing to
-    build). The answer names the node's partition, which the server binds it to."""
+    build). The answer names the node's partition, which the server binds it to, and under
+    secure aggregation carries the node's public key for the run."""
     try:
         cfg = RunConfig.from_run_config(context.run_config)
         _refuse_attack(cfg)
@@ -88,4 +96,7 @@ def warm_up(msg: Message, context: Context) -> Message:
         if reply.has_error():
             return reply
     who = ConfigRecord({DEVICE_PARTITION: node.partition_id, DEVICE_NUM_PARTITIONS: node.num_partitions})
-    return Message(RecordDict({DEVICE: who}), reply_to=msg)
+    answer = RecordDict({DEVICE: who})
+    if cfg.uses_transport("secagg"):  # the node's public key for the run's secure aggregation: no exchange later
+        answer[SECAGG_RECORD] = ConfigRecord({"pk": node_public_key(context.state)})
+    return Message(answer, reply_to=msg)

@@ -25,7 +25,14 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from qfl.common.config import RunConfig
-from qfl.common.contract import NUM_EXAMPLES, ROUND_OFFSET, SECAGG_DROPPED, SECAGG_SUMMED
+from qfl.common.contract import (
+    NUM_EXAMPLES,
+    ROUND_OFFSET,
+    SECAGG_DROPPED,
+    SECAGG_RECORD,
+    SECAGG_SUMMED,
+    SIMULATION_PARTITIONS,
+)
 from qfl.task.build import build_dataset, build_model
 from qfl.task.data import partition_indices
 from server.chain import build_strategy, guard_screens, server_strategy
@@ -58,8 +65,9 @@ def run_dir_of(cfg: RunConfig, run_id: int) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds (fewer if resuming) and record every one."""
+    entered = time.time()
     cfg = RunConfig.from_run_config(context.run_config)
-    warm_up = WarmUp.push(grid, cfg)  # first: the nodes build their models while this process builds its own
+    warm_up = WarmUp.push(grid, cfg, context.state)  # first: the nodes build their models while this process builds its own
     check_run(cfg)  # what the configuration model cannot check alone, before round 1
     # Flower samples nodes with the global `random` module, from the nodes in the order the
     # grid lists them (by partition, see MeteredGrid): seeded, the same partitions train in
@@ -71,6 +79,7 @@ def main(grid: Grid, context: Context) -> None:
         raise RunFailed(f"{run_dir} holds a run already: nothing of it is replaced. Set resume = true to "
                         "continue it, or another run-name (or \"\" for a timestamped one) for a new run")
     progress = ProgressLog(run_dir)
+    progress.emit("serverapp", entered=entered, warm_up_pushed=warm_up.pushed_at)  # the start-up timeline
     sinks = open_sinks(cfg, run_dir)
     try:
         _run(grid, context, cfg, run_dir, progress, sinks, warm_up)
@@ -108,9 +117,17 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
     metered = MeteredGrid(grid, on_replies=lambda phase, got, want: progress.emit(
         "replies", round=start_round + guard_ref[0].current_round, phase=phase, received=got, expected=want))
     _wait_for_nodes(metered, cfg.min_nodes)
+    planner = None
+    if cfg.uses_transport("qcn") and cfg.qcn_topology:  # the shared network's predictions, made while the nodes warm up
+        from transport.qcn_schedule import Planner
+
+        planner = Planner.from_run_config(cfg)
+        log(INFO, "%s qcn-topology %s: predictions of its routes made in %.2f s", PROGRESS_TAG, cfg.qcn_topology,
+            planner.prepare(range(cfg.min_nodes)))
     late = warm_up.wait(cfg.warm_up_timeout)  # round-timeout counts from here: a node still starting is no straggler
     metered.partition_of.update(warm_up.partitions)
     progress.emit("ready", nodes=len(list(metered.get_node_ids())), warm_up_s=round(warm_up.seconds, 3),
+                  last_node_ready=max(warm_up.ready_at.values(), default=None),
                   not_warm=late)
     inner, central_dp, reply_arrays = server_strategy(cfg)
     ledger = _privacy_ledger(cfg, files, start_round)
@@ -126,16 +143,26 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
     else:
         schema = train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays, stack.withheld_metrics)
         bounds = sizes
-    guard = InstrumentedStrategy(inner, schema, norm_factor, examples_factor, bounds, direction,
-                                 PathFidelity(cfg, sizes.bound) if cfg.uses_transport("qcn") else None)
+    path_fidelity = PathFidelity(cfg, sizes.bound) if cfg.uses_transport("qcn") else None
+    guard = InstrumentedStrategy(inner, schema, norm_factor, examples_factor, bounds, direction, path_fidelity)
     guard_ref.append(guard)
     # strategy -> transport -> wire: the transport encodes what the metered grid sends
     wire = TransportGrid(metered, stack, context.run_id, lambda: guard.current_round) if stack.transports else None
     top = wire
     if cfg.uses_transport("secagg"):  # strategy -> secure aggregation -> transport -> wire
         connected = len(list(metered.get_node_ids()))
-        top = SecAggGrid(wire, cfg, weight_bound=max(sizes.sizes(connected) or [len(data.y_train)]))
-    on_round = RoundRecorder(cfg, start_round, model, data, files, guard, metered, wire, ledger, central_dp, progress, sinks)
+        top = SecAggGrid(wire, cfg, weight_bound=max(sizes.sizes(connected) or [len(data.y_train)]), keys=warm_up.secagg_keys)
+        if central_dp is None and ledger is not None:  # distributed DP: the rounds' samples are secure aggregation's
+            central_dp = top
+    schedule = None
+    if planner is not None:  # strategy -> the network's plan -> transport -> wire
+        from transport.qcn_schedule import ScheduleGrid
+
+        connected = len(list(metered.get_node_ids()))
+        top = schedule = ScheduleGrid(top, planner, sizes.bound.get, lambda p: sizes.size_of(p, connected))
+        path_fidelity.schedule = schedule
+    on_round = RoundRecorder(cfg, start_round, model, data, files, guard, metered, wire, ledger, central_dp, progress, sinks,
+                             schedule, top if isinstance(top, SecAggGrid) else None)
     log(INFO, "%s transport: %s", PROGRESS_TAG, stack.name if stack.transports else "plain")
     guard.start(
         grid=top or metered,
@@ -159,18 +186,29 @@ class WarmUp:
     as a straggler in round 1. Each answer names the node's partition
     (:attr:`partitions`): the grid then lists the nodes by partition, so that the seeded
     sample of a round picks the same partitions in every run whatever IDs the nodes got,
-    and the guard binds each node to the partition it named here.
+    and the guard binds each node to the partition it named here. On qfl's experiment
+    engine no node is asked: the engine's own node map gives the same list
+    (:func:`_engine_partitions`), which at 10,000 nodes saves minutes a run.
     """
 
     def __init__(self, grid: Grid, sent: dict[str, int]) -> None:
         self.grid, self.sent = grid, sent  # message ID -> node
-        self.started = time.monotonic()
+        self.started, self.pushed_at = time.monotonic(), time.time()
         self.seconds = 0.0
+        self.ready_at: dict[int, float] = {}  # node -> when its answer came (time.time())
         self.partitions: dict[int, int] = {}  # node -> the partition it named
+        self.secagg_keys: dict[int, bytes] = {}  # node -> its public key for secure aggregation (secagg)
 
     @classmethod
-    def push(cls, grid: Grid, cfg: RunConfig) -> WarmUp:
+    def push(cls, grid: Grid, cfg: RunConfig, state: RecordDict | None = None) -> WarmUp:
         _wait_for_nodes(grid, cfg.min_nodes)
+        # qfl's experiment engine knows every simulated node's partition: no roll call of thousands of
+        # nodes (nothing to warm on the simulation engine); secure aggregation still needs each node's key
+        known = None if cfg.uses_transport("secagg") else _engine_partitions(grid, state, cfg.warm_up_timeout)
+        if known is not None:
+            warm_up = cls(grid, {})
+            warm_up.partitions.update(known)
+            return warm_up
         nodes = list(grid.get_node_ids())
         ids = grid.push_messages([Message(RecordDict(), dst_node_id=n, message_type=WARM_UP_TYPE) for n in nodes])
         return cls(grid, {i: n for i, n in zip(ids, nodes) if i})
@@ -182,10 +220,14 @@ class WarmUp:
             for reply in self.grid.pull_messages(pending):
                 pending.discard(reply.metadata.reply_to_message_id)
                 node = self.sent.get(reply.metadata.reply_to_message_id)
+                self.ready_at[node] = time.time()
                 if reply.has_error():
                     log(WARNING, "%s warm-up: node %s: %s", PROGRESS_TAG, node, reply.error.reason)
-                elif node is not None and (partition := device_claim(reply)[0]) is not None:
-                    self.partitions[node] = partition
+                elif node is not None:
+                    if (partition := device_claim(reply)[0]) is not None:
+                        self.partitions[node] = partition
+                    if (keys := reply.content.config_records.get(SECAGG_RECORD)) is not None and "pk" in keys:
+                        self.secagg_keys[node] = bytes(keys["pk"])
             if pending:
                 time.sleep(NODE_WAIT_POLL_S)
         self.seconds = time.monotonic() - self.started
@@ -223,8 +265,9 @@ def _privacy_ledger(cfg: RunConfig, files: RunRecorder, start_round: int) -> Loc
         if state is None:
             raise RunFailed(f"cannot resume a DP run without its privacy ledger ({files.privacy_path}): epsilon would restart from zero")
         ledger.load(state)
+    mode = "distributed: each node adds its share of the noise" if cfg.uses_transport("secagg") else cfg.dp_mode
     log(INFO, "%s DP (%s): clip %.3g, noise multiplier %.3g, delta %.1e, %s accountant",
-        PROGRESS_TAG, cfg.dp_mode, cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_accountant)
+        PROGRESS_TAG, mode, cfg.dp_clip, cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_accountant)
     return ledger
 
 
@@ -239,13 +282,17 @@ class PathFidelity:
     :math:`\tau = \max(0.01, 4\,\mathrm{sd})`. A claim above :math:`\hat F + \tau` is
     named and replaced by :math:`\hat F` (:func:`~strategies.validation.clip_fidelity`).
     A node on a path of its own (node config ``qcn-path``) better than its partition's is
-    then counted at its partition's: the server weighs what it can check.
+    then counted at its partition's: the server weighs what it can check. Over a shared
+    network (``qcn-topology``) the estimate is the prediction for the route and setting the
+    server's own plan gave the node that round
+    (:meth:`~transport.qcn_schedule.Planner.fidelity_estimate`).
     """
 
     ESTIMATE_REPEATS = 8
 
     def __init__(self, cfg: RunConfig, bound: dict[int, int]) -> None:
         self.cfg, self.bound = cfg, bound
+        self.schedule = None  # over a shared network (qcn-topology): the ScheduleGrid whose plan each node got
         self._cache: dict[tuple[str, int], tuple[float, float]] = {}
 
     def estimate(self, spec: str, values: int) -> tuple[float, float]:
@@ -273,8 +320,30 @@ class PathFidelity:
                 out.append(None)
                 continue
             values = sum(int(a.numpy().size) for a in arrays.values())
+            if self.schedule is not None:  # the route and setting the server's plan gave this node
+                decision = self.schedule.decision_of(msg.metadata.src_node_id)
+                out.append(None if decision is None else self.schedule.planner.fidelity_estimate(decision))
+                continue
             out.append(self.estimate(specs[partition % len(specs)], values))
         return out
+
+
+def _engine_partitions(grid: Grid, state: RecordDict | None, timeout: float) -> dict[int, int] | None:
+    """Each connected node's partition as the simulation engine assigned it, where qfl's experiment
+    engine puts its node map into the ServerApp's state (:data:`SIMULATION_PARTITIONS`, filled once the
+    engine registered its nodes); ``None`` without one, or if within ``timeout`` s it does not name every
+    connected node (the warm-up then asks them)."""
+    if state is None or SIMULATION_PARTITIONS not in state.config_records:
+        return None
+    end = time.monotonic() + timeout
+    while True:
+        record, nodes = state.config_records[SIMULATION_PARTITIONS], list(grid.get_node_ids())
+        if record and all(str(n) in record for n in nodes):
+            return {n: int(record[str(n)]) for n in nodes}
+        if time.monotonic() >= end:
+            log(WARNING, "%s the engine's node map names not every node within %.0f s: asking them", PROGRESS_TAG, timeout)
+            return None
+        time.sleep(NODE_WAIT_POLL_S)
 
 
 def _wait_for_nodes(grid: Grid, min_nodes: int) -> None:
@@ -314,6 +383,11 @@ class PartitionSizes:
         self.cfg, self.data = cfg, data
         self._sizes: dict[int, list[int]] = {}
         self.bound: dict[int, int] = {}  # node ID -> the partition it named first
+
+    def size_of(self, partition: int, num_partitions: int) -> int | None:
+        """The examples of ``partition`` of ``num_partitions`` (``None`` if there is no such one)."""
+        sizes = self.sizes(num_partitions)
+        return sizes[partition] if sizes is not None and 0 <= partition < len(sizes) else None
 
     def sizes(self, num_partitions: int) -> list[int] | None:
         if num_partitions not in self._sizes:

@@ -39,7 +39,8 @@ def server_strategy(cfg: RunConfig) -> tuple[Strategy, CentralDPFixedClipping | 
     inner: Strategy = build_strategy(cfg)
     reply_arrays = tuple(getattr(inner, "reply_arrays", ()))
     central_dp = None
-    if cfg.uses_transport("dp") and cfg.dp_mode == "central":
+    if cfg.uses_transport("dp") and cfg.dp_mode == "central" and not cfg.uses_transport("secagg"):
+        # (with secagg the nodes clip and noise: distributed DP, transport.secagg_flower)
         inner = central_dp = CentralDPFixedClipping(inner, cfg.dp_noise_multiplier, cfg.dp_clip)
     if cfg.round_deadline > 0:
         inner = RoundDeadline(inner, cfg.round_deadline, cfg.straggler_policy, cfg.staleness_discount)

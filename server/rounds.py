@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, MetricRecord
@@ -19,6 +20,10 @@ from flwr.supercore import log
 
 from qfl.common.config import RunConfig
 from qfl.common.contract import (
+    DEVICE_PARTITION,
+    LATENCY_S,
+    QCN_METRICS,
+    QCN_ROUND_METRICS,
     ROUND_CLIENTS_CAPPED,
     ROUND_CLIENTS_FAILED,
     ROUND_CLIENTS_OK,
@@ -37,6 +42,10 @@ from server.sinks import MetricSink
 from strategies.central_dp import CentralDPFixedClipping
 from transport.dp import CentralDPLedger, LocalDPLedger
 from transport.flower import TransportGrid
+
+if TYPE_CHECKING:
+    from transport.qcn_schedule import ScheduleGrid
+    from transport.secagg_flower import SecAggGrid
 
 PROGRESS_TAG = "[qfl]"  # the ServerApp's own lines in Flower's log
 TEST_LOSS, TEST_ACCURACY = "test-loss", "test-accuracy"  # the MetricRecord Flower gets back
@@ -63,7 +72,9 @@ class RoundRecorder:
     metered : MeteredGrid
     wire : TransportGrid or None
     ledger : LocalDPLedger, CentralDPLedger or None
-    central_dp : CentralDPFixedClipping or None
+    central_dp : CentralDPFixedClipping, SecAggGrid or None
+        Under central DP, what sampled the round (its ``last_sample``: nodes available and
+        sampled): the DP strategy wrapper, or secure aggregation under distributed DP.
     progress : ProgressLog
     sinks : list[MetricSink]
     """
@@ -80,6 +91,8 @@ class RoundRecorder:
     central_dp: CentralDPFixedClipping | None
     progress: ProgressLog
     sinks: list[MetricSink]
+    schedule: ScheduleGrid | None = None  # the shared quantum network's plans (qcn-topology)
+    secagg: SecAggGrid | None = None  # secure aggregation: a round it could not unmask is named, and the run goes on
 
     def __post_init__(self) -> None:
         self._clock = time.monotonic()
@@ -91,10 +104,12 @@ class RoundRecorder:
             return result  # resumed: this round is recorded already
         absolute = self.start_round + server_round
         row, clients, causes = self.gather(server_round, absolute, test)
+        unmasked = self.secagg.take_failures() if self.secagg is not None else []
+        causes += [(0, f"secure aggregation could not unmask the round: {why}") for why in unmasked]
         self.account_privacy(server_round, row, clients)
         self.record(absolute, row, clients, arrays)
         self.report(absolute, row, causes)
-        if server_round > 0 and row[column(ROUND_CLIENTS_OK)] == 0:
+        if server_round > 0 and row[column(ROUND_CLIENTS_OK)] == 0 and not unmasked:
             raise RunFailed(f"round {absolute} got no valid update: "
                             + ("; ".join(f"node {n}: {why}" for n, why in causes) or "no client was sampled"))
         return result
@@ -133,14 +148,40 @@ class RoundRecorder:
         self._clock = now
         clients = self.guard.take_client_rows() if server_round > 0 else []
         causes = [(r["node_id"], str(r["status"])) for r in clients if r["status"] != "ok"]
+        row.update(self.qcn_round(clients))
+        if server_round > 0 and row[column(ROUND_CLIENTS_OK)] == 0:  # then why the network's plan served nobody
+            causes += [(r["node_id"], str(r["status"])) for r in clients if str(r["status"]).startswith(SKIPPED)]
         causes += [(node, f"nothing sent: {why}") for node, why in unsent]
         causes += [(node, "no reply within the round timeout") for node in missing]
         return row, clients, causes
 
+    def qcn_round(self, clients: list[dict]) -> dict[str, float]:
+        """The qcn transport's round columns (NaN without it); over a shared network, each
+        client row gets the server's decision and prediction, and a client the plan did not
+        serve a row of its own (``skipped: <why>``)."""
+        if not self.cfg.uses_transport("qcn"):
+            return {column(k): float("nan") for k in QCN_ROUND_METRICS}
+        from transport.qcn_schedule import RoundTotals
+
+        plan, decisions = self.schedule.take_round() if self.schedule is not None else (None, {})
+        for r in clients:
+            if r["node_id"] in decisions:
+                r.update(decisions[r["node_id"]][1].columns())
+        answered = {r["node_id"] for r in clients}
+        for node, (partition, decision) in sorted(decisions.items()):
+            if decision.skip and node not in answered:
+                clients.append({"node_id": node, column(DEVICE_PARTITION): "" if partition is None else partition,
+                                **decision.columns(), "status": f"{SKIPPED}: {decision.reason}"})
+        spent = [{k: _number(r.get(column(k))) for k in (*QCN_METRICS, LATENCY_S)} for r in clients
+                 if not str(r["status"]).startswith(("failed", "rejected", SKIPPED))]  # not a contract name: statuses
+        totals = RoundTotals.of(spent, plan, self.cfg.round_deadline)
+        return {column(k): v for k, v in totals.values.items()}
+
     def account_privacy(self, server_round: int, row: dict, clients: list[dict]) -> None:
         """Epsilon so far: each client's own (local DP), or the released models' (central DP)."""
         if isinstance(self.ledger, LocalDPLedger):
-            senders = [r for r in clients if not str(r["status"]).startswith("failed")]  # an error reply releases nothing
+            # an error reply releases nothing, nor does a client the network's plan did not serve
+            senders = [r for r in clients if not str(r["status"]).startswith(("failed", SKIPPED))]
             self.ledger.record([privacy_unit(r) for r in senders])
             for r in senders:
                 r["dp_epsilon"] = self.ledger.epsilon(privacy_unit(r))
@@ -177,9 +218,16 @@ class RoundRecorder:
         if causes:
             log(WARNING, "%s round %d: %d ok, %d failed, %d rejected, %d trimmed, %d capped", PROGRESS_TAG, absolute,
                 row[column(ROUND_CLIENTS_OK)], row[column(ROUND_CLIENTS_FAILED)], row[column(ROUND_CLIENTS_REJECTED)], row[column(ROUND_CLIENTS_TRIMMED)], row[column(ROUND_CLIENTS_CAPPED)])
-            for node, why in causes:
-                log(WARNING, "%s   node %s: %s", PROGRESS_TAG, node, why)
+            for node, why in causes:  # node 0: the round's own (no node has ID 0)
+                log(WARNING, "%s   %s: %s", PROGRESS_TAG, f"node {node}" if node else "the round", why)
                 self.progress.emit("issue", round=absolute, node=node, why=why)
+
+
+SKIPPED = "skipped"  # a clients.csv status: the network's plan did not serve the client  # not a contract name
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def privacy_unit(client_row: dict[str, object]) -> str:

@@ -165,7 +165,7 @@ class TransportGrid(DelegatingGrid):
             return node_sae(node_id)
         return self.peers.get(node_id)
 
-    def _introduce(self, node_ids: set[int], timeout: float | None) -> None:
+    def introduce(self, node_ids: set[int], timeout: float | None) -> None:
         """Learn the SAE IDs of ``node_ids`` we do not know yet (one query round trip)."""
         unknown = sorted(n for n in node_ids if self._peer(n) is None)
         if not unknown:
@@ -218,7 +218,7 @@ class TransportGrid(DelegatingGrid):
         return self._last_round
 
     def _encode(self, messages: list[Message], server_round: int, timeout: float | None = None) -> list[Message]:
-        self._introduce({m.metadata.dst_node_id for m in messages}, timeout)
+        self.introduce({m.metadata.dst_node_id for m in messages}, timeout)
         out = []
         for msg in messages:
             dst = msg.metadata.dst_node_id

@@ -1,28 +1,47 @@
-"""SecAgg+ (Bell et al., CCS 2020): the server learns the sum of the clients' inputs, not one of them.
+"""SecAgg+ (Bell et al., CCS 2020) in two exchanges a round: the server learns the sum of the
+clients' inputs, not one of them.
 
-The protocol's pure parts, one function each (the message stages that carry them are not
-built yet; ``docs/transport.md`` says what exists). For a round with clients
-:math:`i \\in U`, each with an input :math:`x_i \\in \\mathbb Z_{2^{32}}^d` (its quantised,
-weighted update):
+The protocol's pure parts, one function each; :mod:`transport.secagg_flower` carries them in
+Flower messages. For a round with participants :math:`i \\in U`, each with an input
+:math:`x_i \\in \\mathbb Z_{2^{32}}^d` (its quantised update):
 
-1. **Advertise keys.** Each client makes two X25519 key pairs: :math:`(c_i^{sk}, c_i^{pk})`
-   for encrypting shares, :math:`(s_i^{sk}, s_i^{pk})` for pairwise masks. The server relays
-   the public keys to each client's neighbours :math:`N(i)` in a sparse graph
-   (:func:`neighbours`: a random ring, each client joined to its ``k`` nearest, so a client
-   talks to :math:`O(\\log n)` others, not :math:`n`).
-2. **Share keys.** Each client draws a self-mask seed :math:`b_i` and splits :math:`b_i` and
-   :math:`s_i^{sk}` into Shamir shares with threshold :math:`t` among :math:`N(i)` (Flower's
-   ``create_shares``), each share encrypted for its holder with Flower's share encryption
-   (Fernet) under :math:`\\mathrm{HKDF}(\\mathrm{X25519}(c_i^{sk}, c_j^{pk}))`.
-3. **Masked input.** :math:`y_i = x_i + \\mathrm{PRG}(b_i) + \\sum_{j \\in N(i), j > i}
-   \\mathrm{PRG}(s_{ij}) - \\sum_{j \\in N(i), j < i} \\mathrm{PRG}(s_{ij}) \\pmod{2^{32}}`, with
-   :math:`s_{ij} = \\mathrm{HKDF}(\\mathrm{X25519}(s_i^{sk}, s_j^{pk}))` (:func:`masked_input`).
-4. **Unmask.** For the survivors :math:`V \\subseteq U`, each survivor hands the server its
-   shares of :math:`b_j` for :math:`j \\in V` and of :math:`s_j^{sk}` for the dropped
-   :math:`j \\in U \\setminus V`; with :math:`t` shares of each the server removes every mask
-   (:func:`unmask`): the pairwise masks between survivors cancel in the sum, the dropped
-   clients' pairwise masks are recomputed from their reconstructed keys, and the survivors'
-   self-masks are subtracted. Below :math:`t` shares the round fails (:class:`SecAggError`).
+0. **Keys, once a run.** Each client makes one X25519 key pair :math:`(k_i^{sk}, k_i^{pk})`
+   and the server keeps :math:`k_i^{pk}` (it comes with the node's warm-up answer). Every
+   secret of a round is an HKDF-SHA256 output of a pair's X25519 secret *bound to the round*
+   (:func:`pair_info`): the pairwise mask seed :math:`s_{ij}^{(r)}` and the key
+   :math:`e_{ij}^{(r)}` that encrypts shares between them. Nothing derived from
+   :math:`k_i^{sk}` for one round tells anything of another round's, so the key pair serves
+   the whole run and the protocol needs no key exchange per round.
+1. **Masked input** (the training exchange). The server sends each client its neighbours
+   :math:`N(i)` in a sparse graph (:func:`neighbours`: a random ring, each client joined to
+   its ``k`` nearest, so a client talks to :math:`O(\\log n)` others, not :math:`n`) with their
+   public keys. The client draws a self-mask seed :math:`b_i` and answers
+
+   .. math:: y_i = x_i + \\mathrm{PRG}(b_i) + \\sum_{j \\in N(i), j > i} \\mathrm{PRG}(s_{ij})
+             - \\sum_{j \\in N(i), j < i} \\mathrm{PRG}(s_{ij}) \\pmod{2^{32}}
+
+   (:func:`masked_input`) together with Shamir shares of :math:`b_i`, threshold :math:`t`,
+   one per neighbour, each encrypted for its holder under :math:`e_{ij}` (Flower's
+   ``create_shares`` and share encryption).
+2. **Unmask.** With the survivors :math:`V \\subseteq U` (those whose :math:`y_i` arrived)
+   and the dropped :math:`D = U \\setminus V`, each survivor hands the server its shares of
+   :math:`b_j` for :math:`j \\in V` and its own pair seeds :math:`s_{ij}` with its dropped
+   neighbours :math:`j \\in D`, never both of one client. The server rebuilds every survivor's
+   :math:`b_j` from :math:`t` shares, subtracts the self masks and the dropped clients' pair
+   masks (:func:`unmask`); the masks between survivors cancel in the sum. Below :math:`t`
+   shares, or with a dropped client's pair seed unrevealed, the round fails
+   (:class:`SecAggError`).
+
+Why it is safe for an honest-but-curious server. A dropped client's :math:`y_j` that arrives
+late still holds :math:`\\mathrm{PRG}(b_j)`, and no honest client reveals a share of
+:math:`b_j` once :math:`j` is listed as dropped. A survivor's :math:`y_i` minus its self mask
+still holds the masks with its surviving neighbours (at least :math:`t \\ge 2` of them, or its
+seed could not be rebuilt), whose seeds are never revealed. A client reveals pair seeds only
+with clients listed as dropped, and answers only when at least :math:`t` of its neighbours
+are listed as survivors. Bell et al.'s four-stage protocol shares the mask key itself, so
+that any :math:`t` neighbours can remove a dropped client's masks; here each survivor
+removes its own, which saves two exchanges a round, and a round in which a dropped client's
+neighbour also fails to answer the unmask stage fails (named) instead.
 
 The PRG is AES-256 in counter mode (``cryptography``) keyed by the 32-byte seed. Flower's own
 ``pseudo_rand_gen`` is not used: it folds its seed to 32 bits, which a server can search.
@@ -43,11 +62,12 @@ from qfl.common.flower_internals import secagg_primitives
 
 FIELD = np.uint32  # inputs and masks live in Z_{2^32}: numpy's uint32 arithmetic wraps mod 2^32
 SEED_BYTES = 32
+KEY_BYTES = 32  # an X25519 public key
 PAIR_MASK, PAIR_SHARES = "pairwise-mask", "share-key"  # what an HKDF output of a pair is for (its info)
 
 
 class SecAggError(RuntimeError):
-    """A round that cannot be unmasked (too few shares); the message says which client and why."""
+    """A round that cannot be unmasked (too few shares, a pair seed missing); the message says which client and why."""
 
 
 def neighbours(nodes: list[int], k: int, seed: int) -> dict[int, set[int]]:
@@ -82,6 +102,12 @@ def private_bytes(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
+def pair_info(round_id: str, i: int, j: int, what: str) -> bytes:
+    """The HKDF ``info`` of the pair ``{i, j}`` in one round: the same from both ends."""
+    low, high = sorted((i, j))
+    return f"qfl-secagg/{what}|{round_id}|{low}|{high}".encode()
+
+
 def agree(private: X25519PrivateKey | bytes, peer_public: bytes, info: bytes) -> bytes:
     """32 bytes both ends derive: HKDF-SHA256 of the X25519 shared secret, bound to ``info``."""
     if isinstance(private, bytes):
@@ -95,12 +121,6 @@ def seed_from_key(key: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(key)
 
 
-def pair_info(round_id: str, i: int, j: int, what: str) -> bytes:
-    """The HKDF ``info`` of the pair ``{i, j}`` in one round: the same from both ends."""
-    low, high = sorted((i, j))
-    return f"qfl-secagg/{what}|{round_id}|{low}|{high}".encode()
-
-
 def prg(seed: bytes, size: int) -> np.ndarray:
     """``size`` elements of Z_{2^32}, AES-256-CTR keystream of ``seed`` (32 bytes)."""
     if len(seed) != SEED_BYTES:
@@ -109,22 +129,30 @@ def prg(seed: bytes, size: int) -> np.ndarray:
     return np.frombuffer(stream, dtype="<u4").astype(FIELD)
 
 
-def quantize(vector: np.ndarray, clip: float, levels: int) -> np.ndarray:
-    """Each coordinate clipped to ``[-clip, clip]`` and rounded stochastically onto
-    ``0 .. levels`` (unbiased: the expectation of the dequantised value is the clipped one)."""
-    scaled = (np.clip(vector, -clip, clip) + clip) * (levels / (2 * clip))
+def quantize(vector: np.ndarray, step: float) -> np.ndarray:
+    r"""``vector`` in units of ``step``, rounded stochastically, as elements of Z_{2^32}
+    (two's complement: a negative value :math:`v` is :math:`2^{32} + v`).
+
+    Unbiased: :math:`\mathbb E[\mathrm{dequantize}(q)] = v`. Nothing is clipped here: the
+    caller bounds what it sends, and a sum decodes exactly while it stays within
+    :math:`\pm 2^{31}` steps (:func:`dequantize`). The rounding draws from OS entropy, as the
+    masks do (a seeded draw would tell the server part of the rounding).
+    """
+    scaled = np.asarray(vector, dtype=np.float64) / step
+    if not np.all(np.abs(scaled) < 2.0**31):
+        raise ValueError("a value beyond 2^31 quantisation steps cannot be carried in Z_2^32")
     low = np.floor(scaled)
-    up = np.random.default_rng().random(scaled.shape) < (scaled - low)  # OS entropy, like the masks
-    return (low + up).astype(np.uint64).astype(FIELD)
+    up = np.random.default_rng().random(scaled.shape) < (scaled - low)
+    return (low + up).astype(np.int64).astype(FIELD)  # int64 -> uint32 wraps mod 2^32
 
 
-def dequantize_sum(total: np.ndarray, count: int, clip: float, levels: int) -> np.ndarray:
-    """The float sum of ``count`` inputs from the sum of their quantised values."""
-    return total.astype(np.float64) * (2 * clip / levels) - count * clip
+def dequantize(total: np.ndarray, step: float) -> np.ndarray:
+    """The float value of a sum of :func:`quantize` outputs (read as signed 32-bit integers)."""
+    return total.astype(FIELD).view(np.int32).astype(np.float64) * step
 
 
 def masked_input(x: np.ndarray, me: int, self_seed: bytes, pair_seeds: dict[int, bytes]) -> np.ndarray:
-    """:math:`y_i` of step 3: ``x`` (in Z_{2^32}) plus the self mask and the signed pairwise masks."""
+    """:math:`y_i` of step 1: ``x`` (in Z_{2^32}) plus the self mask and the signed pairwise masks."""
     y = x.astype(FIELD) + prg(self_seed, x.size)
     for j, seed in pair_seeds.items():
         mask = prg(seed, x.size)
@@ -155,83 +183,73 @@ def rebuild(shares: list[bytes], threshold: int, whose: int, what: str) -> bytes
     return secagg_primitives().combine_shares(shares[:threshold])
 
 
-def unmask(masked: dict[int, np.ndarray], graph: dict[int, set[int]], round_id: str, self_seeds: dict[int, bytes],
-           dropped_keys: dict[int, bytes], public_keys: dict[int, bytes]) -> np.ndarray:
-    """The sum of the survivors' inputs from their masked inputs (step 4).
+def unmask(masked: dict[int, np.ndarray], graph: dict[int, set[int]], self_seeds: dict[int, bytes],
+           pair_seeds: dict[tuple[int, int], bytes]) -> np.ndarray:
+    """The sum of the survivors' inputs from their masked inputs (step 2).
 
     Parameters
     ----------
-    masked : {survivor: y_i}
-    graph : the round's neighbour graph over every client that shared keys
-    self_seeds : {survivor: b_i}, rebuilt from the survivors' shares
-    dropped_keys : {dropped client: its mask private key s_j^sk}, rebuilt from shares
-    public_keys : {client: s_i^pk}
+    masked : {survivor i: y_i}
+    graph : the round's neighbour graph over every participant
+    self_seeds : {survivor i: b_i}, rebuilt from the survivors' shares
+    pair_seeds : {(survivor i, dropped j): s_ij}, as survivor i revealed them
+
+    Raises
+    ------
+    SecAggError
+        A survivor's mask with a dropped neighbour is not among ``pair_seeds``.
     """
     total = np.zeros(next(iter(masked.values())).size, dtype=FIELD)
     for i, y in masked.items():
         total = total + y - prg(self_seeds[i], y.size)
-    for j, key in dropped_keys.items():  # a dropped client's masks with survivors stayed in their y_i
-        for i in graph[j] & set(masked):
-            mask = prg(agree(key, public_keys[i], pair_info(round_id, i, j, PAIR_MASK)), total.size)
+    for i in masked:
+        for j in graph[i] - set(masked):
+            if (i, j) not in pair_seeds:
+                raise SecAggError(f"survivor {i} did not reveal its pair seed with dropped client {j}")
+            mask = prg(pair_seeds[(i, j)], total.size)
             total = total - mask if j > i else total + mask  # i added +mask when j > i
     return total
 
 
-def unmask_with_pair_seeds(masked: dict[int, np.ndarray], self_seeds: dict[int, bytes],
-                           pair_seeds: dict[tuple[int, int], bytes]) -> np.ndarray:
-    """As :func:`unmask`, where each survivor ``i`` revealed its pair seed with each dropped
-    neighbour ``j`` (``pair_seeds[(i, j)]``), as with QKD-keyed masks, which no key of the
-    dropped client's can rebuild."""
-    total = np.zeros(next(iter(masked.values())).size, dtype=FIELD)
-    for i, y in masked.items():
-        total = total + y - prg(self_seeds[i], y.size)
-    for (i, j), seed in pair_seeds.items():
-        mask = prg(seed, total.size)
-        total = total - mask if j > i else total + mask  # i added +mask when j > i
-    return total
-
-
-def play_round(updates: dict[int, np.ndarray], k: int, t: int, clip: float, levels: int,
-               drop: frozenset[int] = frozenset(), round_id: str = "r1") -> tuple[np.ndarray, dict[int, np.ndarray], dict[str, int]]:
+def play_round(updates: dict[int, np.ndarray], k: int, t: int, step: float, drop: frozenset[int] = frozenset(),
+               silent: frozenset[int] = frozenset(), round_id: str = "r1") -> tuple[np.ndarray, dict[int, np.ndarray], dict[str, int]]:
     """Every stage of one round, every client honest, in this process (tests, benchmarks).
 
-    Returns the server's unmasked float sum of the survivors' ``updates``, the masked inputs
-    it received, and the bytes each stage moved between a client and the server (summed over
-    clients): ``keys``, ``shares``, ``masked``, ``unmask``.
+    ``drop``: clients whose masked input never arrives; ``silent``: survivors that do not
+    answer the unmask stage. Returns the server's unmasked float sum of the survivors'
+    ``updates``, the masked inputs it received, and the bytes each stage moved between a
+    client and the server (summed over clients): ``keys`` (once a run), ``masked`` (the
+    neighbours' keys down, the masked input and the encrypted shares up), ``unmask``.
     """
     nodes = sorted(updates)
     graph = neighbours(nodes, k, seed=7)
-    c_keys, s_keys = {i: new_key() for i in nodes}, {i: new_key() for i in nodes}
-    c_pub, s_pub = {i: public_bytes(c_keys[i]) for i in nodes}, {i: public_bytes(s_keys[i]) for i in nodes}
-    moved = {"keys": 64 * len(nodes), "shares": 0, "masked": 0, "unmask": 0}
-    self_seeds = {i: np.random.default_rng().bytes(SEED_BYTES) for i in nodes}
-    inbox: dict[int, dict[int, tuple[bytes, bytes]]] = {i: {} for i in nodes}  # holder -> {owner: tokens}
+    keys = {i: new_key() for i in nodes}
+    pub = {i: public_bytes(keys[i]) for i in nodes}
+    moved = {"keys": KEY_BYTES * len(nodes), "masked": 0, "unmask": 0}
+    masked: dict[int, np.ndarray] = {}
+    inbox: dict[int, dict[int, bytes]] = {i: {} for i in nodes}  # holder -> {owner: encrypted share of b_owner}
     for i in nodes:
-        holders = sorted(graph[i])
-        b_shares, sk_shares = split(self_seeds[i], t, holders), split(private_bytes(s_keys[i]), t, holders)
-        moved["shares"] += 64 * len(holders)  # the neighbours' public keys, down
-        for j in holders:
-            key = agree(c_keys[i], c_pub[j], pair_info(round_id, i, j, PAIR_SHARES))
-            inbox[j][i] = (encrypt_share(key, b_shares[j]), encrypt_share(key, sk_shares[j]))
-            moved["shares"] += sum(map(len, inbox[j][i]))
-    masked = {}
-    for i in nodes:
+        moved["masked"] += KEY_BYTES * len(graph[i])
         if i in drop:
             continue
-        pair = {j: agree(s_keys[i], s_pub[j], pair_info(round_id, i, j, PAIR_MASK)) for j in graph[i]}
-        masked[i] = masked_input(quantize(updates[i], clip, levels), i, self_seeds[i], pair)
+        b = np.random.default_rng().bytes(SEED_BYTES)
+        for j, share in split(b, t, sorted(graph[i])).items():
+            inbox[j][i] = encrypt_share(agree(keys[i], pub[j], pair_info(round_id, i, j, PAIR_SHARES)), share)
+            moved["masked"] += len(inbox[j][i])
+        pairs = {j: agree(keys[i], pub[j], pair_info(round_id, i, j, PAIR_MASK)) for j in graph[i]}
+        masked[i] = masked_input(quantize(updates[i], step), i, b, pairs)
         moved["masked"] += masked[i].nbytes
-    survivors = set(masked)
-    b_of: dict[int, list[bytes]] = {i: [] for i in survivors}
-    sk_of: dict[int, list[bytes]] = {j: [] for j in drop}
-    for holder in survivors:
-        for owner, (b_token, sk_token) in inbox[holder].items():
-            moved["unmask"] += len(b_token)  # the token down (either one), the share up
-            key = agree(c_keys[holder], c_pub[owner], pair_info(round_id, holder, owner, PAIR_SHARES))
-            share = decrypt_share(key, b_token if owner in survivors else sk_token)
-            (b_of if owner in survivors else sk_of)[owner].append(share)
-            moved["unmask"] += len(share)
+    b_of: dict[int, list[bytes]] = {i: [] for i in masked}
+    revealed: dict[tuple[int, int], bytes] = {}
+    for holder in sorted(set(masked) - silent):
+        for owner, token in inbox[holder].items():
+            if owner in masked:
+                moved["unmask"] += len(token)  # the token down, the share up
+                share = decrypt_share(agree(keys[holder], pub[owner], pair_info(round_id, holder, owner, PAIR_SHARES)), token)
+                b_of[owner].append(share)
+                moved["unmask"] += len(share)
+        for j in graph[holder] - set(masked):
+            revealed[(holder, j)] = agree(keys[holder], pub[j], pair_info(round_id, holder, j, PAIR_MASK))
+            moved["unmask"] += SEED_BYTES
     seeds = {i: rebuild(s, t, i, "self-mask seed") for i, s in b_of.items()}
-    lost = {j: rebuild(s, t, j, "mask key") for j, s in sk_of.items() if j in drop}
-    total = unmask(masked, graph, round_id, seeds, lost, s_pub)
-    return dequantize_sum(total, len(survivors), clip, levels), masked, moved
+    return dequantize(unmask(masked, graph, seeds, revealed), step), masked, moved

@@ -1,35 +1,46 @@
 """SecAgg+ in Flower's Message API: a ClientApp query handler, a transport, and a Grid wrapper.
 
-``transport = "secagg"`` (or ``"qkd+secagg"``): the server learns the weighted sum of the
-round's updates and never one of them. One training round becomes four exchanges, each a
-Flower message to every node taking part (the protocol and its math: :mod:`transport.secagg`):
+``transport = "secagg"`` (or ``"qkd+secagg"``): the server learns the sum of the round's
+updates and never one of them (the protocol and why it is safe: :mod:`transport.secagg`).
+A training round is two exchanges with the nodes that train, where plain FedAvg has one:
 
-1. ``keys`` (query :data:`SECAGG_TYPE`): each node makes its two X25519 key pairs, keeps
-   the private halves in its Flower node state, answers the public ones;
-2. ``shares``: each node gets its neighbours' public keys, draws its self-mask seed and
-   answers Shamir shares of that seed and of its mask key, each encrypted for its holder;
-3. the training message itself, with the survivors of step 2: the node trains as always;
-   on the way out :class:`SecAggTransport` replaces its reply by the masked input of
-   :math:`(a_i \\Delta_i, a_i)`, its update weighted by :math:`a_i = \\min(n_i, B)/B`
-   (``B`` a public bound on examples), quantised; nothing else of the reply leaves;
-4. ``unmask``: each node that sent an input gets the lists of survivors and of the dropped,
-   and the encrypted shares its neighbours made for it; it answers the self-mask shares of
-   survivors and the mask-key shares of the dropped, never both of one client.
+1. **the training message** itself, with the node's neighbours and their public keys: the
+   node trains as always; on the way out :class:`SecAggTransport` replaces its reply by its
+   masked input and the Shamir shares of its self-mask seed, each encrypted for its holder.
+   Nothing else of the reply leaves: no metric, no claim;
+2. **unmask** (query :data:`SECAGG_TYPE`): each node that sent an input gets the survivors
+   and the dropped, and the encrypted shares its neighbours made for it; it answers the
+   survivors' self-mask shares and its own pair seeds with the dropped neighbours.
 
-:class:`SecAggGrid` runs the four exchanges around the strategy's training messages and
-gives the strategy one reply, the aggregate: the parameters moved by
-:math:`\\sum a_i \\Delta_i / \\sum a_i` and the example weight :math:`B \\sum a_i`, so FedAvg
-and the strategies that average (:data:`~qfl.common.config.SECAGG_STRATEGIES`) aggregate
-it as they would the clients' replies. A node that fails after step 2 leaves the sum of
-the others (its masks are rebuilt from its neighbours' shares); below the threshold the
-round fails, named in the log, and the run goes on with the model unchanged.
+Each node's X25519 key pair lasts the run, kept in its Flower node state: its public half
+comes with the node's warm-up answer (:func:`node_public_key`), or, for a node the server
+has not heard of, in a ``keys`` query before its first round. With ``qkd+secagg`` the
+pairwise masks come from QKD keys instead, one per pair of neighbours for the run: the
+lower node asks the key manager for it in the ``keys`` query (master SAE), the higher one
+fetches it by its ID when it first trains with that neighbour (slave SAE).
+
+What a node sends: without DP, its update :math:`\\Delta_i` clipped to ``secagg-clip`` per
+coordinate and weighted by :math:`a_i = \\min(n_i, B)/B` (``B`` a public bound on examples),
+and :math:`a_i` itself; the server's aggregate is :math:`\\sum a_i \\Delta_i / \\sum a_i`, which
+FedAvg and the strategies that average (:data:`~qfl.common.config.SECAGG_STRATEGIES`)
+aggregate as they would the clients' replies. With ``dp`` (``dp-mode = "central"``) it is
+distributed DP: each node clips its whole update to L2 norm ``C`` and adds its share of the
+noise, :math:`\\mathcal N(0, \\sigma^2 C^2 / m_{\\min})`, so that the sum of any
+:math:`m_{\\min}` honest survivors carries the noise :math:`\\sigma C` central DP adds; the
+server divides the sum by the number of nodes sampled (``docs/transport.md``: the trust this
+needs).
+
+:class:`SecAggGrid` runs the exchanges around the strategy's training messages and gives the
+strategy one reply, the aggregate. A node that fails after training leaves the sum of the
+others; below the threshold the round fails, named in the log, and the run goes on with the
+model unchanged.
 
 The server is trusted to follow the protocol (honest but curious): a server that told
-different nodes different survivor lists could collect both shares of one client; Bell et
-al.'s malicious-server variant adds a signed consistency round, not built here. The
-public keys it relays are not authenticated either, so an active server could also stand
-in the middle of two nodes; with ``qkd`` every exchange travels encrypted and bound to the
-node's certificate, but the relayed keys are still the server's to swap.
+different nodes different survivor lists could collect a client's self-mask shares from some
+and its pair seeds from others; Bell et al.'s malicious-server variant adds a signed
+consistency round, not built here. The public keys it relays are not authenticated either,
+so an active server could stand in the middle of two nodes; with ``qkd`` the pair keys come
+from the key manager, which hands each only to the two SAEs' certificates.
 """
 
 from __future__ import annotations
@@ -56,17 +67,17 @@ from qfl.common.contract import (
     SECAGG_RECORD,
     SECAGG_SUMMED,
 )
-from qfl.common.records import flatten, unflatten
+from qfl.common.records import clip_update, flatten, unflatten
 from transport import secagg
 from transport.base import Envelope, Transport, TransportError
 from transport.delegating_grid import DelegatingGrid
 
 SECAGG_TYPE = f"query.{SECAGG_ACTION}"
-STATE = "qfl-secagg"  # the node's ConfigRecord in its Flower state: this round's secrets
-LEVELS = 2**20  # quantisation levels per coordinate: sums of up to 4,096 inputs fit in Z_2^32
+KEYS = "qfl-secagg-keys"  # the node's ConfigRecord in its Flower state: the run's key pair and QKD pair keys
+ROUND = "qfl-secagg"  # the node's ConfigRecord in its Flower state: the round in flight
+STEPS_PER_CLIP = 2**19  # quantisation steps per clipping norm: sums of up to 4,095 clipped inputs fit in Z_2^32
 MASKED = "y"  # not a contract name: the one array of a masked reply
-KEY_BYTES = 32
-SECAGG_ERROR_CODE = 4401  # an error reply: a stage this node refused (out of order, both shares asked)
+SECAGG_ERROR_CODE = 4401  # an error reply: a stage this node refused (out of order, both secrets of one client asked)
 
 
 def sizes(n: int, cfg: RunConfig) -> tuple[int, int]:
@@ -80,170 +91,236 @@ def sizes(n: int, cfg: RunConfig) -> tuple[int, int]:
     return k, max(2, math.ceil(cfg.secagg_threshold * k))
 
 
+def min_survivors(n: int, cfg: RunConfig) -> int:
+    """The fewest of ``n`` participants whose sum the server may unmask: the ``secagg-threshold``
+    share of them, at least 2 (with distributed DP, the noise is split among that many)."""
+    return max(2, math.ceil(cfg.secagg_threshold * n))
+
+
+def unmask_holders(graph: dict[int, set[int]], survivors: list[int], dropped: list[int], t: int,
+                   shares: dict[int, list[bytes]], asked: set[int]) -> set[int]:
+    """Survivors not yet ``asked`` whose unmask answers the round still needs, few as can be.
+
+    Every surviving neighbour of a dropped client must reveal its pair seed with it; beyond
+    them, survivors are added greedily (the one holding shares for the most survivors still
+    short of ``t``) until each survivor can count on ``t`` shares. Empty when nothing more can
+    help: every need is met, or no survivor is left to ask.
+    """
+    candidates = set(survivors) - asked
+    chosen = {h for j in dropped for h in graph[j] & candidates}
+    short = {i: t - len(shares[i]) - len(graph[i] & chosen) for i in survivors}
+    while any(v > 0 for v in short.values()):
+        gain = {h: sum(1 for i in graph[h] if short.get(i, 0) > 0) for h in candidates - chosen}
+        best = max(gain, key=lambda h: (gain[h], -h), default=None)
+        if best is None or gain[best] == 0:
+            break
+        chosen.add(best)
+        for i in graph[best]:
+            short[i] = short.get(i, 0) - 1 if i in short else 0
+    return chosen
+
+
+def distributed_dp(cfg: RunConfig) -> bool:
+    """Central DP on top of secure aggregation: each node adds its share of the noise."""
+    return cfg.uses_transport("dp") and cfg.dp_mode == "central"
+
+
 # --- the node's side ------------------------------------------------------------------------
 
 
-def _mine(context: Context, round_id: str, stage: str) -> ConfigRecord:
-    state = context.state.config_records.get(STATE)
-    if state is None or state.get("round-id") != round_id or state.get("stage") != stage:
-        raise TransportError(f"secagg: out of order (this node is at {None if state is None else state.get('stage')!r} "
-                             f"of round {None if state is None else state.get('round-id')!r})")
-    return state
+def node_public_key(state: RecordDict) -> bytes:
+    """This node's X25519 public key for the run, made (OS entropy) and kept in its Flower
+    state the first time it is asked for."""
+    keys = state.config_records.get(KEYS)
+    if keys is None:
+        key = secagg.new_key()
+        keys = ConfigRecord({"sk": secagg.private_bytes(key), "qkd-with": [], "qkd-ids": [], "qkd-keys": []})
+        state[KEYS] = keys
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return secagg.public_bytes(X25519PrivateKey.from_private_bytes(bytes(keys["sk"])))
 
 
 def secagg_stage(msg: Message, context: Context) -> Message:
-    """The ClientApp's handler for :data:`SECAGG_TYPE`: steps 1, 2 and 4 of the module doc."""
+    """The ClientApp's handler for :data:`SECAGG_TYPE`: the ``keys`` and ``unmask`` stages."""
     ask = msg.content.config_records[SECAGG_RECORD]
-    stage, round_id, me = ask.get("stage"), str(ask.get("round-id")), context.node_id
+    stage = ask.get("stage")
     try:
         if stage == "keys":
-            c, s = secagg.new_key(), secagg.new_key()
-            context.state[STATE] = ConfigRecord({"round-id": round_id, "stage": "keys", "c-sk": secagg.private_bytes(c),
-                                                 "s-sk": secagg.private_bytes(s)})
-            answer = ConfigRecord({"c-pk": secagg.public_bytes(c), "s-pk": secagg.public_bytes(s)})
-        elif stage == "shares":
-            state = _mine(context, round_id, "keys")
-            holders, c_pks = [int(j) for j in ask["neighbours"]], list(ask["c-pks"])
-            threshold = int(ask["threshold"])
-            seed = os.urandom(secagg.SEED_BYTES)
-            b_shares = secagg.split(seed, threshold, holders)
-            sk_shares = secagg.split(bytes(state["s-sk"]), threshold, holders)
-            keys = [secagg.agree(bytes(state["c-sk"]), pk, secagg.pair_info(round_id, me, j, secagg.PAIR_SHARES))
-                    for j, pk in zip(holders, c_pks)]
-            answer = ConfigRecord({"b-tokens": [secagg.encrypt_share(k, b_shares[j]) for j, k in zip(holders, keys)],
-                                   "sk-tokens": [secagg.encrypt_share(k, sk_shares[j]) for j, k in zip(holders, keys)]})
-            kept = {**dict(state), "stage": "shares", "b": seed, "neighbours": holders, "c-pks": c_pks,
-                    "s-pks": list(ask["s-pks"])}
-            if "saes" in ask:  # qkd: the pairwise seeds come from keys the key manager issues per pair
-                ids, seeds = _qkd_pair_keys(context, round_id, me, holders, [str(s) for s in ask["saes"]])
-                answer["qkd-key-ids"], kept["qkd-seeds"] = ids, seeds
-            context.state[STATE] = ConfigRecord(kept)
+            answer = ConfigRecord({"pk": node_public_key(context.state)})
+            if ask.get("pair-with"):  # qkd: this node is the lower end (master SAE) of these pairs
+                answer["qkd-key-ids"] = _qkd_pair_keys(context, [int(j) for j in ask["pair-with"]],
+                                                       [str(s) for s in ask["pair-saes"]])
         elif stage == "unmask":
-            answer = _unmask_answer(ask, _mine(context, round_id, "masked"), round_id, me)
-            del context.state[STATE]  # the round's secrets are spent
+            answer = _unmask_answer(ask, context)
+            del context.state[ROUND]  # the round is done: nothing of it is needed again
         else:
             raise TransportError(f"secagg: unknown stage {stage!r}")
     except (TransportError, KeyError, ValueError, TypeError) as err:
         log(WARNING, "secagg: refused stage %r: %s", stage, err)
-        return Message(Error(SECAGG_ERROR_CODE, f"secagg: {err}"), reply_to=msg)
+        return Message(Error(SECAGG_ERROR_CODE, str(err)), reply_to=msg)
     return Message(RecordDict({SECAGG_RECORD: answer}), reply_to=msg)
 
 
-def _qkd_pair_keys(context: Context, round_id: str, me: int, holders: list[int], saes: list[str]) -> tuple[list, list]:
+def _qkd_pair_keys(context: Context, higher: list[int], saes: list[str]) -> list[str]:
     """For each neighbour above this node, a key from the key manager (this node the master
-    SAE): ``(key IDs, seeds)`` aligned with ``holders`` (empty below this node, whose keys it
-    will take as the slave). A pair key shared with the server's SAE would hand it the mask:
-    a neighbour named by the server's SAE is refused."""
+    SAE), kept in the node state for the run; the key IDs, aligned with ``higher``. A pair key
+    shared with the server's SAE would hand it the masks: a neighbour named by the server's
+    SAE is refused."""
     cfg = RunConfig.from_run_config(context.run_config)
     if cfg.qkd_server_sae in saes:
         raise TransportError(f"secagg: the server named its own SAE {cfg.qkd_server_sae!r} as a neighbour's")
     from transport.qkd.client import KeyManagerClient
 
+    node_public_key(context.state)
+    keys = context.state[KEYS]
     kms = KeyManagerClient.of_this_sae(cfg.kms_url)
     try:
-        ids, seeds = [], []
-        for j, sae in zip(holders, saes):
-            if j > me:
-                key_id, key = kms.enc_key(sae)
-                ids.append(key_id)
-                seeds.append(secagg.seed_from_key(key, secagg.pair_info(round_id, me, j, secagg.PAIR_MASK)))
-            else:
-                ids.append("")
-                seeds.append(b"")
-        return ids, seeds
+        ids = []
+        for j, sae in zip(higher, saes, strict=True):
+            if j <= context.node_id:
+                raise TransportError(f"secagg: this node makes the pair key only with neighbours above it, not {j}")
+            key_id, key = kms.enc_key(sae)
+            ids.append(key_id)
+            _keep_qkd_key(keys, j, key_id, key)
+        return ids
     finally:
         kms.close()
 
 
-def _unmask_answer(ask: ConfigRecord, state: ConfigRecord, round_id: str, me: int) -> ConfigRecord:
+def _qkd_keys(keys: ConfigRecord) -> dict[int, tuple[str, bytes]]:
+    """``{neighbour: (key ID, key)}`` of the run's QKD pair keys this node holds."""
+    return {int(j): (str(i), bytes(k)) for j, i, k in zip(keys["qkd-with"], keys["qkd-ids"], keys["qkd-keys"])}
+
+
+def _keep_qkd_key(keys: ConfigRecord, j: int, key_id: str, key: bytes) -> None:
+    pairs = _qkd_keys(keys)
+    pairs[j] = (key_id, key)
+    keys["qkd-with"], keys["qkd-ids"], keys["qkd-keys"] = list(pairs), [i for i, _ in pairs.values()], [k for _, k in pairs.values()]
+
+
+def _pair_seed(keys: ConfigRecord, me: int, j: int, peer_pk: bytes, round_id: str) -> bytes:
+    """This round's mask seed with neighbour ``j``: from the pair's QKD key when the run
+    keeps one, else from the X25519 agreement."""
+    info = secagg.pair_info(round_id, me, j, secagg.PAIR_MASK)
+    qkd = _qkd_keys(keys)
+    if j in qkd:
+        return secagg.seed_from_key(qkd[j][1], info)
+    return secagg.agree(bytes(keys["sk"]), peer_pk, info)
+
+
+def _unmask_answer(ask: ConfigRecord, context: Context) -> ConfigRecord:
+    state, me = context.state.config_records.get(ROUND), context.node_id
+    round_id = str(ask.get("round-id"))
+    if state is None or state.get("round-id") != round_id:
+        raise TransportError(f"secagg: this node sent no masked input in round {round_id!r}")
     survivors, dropped = {int(j) for j in ask["survivors"]}, {int(j) for j in ask["dropped"]}
     if survivors & dropped or me not in survivors:
-        raise TransportError("secagg: a client cannot both survive and drop (this node will not reveal both shares)")
-    pks = dict(zip([int(j) for j in state["neighbours"]], state["c-pks"]))
-    out: dict[str, list] = {"b-owners": [], "b-shares": [], "sk-owners": [], "sk-shares": []}
-    for owner, b_token, sk_token in zip([int(j) for j in ask["owners"]], ask["b-tokens"], ask["sk-tokens"]):
-        if owner not in pks:
-            raise TransportError(f"secagg: client {owner} is not this node's neighbour")
-        key = secagg.agree(bytes(state["c-sk"]), pks[owner], secagg.pair_info(round_id, owner, me, secagg.PAIR_SHARES))
-        if owner in survivors:
-            out["b-owners"].append(owner)
-            out["b-shares"].append(secagg.decrypt_share(key, b_token))
-        elif owner in dropped:
-            out["sk-owners"].append(owner)
-            out["sk-shares"].append(secagg.decrypt_share(key, sk_token))
-    if "pair-seeds" in state:  # qkd: a dropped neighbour's mask with this node is their pair seed
-        seeds = dict(zip([int(j) for j in state["neighbours"]], state["pair-seeds"]))
-        out["pair-owners"] = [j for j in sorted(dropped) if j in seeds]
-        out["pair-seeds"] = [seeds[j] for j in out["pair-owners"]]
+        raise TransportError("secagg: a client cannot both survive and drop (this node will not reveal both "
+                             "its self-mask share and its pair seed)")
+    mine = [int(j) for j in state["neighbours"]]
+    pks = dict(zip(mine, [bytes(k) for k in state["pks"]]))
+    threshold = int(state["threshold"])
+    if len(survivors & set(mine)) < threshold:
+        raise TransportError(f"secagg: {len(survivors & set(mine))} of this node's neighbours survived, fewer than "
+                             f"the threshold {threshold}: revealing its pair seeds could expose its own input")
+    keys = context.state[KEYS]
+    out: dict[str, list] = {"b-owners": [], "b-shares": [], "pair-owners": [], "pair-seeds": []}
+    for owner, token in zip([int(j) for j in ask["owners"]], ask["b-tokens"], strict=True):
+        if owner not in pks or owner not in survivors:
+            raise TransportError(f"secagg: client {owner} is not a surviving neighbour of this node")
+        key = secagg.agree(bytes(keys["sk"]), pks[owner], secagg.pair_info(round_id, owner, me, secagg.PAIR_SHARES))
+        out["b-owners"].append(owner)
+        out["b-shares"].append(secagg.decrypt_share(key, bytes(token)))
+    for j in sorted(dropped & set(mine)):
+        out["pair-owners"].append(j)
+        out["pair-seeds"].append(_pair_seed(keys, me, j, pks[j], round_id))
     return ConfigRecord(out)
 
 
 class SecAggTransport(Transport):
-    """Step 3 on the node: the training reply leaves as its masked input, nothing else.
+    """The node's masked input: its training reply leaves as that and nothing else.
 
-    ``state`` is the node's Flower state (``context.state``), where :func:`secagg_stage`
-    keeps the round's secrets; on the server the transport does nothing (the
-    :class:`SecAggGrid` unmasks the sum).
+    ``state`` is the node's Flower state (``context.state``), where the run's key pair and
+    the round in flight are kept; ``kms`` the key manager client (``qkd+secagg``). On the
+    server the transport does nothing (:class:`SecAggGrid` unmasks the sum).
     """
 
     name = "secagg"
 
-    def __init__(self, state: RecordDict | None = None, kms=None, server_sae: str = "server") -> None:  # noqa: ANN001
-        self.state, self.kms, self.server_sae = state, kms, server_sae  # kms: a KeyManagerClient (qkd)
+    def __init__(self, state: RecordDict | None = None, kms=None, server_sae: str = "server",  # noqa: ANN001
+                 cfg: RunConfig | None = None) -> None:
+        self.state, self.kms, self.server_sae, self.cfg = state, kms, server_sae, cfg  # kms: a KeyManagerClient
 
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         if envelope.direction != "up" or request is None or envelope.message_type != "train" or not content.array_records:
             return content
         ask = request.config_records.get(SECAGG_RECORD)
-        if ask is None or self.state is None:
-            raise TransportError("secagg: a training message without this round's secure-aggregation instructions")
-        state = self.state.config_records.get(STATE)
-        round_id = str(ask.get("round-id"))
-        if state is None or state.get("round-id") != round_id or state.get("stage") != "shares":
-            raise TransportError(f"secagg: this node holds no shared keys for round {round_id!r}")
+        if ask is None or self.state is None or self.state.config_records.get(KEYS) is None:
+            raise TransportError("secagg: a training message without this round's secure-aggregation instructions, "
+                                 "or to a node that made no key")
+        me, round_id = envelope.node_id, str(ask["round-id"])
+        neighbours, pks = [int(j) for j in ask["neighbours"]], [bytes(k) for k in ask["pks"]]
+        threshold = int(ask["threshold"])
+        keys = self.state[KEYS]
+        self._fetch_qkd_keys(ask, keys, me)
+        x = secagg.quantize(self._release(content, request, ask), float(ask["step"]))
+        b = os.urandom(secagg.SEED_BYTES)
+        shares = secagg.split(b, threshold, neighbours)
+        tokens = [secagg.encrypt_share(secagg.agree(bytes(keys["sk"]), pk, secagg.pair_info(round_id, me, j, secagg.PAIR_SHARES)),
+                                       shares[j]) for j, pk in zip(neighbours, pks)]
+        pairs = {j: _pair_seed(keys, me, j, pk, round_id) for j, pk in zip(neighbours, pks)}
+        y = secagg.masked_input(x, me, b, pairs)
+        self.state[ROUND] = ConfigRecord({"round-id": round_id, "neighbours": neighbours, "pks": pks,
+                                          "threshold": threshold})
+        return RecordDict({SECAGG_MASKED: ArrayRecord({MASKED: Array(y)}),
+                           SECAGG_RECORD: ConfigRecord({"b-tokens": tokens})})
+
+    def _release(self, content: RecordDict, request: RecordDict, ask: ConfigRecord) -> np.ndarray:
+        """What this node adds to the sum: its weighted, clipped update and its weight, or,
+        under distributed DP, its update clipped to L2 norm C plus its share of the noise."""
         names = list(request[ARRAYS].keys())
         delta = flatten(content[ARRAYS], names) - flatten(request[ARRAYS], names)
+        if "l2-clip" in ask:
+            clip, sigma, m_min = float(ask["l2-clip"]), float(ask["sigma"]), int(ask["noise-split"])
+            self._check_dp(sigma, m_min, int(ask["participants"]))
+            noise = np.random.default_rng().normal(0.0, sigma * clip / math.sqrt(m_min), delta.shape)  # OS entropy
+            return clip_update(delta, clip) + noise
         bound, clip = float(ask["weight-bound"]), float(ask["clip"])
         metrics = content.metric_records.get(METRICS, {})
         if NUM_EXAMPLES not in metrics:
             raise TransportError("secagg: the training reply names no example count to weigh it by")
-        n = float(metrics[NUM_EXAMPLES])
-        a = min(max(n, 0.0), bound) / bound
-        x = secagg.quantize(np.concatenate([a * delta, [a * clip]]), clip, int(ask["levels"]))
-        survivors = {int(j) for j in ask["survivors"]}
-        me = envelope.node_id
-        s_sk = bytes(state["s-sk"])
-        neighbours = [int(j) for j in state["neighbours"]]
-        if "qkd-seeds" in state:
-            pairs = self._qkd_pairs(ask, state, round_id, me, neighbours, survivors)
-        else:
-            pairs = {j: secagg.agree(s_sk, pk, secagg.pair_info(round_id, me, j, secagg.PAIR_MASK))
-                     for j, pk in zip(neighbours, state["s-pks"]) if j in survivors}
-        y = secagg.masked_input(x, me, bytes(state["b"]), pairs)
-        kept = {**dict(state), "stage": "masked"}
-        if "qkd-seeds" in state:
-            kept["pair-seeds"] = [pairs.get(j, b"") for j in neighbours]
-        self.state[STATE] = ConfigRecord(kept)
-        return RecordDict({SECAGG_MASKED: ArrayRecord({MASKED: Array(y)})})
+        a = min(max(float(metrics[NUM_EXAMPLES]), 0.0), bound) / bound
+        return np.concatenate([a * np.clip(delta, -clip, clip), [a]])
 
-    def _qkd_pairs(self, ask: ConfigRecord, state: ConfigRecord, round_id: str, me: int, neighbours: list[int],
-                   survivors: set[int]) -> dict[int, bytes]:
-        """Pair seeds from QKD keys: those this node made (neighbours above it) and those its
-        neighbours below it made for it, fetched from the key manager by the IDs they sent."""
-        pairs = {j: bytes(s) for j, s in zip(neighbours, state["qkd-seeds"]) if j > me and j in survivors}
-        if self.kms is None:
-            raise TransportError("secagg: QKD-keyed masks need the key manager (transport qkd)")
+    def _check_dp(self, sigma: float, m_min: int, participants: int) -> None:
+        """This node's own reading of the server's DP instructions: the noise multiplier is the
+        run config's, and the noise is split among as many clients as the run's threshold lets
+        the server unmask (a larger split would leave the sum with less noise than sigma C)."""
+        if self.cfg is None or not distributed_dp(self.cfg):
+            raise TransportError("secagg: the server asks for distributed DP, which this run's config does not")
+        if sigma != self.cfg.dp_noise_multiplier:
+            raise TransportError(f"secagg: the server asks for noise multiplier {sigma:g}, the run's is "
+                                 f"{self.cfg.dp_noise_multiplier:g}")
+        if m_min != min_survivors(participants, self.cfg):
+            raise TransportError(f"secagg: the server splits the noise among {m_min} clients; with {participants} "
+                                 f"taking part the run's threshold says {min_survivors(participants, self.cfg)}")
+
+    def _fetch_qkd_keys(self, ask: ConfigRecord, keys: ConfigRecord, me: int) -> None:
+        """The pair keys neighbours below this node made with it (master SAEs), fetched by the
+        IDs the server relays (the key manager hands each out once: a key held is not fetched again)."""
+        held = _qkd_keys(keys)
         for j, key_id, sae in zip(ask.get("qkd-from", []), ask.get("qkd-key-ids-from", []), ask.get("qkd-saes-from", [])):
             j = int(j)
-            if j < me and j in survivors and j in neighbours:
-                if sae == self.server_sae:
-                    raise TransportError(f"secagg: the server named its own SAE {sae!r} as a neighbour's")
-                pairs[j] = secagg.seed_from_key(self.kms.dec_key(str(sae), str(key_id)),
-                                                secagg.pair_info(round_id, j, me, secagg.PAIR_MASK))
-        missing = sorted(j for j in neighbours if j in survivors and j not in pairs)
-        if missing:
-            raise TransportError(f"secagg: no QKD pair key with neighbour(s) {missing}")
-        return pairs
+            if held.get(j, ("",))[0] == str(key_id):
+                continue
+            if j >= me or j not in [int(n) for n in ask["neighbours"]]:
+                raise TransportError(f"secagg: node {j} cannot have made a pair key for this node")
+            if sae == self.server_sae:
+                raise TransportError(f"secagg: the server named its own SAE {sae!r} as a neighbour's")
+            if self.kms is None:
+                raise TransportError("secagg: QKD-keyed masks need the key manager (transport qkd)")
+            _keep_qkd_key(keys, j, str(key_id), self.kms.dec_key(str(sae), str(key_id)))
 
     def decode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
         return content
@@ -253,8 +330,8 @@ class SecAggTransport(Transport):
 
 
 class SecAggGrid(DelegatingGrid):
-    """Around the strategy's training messages, the four exchanges of the module doc; the
-    strategy gets one reply, the unmasked aggregate (other messages pass through).
+    """Around the strategy's training messages, the exchanges of the module doc; the strategy
+    gets one reply, the unmasked aggregate (other messages pass through).
 
     Parameters
     ----------
@@ -264,17 +341,36 @@ class SecAggGrid(DelegatingGrid):
     cfg : RunConfig
     weight_bound : float
         ``B``: the most examples one client's weight may count for (public).
+    keys : dict, optional
+        ``{node: X25519 public key}`` the nodes gave at the warm-up.
+
+    Attributes
+    ----------
+    failures : list of str
+        Why rounds could not be unmasked.
+    last_sample : tuple or None
+        ``(nodes available, nodes sampled)`` of the last round under distributed DP, for the ledger.
     """
 
-    def __init__(self, grid: Grid, cfg: RunConfig, weight_bound: float) -> None:
+    def __init__(self, grid: Grid, cfg: RunConfig, weight_bound: float, keys: dict[int, bytes] | None = None) -> None:
         super().__init__(grid)
         self.cfg, self.weight_bound = cfg, float(weight_bound)
-        self.failures: list[str] = []  # why rounds could not be unmasked
+        self.keys = {n: bytes(k) for n, k in (keys or {}).items() if len(bytes(k)) == secagg.KEY_BYTES}
+        self.qkd_pairs: dict[tuple[int, int], str] = {}  # (lower, higher) -> the key ID the lower one got
+        self.failures: list[str] = []
+        self.last_sample: tuple[int, int] | None = None
+
+    def take_failures(self) -> list[str]:
+        """Return and reset why rounds could not be unmasked since the last call."""
+        out, self.failures = self.failures, []
+        return out
 
     def send_and_receive(self, messages, *, timeout: float | None = None):  # noqa: ANN001, ANN201
         messages = list(messages)
         if not messages or any(m.metadata.message_type != "train" for m in messages):
             return self._grid.send_and_receive(messages, timeout=timeout)
+        if distributed_dp(self.cfg):
+            self.last_sample = (max(len(list(self._grid.get_node_ids())), len(messages)), len(messages))
         try:
             return self._round(messages, timeout)
         except secagg.SecAggError as err:
@@ -282,11 +378,14 @@ class SecAggGrid(DelegatingGrid):
             log(ERROR, "secagg: the round cannot be unmasked, the model stays as it was: %s", err)
             return []
 
-    def _saes(self) -> dict[int, str] | None:
-        """Each node's SAE ID when the grid below identifies them by certificate (qkd), else ``None``."""
-        grid = self._grid
-        stack = getattr(grid, "stack", None)
-        return dict(grid.peers) if stack is not None and stack.identifies_peers else None
+    def _saes(self, nodes: list[int], timeout: float | None) -> dict[int, str] | None:
+        """Each node's SAE ID when the grid below identifies them by certificate (qkd: it asks
+        the nodes it has not heard from), else ``None``."""
+        stack = getattr(self._grid, "stack", None)
+        if stack is None or not stack.identifies_peers:
+            return None
+        self._grid.introduce(set(nodes), timeout)
+        return dict(self._grid.peers)
 
     def _ask(self, stage: str, asks: dict[int, dict], timeout: float | None) -> dict[int, ConfigRecord]:
         msgs = [Message(RecordDict({SECAGG_RECORD: ConfigRecord({"stage": stage, **ask})}), dst_node_id=node,
@@ -301,95 +400,124 @@ class SecAggGrid(DelegatingGrid):
             out[node] = reply.content.config_records[SECAGG_RECORD]
         return out
 
+    def _participants(self, nodes: list[int], timeout: float | None) -> tuple[list[int], dict[int, set[int]]]:
+        """The nodes that can take part (a key on record; under qkd, a pair key with each
+        neighbour) and the round's graph over them: a ``keys`` query first to the nodes that
+        lack either (round 1 under qkd, a node that joined later)."""
+        saes = self._saes(nodes, timeout)
+        if saes is not None:
+            nodes = [n for n in nodes if n in saes]
+        for _ in range(3):  # a node that fails the keys query changes the graph: draw it again
+            k, _ = sizes(len(nodes), self.cfg)
+            graph = secagg.neighbours(nodes, k, secrets.randbits(32))
+            asks: dict[int, dict] = {n: {} for n in nodes if n not in self.keys}
+            if saes is not None:
+                for i in nodes:
+                    new = sorted(j for j in graph[i] if j > i and (i, j) not in self.qkd_pairs)
+                    if new:
+                        asks.setdefault(i, {}).update({"pair-with": new, "pair-saes": [saes.get(j, "") for j in new]})
+            if not asks:
+                return nodes, graph
+            answers = self._ask("keys", asks, timeout)
+            for i, answer in answers.items():
+                if len(bytes(answer.get("pk", b""))) == secagg.KEY_BYTES:
+                    self.keys[i] = bytes(answer["pk"])
+                for j, key_id in zip(asks[i].get("pair-with", []), answer.get("qkd-key-ids", [])):
+                    self.qkd_pairs[(i, j)] = str(key_id)
+            failed = set(asks) - set(answers)
+            if not failed:
+                return nodes, graph
+            nodes = [n for n in nodes if n not in failed]
+        raise secagg.SecAggError("nodes kept failing the key exchange")
+
     def _round(self, messages: list[Message], timeout: float | None) -> list[Message]:
         round_id = secrets.token_hex(8)
-        nodes = sorted(m.metadata.dst_node_id for m in messages)
-        keys = {n: r for n, r in self._ask("keys", {n: {"round-id": round_id} for n in nodes}, timeout).items()
-                if len(bytes(r.get("c-pk", b""))) == KEY_BYTES and len(bytes(r.get("s-pk", b""))) == KEY_BYTES}
-        k, t = sizes(len(keys), self.cfg)
-        if len(keys) <= t:
-            raise secagg.SecAggError(f"{len(keys)} of {len(nodes)} nodes sent keys, more than the threshold {t} must")
-        graph = secagg.neighbours(sorted(keys), k, secrets.randbits(32))
-        asks = {i: {"round-id": round_id, "threshold": t, "neighbours": sorted(graph[i]),
-                    "c-pks": [bytes(keys[j]["c-pk"]) for j in sorted(graph[i])],
-                    "s-pks": [bytes(keys[j]["s-pk"]) for j in sorted(graph[i])]} for i in graph}
-        saes = self._saes()
-        if saes is not None:  # qkd: the nodes key their pairwise masks with QKD keys
-            for i, ask in asks.items():
-                ask["saes"] = [saes.get(j, "") for j in ask["neighbours"]]
-        shares = {i: r for i, r in self._ask("shares", asks, timeout).items()
-                  if len(r.get("b-tokens", [])) == len(r.get("sk-tokens", [])) == len(graph[i])}
-        shared = sorted(shares)
-        log(INFO, "secagg: %d of %d nodes shared their keys (k = %d, t = %d; pairwise masks from %s); training",
-            len(shared), len(nodes), k, t, "X25519" if saes is None else "QKD keys")
-        instructions = {"round-id": round_id, "survivors": shared, "clip": self.cfg.secagg_clip, "levels": LEVELS,
-                        "weight-bound": self.weight_bound}
+        sampled = sorted(m.metadata.dst_node_id for m in messages)
+        nodes, graph = self._participants(sampled, timeout)
+        k, t = sizes(len(nodes), self.cfg)
+        floor = min_survivors(len(nodes), self.cfg)
+        if len(nodes) < max(floor, t + 1):
+            raise secagg.SecAggError(f"{len(nodes)} of {len(sampled)} nodes can take part, fewer than the "
+                                     f"{max(floor, t + 1)} the threshold needs")
+        dp = distributed_dp(self.cfg)
+        clip = self.cfg.dp_clip if dp else self.cfg.secagg_clip
+        instructions: dict = {"round-id": round_id, "threshold": t, "step": clip / STEPS_PER_CLIP}
+        if dp:
+            instructions.update({"l2-clip": clip, "sigma": self.cfg.dp_noise_multiplier, "noise-split": floor,
+                                 "participants": len(nodes)})
+        else:
+            instructions.update({"clip": clip, "weight-bound": self.weight_bound})
+        saes = self._saes(nodes, timeout)
         train = []
         for msg in messages:
             i = msg.metadata.dst_node_id
-            if i in shares:
-                content = RecordDict(dict(msg.content.items()))
-                mine = dict(instructions)
-                if saes is not None:  # the key IDs its neighbours below it got for it, and who they are
-                    below = [j for j in sorted(graph[i]) if j < i and j in shares]
-                    mine["qkd-from"] = below
-                    mine["qkd-key-ids-from"] = [shares[j]["qkd-key-ids"][sorted(graph[j]).index(i)] for j in below]
-                    mine["qkd-saes-from"] = [saes[j] for j in below]
-                content[SECAGG_RECORD] = ConfigRecord(mine)
-                train.append(Message(content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type))
-        size = sum(v.numpy().size for v in messages[0].content[ARRAYS].values()) + 1
+            if i not in graph:
+                continue
+            mine = sorted(graph[i])
+            ask = {**instructions, "neighbours": mine, "pks": [self.keys[j] for j in mine]}
+            if saes is not None:  # the pair keys its neighbours below it made for it, by ID
+                below = [j for j in mine if j < i]
+                ask.update({"qkd-from": below, "qkd-key-ids-from": [self.qkd_pairs[(j, i)] for j in below],
+                            "qkd-saes-from": [saes[j] for j in below]})
+            content = RecordDict(dict(msg.content.items()))
+            content[SECAGG_RECORD] = ConfigRecord(ask)
+            train.append(Message(content, dst_node_id=i, message_type=msg.metadata.message_type))
+        log(INFO, "secagg: %d of %d nodes take part (k = %d, t = %d; pairwise masks from %s)%s", len(nodes),
+            len(sampled), k, t, "X25519" if saes is None else "QKD keys",
+            f"; distributed DP, noise split among {floor}" if dp else "")
+        size = sum(v.numpy().size for v in messages[0].content[ARRAYS].values()) + (0 if dp else 1)
         replies = {}
         for reply in self._grid.send_and_receive(train, timeout=timeout):
+            i = reply.metadata.src_node_id
             record = None if reply.has_error() else reply.content.array_records.get(SECAGG_MASKED)
             y = record[MASKED].numpy() if record is not None and MASKED in record else None
-            if y is not None and y.dtype == secagg.FIELD and y.shape == (size,):
-                replies[reply.metadata.src_node_id] = (reply, y)
+            tokens = None if reply.has_error() else reply.content.config_records.get(SECAGG_RECORD, {}).get("b-tokens")
+            if y is not None and y.dtype == secagg.FIELD and y.shape == (size,) and tokens is not None \
+                    and len(tokens) == len(graph.get(i, ())):
+                replies[i] = (reply, y, [bytes(tok) for tok in tokens])
             else:
-                log(WARNING, "secagg: node %d sent no masked input: %s", reply.metadata.src_node_id,
+                log(WARNING, "secagg: node %d sent no masked input: %s", i,
                     reply.error.reason if reply.has_error() else "malformed")
         survivors = sorted(replies)
-        if len(survivors) < t:
-            raise secagg.SecAggError(f"{len(survivors)} masked input(s), the threshold is {t}")
-        dropped = sorted(set(shared) - set(survivors))
-        asks = {}
-        for h in survivors:
-            owners = sorted(j for j in graph[h] if j in shares)
-            asks[h] = {"round-id": round_id, "survivors": survivors, "dropped": dropped, "owners": owners,
-                       "b-tokens": [shares[j]["b-tokens"][sorted(graph[j]).index(h)] for j in owners],
-                       "sk-tokens": [shares[j]["sk-tokens"][sorted(graph[j]).index(h)] for j in owners]}
-        answers = self._ask("unmask", asks, timeout)
+        if len(survivors) < floor:
+            raise secagg.SecAggError(f"{len(survivors)} masked input(s), the threshold is {floor}")
+        dropped = sorted(set(nodes) - set(survivors))
         b_of: dict[int, list[bytes]] = {i: [] for i in survivors}
-        sk_of: dict[int, list[bytes]] = {j: [] for j in dropped}
-        for answer in answers.values():
-            for owner, share in zip(answer.get("b-owners", []), answer.get("b-shares", [])):
-                b_of.setdefault(int(owner), []).append(bytes(share))
-            for owner, share in zip(answer.get("sk-owners", []), answer.get("sk-shares", [])):
-                sk_of.setdefault(int(owner), []).append(bytes(share))
+        pair_seeds: dict[tuple[int, int], bytes] = {}
+        asked: set[int] = set()
+        while holders := unmask_holders(graph, survivors, dropped, t, b_of, asked):
+            # the fewest survivors whose answers unmask the round; more only where one fails to answer
+            asked |= holders
+            asks = {}
+            for h in sorted(holders):
+                owners = sorted(j for j in graph[h] if j in replies)
+                asks[h] = {"round-id": round_id, "survivors": survivors, "dropped": dropped, "owners": owners,
+                           "b-tokens": [replies[j][2][sorted(graph[j]).index(h)] for j in owners]}
+            for h, answer in self._ask("unmask", asks, timeout).items():
+                for owner, share in zip(answer.get("b-owners", []), answer.get("b-shares", [])):
+                    if int(owner) in b_of:
+                        b_of[int(owner)].append(bytes(share))
+                for j, seed in zip(answer.get("pair-owners", []), answer.get("pair-seeds", [])):
+                    if int(j) in dropped:
+                        pair_seeds[(h, int(j))] = bytes(seed)
         seeds = {i: secagg.rebuild(b_of[i], t, i, "self-mask seed") for i in survivors}
-        masked = {i: y for i, (_, y) in replies.items()}
-        if saes is None:
-            lost = {j: secagg.rebuild(sk_of[j], t, j, "mask key") for j in dropped}
-            total = secagg.unmask(masked, graph, round_id, seeds, lost, {j: bytes(keys[j]["s-pk"]) for j in keys})
-        else:  # QKD-keyed masks: each survivor reveals its pair seed with a dropped neighbour
-            pair_seeds = {(int(h), int(j)): bytes(s) for h, answer in answers.items()
-                          for j, s in zip(answer.get("pair-owners", []), answer.get("pair-seeds", []))}
-            for j in dropped:
-                for i in graph[j] & set(survivors):
-                    if (i, j) not in pair_seeds:
-                        raise secagg.SecAggError(f"survivor {i} did not reveal its pair seed with dropped client {j}")
-            total = secagg.unmask_with_pair_seeds(masked, seeds, {p: s for p, s in pair_seeds.items() if p[1] in dropped})
-        summed = secagg.dequantize_sum(total, len(survivors), self.cfg.secagg_clip, LEVELS)
-        weight = summed[-1] / self.cfg.secagg_clip
-        if not weight > 0:
-            raise secagg.SecAggError(f"the survivors' weights sum to {weight:.3g}")
+        total = secagg.unmask({i: y for i, (_, y, _) in replies.items()}, graph, seeds, pair_seeds)
+        summed = secagg.dequantize(total, clip / STEPS_PER_CLIP)
         start = messages[0].content[ARRAYS]
         names = list(start.keys())
-        moved = flatten(start, names) + summed[:-1] / weight
-        log(INFO, "secagg: the sum of %d client(s) unmasked (%d dropped after sharing keys)", len(survivors), len(dropped))
+        if dp:  # the noised sum over the nodes sampled: a node that failed adds zero
+            moved, weight = flatten(start, names) + summed / len(sampled), float(len(sampled))
+        else:
+            weight = summed[-1]
+            if not weight > 0:
+                raise secagg.SecAggError(f"the survivors' weights sum to {weight:.3g}")
+            moved, weight = flatten(start, names) + summed[:-1] / weight, weight * self.weight_bound
+        log(INFO, "secagg: the sum of %d client(s) unmasked (%d dropped after the key exchange)", len(survivors),
+            len(dropped))
         aggregate = copy.copy(replies[survivors[0]][0])  # its metadata: a reply to this round's request
         aggregate.content = RecordDict({
             ARRAYS: unflatten(moved, start, names),
-            METRICS: MetricRecord({NUM_EXAMPLES: weight * self.weight_bound, SECAGG_SUMMED: len(survivors),
-                                   SECAGG_DROPPED: len(nodes) - len(survivors)}),
+            METRICS: MetricRecord({NUM_EXAMPLES: weight, SECAGG_SUMMED: len(survivors),
+                                   SECAGG_DROPPED: len(sampled) - len(survivors)}),
         })
         return [aggregate]

@@ -78,7 +78,8 @@ class LiveDisplay:
         if kind == "round":
             return [round_line(event, self.total)]
         if kind == "issue":
-            return [f"{TAG}   round {event['round']}, node {event['node']}: {event['why']}"]
+            who = f"node {event['node']}" if event["node"] else "the round"  # node 0: the round's own cause
+            return [f"{TAG}   round {event['round']}, {who}: {event['why']}"]
         if kind == "end" and event.get("status") == "failed":
             return [f"{TAG} the run failed: {event.get('why', '')}"]
         return []

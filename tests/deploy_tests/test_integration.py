@@ -355,11 +355,33 @@ def test_central_dp_noises_the_aggregate_at_the_server(two_node_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_distributed_dp_under_secure_aggregation_is_accounted_as_central_dp(tmp_path):
+    """secagg + central DP on a real deployment: the nodes add their shares of the noise, the
+    server sees only the noised sum, and the ledger counts the Gaussian mechanism as
+    dp-accounting computes it for the mechanism run (every node sampled: no amplification)."""
+    from transport.dp import epsilon_of, gaussian_event
+
+    proc = subprocess.run(
+        launch_cmd(tmp_path, "ddp", "--clients", "3", "--rounds", "2", "--transport", "secagg+dp",
+                   "--set", 'dp-mode="central"', "--set", "dp-noise-multiplier=0.7"),
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = run_rows(tmp_path / "ddp")
+    assert [r["clients_ok"] for r in rows[1:]] == [3, 3]
+    for n, row in enumerate(rows[1:], start=1):
+        assert row["dp_epsilon"] == pytest.approx(epsilon_of([(gaussian_event(0.7), n)], 1e-5), rel=1e-9)
+    log = (tmp_path / "ddp" / "logs" / "flwr-run.log").read_text()
+    assert "distributed DP, noise split among 2" in log and "Noise multiplier" not in log  # no server-side noise
+
+
+@pytest.mark.slow
 def test_secure_aggregation_survives_a_supernode_killed_after_the_key_exchange(tmp_path):
     """Four nodes under qkd+secagg (pairwise masks keyed by QKD keys; the X25519 path's dropouts
-    are in transport_tests/test_secagg_flower.py); in round 2, once the nodes shared their
-    keys, one SuperNode is killed (-9): the round ends with the unmasked sum of the other
-    three. Long (~2 min): the round waits for the dead node until the round timeout."""
+    are in transport_tests/test_secagg_flower.py); once round 1 is unmasked (the nodes hold
+    their pair keys), one SuperNode is killed (-9): round 2 ends with the unmasked sum of the
+    other three, its masks with them removed by their revealed pair seeds. Long (~2 min): the
+    round waits for the dead node until the round timeout."""
     import numpy as np
 
     run_dir = tmp_path / "secagg"
@@ -371,9 +393,9 @@ def test_secure_aggregation_survives_a_supernode_killed_after_the_key_exchange(t
     log = run_dir / "logs" / "flwr-run.log"
     try:
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-        while not (log.exists() and log.read_text().count("shared their keys") >= 2):  # round 2's exchange done
+        while not (log.exists() and "the sum of 4 client(s) unmasked" in log.read_text()):  # round 1 done
             assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "round 2's key exchange never finished"
+            assert time.monotonic() < deadline, "round 1 was never unmasked"
             time.sleep(0.2)
         victim = json.loads((run_dir / "logs" / "pids.json").read_text())["supernode-3"]
         os.killpg(victim, signal.SIGKILL)
@@ -387,9 +409,45 @@ def test_secure_aggregation_survives_a_supernode_killed_after_the_key_exchange(t
     text = log.read_text()
     assert "pairwise masks from QKD keys" in text
     assert "the sum of 4 client(s) unmasked (0 dropped" in text
-    assert "the sum of 3 client(s) unmasked (1 dropped after sharing keys)" in text
+    assert "the sum of 3 client(s) unmasked (1 dropped after the key exchange)" in text
     with np.load(run_dir / "checkpoints" / "round-0001.npz") as a, np.load(run_dir / "checkpoints" / "round-0002.npz") as b:
         assert not np.allclose(a["weights"], b["weights"])  # the survivors' sum moved the model
+    assert processes_in(run_dir) == []
+
+
+@pytest.mark.slow
+def test_secure_aggregation_below_the_threshold_fails_the_round_named_and_the_run_goes_on(tmp_path):
+    """Three nodes (k = 2, t = 2); one is killed after round 1: in rounds 2 and 3 each survivor
+    has one surviving neighbour, below the threshold, and refuses to reveal anything (its
+    own input would be exposed), so no seed can be rebuilt. Each such round fails with its
+    reason in the log, the model stays, and the run ends normally."""
+    import numpy as np
+
+    run_dir = tmp_path / "below"
+    proc = subprocess.Popen(
+        launch_cmd(tmp_path, "below", "--clients", "3", "--rounds", "3", "--transport", "secagg",
+                   "--set", "round-timeout=20.0"),
+        cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    log = run_dir / "logs" / "flwr-run.log"
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while not (log.exists() and "the sum of 3 client(s) unmasked" in log.read_text()):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "round 1 was never unmasked"
+            time.sleep(0.2)
+        os.killpg(json.loads((run_dir / "logs" / "pids.json").read_text())["supernode-2"], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    assert [r["clients_ok"] for r in run_rows(run_dir)[1:]] == [3, 0, 0]
+    text = log.read_text()
+    assert text.count("the round: secure aggregation could not unmask the round: 0 share(s) of client") == 2
+    assert "1 of this node's neighbours survived, fewer than the threshold 2" in text  # the survivors' refusal
+    with np.load(run_dir / "checkpoints" / "round-0001.npz") as a, np.load(run_dir / "checkpoints" / "round-0003.npz") as b:
+        assert np.array_equal(a["weights"], b["weights"])  # the failed rounds left the model as it was
     assert processes_in(run_dir) == []
 
 

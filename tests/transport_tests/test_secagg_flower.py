@@ -33,6 +33,7 @@ class LoopbackGrid(DelegatingGrid):
         self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i, "num-partitions": len(NODES)},
                                     state=RecordDict(), run_config=run_config) for i, n in enumerate(NODES)}
         self.seen: list[Message] = []  # every reply as the server received it
+        self.sent: list[Message] = []  # every message as the nodes received it
         self._ids = itertools.count()
         self._gone: set[int] = set()
 
@@ -43,6 +44,7 @@ class LoopbackGrid(DelegatingGrid):
         replies = []
         for msg in messages:
             stamp(msg, message_id=f"m{next(self._ids)}", src_node_id=0)
+            self.sent.append(msg)
             node = msg.metadata.dst_node_id
             stage = "train" if msg.metadata.message_type == "train" else self._stage(msg)
             if node in self._gone or self.crash.get(node) == stage:
@@ -110,18 +112,45 @@ def test_the_server_gets_fedavgs_average_and_sees_only_masked_inputs(defaults):
     np.testing.assert_allclose(_flat(aggregate.content[ARRAYS]), plain, atol=1e-5)  # the quantisation error
     masked = [r for r in loop.seen if r.metadata.message_type == "train"]
     assert len(masked) == 4
-    for reply in masked:  # on the wire of a training reply: one array in Z_2^32, no metric, no claim
+    for reply in masked:  # on the wire of a training reply: one array in Z_2^32, encrypted shares, no metric, no claim
         content = reply.content
         assert set(content.array_records) == {SECAGG_MASKED} and not content.metric_records
-        assert not set(content.config_records) - {"transport-envelope"}  # not a contract name: Flower's wire record
+        assert not set(content.config_records) - {"transport-envelope", SECAGG_RECORD}  # the first: Flower's wire record
+        assert set(content.config_records[SECAGG_RECORD]) == {"b-tokens"}
+    stages = [m.metadata.message_type for m in loop.sent]  # the keys once (no warm-up here), then two exchanges;
+    assert stages == [SECAGG_TYPE] * 4 + ["train"] * 4 + [SECAGG_TYPE] * 3  # 3 of 4 hold t = 2 shares of each
 
 
-def test_a_node_gone_after_the_key_exchange_leaves_the_average_of_the_others(defaults):
+def test_a_second_round_is_two_exchanges_with_the_keys_of_the_first(defaults):
+    run_config = _config(defaults)
+    cfg = RunConfig.from_run_config(run_config)
+    start = ArrayRecord(build_model(cfg, build_dataset(cfg)).state_dict())
+    loop = LoopbackGrid(run_config)
+    grid = SecAggGrid(TransportGrid(loop, build_transport(cfg, None), run_id=1, round_fn=lambda: 1), cfg, weight_bound=40)
+    for _ in range(2):
+        (aggregate,) = grid.send_and_receive([Message(RecordDict({ARRAYS: start, "config": ConfigRecord({"server-round": 1, "round-offset": 0})}),
+                                                      dst_node_id=n, message_type="train") for n in NODES])
+        assert aggregate.content.metric_records["metrics"][SECAGG_SUMMED] == 4
+    assert [m.metadata.message_type for m in loop.sent][11:] == ["train"] * 4 + [SECAGG_TYPE] * 3
+
+
+def test_a_node_gone_before_its_masked_input_leaves_the_average_of_the_others(defaults):
     (aggregate,), _, _, start = _train(_config(defaults), crash={13: "train"})
     metrics = aggregate.content.metric_records["metrics"]
     assert (metrics[SECAGG_SUMMED], metrics[SECAGG_DROPPED]) == (3, 1)
     np.testing.assert_allclose(_flat(aggregate.content[ARRAYS]), _plain_average(defaults, start, [11, 12, 14]), atol=1e-5)
     assert metrics[NUM_EXAMPLES] > 0
+
+
+def test_a_node_gone_after_its_masked_input_still_counts(defaults):
+    """Its self-mask seed is rebuilt from its neighbours' shares: the sum of all four. It was
+    one of the three asked to unmask; the server then asks the fourth for the shares it held."""
+    (aggregate,), loop, _, start = _train(_config(defaults), crash={13: "unmask"})
+    unmask = [m.metadata.dst_node_id for m in loop.sent if m.metadata.message_type == SECAGG_TYPE][4:]
+    assert unmask == [11, 12, 13, 14]
+    metrics = aggregate.content.metric_records["metrics"]
+    assert (metrics[SECAGG_SUMMED], metrics[SECAGG_DROPPED]) == (4, 0)
+    np.testing.assert_allclose(_flat(aggregate.content[ARRAYS]), _plain_average(defaults, start, NODES), atol=1e-5)
 
 
 def test_below_the_threshold_the_round_fails_with_a_named_reason(defaults, caplog):
@@ -130,24 +159,71 @@ def test_below_the_threshold_the_round_fails_with_a_named_reason(defaults, caplo
     assert grid.failures and "masked input(s), the threshold is 2" in grid.failures[0]
 
 
-def test_a_node_will_not_reveal_both_shares_of_one_client(defaults):
-    """A server that says a client both survived and dropped gets an error, not the shares."""
-    _, loop, _, _ = _train(_config(defaults))
-    ctx = loop.contexts[11]
-    ctx.state["qfl-secagg"] = ConfigRecord({"round-id": "r", "stage": "masked", "c-sk": bytes(32), "neighbours": [12],
-                                            "c-pks": [bytes(32)]})
-    ask = ConfigRecord({"stage": "unmask", "round-id": "r", "survivors": [11, 12], "dropped": [12], "owners": [12],
-                        "b-tokens": [b"x"], "sk-tokens": [b"y"]})
-    msg = stamp(Message(RecordDict({SECAGG_RECORD: ask}), dst_node_id=11, message_type=SECAGG_TYPE), message_id="u")
+def _unmask(ctx: Context, **ask) -> Message:  # noqa: ANN003
     from transport.secagg_flower import secagg_stage
 
-    reply = secagg_stage(msg, ctx)
-    assert isinstance(reply.error, Error) and "will not reveal both shares" in reply.error.reason
+    msg = stamp(Message(RecordDict({SECAGG_RECORD: ConfigRecord({"stage": "unmask", "round-id": "r", **ask})}),
+                        dst_node_id=ctx.node_id, message_type=SECAGG_TYPE), message_id="u")
+    return secagg_stage(msg, ctx)
+
+
+def test_a_node_will_not_reveal_both_secrets_of_one_client_nor_its_seeds_when_few_survive(defaults):
+    """A server that says a client both survived and dropped gets an error, not the secrets;
+    nor does one that lists fewer surviving neighbours than the threshold (the node's own
+    input would be left with too few masks)."""
+    from transport.secagg_flower import ROUND
+
+    _, loop, _, _ = _train(_config(defaults))
+    ctx = loop.contexts[11]
+    state = ConfigRecord({"round-id": "r", "neighbours": [12, 13, 14], "pks": [bytes(32)] * 3, "threshold": 2})
+    ctx.state[ROUND] = state
+    reply = _unmask(ctx, survivors=[11, 12, 13], dropped=[12], owners=[12], **{"b-tokens": [b"x"]})
+    assert isinstance(reply.error, Error) and "will not reveal both" in reply.error.reason
+    ctx.state[ROUND] = state
+    reply = _unmask(ctx, survivors=[11, 12], dropped=[13, 14], owners=[], **{"b-tokens": []})
+    assert isinstance(reply.error, Error) and "fewer than the threshold 2" in reply.error.reason
+
+
+def test_distributed_dp_adds_each_nodes_share_of_the_noise_and_the_server_the_sample(defaults):
+    """secagg + central DP: each node clips to C and adds N(0, sigma^2 C^2 / m_min); the sum of
+    the four carries sigma C sqrt(4 / m_min), the server divides by the four sampled."""
+    sigma, clip = 4.0, 0.05
+    run_config = _config(defaults, transport="secagg+dp", **{"dp-mode": "central", "dp-noise-multiplier": sigma,
+                                                              "dp-clip": clip})
+    cfg = RunConfig.from_run_config(run_config)
+    start = ArrayRecord(build_model(cfg, build_dataset(cfg)).state_dict())
+    grid = SecAggGrid(TransportGrid(LoopbackGrid(run_config), build_transport(cfg, None), run_id=1, round_fn=lambda: 1),
+                      cfg, weight_bound=40)
+    deviations = []
+    for _ in range(6):  # the noise is OS entropy: pool a few rounds' coordinates
+        (aggregate,) = grid.send_and_receive([Message(RecordDict({ARRAYS: start, "config": ConfigRecord(
+            {"server-round": 1, "round-offset": 0})}), dst_node_id=n, message_type="train") for n in NODES])
+        assert grid.last_sample == (4, 4)
+        deviations.append(_flat(aggregate.content[ARRAYS]) - _flat(start))
+    deviation = np.concatenate(deviations)
+    expected = sigma * clip * np.sqrt(4 / 2) / 4  # per coordinate: m_min = 2 of 4 (secagg-threshold 0.5)
+    # the clipped updates' mean has L2 norm <= C: next to the noise (1.4 C per coordinate) it is small
+    assert np.linalg.norm(deviation) / np.sqrt(deviation.size) == pytest.approx(expected, rel=0.35)
+
+
+def test_a_node_refuses_distributed_dp_instructions_that_are_not_its_run_configs(defaults):
+    """The server cannot make the nodes add less noise: a sigma other than the run's, or the
+    noise split among more clients than the threshold allows, is refused by name."""
+    from transport.base import TransportError
+    from transport.secagg_flower import SecAggTransport
+
+    cfg = RunConfig.from_run_config(_config(defaults, transport="secagg+dp", **{"dp-mode": "central"}))
+    node = SecAggTransport(RecordDict(), cfg=cfg)
+    with pytest.raises(TransportError, match="noise multiplier 0.1, the run's is 1"):
+        node._check_dp(0.1, 2, 4)
+    with pytest.raises(TransportError, match="among 4 clients; with 4 taking part the run's threshold says 2"):
+        node._check_dp(1.0, 4, 4)
+    node._check_dp(1.0, 2, 4)  # the run's own: accepted
 
 
 @pytest.mark.parametrize(("extra", "key"), [
     ({"strategy": "fedmedian"}, "strategy"), ({"strategy": "noise-isolating"}, "strategy"),
-    ({"transport": "secagg+qcn"}, "transport"), ({"transport": "secagg+dp"}, "transport"),
+    ({"transport": "secagg+qcn"}, "transport"), ({"transport": "secagg+dp", "dp-mode": "local"}, "dp-mode"),
 ])
 def test_what_needs_each_clients_update_is_refused_with_secure_aggregation(defaults, extra, key):
     with pytest.raises(ConfigError, match=key):
@@ -156,3 +232,18 @@ def test_what_needs_each_clients_update_is_refused_with_secure_aggregation(defau
 
 def test_secure_aggregation_sits_inside_encryption():
     assert transport_parts("secagg+qkd") == ["qkd", "secagg"]
+
+
+@pytest.mark.parametrize(("n", "k", "t", "dropped"), [(4, 3, 2, []), (20, 8, 4, []), (20, 8, 4, [3, 11]), (50, 12, 6, [7])])
+def test_the_unmask_stage_asks_few_survivors_and_enough(n, k, t, dropped):
+    from transport.secagg import neighbours
+    from transport.secagg_flower import unmask_holders
+
+    graph = neighbours(list(range(n)), k, seed=5)
+    survivors = [i for i in range(n) if i not in dropped]
+    holders = unmask_holders(graph, survivors, dropped, t, {i: [] for i in survivors}, set())
+    assert all(len(graph[i] & holders) >= t for i in survivors)  # t shares of every survivor's seed
+    assert all(graph[j] & set(survivors) <= holders for j in dropped)  # every pair seed with a dropped client
+    assert len(holders) < len(survivors)
+    shares = {i: [b"s"] * len(graph[i] & holders) for i in survivors}
+    assert unmask_holders(graph, survivors, dropped, t, shares, holders) == set()  # all answered: nobody more

@@ -30,6 +30,13 @@ def check_run(cfg: RunConfig, clients: int | None = None) -> None:
             get_path(spec)
         except ValueError as err:
             raise ConfigError(KEY.qcn_paths, str(err)) from err
+    if cfg.qcn_topology:
+        from transport.qcn_schedule import check_topology
+
+        try:
+            check_topology(cfg)
+        except ValueError as err:
+            raise ConfigError(KEY.qcn_topology, str(err)) from err
     try:
         build_strategy(cfg)  # the class must exist and the options must suit its constructor
     except (ValueError, TypeError) as err:

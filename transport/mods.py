@@ -69,10 +69,24 @@ def local_dp_mod(clip: float, noise_multiplier: float) -> ClientAppMod:
     return stack_mod(_once(lambda: TransportStack([LocalDPTransport(clip, noise_multiplier)])))
 
 
-def qcn_mod(path: str, copies: int = 100, channels: int = 16, seed: int = 0, partition: int = 0) -> ClientAppMod:
+def qcn_mod(path: str, copies: int = 100, channels: int = 16, seed: int = 0, partition: int = 0, topology: str = "",
+            topk: float = 1.0, bits: int = 0, bit_copies: int = 3) -> ClientAppMod:
     """A ClientApp mod: the node's update sent over the simulated quantum-network ``path``
-    (a spec as ``qcn-paths`` takes them; :class:`~transport.qcn_transport.QCNTransport`)."""
+    (a spec as ``qcn-paths`` takes them; :class:`~transport.qcn_transport.QCNTransport`), or,
+    with ``topology``, over the route the server's plan names each round (the server wraps
+    its grid in :class:`~transport.qcn_schedule.ScheduleGrid`); ``topk`` < 1 or ``bits`` > 0
+    compress the update first (:mod:`transport.qcn_compress`), the error-feedback memory in
+    the node's ``context.state``."""
     from transport.qcn import get_path
+    from transport.qcn_compress import Encoding
+    from transport.qcn_network import load_topology
     from transport.qcn_transport import QCNTransport
 
-    return stack_mod(_once(lambda: TransportStack([QCNTransport(get_path(path), copies, channels, seed, partition)])))
+    encoding = Encoding(copies, topk, bits, bit_copies)
+
+    def build(context: Context) -> TransportStack:  # per message: the state is the node's
+        network = load_topology(topology) if topology else None
+        route = None if network is not None else get_path(path)
+        return TransportStack([QCNTransport(route, copies, channels, seed, partition, network, encoding, context.state)])
+
+    return stack_mod(build)

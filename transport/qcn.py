@@ -199,6 +199,21 @@ def sample_pairs(path: QCNPath, n: int, rng: np.random.Generator) -> tuple[np.nd
     repeater. Latency counts the attempts, the memory waiting and the classical
     signalling of swaps and distillation.
     """
+    fid, lat, _ = sample_pairs_costed(path, n, rng)
+    return fid, lat
+
+
+def sample_pairs_costed(path: QCNPath, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`sample_pairs` and what each pair cost: ``(fidelity[n], latency_s[n], bell_pairs[n])``.
+
+    ``bell_pairs`` counts the **elementary (link-level) Bell pairs** heralded to make each
+    end-to-end pair: one per segment per attempt cycle of a raw pair (a cycle that passes
+    the cutoff discards the pairs it stored and starts again: they were generated and
+    are spent, as in the cut-off analyses of Rozpędek et al., PRA 99, 052330 (2019) and
+    Li et al., PRA 103, 062423 (2021)), and both inputs of every distillation attempt,
+    failed ones included. It draws nothing more than :func:`sample_pairs`: the same
+    generator gives the same pairs through either.
+    """
     return _distilled(path, path.distillation_rounds, n, rng)
 
 
@@ -208,15 +223,16 @@ def deliver_pair(path: QCNPath, rng: np.random.Generator) -> tuple[float, float]
     return float(f[0]), float(t[0])
 
 
-def _raw_pairs(path: QCNPath, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _raw_pairs(path: QCNPath, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n_seg = path.hops + 1
     p, t_att = path.attempt_success, path.attempt_time_s
     w_link, w_bsm = werner_parameter(path.link_fidelity), werner_parameter(path.swap_fidelity)
-    fid, lat = np.empty(n), np.empty(n)
+    fid, lat, cost = np.empty(n), np.empty(n), np.zeros(n)
     start = np.zeros(n)
     todo = np.arange(n)
     for _ in range(MAX_CUTOFF_RESTARTS):
         ready = rng.geometric(p, size=(todo.size, n_seg)) * t_att  # each segment's success time
+        cost[todo] += n_seg  # one heralded pair per segment this cycle, kept or discarded
         done = ready.max(axis=1)
         waited = done[:, None] - ready
         ok = waited.max(axis=1) <= path.cutoff_s
@@ -228,19 +244,20 @@ def _raw_pairs(path: QCNPath, n: int, rng: np.random.Generator) -> tuple[np.ndar
         start[todo[~ok]] += done[~ok]  # a qubit passed the cutoff: discard all, start again
         todo = todo[~ok]
         if todo.size == 0:
-            return fid, lat
+            return fid, lat, cost
     raise ValueError(f"QCN path {path}: segments almost never all succeed within the cutoff; raise cutoff_s")
 
 
-def _distilled(path: QCNPath, level: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _distilled(path: QCNPath, level: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if level == 0:
         return _raw_pairs(path, n, rng)
     signalling = path.distance_km / C_FIBER_KM_S  # one-way classical message per round
-    fid, lat, start = np.empty(n), np.empty(n), np.zeros(n)
+    fid, lat, start, cost = np.empty(n), np.empty(n), np.zeros(n), np.zeros(n)
     todo = np.arange(n)
     while todo.size:
-        fa, ta = _distilled(path, level - 1, todo.size, rng)
-        fb, tb = _distilled(path, level - 1, todo.size, rng)
+        fa, ta, ca = _distilled(path, level - 1, todo.size, rng)
+        fb, tb, cb = _distilled(path, level - 1, todo.size, rng)
+        cost[todo] += ca + cb  # both inputs are consumed, whether the round succeeds or not
         t = np.maximum(ta, tb) + signalling
         # both inputs decay while the other is made and the outcomes are exchanged;
         # symmetric input: the weaker pair bounds the output
@@ -258,7 +275,7 @@ def _distilled(path: QCNPath, level: int, n: int, rng: np.random.Generator) -> t
         lat[todo[ok]] = start[todo[ok]] + t[ok]
         start[todo[~ok]] += t[~ok]  # failed: both pairs are gone, make two new ones
         todo = todo[~ok]
-    return fid, lat
+    return fid, lat, cost
 
 
 def _decay(t: np.ndarray, coherence_time: float) -> np.ndarray:
@@ -279,6 +296,48 @@ def decode_angles(angles: np.ndarray, bound: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Carriers:
+    """Carrier qubits, each teleported over one end-to-end pair of a path.
+
+    Attributes
+    ----------
+    w : np.ndarray
+        The Werner parameter each carrier went through: its pair's, times the memory decay
+        :math:`e^{-t/T}` while the carrier waited in the sender's memory for that pair.
+    alive : np.ndarray
+        Boolean: the carrier's wait stayed within the cutoff (else it was discarded).
+    latency_s : float
+        The pairs served in order on the channels, plus the last classical outcome (s).
+    bell_pairs : int
+        Elementary Bell pairs heralded to make the carriers' pairs
+        (:func:`sample_pairs_costed`).
+    """
+
+    w: np.ndarray
+    alive: np.ndarray
+    latency_s: float
+    bell_pairs: int
+
+
+def carrier_state(path: QCNPath, fidelity: np.ndarray, latency_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(alive, w)`` of carriers whose pairs arrived with ``fidelity`` after ``latency_s``:
+    a carrier waits for its pair in memory, decays meanwhile (:math:`w = w_{pair} e^{-t/T}`)
+    and is discarded when the wait passes the cutoff."""
+    alive = latency_s <= path.cutoff_s
+    return alive, werner_parameter(fidelity) * _decay(latency_s, path.coherence_time_s)
+
+
+def send_carriers(path: QCNPath, n: int, rng: np.random.Generator, channels: int = 1) -> Carriers:
+    """``n`` carriers over ``path``, their pairs served in order on ``channels`` parallel channels."""
+    f, t, cost = sample_pairs_costed(path, n, rng)
+    per_channel = np.zeros(channels * math.ceil(n / channels))
+    per_channel[:n] = t
+    latency = float(per_channel.reshape(-1, channels).sum(axis=0).max()) + path.distance_km / C_FIBER_KM_S
+    alive, w = carrier_state(path, f, t)
+    return Carriers(w, alive, latency, int(cost.sum()))
+
+
+@dataclass(frozen=True)
 class Transmission:
     """What the server recovers of values sent over a path.
 
@@ -294,9 +353,11 @@ class Transmission:
     latency_s : float
         From the first pair request to the last classical teleportation outcome (s).
     pairs : int
-        End-to-end pairs consumed.
+        End-to-end pairs consumed (one per carrier).
     lost_copies : float
         Fraction of copies whose carrier passed the cutoff before its pair arrived.
+    bell_pairs : int
+        Elementary Bell pairs the carriers' pairs cost (:func:`sample_pairs_costed`).
     """
 
     estimates: np.ndarray
@@ -305,6 +366,7 @@ class Transmission:
     latency_s: float
     pairs: int
     lost_copies: float
+    bell_pairs: int = 0
 
 
 def transmit(values: np.ndarray, path: QCNPath, copies: int, rng: np.random.Generator, channels: int = 1) -> Transmission:
@@ -324,13 +386,8 @@ def transmit(values: np.ndarray, path: QCNPath, copies: int, rng: np.random.Gene
     values = np.asarray(values, dtype=np.float64)
     flat = values.ravel()
     n, k = flat.size, max(copies, 1)
-    f, t = sample_pairs(path, n * k, rng)
-    per_channel = np.zeros(channels * math.ceil(n * k / channels))
-    per_channel[: n * k] = t
-    latency = float(per_channel.reshape(-1, channels).sum(axis=0).max()) + path.distance_km / C_FIBER_KM_S
-    f, t = f.reshape(n, k), t.reshape(n, k)
-    alive = t <= path.cutoff_s
-    w = werner_parameter(f) * _decay(t, path.coherence_time_s)  # carrier stored while its pair is made
+    sent = send_carriers(path, n * k, rng, channels)
+    w, alive = sent.w.reshape(n, k), sent.alive.reshape(n, k)
     w_bar = float(w[alive].mean()) if alive.any() else 0.0
     delivered = alive.any(axis=1) & (w_bar > 0)  # at w <= 0 the copies carry nothing
     bound = float(np.abs(flat).max()) if n else 0.0
@@ -350,7 +407,51 @@ def transmit(values: np.ndarray, path: QCNPath, copies: int, rng: np.random.Gene
         estimates=est,
         delivered=delivered.reshape(values.shape),
         fidelity=werner_fidelity(w_bar),
-        latency_s=latency,
+        latency_s=sent.latency_s,
         pairs=n * k,
         lost_copies=float(1.0 - alive.mean()) if n else 0.0,
+        bell_pairs=sent.bell_pairs,
+    )
+
+
+def transmit_levels(levels: np.ndarray, bits: int, path: QCNPath, copies: int, rng: np.random.Generator,
+                    channels: int = 1) -> Transmission:
+    """Send integers in ``[0, 2**bits)`` bit by bit, each bit as ``copies`` carriers in a basis state.
+
+    A carrier prepared in :math:`|b\\rangle` and teleported through a Werner pair of
+    parameter :math:`w` (its decay while waiting included) comes out of the depolarizing
+    channel :math:`\\rho \\to w\\rho + (1-w)I/2`, so measuring Z returns the wrong bit with
+    probability :math:`(1 - w)/2`. The server takes the majority of the copies that
+    arrived (a tie is a fair coin); a bit whose copies were all lost loses its value.
+    With ``copies`` copies of each of ``bits`` bits a value costs ``bits * copies`` pairs,
+    against ``qcn-copies`` (often 100) for one analog value (:func:`transmit`): the
+    "quantum-compatible compression" of the paper (Sec. III-C5) as a repetition code.
+    ``estimates`` holds the decoded levels (``nan`` where lost).
+    """
+    if bits < 1 or copies < 1 or channels < 1:
+        raise ValueError(f"bits, copies and channels must be >= 1, got {bits}, {copies}, {channels}")
+    levels = np.asarray(levels, dtype=np.int64).ravel()
+    n = levels.size
+    if n and (levels.min() < 0 or levels.max() >= 2**bits):
+        raise ValueError(f"levels must lie in [0, {2**bits}), got [{levels.min()}, {levels.max()}]")
+    sent = send_carriers(path, n * bits * copies, rng, channels)
+    w, alive = sent.w.reshape(n, bits, copies), sent.alive.reshape(n, bits, copies)
+    truth = (levels[:, None] >> np.arange(bits)[None, :]) & 1  # (n, bits), least significant first
+    wrong = rng.random((n, bits, copies)) < (1 - w) / 2
+    votes = np.where(wrong, -1, 1) * alive  # +1: a copy that read the true bit
+    tally = votes.sum(axis=2)
+    coin = rng.random((n, bits)) < 0.5
+    right = (tally > 0) | ((tally == 0) & coin)
+    decoded_bits = np.where(right, truth, 1 - truth)
+    delivered = alive.any(axis=2).all(axis=1)
+    decoded = (decoded_bits << np.arange(bits)[None, :]).sum(axis=1).astype(np.float64)
+    w_bar = float(w[alive].mean()) if alive.any() else 0.0
+    return Transmission(
+        estimates=np.where(delivered, decoded, np.nan),
+        delivered=delivered,
+        fidelity=werner_fidelity(w_bar),
+        latency_s=sent.latency_s,
+        pairs=n * bits * copies,
+        lost_copies=float(1.0 - alive.mean()) if n else 0.0,
+        bell_pairs=sent.bell_pairs,
     )

@@ -94,11 +94,11 @@ def build_transport(cfg: RunConfig, node: NodeConfig | None = None, state: Recor
                 from transport.qkd.client import KeyManagerClient
 
                 kms = KeyManagerClient.of_this_sae(cfg.kms_url)
-            stack.append(SecAggTransport(state, kms, cfg.qkd_server_sae))
+            stack.append(SecAggTransport(state, kms, cfg.qkd_server_sae, cfg))
         elif part == "qcn":
             from transport.qcn_transport import QCNTransport
 
-            stack.append(QCNTransport.from_run_config(cfg, node))
+            stack.append(QCNTransport.from_run_config(cfg, node, state))
         else:
             cls = _user_class(part)
             factory = getattr(cls, "from_run_config", None)

@@ -17,7 +17,10 @@ that the node's first message starts and later messages reuse:
   authentication key (HMAC challenge of ``multiprocessing.connection``); only bytes cross
   it: Flower ``RecordDict`` protobufs, arrays and plain values, never pickles;
 - **failure**: a worker that dies or does not answer within ``round-timeout`` is killed and
-  started again once; if that fails too, the ClientApp replies an error naming the cause.
+  started again once; if that fails too, the ClientApp replies an error naming the cause;
+- **start**: forked by the launch's zygote where ``$QFL_WORKER_ZYGOTE`` names one
+  (:mod:`client.zygote`: on one machine the nodes share one import of torch and PennyLane),
+  else started as ``python -m client.worker``.
 
 The in-process path computes the same numbers (:mod:`client.local`): it is the reference
 (``warm-runtime = false``: a fresh task every message) and the path taken where the node
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import secrets
 import signal
@@ -48,6 +52,7 @@ from qfl.common.config import NodeConfig, RunConfig
 
 CONNECT_TIMEOUT_S = 30.0
 RUNTIME_DIR_ENV = "QFL_RUNTIME_DIR"  # where worker sockets and keys go (see private_dir)
+ZYGOTE_ENV = "QFL_WORKER_ZYGOTE"  # BASE of a zygote's socket and key (client.zygote), set by the launcher
 SHARED_TMP = Path("/tmp")  # the fallback's parent, shared by every user of the machine
 
 
@@ -180,12 +185,16 @@ class WarmWorker:
                     raise TimeoutError(f"the worker did not open its socket within {CONNECT_TIMEOUT_S:.0f} s") from None
                 time.sleep(0.02)
 
-    def _start(self) -> subprocess.Popen:
+    def _start(self) -> subprocess.Popen | Forked:
         self.files.key.unlink(missing_ok=True)
         fd = os.open(self.files.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(secrets.token_bytes(32))
         code = str(Path(__file__).resolve().parents[1])
+        forked = self._fork_from_zygote(code)
+        if forked is not None:
+            self.files.pid.write_text(str(forked.pid))
+            return forked
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "client.worker", "--files", str(self.files.base), "--watch-pid", str(self.watch_pid),
@@ -194,6 +203,24 @@ class WarmWorker:
         )
         self.files.pid.write_text(str(proc.pid))
         return proc
+
+    def _fork_from_zygote(self, code: str) -> Forked | None:
+        """The worker forked by the launch's zygote (:mod:`client.zygote`), which has torch and
+        PennyLane imported already; ``None`` where there is none, or it does not answer."""
+        base = os.environ.get(ZYGOTE_ENV)
+        if not base:
+            return None
+        zygote = WorkerFiles(Path(base))
+        try:
+            with Client(str(zygote.socket), family="AF_UNIX", authkey=zygote.key.read_bytes()) as conn:
+                conn.send_bytes(json.dumps({"files": str(self.files.base), "code": code, "watch_pid": self.watch_pid,
+                                            "idle_timeout": self.idle_timeout}).encode())
+                if not conn.poll(CONNECT_TIMEOUT_S):
+                    return None
+                answer = json.loads(conn.recv_bytes())
+        except (OSError, EOFError, ValueError):
+            return None
+        return Forked(int(answer["pid"])) if "pid" in answer else None
 
     def stop(self) -> None:
         """End this worker, if one runs, and remove its files."""
@@ -204,6 +231,26 @@ class WarmWorker:
             pass
         for path in (self.files.socket, self.files.pid):
             path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Forked:
+    """A worker the zygote forked: not this process's child, so alive while its PID is."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.poll() is None else -1
+
+    def poll(self) -> int | None:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return -1
+        except PermissionError:
+            pass
+        return None
 
 
 def _why(err: BaseException) -> str:

@@ -64,6 +64,7 @@ def serve(files: WorkerFiles, watch_pid: int, idle_timeout: float) -> None:
 
     threading.Thread(target=watch, daemon=True).start()
     from client.local import TaskCache, answer  # torch and PennyLane, once for the worker's life
+    import torch._dynamo  # noqa: F401 (torch.optim imports it with the first optimizer: a second of CPU, now, not in round 1)
 
     tasks = TaskCache()
     try:

@@ -48,7 +48,7 @@ from qfl.launch.commands import (
     supernode_command,
     write_flower_config,
 )
-from qfl.launch.config import FLAGS, build_config
+from qfl.launch.config import FLAGS, RAY_ADDRESS_ENV, add_ray_address, build_config, check_ray_address
 from qfl.launch.console import TAG, LiveDisplay, format_table, read_rows, stream_run
 from qfl.launch.processes import LaunchError, ProcessGroup, free_port, wait_for_port
 from qfl.launch.runs import RunLock, point_latest, stage_app
@@ -90,12 +90,14 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
     env = group.env  # with the launch's token: the watchdog finds every process by it
     previous = _stop_on_signals()
     try:
+        zygote = _start_zygote(group) if not args.simulation and cfg.warm_runtime else {}
         certs = make_certs(run_dir / "certs", clients, secure=args.secure, saes=_made_saes(args, cfg, clients))
         cfg, credentials = _start_key_manager(args, cfg, clients, run_dir, group)
         port = free_port()
         node_ports = [] if args.simulation else [free_port() for _ in range(clients)]
         cmds = federation_commands(port, node_ports, certs if args.secure else None, args.simulation)
-        link = group.start("superlink", cmds["superlink"], cwd=run_dir, env=credentials.get("superlink"))
+        link = group.start("superlink", cmds["superlink"], cwd=run_dir,
+                           env={**(credentials.get("superlink") or {}), **_ray_env(args)})
         wait_for_port(port, link, STARTUP_TIMEOUT_S, "flower-superlink", log_dir / "superlink.log")
         # before any node: `flwr supernode register` reads the connection from it
         write_flower_config(flwr_home, port, clients if args.simulation else None,
@@ -104,7 +106,8 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
         nodes = []  # all start at once, then we wait for each: their start-ups overlap
         for pid, node_port in enumerate(node_ports):
             name = f"supernode-{pid}"
-            nodes.append((pid, node_port, group.start(name, cmds[name], cwd=run_dir, env=credentials.get(name))))
+            nodes.append((pid, node_port, group.start(name, cmds[name], cwd=run_dir,
+                                                      env={**(credentials.get(name) or {}), **zygote})))
         for pid, node_port, node in nodes:
             wait_for_port(node_port, node, STARTUP_TIMEOUT_S, f"flower-supernode {pid}", log_dir / f"supernode-{pid}.log")
         with LiveDisplay(run_dir, cfg.num_server_rounds):
@@ -124,6 +127,30 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
         code = 1
     print(f"{TAG} outputs: {run_dir} (logs in {log_dir})", flush=True)
     return code
+
+
+def _start_zygote(group: ProcessGroup) -> dict[str, str]:
+    """One process that imports torch and PennyLane now, while the federation starts, and forks
+    each node's warm worker from itself (:mod:`client.zygote`); the SuperNodes' environment
+    that points their ClientApps at it. ``{}`` (each worker imports for itself) where the
+    workers' directory cannot be used."""
+    import secrets as token
+
+    from client.runtime import ZYGOTE_ENV, WorkerError, private_dir
+
+    try:
+        base = private_dir() / f"zygote-{token.token_hex(8)}"
+    except WorkerError as err:
+        print(f"{TAG} no worker zygote: {err}", file=sys.stderr, flush=True)
+        return {}
+    group.start("worker-zygote", [sys.executable, "-m", "client.zygote", "--files", str(base)])
+    return {ZYGOTE_ENV: str(base)}
+
+
+def _ray_env(args: argparse.Namespace) -> dict[str, str]:
+    """With ``--ray-address``: Ray's own ``RAY_ADDRESS`` for the SuperLink, whose simulation
+    process (Flower's ``flwr-simulation``) then joins that cluster in ``ray.init()``."""
+    return {RAY_ADDRESS_ENV: args.ray_address} if getattr(args, "ray_address", None) else {}
 
 
 def _free_name(parent: Path, stem: str) -> Path:
@@ -270,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="", metavar="RUN",
                    help="continue RUN (default: the run <output-dir>/latest points at) from its newest intact checkpoint")
     p.add_argument("--simulation", action="store_true", help="use Flower's simulation engine")
+    add_ray_address(p)
     p.add_argument("--secure", action="store_true",
                    help="for a shared host: TLS and SuperNode authentication with certificates and node keys made "
                         "for the run in <run>/certs; unregistered nodes are refused. Without it (single-user host) "
@@ -285,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, help="seeds 1..N (default: the experiment's, 10)")
     e.add_argument("--rounds", type=int, help="rounds per run (default: the experiment's)")
     e.add_argument("--out", default="experiments", help="where experiments/<name>/ go (default: experiments)")
+    add_ray_address(e)
     e.add_argument("--compare", action="append", metavar="ARM:OTHER",
                    help="run nothing: paired tests of ARM against OTHER in the finished experiment (repeatable; "
                         "Holm-adjusted over those given)")
@@ -305,11 +334,15 @@ def experiment(args: argparse.Namespace) -> int:
         raise LaunchError("--seeds needs at least 2 (a paired test needs pairs) and --rounds at least 1")
     if args.compare:
         return _compare(args, names)
+    check_ray_address(args.ray_address)  # a cluster that is not there fails before any run
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    from qfl.experiments.engine import SimulationSession
+
     for name in names:
         exp = with_overrides(EXPERIMENTS[name], args.seeds, args.rounds)
         try:
-            out = run_experiment(exp, Path(args.out), command_line(), say=lambda line: print(line, flush=True))
+            out = run_experiment(exp, Path(args.out), command_line(), say=lambda line: print(line, flush=True),
+                                 session_factory=lambda: SimulationSession(ray_address=args.ray_address))
         except (RunError, FileNotFoundError) as err:  # a run failed, or left no complete metrics
             print(f"qfl: error: experiment {name}: {err}", file=sys.stderr)
             return 1

@@ -134,6 +134,115 @@ def simulation_internals() -> SimpleNamespace:
     )
 
 
+# --- the simulation engine at thousands of nodes --------------------------------------------
+# Flower 1.41's simulation runtime hands messages to its actors from one thread
+# (``vce_api.add_messages_to_queue``) that, every 0.1 s, calls ``get_message_ins(node, limit=1)``
+# for every registered node, and each call walks every stored instruction: a sweep costs
+# nodes x stored messages (2.1 s of one core at 10,000 nodes and a round's 100 messages,
+# minutes with a roll call's 10,000), again and again for the whole run. The
+# replacement below walks the store once a sweep and takes, like Flower's, the first
+# undelivered message of each node, checked (expiry, federation) and marked delivered as
+# ``get_message_ins`` does. Messages, replies and their order per node are Flower's; no
+# public API chooses the extractor. The node map is what ``vce_api._register_nodes`` made:
+# node ID -> partition, the node config every simulated node gets; publishing it lets the
+# ServerApp list the nodes by partition without asking each one (``server/app.py``, WarmUp).
+
+
+def _first_undelivered(state, nodes: frozenset[int]) -> list[Message]:  # noqa: ANN001 (InMemoryLinkState)
+    """One pass over ``state``'s stored instructions: the first undelivered one for each of
+    ``nodes``, checked and marked delivered (``InMemoryLinkState.get_message_ins``'s steps)."""
+    from flwr.supercore.date import now
+
+    with state.lock:
+        first: dict[int, str] = {}
+        for message_id, message in state.message_ins_store.items():
+            dst = message.metadata.dst_node_id
+            if message.metadata.delivered_at == "" and dst in nodes and dst not in first:
+                first[dst] = message_id
+        state._check_stored_messages(set(first.values()))  # noqa: SLF001 (drops expired ones, as Flower's does)
+        out = [state.message_ins_store[i] for i in first.values() if i in state.message_ins_store]
+        delivered_at = now().isoformat()
+        for message in out:
+            message.metadata.delivered_at = delivered_at
+    return out
+
+
+@contextlib.contextmanager
+def linear_message_extractor() -> Iterator[None]:
+    """Within the block, the simulation runtime takes messages from its link state in one
+    pass a sweep (see above) instead of one pass per node."""
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.linkstate import InMemoryLinkState
+
+    original = vce_api.add_messages_to_queue
+
+    def add_messages_to_queue(state, queue, nodes_mapping, f_stop) -> None:  # noqa: ANN001 (Flower's signature)
+        if not isinstance(state, InMemoryLinkState):  # another state keeps Flower's own loop
+            original(state, queue, nodes_mapping, f_stop)
+            return
+        nodes = frozenset(nodes_mapping)
+        while not f_stop.is_set():
+            for message in _first_undelivered(state, nodes):
+                queue.put(message)
+            f_stop.wait(0.1)  # Flower's interval
+
+    vce_api.add_messages_to_queue = add_messages_to_queue
+    try:
+        yield
+    finally:
+        vce_api.add_messages_to_queue = original
+
+
+def simulated_link_state(nodes: int) -> SimpleNamespace:
+    """Flower's in-memory link state with a run and ``nodes`` nodes registered as the simulation
+    runtime registers them, and a Grid on it (the process's task identity set for that run):
+    what the runtime's extractor sweeps, for ``bench/scale.py`` and the tests. ``state``,
+    ``nodes`` (node ID -> partition), ``grid``."""
+    from flwr.proto.task_pb2 import Task  # the run's primary task, as the runtime registers it
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.run import Run
+    from flwr.superlink.federation import NoOpFederationManager
+    from flwr.superlink.grid import InMemoryGrid
+
+    run_id, task_id = 7, 9
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    state = factory.state()
+    run = Run.create_empty(run_id=run_id)
+    run.federation_id, run.primary_task_id = NOOP_FEDERATION_ID, task_id
+    state.run_ids[run_id] = RunRecord(run=run)
+    state.task_store[task_id] = Task(task_id=task_id, run_id=run_id)
+    mapping = vce_api._register_nodes(nodes, factory)  # noqa: SLF001
+    set_task_identity(task_id, run_id, 1)
+    grid = InMemoryGrid(state_factory=factory)
+    grid.set_run(run)
+    return SimpleNamespace(state=state, nodes=mapping, grid=grid)
+
+
+@contextlib.contextmanager
+def published_node_partitions(state: RecordDict, name: str) -> Iterator[None]:
+    """Within the block, each node map the simulation runtime registers is put into ``state``
+    (the ServerApp's context state) as the ConfigRecord ``name``: node ID (as text) -> partition."""
+    from flwr.app import ConfigRecord
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    original = vce_api._register_nodes  # noqa: SLF001
+
+    def register_nodes(num_nodes: int, state_factory):  # noqa: ANN001, ANN202 (Flower's signature)
+        mapping = original(num_nodes, state_factory)
+        state[name] = ConfigRecord({str(node): int(partition) for node, partition in mapping.items()})
+        return mapping
+
+    vce_api._register_nodes = register_nodes  # noqa: SLF001
+    try:
+        yield
+    finally:
+        vce_api._register_nodes = original  # noqa: SLF001
+
+
 # --- SecAgg+ primitives ---------------------------------------------------------------------
 # Flower's Shamir sharing and share encryption (Fernet) live in
 # ``flwr.common.secure_aggregation``, which its legacy SecAgg+ workflow and mod use; they are
@@ -147,3 +256,35 @@ def secagg_primitives() -> SimpleNamespace:
     from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt
 
     return SimpleNamespace(create_shares=create_shares, combine_shares=combine_shares, encrypt=encrypt, decrypt=decrypt)
+
+
+# --- the SuperNode's polling -----------------------------------------------------------------
+# Flower 1.41's SuperNode loop sleeps 3 s whenever a pull finds no message, and 0.5 s between
+# looks for a ClientApp's reply (``flwr.supernode.start_client_internal``, both literals; no
+# option or environment variable sets them). Every exchange with an idle node waits out part
+# of that sleep: about 2.4 s for the last of four nodes. The public API it stands in for is
+# the ``flower-supernode`` command itself, which this runs unchanged but for the sleeps.
+
+
+class _CappedSleep:
+    """The ``time`` module as the SuperNode loop sees it: every ``sleep`` at most ``cap`` s."""
+
+    def __init__(self, cap: float) -> None:
+        import time
+
+        self._time, self.cap = time, cap
+
+    def sleep(self, seconds: float) -> None:
+        self._time.sleep(min(seconds, self.cap))
+
+    def __getattr__(self, name: str):  # noqa: ANN204 (time.time, time.monotonic, ...)
+        return getattr(self._time, name)
+
+
+def supernode_main(poll_interval: float):  # noqa: ANN201 (Flower's CLI entry point)
+    """Flower's ``flower-supernode`` entry point, its loop's sleeps capped at ``poll_interval`` s."""
+    from flwr.supernode import start_client_internal
+    from flwr.supernode.cli import flower_supernode
+
+    start_client_internal.time = _CappedSleep(poll_interval)
+    return flower_supernode

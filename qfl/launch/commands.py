@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from qfl.common.contract import CACHE_DIR_ENV, NODE_NUM_PARTITIONS, NODE_PARTITION_ID, NODE_WARM_WORKER
+from qfl.launch.supernode import POLL_FLAG, POLL_INTERVAL_S
 
 CONNECTION = "qfl-local"
 # How often the SuperExec checks for a ClientApp/ServerApp to start (Flower: 1.0 s).
@@ -56,14 +57,17 @@ def supernode_command(
     root_cert: str | None = None,
     auth_key: str | None = None,
     node_config: dict[str, object] | None = None,
+    poll_interval: float | None = POLL_INTERVAL_S,
 ) -> list[str]:
-    """``flower-supernode`` for one partition, dialling ``superlink`` (host:port).
+    """Flower's SuperNode for one partition, dialling ``superlink`` (host:port).
 
     ``root_cert`` (the CA) turns TLS on; ``auth_key`` is the node's private key;
     ``node_config`` adds keys such as ``device-profile`` or ``qcn-path``; ``warm-worker`` is always
     on: the node runs its ClientApps as subprocesses, which may share a warm worker.
+    ``poll_interval`` (s) runs it as ``qfl-supernode``, which polls an idle link that often
+    instead of Flower's 3 s (:mod:`qfl.launch.supernode`); ``None``: ``flower-supernode`` as shipped.
     """
-    cmd = ["flower-supernode"]
+    cmd = ["flower-supernode"] if poll_interval is None else ["qfl-supernode", POLL_FLAG, str(poll_interval)]
     cmd += ["--insecure"] if root_cert is None else ["--root-certificates", root_cert]
     if auth_key is not None:
         cmd += ["--auth-supernode-private-key", auth_key]

@@ -27,6 +27,39 @@ FLAGS = (
 )
 
 
+RAY_ADDRESS_FLAG = "--ray-address"
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own: the cluster ray.init() joins when given no address
+RAY_ADDRESS_HELP = ("run the simulation on the running Ray cluster whose head's GCS is at HOST:PORT (`ray start --head "
+                    "--port PORT` there; `auto`: the cluster this machine is part of). It sets Ray's own RAY_ADDRESS "
+                    "for the process that starts Ray (Flower's RayBackend, or the experiment engine); default: "
+                    "$RAY_ADDRESS if set, else a Ray started on this machine for the run. See docs/deploy.md")
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def add_ray_address(parser: argparse.ArgumentParser) -> None:
+    """``--ray-address`` on a command that runs Flower's simulation engine (``launch``, ``experiment``)."""
+    parser.add_argument(RAY_ADDRESS_FLAG, dest="ray_address", metavar="HOST:PORT", help=RAY_ADDRESS_HELP)
+
+
+def check_ray_address(address: str | None) -> str | None:
+    """The cluster address to use, checked before anything starts: ``auto`` or ``HOST:PORT``
+    where something accepts a TCP connection (the head's GCS). Raises :class:`ConfigError`
+    naming ``--ray-address``."""
+    import socket
+
+    if address is None or address == "auto":
+        return address
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(RAY_ADDRESS_FLAG, f"expected HOST:PORT of a Ray head's GCS (or auto), got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConfigError(RAY_ADDRESS_FLAG, f"nothing accepts connections at {address} ({err}): start the cluster's "
+                                            f"head there first (ray start --head --port {port})") from err
+    return address
+
+
 def app_defaults(app_dir: Path) -> dict[str, object]:
     """The run-config defaults declared in ``pyproject.toml``."""
     with open(app_dir / "pyproject.toml", "rb") as f:
@@ -93,6 +126,11 @@ def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, in
         raise ConfigError("--secure", "cannot go with --simulation: --secure gives the Fleet API between the SuperLink "
                                       "and its SuperNodes TLS and admits registered nodes only, and the simulation "
                                       "engine has no SuperNode (its virtual nodes run in one process tree)")
+    if getattr(args, "ray_address", None) is not None:  # before anything starts, naming the flag
+        if not args.simulation:
+            raise ConfigError(RAY_ADDRESS_FLAG, "goes with --simulation only: a deployment's SuperNodes are processes "
+                                                "of their own, on the machines that hold their data (docs/deploy.md)")
+        check_ray_address(args.ray_address)
     if args.simulation and cfg.uses_transport("qkd"):
         raise ConfigError(KEY.transport, "qkd needs each client in its own SuperNode, with its own SAE certificate; "
                                          "the simulation engine runs every client in one process tree")

@@ -6,7 +6,7 @@ instead of to init, so teardown finds it among the launcher's descendants. A rea
 collects such adopted processes as soon as they exit (no zombies), leaving alone the
 children the launcher waits for itself.
 Each process's output goes through the launcher into ``logs/<name>.log``, with terminal
-colour codes removed. Should the launcher die without stopping them (SIGKILL), its
+colour codes removed and each line stamped with the time it came. Should the launcher die without stopping them (SIGKILL), its
 :mod:`~qfl.launch.watchdog` does: every process started through the group carries the
 launch's token in its environment.
 """
@@ -100,11 +100,18 @@ def _children(pid: int) -> list[psutil.Process]:
         return []
 
 
+def log_stamp(at: float) -> str:
+    """The time a log line was read, as each ``<name>.log`` line starts: ``HH:MM:SS.mmm``
+    (local time; the logs of one launch are read by one clock, so they line up)."""
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
+
+
 def _pump(stream, path: Path) -> None:  # noqa: ANN001
-    """Copy a process's output to ``path``, line by line, without colour codes."""
+    """Copy a process's output to ``path``, line by line, without colour codes, each line
+    stamped with the time it came (:func:`log_stamp`): a timeline of the launch."""
     with open(path, "w") as log:
         for line in stream:
-            log.write(strip_ansi(line))
+            log.write(f"{log_stamp(time.time())} {strip_ansi(line)}")
             log.flush()
 
 

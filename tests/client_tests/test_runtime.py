@@ -226,3 +226,78 @@ def test_a_runtime_dir_others_can_open_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(loose))
     with pytest.raises(WorkerError, match="mode 0700"):
         private_dir()
+
+
+# --- the zygote: one import of torch and PennyLane for every node's worker -------------------
+
+
+@pytest.fixture
+def zygote(monkeypatch):
+    from client.runtime import ZYGOTE_ENV
+
+    base = private_dir() / "zygote-test"
+    proc = subprocess.Popen([sys.executable, "-m", "client.zygote", "--files", str(base)])
+    deadline = time.monotonic() + 120
+    while not base.with_suffix(".sock").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the zygote did not open its socket"
+        time.sleep(0.05)
+    monkeypatch.setenv(ZYGOTE_ENV, str(base))
+    yield proc
+    proc.terminate()
+    proc.wait(timeout=30)
+    assert not base.with_suffix(".sock").exists() and not base.with_suffix(".key").exists()
+
+
+def test_the_zygote_forks_a_worker_that_answers_as_the_in_process_path(setup, zygote, task_identity):
+    import psutil
+
+    from client.job import decode, encode
+
+    cfg, node, req, _ = setup
+    worker = _worker(cfg, node)
+    try:
+        got = decode(worker.call(encode(req)))
+        pid = _pid(worker)
+        child = psutil.Process(pid)
+        assert child.ppid() == zygote.pid and child.pid != zygote.pid  # forked, not started
+        assert os.getsid(pid) == pid  # a session of its own, as a started worker has
+        reference = answer(req)
+        for name, value in reference["arrays"].items():
+            np.testing.assert_array_equal(got["arrays"][name].numpy(), value.numpy())  # bit-identical
+        assert decode(worker.call(encode(req)))["metrics"]["num-examples"] == reference["metrics"]["num-examples"]
+        assert _pid(worker) == pid  # and reused
+    finally:
+        worker.stop()
+    assert _gone(pid)
+
+
+def test_the_zygote_forks_only_for_the_holder_of_its_key_and_into_the_workers_directory(setup, zygote):
+    import json
+    from multiprocessing import AuthenticationError
+
+    from client.runtime import WorkerFiles
+
+    base = WorkerFiles(private_dir() / "zygote-test")
+    with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
+        Client(str(base.socket), family="AF_UNIX", authkey=b"not the key").send_bytes(b"{}")
+    with Client(str(base.socket), family="AF_UNIX", authkey=base.key.read_bytes()) as conn:
+        conn.send_bytes(json.dumps({"files": "/tmp/elsewhere/w", "code": str(os.getcwd()), "watch_pid": os.getpid(),
+                                    "idle_timeout": 5}).encode())
+        assert "belong in" in json.loads(conn.recv_bytes())["error"]
+    assert zygote.poll() is None  # a bad caller is answered, never fatal
+
+
+def test_without_a_zygote_answering_the_worker_is_started_as_before(setup, monkeypatch):
+    import psutil
+
+    from client.job import encode
+    from client.runtime import ZYGOTE_ENV
+
+    monkeypatch.setenv(ZYGOTE_ENV, str(private_dir() / "zygote-gone"))
+    cfg, node, req, _ = setup
+    worker = _worker(cfg, node)
+    try:
+        worker.call(encode(req))
+        assert psutil.Process(_pid(worker)).ppid() == os.getpid()
+    finally:
+        worker.stop()

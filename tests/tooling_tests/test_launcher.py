@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -28,7 +29,7 @@ def _launch_error(capsys, tmp_path, *argv):
         (["--clients", "0"], "'--clients': must be a positive integer"),
         (["--clients", "-3"], "'--clients': must be a positive integer"),
         (["--clients", "200", "--dataset", "iris"], "'--clients': 200 clients but dataset 'iris' has only 112"),
-        (["--device", "qiskit.aer"], "'device': input should be 'default.qubit' or 'lightning.qubit', got 'qiskit.aer'"),
+        (["--device", "qiskit.aer"], "'device': input should be 'auto', 'default.qubit' or 'lightning.qubit', got 'qiskit.aer'"),
         (["--dataset", "iris", "--n-qubits", "2"], "'n-qubits': dataset 'iris' has 3 classes"),
         (["--strategy", "nosuch"], "'strategy': unknown strategy 'nosuch'"),
         (["--strategy", "nosuch.module:Thing"], "cannot import module 'nosuch.module'"),
@@ -305,3 +306,38 @@ def test_a_secure_launch_runs_over_tls_with_registered_nodes_only(tmp_path):
     assert stat.S_IMODE(certs.stat().st_mode) == 0o700
     assert "insecure" not in (run_dir / "flwr-home" / "config.toml").read_text()
     assert processes_in(run_dir) == []
+
+
+# --- qfl-supernode: Flower's SuperNode with a shorter idle poll ---------------------------------
+
+
+def test_the_supernode_loop_sleeps_no_longer_than_the_poll_interval(monkeypatch):
+    from flwr.supernode import start_client_internal
+
+    from qfl.common.flower_internals import _CappedSleep, supernode_main
+
+    slept = []
+    capped = _CappedSleep(0.2)
+    capped._time = type("Clock", (), {"sleep": staticmethod(slept.append), "monotonic": staticmethod(lambda: 7.0)})
+    capped.sleep(3)  # Flower's idle poll
+    capped.sleep(0.5)  # its wait for a ClientApp's reply
+    capped.sleep(0.1)
+    assert slept == [0.2, 0.2, 0.1] and capped.monotonic() == 7.0  # everything else is the time module's
+    monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)  # restored after the test
+    entry = supernode_main(0.25)
+    assert start_client_internal.time.cap == 0.25 and entry.__name__ == "flower_supernode"
+
+
+@pytest.mark.parametrize("value", ["0", "5", "nan", "x"])
+def test_qfl_supernode_refuses_a_poll_interval_out_of_range(value):
+    done = subprocess.run([str(PROJECT_DIR / ".venv" / "bin" / "qfl-supernode"), "--poll-interval", value, "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--poll-interval" in done.stderr
+
+
+def test_the_launcher_runs_qfl_supernode_and_plain_flower_on_request():
+    from qfl.launch.commands import supernode_command
+    from qfl.launch.supernode import POLL_INTERVAL_S
+
+    assert supernode_command("h:1", 2, 0, 1)[:3] == ["qfl-supernode", "--poll-interval", str(POLL_INTERVAL_S)]
+    assert supernode_command("h:1", 2, 0, 1, poll_interval=None)[0] == "flower-supernode"

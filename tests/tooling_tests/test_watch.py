@@ -63,13 +63,15 @@ def test_the_live_display_draws_a_bar_in_a_terminal(tmp_path, monkeypatch):
     assert "[qfl] round 1/3  test-acc 0.600" in text and "node 42: no reply" in text  # the lines above it
 
 
-def test_logs_of_flower_processes_carry_no_escape_codes(tmp_path):
+def test_logs_of_flower_processes_carry_no_escape_codes_and_a_time_stamp(tmp_path):
+    import re
+
     from qfl.launch.processes import ProcessGroup
 
     group = ProcessGroup({}, tmp_path)
     group.start("colours", [sys.executable, "-c", "print('\\x1b[92mINFO \\x1b[0m:      hello')"]).wait()
     group.stop()
-    assert (tmp_path / "colours.log").read_text() == "INFO :      hello\n"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO :      hello\n", (tmp_path / "colours.log").read_text())
 
 
 # --- TensorBoard and MLflow ------------------------------------------------------------------

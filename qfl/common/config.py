@@ -159,7 +159,7 @@ class RunConfig(_Strict):
     # --- the server
     strategy: str = Field(
         "fedavg", min_length=1,
-        description="fedavg, noise-isolating, fidelity-weighted, fedmedian, fedtrimmedavg, krum, multikrum, fedprox, "
+        description="fedavg, noise-isolating, noise-isolating-median, fidelity-weighted, fedmedian, fedtrimmedavg, krum, multikrum, fedprox, "
                     "scaffold, fedavgm, fedadam, fedyogi, fedadagrad, or package.module:Class")
     strategy_options: str = Field("{}", description="constructor options as a TOML inline table, e.g. { trim-threshold = 4.0 }")
     robust_norm_factor: float = Field(

@@ -39,6 +39,7 @@ from flwr.supercore import log
 from qfl.common.contract import (
     DEVICE,
     DEVICE_KEYS,
+    DEVICE_MITIGATION,
     DEVICE_NUM_PARTITIONS,
     DEVICE_PARTITION,
     DEVICE_PROFILE,
@@ -341,4 +342,5 @@ def _identity(msg: Message) -> dict[str, object]:
         column(DEVICE_PARTITION): claim(DEVICE_PARTITION),
         DEVICE_PROFILE: claim(DEVICE_PROFILE),
         DEVICE_ZNE: claim(DEVICE_ZNE),
+        DEVICE_MITIGATION: claim(DEVICE_MITIGATION),
     }

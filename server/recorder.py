@@ -32,6 +32,7 @@ from flwr.app import Array, ArrayRecord
 
 from qfl.common.contract import (
     CIRCUIT_DEPTH,
+    DEVICE_MITIGATION,
     DEVICE_PARTITION,
     DEVICE_PROFILE,
     DEVICE_ZNE,
@@ -148,7 +149,8 @@ CLIENT_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, NOISE_GAP, UPDATE_NOISE_VAR, NOISE_C
                   TWO_QUBIT_GATES, SWAPS, TRAIN_TIME_S, FIDELITY, LATENCY_S, QCN_LOST_FRACTION, QCN_BELL_PAIRS,
                   QCN_PAIRS_SAVED, QCN_BYTES, QCN_BYTES_SAVED)
 CLIENT_COLUMNS = (
-    "round", "node_id", column(DEVICE_PARTITION), DEVICE_PROFILE, DEVICE_ZNE, *map(column, CLIENT_METRICS),
+    "round", "node_id", column(DEVICE_PARTITION), DEVICE_PROFILE, DEVICE_ZNE, DEVICE_MITIGATION,
+    *map(column, CLIENT_METRICS),
     *REPORT_COLUMNS, *SCHEDULE_COLUMNS, "dp_epsilon", "status",
 )
 

@@ -160,3 +160,24 @@ def test_a_contradicted_noise_claim_is_named_in_the_status_and_counted():
     assert all(status[k] == "ok" for k in range(1, CLIENTS)), status
     assert stats[ROUND_CLIENTS_CAPPED] == 1 and stats["ni-contradicted"] == 1
     assert step > 0.9
+
+
+def test_clients_csv_records_each_replys_mitigation_claim_beside_its_profile():
+    """A client's mitigation (none / zne / pec) is part of its claimed device: the guard
+    records it in its row of ``clients.csv``, as the reply said it, for each client."""
+    from qfl.common.contract import DEVICE, DEVICE_MITIGATION, DEVICE_PROFILE
+    from server.recorder import CLIENT_COLUMNS
+
+    assert DEVICE_MITIGATION in CLIENT_COLUMNS
+    said = {1: "none", 2: "zne", 3: "pec", 4: "pec", 5: "none"}
+    replies = []
+    for node, mitigation in said.items():
+        msg = reply(node, HONEST)
+        msg.content[DEVICE] = ConfigRecord({DEVICE_PROFILE: "ibm-heron", DEVICE_MITIGATION: mitigation})
+        replies.append(msg)
+    guard = InstrumentedStrategy(load_strategy("fedavg"), train_reply_schema(), 4.0, 4.0, None, True)
+    guard.configure_train(1, ArrayRecord({"w": Array(GLOBAL)}), ConfigRecord(), _Grid())
+    guard.aggregate_train(1, replies)
+    rows = {row["node_id"]: row for row in guard.take_client_rows()}
+    assert {node: row[DEVICE_MITIGATION] for node, row in rows.items()} == said
+    assert all(row[DEVICE_PROFILE] == "ibm-heron" for row in rows.values())

@@ -79,6 +79,20 @@ def route(tape, coupling_map):
     return [new], lambda results: results[0]
 
 
+def pauli_angles(tape):  # noqa: ANN001, ANN201 (a QuantumScript; a function of bit arrays)
+    """``angle(bits)``: the rotation angles ``pi * bits`` (shape ``(B,)``) that insert an X or Z
+    per batch element of ``tape`` (a scalar for an unbatched tape), in the interface of the
+    tape's trainable parameters so that gradients flow through the rest of the circuit."""
+    like = next((p for p in tape.get_parameters(trainable_only=False) if qml.math.get_interface(p) != "numpy"), None)
+
+    def angle(bits: np.ndarray):  # noqa: ANN202
+        a = np.pi * bits.astype(np.float64)
+        a = a if tape.batch_size else a[0]
+        return a if like is None else qml.math.convert_like(a, like)
+
+    return angle
+
+
 @qml.transform
 def pauli_trajectories(tape, profile: DeviceProfile, rng: np.random.Generator):
     """Insert one sampled Pauli error per gate and batch element (see the module doc).
@@ -89,13 +103,7 @@ def pauli_trajectories(tape, profile: DeviceProfile, rng: np.random.Generator):
     p1 = profile.pauli_probs_1q()
     p2 = profile.pauli_probs_2q()
     p_swap = _compose_2q(_compose_2q(p2, p2), p2)
-    like = next((p for p in tape.get_parameters(trainable_only=False) if qml.math.get_interface(p) != "numpy"), None)
-
-    def angle(bits: np.ndarray):
-        a = np.pi * bits.astype(np.float64)
-        a = a if tape.batch_size else a[0]
-        return a if like is None else qml.math.convert_like(a, like)
-
+    angle = pauli_angles(tape)
     new_ops = []
     for op in tape.operations:
         new_ops.append(op)

@@ -60,7 +60,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from qfl.task.noise import _X_BIT, _Z_BIT, DeviceProfile, _compose_2q, _is_state_prep
+from qfl.task.noise import _X_BIT, _Z_BIT, DeviceProfile, _compose_2q, _is_state_prep, pauli_angles
 from qfl.task.qml import qml
 
 
@@ -192,13 +192,7 @@ def pec_trajectories(tape, profile: DeviceProfile, rng: np.random.Generator):
     rep = representation(profile)
     noise_1q, noise_2q = profile.pauli_probs_1q(), profile.pauli_probs_2q()
     noise_swap = _compose_2q(_compose_2q(noise_2q, noise_2q), noise_2q)
-    like = next((p for p in tape.get_parameters(trainable_only=False) if qml.math.get_interface(p) != "numpy"), None)
-
-    def angle(bits: np.ndarray):
-        a = np.pi * bits.astype(np.float64)
-        a = a if tape.batch_size else a[0]
-        return a if like is None else qml.math.convert_like(a, like)
-
+    angle = pauli_angles(tape)
     signs = np.ones(size)
     gamma = 1.0
     new_ops = []

@@ -281,10 +281,101 @@ class _CappedSleep:
         return getattr(self._time, name)
 
 
-def supernode_main(poll_interval: float):  # noqa: ANN201 (Flower's CLI entry point)
-    """Flower's ``flower-supernode`` entry point, its loop's sleeps capped at ``poll_interval`` s."""
+def supernode_main(poll_interval: float, fork_clientapps: bool = True):  # noqa: ANN201 (Flower's CLI entry point)
+    """Flower's ``flower-supernode`` entry point, its loop's sleeps capped at ``poll_interval`` s;
+    with ``fork_clientapps`` its SuperExec forks the ClientApp processes (:func:`superexec_main`)."""
     from flwr.supernode import start_client_internal
     from flwr.supernode.cli import flower_supernode
 
     start_client_internal.time = _CappedSleep(poll_interval)
+    if fork_clientapps:
+        import subprocess
+
+        start_client_internal.subprocess = _Subprocess(
+            SUPEREXEC_COMMAND, lambda command: subprocess.Popen(supernode_superexec(command)))
     return flower_supernode
+
+
+# --- the SuperExec's ClientApp processes -----------------------------------------------------
+# In ``subprocess`` isolation Flower 1.41's SuperNode starts ``flower-superexec``
+# (``start_client_internal``: ``subprocess.Popen(["flower-superexec", ...])``), and the
+# SuperExec starts every ClientApp as a fresh ``flwr-clientapp`` process, one per message
+# (``superexec/executor/subprocess_executor.py``: ``subprocess.Popen(args)``), each importing
+# flwr again before it pulls its message. The two stand-ins below keep Flower's commands and
+# arguments as Flower builds them and change only how the ClientApp's process comes to be: it
+# is forked from a server process that imported flwr once (``multiprocessing``'s forkserver,
+# single-threaded, so that forking it is safe) and then runs ``flwr-clientapp``'s own entry
+# point with those arguments. The public API they stand in for is the two commands, which
+# run unchanged otherwise.
+
+SUPEREXEC_COMMAND = "flower-superexec"
+CLIENTAPP_COMMAND = "flwr-clientapp"
+# imported once by the fork server: what every ClientApp process imports before its app
+CLIENTAPP_PRELOAD = ("flwr.supernode.cli.flwr_clientapp", "flwr.clientapp", "flwr.app", "numpy", "pydantic",
+                     "cryptography.hazmat.primitives.ciphers.aead")
+
+
+class _Subprocess:
+    """The ``subprocess`` module as a Flower launcher sees it: ``Popen(args)`` of one command,
+    called with nothing but the argument list, goes to ``replace(args)``; all else is the module's."""
+
+    def __init__(self, command: str, replace) -> None:  # noqa: ANN001 (list[str] -> object)
+        import subprocess
+
+        self._subprocess, self.command, self.replace = subprocess, command, replace
+
+    def Popen(self, args, **kwargs):  # noqa: ANN001, ANN201, N802 (subprocess.Popen's name and signature)
+        if not kwargs and isinstance(args, list) and args and args[0] == self.command:
+            return self.replace(list(args))
+        return self._subprocess.Popen(args, **kwargs)
+
+    def __getattr__(self, name: str):  # noqa: ANN204 (subprocess.DEVNULL, ...)
+        return getattr(self._subprocess, name)
+
+
+def _run_clientapp(argv: list[str]) -> None:
+    """A forked ClientApp process: ``flwr-clientapp``'s entry point with Flower's arguments."""
+    import sys
+
+    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+
+    sys.argv = argv  # flwr_exit reads argv[0]
+    flwr_clientapp()
+
+
+class ForkedClientApps:
+    """Starts ``flwr-clientapp`` processes by forking them from a fork server that imported
+    :data:`CLIENTAPP_PRELOAD`, started now, while the node waits for its first message (it
+    ends when this process does)."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        from multiprocessing import forkserver
+
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(list(CLIENTAPP_PRELOAD))
+        self._active_children = multiprocessing.active_children
+        forkserver.ensure_running()
+
+    def __call__(self, argv: list[str]) -> object:
+        self._active_children()  # joins the ClientApps that ended (their sentinels close)
+        process = self._context.Process(target=_run_clientapp, args=(argv,), name=CLIENTAPP_COMMAND)
+        process.start()
+        return process
+
+
+def superexec_main():  # noqa: ANN201 (Flower's CLI entry point)
+    """Flower's ``flower-superexec`` entry point, its ClientApp processes forked (:class:`ForkedClientApps`)."""
+    from flwr.supercore.cli import flower_superexec
+    from flwr.supercore.superexec.executor import subprocess_executor
+
+    subprocess_executor.subprocess = _Subprocess(CLIENTAPP_COMMAND, ForkedClientApps())
+    return flower_superexec
+
+
+def supernode_superexec(command: list[str]) -> list[str]:
+    """The SuperExec the SuperNode starts, as ``qfl-supernode`` starts it: Flower's arguments,
+    run by :mod:`qfl.launch.superexec` with this interpreter."""
+    import sys
+
+    return [sys.executable, "-m", "qfl.launch.superexec", *command[1:]]

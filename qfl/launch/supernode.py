@@ -12,6 +12,10 @@ at ``--poll-interval`` (default :data:`POLL_INTERVAL_S`); every other argument i
 
 A shorter poll costs the SuperLink one pull per node per interval while the node is idle
 (``bench/deployment_round.py`` measures both; ``--poll-interval 3`` is Flower's own).
+
+Its SuperExec forks each message's ClientApp process from a process that imported flwr once,
+instead of starting ``flwr-clientapp`` afresh (:mod:`qfl.launch.superexec`);
+``--fresh-clientapps`` keeps Flower's fresh processes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from qfl.common.flower_internals import supernode_main
 
 POLL_INTERVAL_S = 0.2
 POLL_FLAG = "--poll-interval"
+FRESH_FLAG = "--fresh-clientapps"
 
 
 def poll_interval(text: str) -> float:
@@ -36,9 +41,10 @@ def poll_interval(text: str) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="qfl-supernode", add_help=False)
     parser.add_argument(POLL_FLAG, type=poll_interval, default=POLL_INTERVAL_S)
+    parser.add_argument(FRESH_FLAG, action="store_true")
     ours, flowers = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     sys.argv = ["flower-supernode", *flowers]
-    sys.exit(supernode_main(ours.poll_interval)())
+    sys.exit(supernode_main(ours.poll_interval, fork_clientapps=not ours.fresh_clientapps)())
 
 
 if __name__ == "__main__":

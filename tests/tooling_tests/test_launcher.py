@@ -324,8 +324,41 @@ def test_the_supernode_loop_sleeps_no_longer_than_the_poll_interval(monkeypatch)
     capped.sleep(0.1)
     assert slept == [0.2, 0.2, 0.1] and capped.monotonic() == 7.0  # everything else is the time module's
     monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)  # restored after the test
+    monkeypatch.setattr(start_client_internal, "subprocess", start_client_internal.subprocess)
     entry = supernode_main(0.25)
     assert start_client_internal.time.cap == 0.25 and entry.__name__ == "flower_supernode"
+
+
+def test_the_supernodes_superexec_is_flowers_with_forked_clientapps(monkeypatch):
+    """``qfl-supernode`` starts Flower's SuperExec with Flower's arguments through
+    ``qfl.launch.superexec``; there only ``flwr-clientapp`` launches, as Flower builds them (an
+    argument list, nothing else), are forked; every other ``Popen`` is the real one."""
+    import subprocess
+
+    from flwr.supernode import start_client_internal
+
+    from qfl.common.flower_internals import _Subprocess, supernode_main
+
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kw: started.append((args, kw)) or "popen")
+    monkeypatch.setattr(start_client_internal, "subprocess", start_client_internal.subprocess)
+    supernode_main(0.2)
+    shim = start_client_internal.subprocess
+    shim.Popen(["flower-superexec", "--insecure", "--runtime-api-address", "127.0.0.1:1", "--parent-pid", "7"])
+    assert started == [([sys.executable, "-m", "qfl.launch.superexec", "--insecure", "--runtime-api-address",
+                         "127.0.0.1:1", "--parent-pid", "7"], {})]
+    assert shim.DEVNULL == subprocess.DEVNULL  # everything else is the module's
+    start_client_internal.subprocess = subprocess
+    supernode_main(0.2, fork_clientapps=False)  # --fresh-clientapps: Flower's own SuperExec
+    assert start_client_internal.subprocess is subprocess
+
+    forked = []
+    apps = _Subprocess("flwr-clientapp", lambda argv: forked.append(argv) or "forked")
+    args = ["flwr-clientapp", "--runtime-api-address", "127.0.0.1:2", "--token", "t", "--insecure"]
+    assert apps.Popen(args) == "forked" and forked == [args]
+    started.clear()
+    assert apps.Popen(args, stdout=subprocess.DEVNULL) == "popen" and started[0][0] == args  # output suppressed: Flower's
+    assert apps.Popen(["flwr-serverapp", "--token", "t"]) == "popen" and len(forked) == 1
 
 
 @pytest.mark.parametrize("value", ["0", "5", "nan", "x"])

@@ -17,7 +17,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from qfl.common.flower_internals import record_nbytes
+from qfl.common.flower_internals import quick_object_pulls, record_nbytes
 from transport.flower import DelegatingGrid
 
 
@@ -44,6 +44,7 @@ class MeteredGrid(DelegatingGrid):
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
         super().__init__(grid)
+        quick_object_pulls()  # a reply listed before its arrays arrived: asked again after 20 ms, not 1 s
         self.poll_interval = poll_interval
         self.on_replies = on_replies  # (phase, received, expected), as replies come in
         self.bytes_down = 0

@@ -288,6 +288,7 @@ def supernode_main(poll_interval: float, fork_clientapps: bool = True):  # noqa:
     from flwr.supernode.cli import flower_supernode
 
     start_client_internal.time = _CappedSleep(poll_interval)
+    quick_object_pulls()
     if fork_clientapps:
         import subprocess
 
@@ -339,6 +340,7 @@ def _run_clientapp(argv: list[str]) -> None:
 
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
+    quick_object_pulls()
     sys.argv = argv  # flwr_exit reads argv[0]
     flwr_clientapp()
 
@@ -379,3 +381,26 @@ def supernode_superexec(command: list[str]) -> list[str]:
     import sys
 
     return [sys.executable, "-m", "qfl.launch.superexec", *command[1:]]
+
+
+# --- pulling a message's objects -------------------------------------------------------------
+# Flower 1.41 lists a message as soon as its sender pushed it, while its arrays (objects of
+# their own) may still be on the way; a receiver that asks first is told the object is not
+# there yet and waits ``PULL_INITIAL_BACKOFF`` = 1 s before it asks again, doubling up to 10 s
+# (``supercore/inflatable/inflatable_utils.py``: ``pull_objects`` and
+# ``pull_and_inflate_object_from_tree``, the defaults of their keyword arguments; no option
+# or environment variable sets them). On loopback the objects follow within milliseconds, so
+# nearly every reply the ServerApp pulls early, and every message a SuperNode or ClientApp
+# pulls early, costs a whole second. ``quick_object_pulls`` makes the first retry 20 ms,
+# doubling up to 1 s, with ten times the tries, so that a receiver still waits as long
+# (about 80 min) before it gives up on an object that never comes.
+
+QUICK_PULL = {"initial_backoff": 0.02, "backoff_cap": 1.0, "max_tries_per_object": 5000}
+
+
+def quick_object_pulls() -> None:
+    """Flower's object pulls in this process retry after 20 ms, not 1 s (see above)."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    for pull in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+        pull.__kwdefaults__ = {**pull.__kwdefaults__, **QUICK_PULL}

@@ -374,3 +374,37 @@ def test_the_launcher_runs_qfl_supernode_and_plain_flower_on_request():
 
     assert supernode_command("h:1", 2, 0, 1)[:3] == ["qfl-supernode", "--poll-interval", str(POLL_INTERVAL_S)]
     assert supernode_command("h:1", 2, 0, 1, poll_interval=None)[0] == "flower-supernode"
+
+
+def test_object_pulls_retry_after_20_ms_and_still_wait_as_long_as_flowers(monkeypatch):
+    """A message listed before its arrays arrived is asked for again after 20 ms, not Flower's
+    1 s (``quick_object_pulls``, applied by the ServerApp's grid, qfl-supernode and each forked
+    ClientApp); with ten times the tries a missing object is still waited for about as long."""
+    from flwr.supercore.constant import PULL_BACKOFF_CAP, PULL_INITIAL_BACKOFF, PULL_MAX_TRIES_PER_OBJECT
+    from flwr.supercore.inflatable import inflatable_utils
+
+    from qfl.common.flower_internals import QUICK_PULL, quick_object_pulls
+    from server.grid import MeteredGrid
+
+    pulls = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
+    for pull in pulls:
+        monkeypatch.setattr(pull, "__kwdefaults__", dict(pull.__kwdefaults__))  # restored after the test
+    assert (PULL_INITIAL_BACKOFF, PULL_BACKOFF_CAP) == (1, 10)  # Flower's, as the seam's comment says
+    MeteredGrid(object())
+    for pull in pulls:
+        assert {k: pull.__kwdefaults__[k] for k in QUICK_PULL} == QUICK_PULL
+
+    def waited(first: float, cap: float, tries: int) -> float:
+        delays, d = [], first
+        for _ in range(tries - 1):
+            delays.append(d)
+            d = min(2 * d, cap)
+        return sum(delays)
+
+    ours = waited(QUICK_PULL["initial_backoff"], QUICK_PULL["backoff_cap"], QUICK_PULL["max_tries_per_object"])
+    flowers = waited(PULL_INITIAL_BACKOFF, PULL_BACKOFF_CAP, PULL_MAX_TRIES_PER_OBJECT)
+    assert 0.9 < ours / flowers < 1.1
+
+    before = [dict(pull.__kwdefaults__) for pull in pulls]
+    quick_object_pulls()  # idempotent: every process of a node may call it
+    assert [pull.__kwdefaults__ for pull in pulls] == before

@@ -10,7 +10,10 @@
   the final accuracy and of the rounds to the target, and the paired tests against
   the arm's baseline with Holm-adjusted p-values (:mod:`qfl.experiments.stats`);
 - ``curves.png`` (mean accuracy per round with its 95 % band) and, for the privacy
-  experiment, ``privacy.png`` (final accuracy against the reported epsilon).
+  experiment, ``privacy.png`` (final accuracy against the reported epsilon); over a shared
+  quantum network (``qcn-resources``) the summary's resources section and ``resources.png``
+  (:mod:`qfl.experiments.resources`); on heterogeneous devices (``noise``) the gap noise costs
+  FedAvg, the bar for noise isolation and what it saw (:mod:`qfl.experiments.noise_bar`).
 """
 
 from __future__ import annotations
@@ -78,12 +81,14 @@ def run_experiment(
     todo = [(arm, seed) for arm in experiment.arms for seed in seeds
             if _complete_rows(runs / run_folder_name(arm, seed), experiment.rounds) is None]
     start = time.perf_counter()
+    peak, scope = None, None  # the session's peak memory in bytes and what it covers (engine.PeakMemory), if measured
     if todo:
         if session_factory is None:
             from qfl.experiments.engine import SimulationSession
 
             session_factory = SimulationSession
         with session_factory() as session:  # type: ignore[attr-defined]
+            memory = getattr(session, "memory", None)
             for i, (arm, seed) in enumerate(todo, 1):
                 name = run_folder_name(arm, seed)
                 partial = runs / name
@@ -95,13 +100,32 @@ def run_experiment(
                           KEY.min_nodes: experiment.clients, KEY.output_dir: str(runs), KEY.run_name: name}
                 seconds = session.run(config, clients=experiment.clients, client_app=experiment.client_app)
                 say(f"[{experiment.name}] {i}/{len(todo)} {arm.name} seed {seed}: {seconds:.1f} s")
+        peak, scope = getattr(memory, "peak_bytes", None), getattr(memory, "scope", None)
     elapsed = time.perf_counter() - start
     timing = out / "timing.json"
-    spent = (json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0) + elapsed
-    timing.write_text(json.dumps({"seconds": spent}))
+    before = json.loads(timing.read_text()) if timing.exists() else {}
+    spent = before.get("seconds", 0.0) + elapsed
+    if peak and peak < before.get("peak_memory_bytes", 0):  # an earlier session's peak was the higher
+        peak, scope = before["peak_memory_bytes"], before.get("peak_memory_scope")
+    elif not peak:
+        peak, scope = before.get("peak_memory_bytes"), before.get("peak_memory_scope")
+    memory = {"peak_memory_bytes": peak, "peak_memory_scope": scope} if peak else {}
+    timing.write_text(json.dumps({"seconds": spent, **memory}))
     results = collect(experiment, runs, seeds)
     write_results_csv(experiment, results, out / "results.csv")
-    (out / "summary.md").write_text(summary_markdown(experiment, results, command, spent))
+    summary = summary_markdown(experiment, results, command, spent, peak, scope)
+    if experiment.resources:  # a shared quantum network: Bell pairs, simulated time, the bar
+        from qfl.experiments.resources import plot_resources, resource_lines
+
+        section = resource_lines(experiment, results, lambda arm, seed: runs / run_folder_name(arm, seed))
+        summary = summary.rstrip("\n") + "\n" + "\n".join(section) + "\n"
+        plot_resources(experiment, results, out / "resources.png")
+    if experiment.noise_bar:  # heterogeneous devices: the gap, the bar, and what noise isolation saw
+        from qfl.experiments.noise_bar import noise_bar_lines
+
+        section = noise_bar_lines(experiment, results, lambda arm, seed: runs / run_folder_name(arm, seed))
+        summary = summary.rstrip("\n") + "\n" + "\n".join(section) + "\n"
+    (out / "summary.md").write_text(summary)
     plot_curves(experiment, results, out / "curves.png")
     if experiment.privacy:
         plot_privacy(experiment, results, out / "privacy.png")
@@ -141,7 +165,8 @@ def _rounds(res: ArmResult, experiment: Experiment) -> tuple[np.ndarray, int]:
     return stats.censored_rounds(reached, experiment.rounds), sum(r is not None for r in reached)
 
 
-def summary_markdown(experiment: Experiment, results: dict[str, ArmResult], command: str, seconds: float) -> str:
+def summary_markdown(experiment: Experiment, results: dict[str, ArmResult], command: str, seconds: float,
+                     peak_memory: int | None = None, memory_scope: str | None = None) -> str:
     """The experiment's summary: per-arm intervals, then the paired tests (Holm-adjusted)."""
     e = experiment
     lines = [
@@ -150,6 +175,7 @@ def summary_markdown(experiment: Experiment, results: dict[str, ArmResult], comm
         f"Claim: {e.claim}.", "",
         f"{e.clients} clients, {e.rounds} rounds, seeds {res_seeds(results)}; shared settings: `{_toml(e.config)}`. "
         f"Running time: {seconds / 60:.1f} min (the runs' own, on this machine; resumed runs count where they ran).", "",
+        cost_line(results, peak_memory, memory_scope), "",
         f"Final accuracy is the central test accuracy after round {e.rounds}; rounds to target is the first round "
         f"with accuracy >= {e.target:g}, a run that never gets there counted as {e.rounds + 1} (so such a mean is a "
         "lower bound, marked *censored*). Intervals: mean and 95 % Student-t CI over seeds.", "",
@@ -171,6 +197,18 @@ def summary_markdown(experiment: Experiment, results: dict[str, ArmResult], comm
     lines += ["", "Files: `results.csv` (one row per seed x arm x round), `curves.png`, `runs/<arm>-s<seed>/` "
               "(each run's metrics and checkpoints)." + (" `privacy.png`: final accuracy against epsilon." if e.privacy else ""), ""]
     return "\n".join(lines)
+
+
+def cost_line(results: dict[str, ArmResult], peak_memory: int | None, memory_scope: str | None = None) -> str:
+    """Seconds a round (rounds 2 on: round 1 also builds each actor's first tasks) over every
+    run, and the peak memory of the sessions that ran them (``memory_scope``: what it covers)."""
+    times = [float(r["round_time_s"]) for res in results.values() for rows in res.rows for r in rows
+             if r["round"] >= 2 and r.get("round_time_s") is not None]
+    rounds = (f"{np.mean(times):.2f} s a round (mean of rounds 2 on over all runs; {min(times):.2f}-{max(times):.2f})"
+              if times else "no round after the first to time")
+    scope = memory_scope or "PSS of the experiment's process, its Ray processes and actors"
+    memory = f"; peak memory {peak_memory / 2**30:.2f} GiB ({scope}, sampled every 0.5 s)" if peak_memory else ""
+    return f"Cost: {rounds}{memory}."
 
 
 def comparison_table(experiment: Experiment, comparisons: list[tuple[ArmResult, ArmResult]]) -> list[str]:

@@ -90,7 +90,7 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
     env = group.env  # with the launch's token: the watchdog finds every process by it
     previous = _stop_on_signals()
     try:
-        zygote = _start_zygote(group) if not args.simulation and cfg.warm_runtime else {}
+        zygote = _start_zygote(group, run_dir) if not args.simulation and cfg.warm_runtime else {}
         certs = make_certs(run_dir / "certs", clients, secure=args.secure, saes=_made_saes(args, cfg, clients))
         cfg, credentials = _start_key_manager(args, cfg, clients, run_dir, group)
         port = free_port()
@@ -129,7 +129,7 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
     return code
 
 
-def _start_zygote(group: ProcessGroup) -> dict[str, str]:
+def _start_zygote(group: ProcessGroup, run_dir: Path) -> dict[str, str]:
     """One process that imports torch and PennyLane now, while the federation starts, and forks
     each node's warm worker from itself (:mod:`client.zygote`); the SuperNodes' environment
     that points their ClientApps at it. ``{}`` (each worker imports for itself) where the
@@ -143,7 +143,8 @@ def _start_zygote(group: ProcessGroup) -> dict[str, str]:
     except WorkerError as err:
         print(f"{TAG} no worker zygote: {err}", file=sys.stderr, flush=True)
         return {}
-    group.start("worker-zygote", [sys.executable, "-m", "client.zygote", "--files", str(base)])
+    # in the run folder, as every process of the launch (and the workers it forks) is
+    group.start("worker-zygote", [sys.executable, "-m", "client.zygote", "--files", str(base)], cwd=run_dir)
     return {ZYGOTE_ENV: str(base)}
 
 

@@ -513,11 +513,20 @@ def test_warm_and_cold_runtimes_give_bit_identical_checkpoints(two_node_run, tmp
 
 
 def _workers(run_dir: Path) -> list[int]:
+    """The launch's warm workers: started as ``client.worker``, or forked by its zygote (a child
+    of ``client.zygote`` that runs the same command line)."""
     import psutil
 
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        if "client.worker" in " ".join(proc.info["cmdline"] or []) and str(proc.info["cwd"] or "").startswith(str(run_dir)):
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "cwd"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if not str(proc.info["cwd"] or "").startswith(str(run_dir)):
+            continue
+        try:
+            forked = "client.zygote" in cmd and psutil.Process(proc.info["ppid"]).cmdline() == proc.info["cmdline"]
+        except psutil.Error:
+            forked = False
+        if "client.worker" in cmd or forked:
             found.append(proc.info["pid"])
     return found
 

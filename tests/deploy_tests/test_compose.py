@@ -233,7 +233,8 @@ def test_compose_up_runs_a_qkd_federation_over_tls_with_node_auth(federation):
     assert float(rows[-1]["test_accuracy"]) > float(rows[0]["test_accuracy"])
     assert all(int(r["clients_ok"]) == 2 for r in rows[1:])
     progress = [json.loads(line) for line in _volume_file("runs", "compose-qkd/progress.jsonl").splitlines()]
-    assert progress[0]["stack"] == "qkd"  # encrypted under QKD keys
+    start = next(event for event in progress if event["event"] == "start")
+    assert start["stack"] == "qkd"  # encrypted under QKD keys
     logs = compose("logs", "superlink").stdout
     assert "--insecure" not in logs and "authentication is disabled" not in logs  # TLS and node auth on
 
@@ -358,7 +359,9 @@ def test_a_supernode_flooding_the_key_manager_stalls_no_one_else(federation):
 
 def test_a_supernode_killed_mid_run_and_the_run_finishes_without_it(federation):
     compose, _ = federation
-    config = _config("compose-kill", 3, **{"round-timeout": "40.0"})
+    # rounds of several seconds (100 local epochs), so that the kill lands in round 2 or 3:
+    # at the default 2 epochs a round takes a second and the run is over before the kill
+    config = _config("compose-kill", 3, **{"round-timeout": "40.0", "local-epochs": "100"})
     compose("run", "-d", "-e", f"QFL_RUN_CONFIG={config}", "submit")
     deadline = time.monotonic() + 600
     while not any(r["round"] == "1" for r in _rows("compose-kill")):

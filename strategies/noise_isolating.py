@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from qfl.common.contract import (
@@ -41,7 +39,8 @@ from qfl.common.contract import (
 )
 from qfl.common.records import flatten, unflatten
 from strategies.delegating import RoundReport
-from strategies.validation import bound_noise_claim, filter_replies, shapes_of
+from strategies.global_model import GlobalModelFedAvg
+from strategies.validation import bound_noise_claim, filter_replies
 
 # where a client's noise variance came from (the ``noise_source`` column of clients.csv)
 CLAIMED = "claimed"  # its own claim, consistent with its update's spread (or untested)
@@ -84,7 +83,7 @@ class NoiseSeparation:
     kept: float = 0.0  # the share left with the global model (a zero update) where a cap binds; weights then sum to 1 - kept
 
 
-class NoiseIsolatingFedAvg(FedAvg):
+class NoiseIsolatingFedAvg(GlobalModelFedAvg):
     r"""FedAvg that weighs each update by the inverse of its heterogeneity plus its device noise.
 
     Client :math:`k` sends parameters :math:`w_k` (update :math:`\Delta_k = w_k - w^t` in
@@ -231,8 +230,6 @@ class NoiseIsolatingFedAvg(FedAvg):
         self.uncorrected_parameters = tuple(uncorrected_parameters)
         self.last_clients: list[ClientNoise] = []
         self.last_kept = 0.0  # the share of the last round left with the global model (a cap bound)
-        self._reference: dict[str, tuple[int, ...]] | None = None
-        self._global: np.ndarray | None = None
 
     def round_report(self) -> RoundReport:
         """Each client's noise variance, its source, contraction, weight and SNR, last round;
@@ -250,24 +247,14 @@ class NoiseIsolatingFedAvg(FedAvg):
             self.weight_cap, self.heterogeneity_factor, self.min_contraction)
         super().summary()
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._reference = shapes_of(arrays)
-        self._global = flatten(arrays, list(self._reference))
-        return super().configure_train(server_round, arrays, config, grid)
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self.last_clients = []
-        reference = self._reference
-        if reference is None:  # called without configure_train: take the first reply's
-            sound = [m for m in replies if not m.has_error()]
-            if not sound:
-                return super().aggregate_train(server_round, replies)
-            reference = shapes_of(sound[0].content[self.arrayrecord_key])
+        reference = self.reference_for(replies)
+        if reference is None:  # nothing sound to take shapes from: FedAvg counts the failures
+            return super().aggregate_train(server_round, replies)
         replies, _ = filter_replies(replies, reference, self.arrayrecord_key, self.weighted_by_key)
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
         if not valid:

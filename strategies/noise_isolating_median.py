@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from logging import INFO
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.supercore import log
 
 from qfl.common.contract import REPORT_NOISE_VAR, REPORT_SNR, REPORT_TRIMMED, REPORT_WEIGHT
 from qfl.common.records import flatten, unflatten
 from strategies.delegating import RoundReport
-from strategies.validation import filter_replies, shapes_of
+from strategies.global_model import GlobalModelFedAvg
+from strategies.validation import filter_replies
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class ClientNoiseEstimate:
     trimmed: bool
 
 
-class MedianNoiseIsolatingFedAvg(FedAvg):
+class MedianNoiseIsolatingFedAvg(GlobalModelFedAvg):
     r"""FedAvg with per-client noise estimated from the distance to the median, shrinkage and trimming.
 
     For the :math:`K` valid replies with flattened parameters :math:`w_k \in \mathbb{R}^d`
@@ -100,8 +99,6 @@ class MedianNoiseIsolatingFedAvg(FedAvg):
         self.trim_threshold = float(trim_threshold)
         self.shrink = bool(shrink)
         self.last_estimates: list[ClientNoiseEstimate] = []
-        self._reference: dict[str, tuple[int, ...]] | None = None
-        self._global: np.ndarray | None = None
 
     def round_report(self) -> RoundReport:
         """Each client's noise estimate, signal-to-noise ratio, weight and trimming, last round."""
@@ -114,23 +111,14 @@ class MedianNoiseIsolatingFedAvg(FedAvg):
         log(INFO, "\t├──> Noise isolation: trim above %.1f x median variance, shrink=%s", self.trim_threshold, self.shrink)
         super().summary()
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._reference = shapes_of(arrays)
-        self._global = flatten(arrays, list(self._reference))
-        return super().configure_train(server_round, arrays, config, grid)
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self.last_estimates = []
-        if self._reference is None:  # called without configure_train: take the first reply's
-            sound = [m for m in replies if not m.has_error()]
-            if not sound:
-                return super().aggregate_train(server_round, replies)
-            self._reference = shapes_of(sound[0].content[self.arrayrecord_key])
+        self._reference = self.reference_for(replies)  # kept: a later round without configure_train checks against it
+        if self._reference is None:  # nothing sound to take shapes from: FedAvg counts the failures
+            return super().aggregate_train(server_round, replies)
         replies, _ = filter_replies(replies, self._reference, self.arrayrecord_key, self.weighted_by_key)
         valid, _ = self._check_and_log_replies(replies, is_train=True)
         if not valid:

@@ -2,8 +2,10 @@
 
 1. The protocol at n simulated clients (default 10, 50, 200), every stage of a round in
    this process (:func:`transport.secagg.play_round`) on an update the size of the default
-   model: seconds a round and bytes per client, against plain FedAvg's (each client's
-   float64 update up, the model down), and bytes per client over log2(n) x model bytes.
+   model: seconds to make the run's hybrid X25519 + ML-KEM-768 pair keys (once a run) and
+   seconds a round, bytes per client in the first round (with the keys) and in a later one,
+   against plain FedAvg's (each client's float64 update up, the model down), and a later
+   round's bytes per client over log2(n) x model bytes.
 2. A real deployment (SuperLink + 4 SuperNodes on loopback, Wine, 5 rounds): mean round
    time of ``secagg`` against ``plain`` (rounds 2-5, after the cold start).
 
@@ -44,25 +46,31 @@ def part_protocol(clients: list[int]) -> None:
 
     cfg = RunConfig.from_run_config(app_defaults(ROOT))
     d = model_size() + 1  # the weighted update and its weight
-    print(f"1. protocol in process, update of {d} coordinates (the default model + its weight)")
-    print(f"{'clients':>8} {'k':>4} {'t':>4} {'s/round':>8} {'plain s':>8} {'ratio':>6} {'B/client':>9} "
-          f"{'plain B':>8} {'ratio':>6} {'B/(log2n*model)':>16}")
+    step = cfg.secagg_clip / STEPS_PER_CLIP
+    print(f"1. protocol in process, update of {d} coordinates (the default model + its weight); pair keys hybrid "
+          "X25519 + ML-KEM-768, made once a run (first round) and reused (later rounds)")
+    print(f"{'clients':>8} {'k':>4} {'t':>4} {'keys s':>7} {'s/round':>8} {'plain s':>8} {'B/client 1st':>13} "
+          f"{'B/client later':>15} {'plain B':>8} {'ratio later':>12} {'later/(log2n*model)':>20}")
     rng = np.random.default_rng(0)
     for n in clients:
         updates = {i: rng.uniform(-0.5, 0.5, d) for i in range(1, n + 1)}
         k, t = sizes(n, cfg)
+        nodes = sorted(updates)
         begin = time.perf_counter()
-        secagg.play_round(updates, k, t, cfg.secagg_clip / STEPS_PER_CLIP)
+        keys, first = secagg.pair_keys(nodes, secagg.neighbours(nodes, k, seed=7))  # play_round's graph
+        keys_s = time.perf_counter() - begin
+        begin = time.perf_counter()
+        _, _, later = secagg.play_round(updates, k, t, step, keys=keys)
         took = time.perf_counter() - begin
         begin = time.perf_counter()
         np.mean(np.stack(list(updates.values())), axis=0)  # what the plain server computes
         plain_s = time.perf_counter() - begin
-        _, _, moved = secagg.play_round(updates, k, t, cfg.secagg_clip / STEPS_PER_CLIP)
-        per_client = (sum(moved.values()) + 8 * d) / n  # + the model down, as plain sends it
+        per_later = (sum(later.values()) + 8 * d) / n  # + the model down, as plain sends it
+        per_first = per_later + sum(first.values()) / n
         plain_b = 2 * 8 * d  # float64 update up, model down
         model_b = 8 * d
-        print(f"{n:>8} {k:>4} {t:>4} {took:>8.3f} {plain_s:>8.5f} {took / max(plain_s, 1e-9):>6.0f} {per_client:>9.0f} "
-              f"{plain_b:>8} {per_client / plain_b:>6.2f} {per_client / (math.log2(n) * model_b):>16.2f}")
+        print(f"{n:>8} {k:>4} {t:>4} {keys_s:>7.3f} {took:>8.3f} {plain_s:>8.5f} {per_first:>13.0f} {per_later:>15.0f} "
+              f"{plain_b:>8} {per_later / plain_b:>12.2f} {per_later / (math.log2(n) * model_b):>20.2f}")
 
 
 def launch(name: str, *args: str) -> list[dict]:

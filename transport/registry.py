@@ -94,7 +94,7 @@ def build_transport(cfg: RunConfig, node: NodeConfig | None = None, state: Recor
                 from transport.qkd.client import KeyManagerClient
 
                 kms = KeyManagerClient.of_this_sae(cfg.kms_url)
-            stack.append(SecAggTransport(state, kms, cfg.qkd_server_sae, cfg))
+            stack.append(SecAggTransport(state, kms, cfg.qkd_server_sae, cfg, node))
         elif part == "qcn":
             from transport.qcn_transport import QCNTransport
 

@@ -5,13 +5,16 @@ The protocol's pure parts, one function each; :mod:`transport.secagg_flower` car
 Flower messages. For a round with participants :math:`i \\in U`, each with an input
 :math:`x_i \\in \\mathbb Z_{2^{32}}^d` (its quantised update):
 
-0. **Keys, once a run.** Each client makes one X25519 key pair :math:`(k_i^{sk}, k_i^{pk})`
-   and the server keeps :math:`k_i^{pk}` (it comes with the node's warm-up answer). Every
-   secret of a round is an HKDF-SHA256 output of a pair's X25519 secret *bound to the round*
-   (:func:`pair_info`): the pairwise mask seed :math:`s_{ij}^{(r)}` and the key
-   :math:`e_{ij}^{(r)}` that encrypts shares between them. Nothing derived from
-   :math:`k_i^{sk}` for one round tells anything of another round's, so the key pair serves
-   the whole run and the protocol needs no key exchange per round.
+0. **Keys, once a run.** Each client makes one X25519 key pair and one ML-KEM-768 key pair
+   and the server keeps their public halves. For each pair of neighbours the lower client
+   encapsulates to the higher one's ML-KEM key, and both derive a run-long pair key
+   :math:`K_{ij}` by HKDF over the X25519 secret and the ML-KEM secret
+   (:mod:`transport.hybrid_kem`: secret while either holds; :func:`pair_keys`). Every
+   secret of a round is an HKDF-SHA256 output of :math:`K_{ij}` *bound to the round*
+   (:func:`pair_info`, :func:`seed_from_key`): the pairwise mask seed
+   :math:`s_{ij}^{(r)}` and the key :math:`e_{ij}^{(r)}` that encrypts shares between them.
+   Nothing derived for one round tells anything of another round's, so the keys serve the
+   whole run and the protocol needs no key exchange per round.
 1. **Masked input** (the training exchange). The server sends each client its neighbours
    :math:`N(i)` in a sparse graph (:func:`neighbours`: a random ring, each client joined to
    its ``k`` nearest, so a client talks to :math:`O(\\log n)` others, not :math:`n`) with their
@@ -43,6 +46,19 @@ that any :math:`t` neighbours can remove a dropped client's masks; here each sur
 removes its own, which saves two exchanges a round, and a round in which a dropped client's
 neighbour also fails to answer the unmask stage fails (named) instead.
 
+**Bounded inputs** (the server's check, :func:`check_weighted_sum`, :func:`check_noised_sum`).
+Masks hide every input, so the server cannot check one; it checks the unmasked sum against
+what :math:`|V|` honest, bounded inputs can make. Without DP each honest input is
+:math:`(a_i \\mathrm{clip}(\\Delta_i, c), a_i)` with :math:`a_i \\in [0, 1]`, so the weight sum
+:math:`W` lies in :math:`[0, |V|]` and every coordinate of the sum in :math:`[-cW, cW]`. Under
+distributed DP each input is an update of L2 norm at most :math:`C` plus Gaussian noise, so
+the sum's norm is at most :math:`|V| C + s(\\sqrt d + \\tau)` with
+:math:`s = \\sigma C \\sqrt{|V|/m_{\\min}}`, except with probability
+:math:`e^{-\\tau^2/2} = 2^{-40}` (the norm of a standard Gaussian vector exceeds
+:math:`\\sqrt d + \\tau` with at most that probability: it is 1-Lipschitz with mean at most
+:math:`\\sqrt d`). Each bound adds the rounding slack of :math:`|V|` quantised inputs. A sum
+outside fails the round (:class:`SumOutOfBounds`); one inside passes, whoever made it.
+
 The PRG is AES-256 in counter mode (``cryptography``) keyed by the 32-byte seed. Flower's own
 ``pseudo_rand_gen`` is not used: it folds its seed to 32 bits, which a server can search.
 """
@@ -50,17 +66,21 @@ The PRG is AES-256 in counter mode (``cryptography``) keyed by the 32-byte seed.
 from __future__ import annotations
 
 import base64
+import math
 import random
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from qfl.common.flower_internals import secagg_primitives
+from transport import hybrid_kem
 
 FIELD = np.uint32  # inputs and masks live in Z_{2^32}: numpy's uint32 arithmetic wraps mod 2^32
+FIELD_MAX = 2**31 - 1  # a sum decodes exactly while every coordinate stays within +-FIELD_MAX steps (signed)
+NOISE_TAIL = math.sqrt(2 * 40 * math.log(2))  # tau: a Gaussian vector's norm exceeds s(sqrt(d) + tau) w.p. <= 2^-40
 SEED_BYTES = 32
 KEY_BYTES = 32  # an X25519 public key
 PAIR_MASK, PAIR_SHARES = "pairwise-mask", "share-key"  # what an HKDF output of a pair is for (its info)
@@ -68,6 +88,59 @@ PAIR_MASK, PAIR_SHARES = "pairwise-mask", "share-key"  # what an HKDF output of 
 
 class SecAggError(RuntimeError):
     """A round that cannot be unmasked (too few shares, a pair seed missing); the message says which client and why."""
+
+
+class SumOutOfBounds(SecAggError):
+    """An unmasked sum that no set of honest, bounded inputs can produce: some input was not bounded."""
+
+
+def max_summands(steps_per_input: float) -> int:
+    """How many inputs of at most ``steps_per_input`` quantisation steps a coordinate may sum
+    without leaving the signed field (``FIELD_MAX`` steps)."""
+    return int(FIELD_MAX // steps_per_input)
+
+
+def _outside(n: int, detail: str) -> SumOutOfBounds:
+    return SumOutOfBounds(f"the unmasked sum is outside what {n} honest clients can produce: {detail}")
+
+
+def check_weighted_sum(total: np.ndarray, n: int, clip: float, step: float, weight_step: float) -> None:
+    """Raise :class:`SumOutOfBounds` unless ``total`` (floats: the weighted updates' sum, then
+    the weights' sum :math:`W`) is what ``n`` honest inputs make: :math:`W \\in [0, n]` and
+    :math:`|\\sum_i a_i x_{ic}| \\le c\\,W` on every coordinate, each up to the rounding
+    of ``n`` quantised inputs (less than one ``step``, one ``weight_step`` each)."""
+    if not np.all(np.isfinite(total)):
+        raise _outside(n, "it is not finite")
+    weight, summed = float(total[-1]), np.abs(total[:-1])
+    slack_w = n * weight_step
+    if not -slack_w <= weight <= n + slack_w:
+        raise _outside(n, f"the weights sum to {weight:.6g}, outside [0, {n}]")
+    bound = clip * (weight + slack_w) + n * step
+    worst = int(np.argmax(summed)) if summed.size else 0
+    if summed.size and summed[worst] > bound:
+        raise _outside(n, f"coordinate {worst} sums to {total[worst]:.6g}, beyond clip {clip:g} x total weight "
+                          f"{weight:.6g} (+ {n * (clip * weight_step + step):.2g} rounding) = {bound:.6g}")
+
+
+def noise_norm_bound(n: int, clip: float, sigma: float, m_min: int, d: int) -> float:
+    """:math:`s(\\sqrt d + \\tau)`: the noise of ``n`` shares of :math:`N(0, \\sigma^2 C^2/m_{\\min})`
+    per coordinate has a larger L2 norm with probability at most :math:`2^{-40}`."""
+    return sigma * clip * math.sqrt(n / m_min) * (math.sqrt(d) + NOISE_TAIL)
+
+
+def check_noised_sum(total: np.ndarray, n: int, clip: float, sigma: float, m_min: int, step: float) -> None:
+    """Raise :class:`SumOutOfBounds` unless the L2 norm of ``total`` (the distributed-DP sum)
+    is at most :math:`nC` (``n`` updates clipped to ``clip``) plus :func:`noise_norm_bound`
+    plus the rounding of ``n`` quantised inputs (:math:`n \\cdot step \\sqrt d`)."""
+    if not np.all(np.isfinite(total)):
+        raise _outside(n, "it is not finite")
+    d = total.size
+    noise = noise_norm_bound(n, clip, sigma, m_min, d)
+    bound = n * clip + noise + n * step * math.sqrt(d)
+    norm = float(np.linalg.norm(total))
+    if norm > bound:
+        raise _outside(n, f"its L2 norm is {norm:.6g}, beyond {n} x clip {clip:g} + the noise's 1 - 2^-40 bound "
+                          f"{noise:.4g} (+ rounding) = {bound:.6g}")
 
 
 def neighbours(nodes: list[int], k: int, seed: int) -> dict[int, set[int]]:
@@ -106,14 +179,6 @@ def pair_info(round_id: str, i: int, j: int, what: str) -> bytes:
     """The HKDF ``info`` of the pair ``{i, j}`` in one round: the same from both ends."""
     low, high = sorted((i, j))
     return f"qfl-secagg/{what}|{round_id}|{low}|{high}".encode()
-
-
-def agree(private: X25519PrivateKey | bytes, peer_public: bytes, info: bytes) -> bytes:
-    """32 bytes both ends derive: HKDF-SHA256 of the X25519 shared secret, bound to ``info``."""
-    if isinstance(private, bytes):
-        private = X25519PrivateKey.from_private_bytes(private)
-    shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
-    return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(shared)
 
 
 def seed_from_key(key: bytes, info: bytes) -> bytes:
@@ -211,21 +276,50 @@ def unmask(masked: dict[int, np.ndarray], graph: dict[int, set[int]], self_seeds
     return total
 
 
+def pair_keys(nodes: list[int], graph: dict[int, set[int]]) -> tuple[dict[tuple[int, int], bytes], dict[str, int]]:
+    """Every node's run keys and the hybrid X25519 + ML-KEM-768 key of every pair of
+    neighbours (:mod:`transport.hybrid_kem`), made in this process; ``{(i, j): key}`` for both
+    orders, and the bytes each step moved between the nodes and the server: ``keys`` (each
+    node's X25519 and ML-KEM public keys up), ``pair-keys`` (to each pair's lower node the
+    higher one's keys, its ciphertext up and down to the higher one)."""
+    x = {i: new_key() for i in nodes}
+    kem = {i: hybrid_kem.new_kem_key() for i in nodes}
+    pub = {i: (public_bytes(x[i]), hybrid_kem.kem_public_bytes(kem[i])) for i in nodes}
+    moved = {"keys": (KEY_BYTES + hybrid_kem.EK_BYTES) * len(nodes), "pair-keys": 0}
+    keys: dict[tuple[int, int], bytes] = {}
+    for low in nodes:
+        for high in sorted(j for j in graph[low] if j > low):
+            key, ct = hybrid_kem.encapsulate_pair(x[low], low, high, *pub[high])
+            keys[(low, high)] = key
+            keys[(high, low)] = hybrid_kem.decapsulate_pair(x[high], kem[high], high, low, pub[low][0], ct)
+            moved["pair-keys"] += KEY_BYTES + hybrid_kem.EK_BYTES + 2 * len(ct)
+    return keys, moved
+
+
 def play_round(updates: dict[int, np.ndarray], k: int, t: int, step: float, drop: frozenset[int] = frozenset(),
-               silent: frozenset[int] = frozenset(), round_id: str = "r1") -> tuple[np.ndarray, dict[int, np.ndarray], dict[str, int]]:
+               silent: frozenset[int] = frozenset(), round_id: str = "r1",
+               keys: dict[tuple[int, int], bytes] | None = None) -> tuple[np.ndarray, dict[int, np.ndarray], dict[str, int]]:
     """Every stage of one round, every client honest, in this process (tests, benchmarks).
 
     ``drop``: clients whose masked input never arrives; ``silent``: survivors that do not
-    answer the unmask stage. Returns the server's unmasked float sum of the survivors'
-    ``updates``, the masked inputs it received, and the bytes each stage moved between a
-    client and the server (summed over clients): ``keys`` (once a run), ``masked`` (the
-    neighbours' keys down, the masked input and the encrypted shares up), ``unmask``.
+    answer the unmask stage; ``keys``: the run's pair keys of an earlier round (made here,
+    :func:`pair_keys`, when ``None``: the first round). Returns the server's unmasked float
+    sum of the survivors' ``updates``, the masked inputs it received, and the bytes each
+    stage moved between a client and the server (summed over clients): ``keys`` and
+    ``pair-keys`` (once a run; 0 with ``keys`` given), ``masked`` (the neighbours' X25519
+    keys down, the masked input and the encrypted shares up), ``unmask``.
     """
     nodes = sorted(updates)
     graph = neighbours(nodes, k, seed=7)
-    keys = {i: new_key() for i in nodes}
-    pub = {i: public_bytes(keys[i]) for i in nodes}
-    moved = {"keys": KEY_BYTES * len(nodes), "masked": 0, "unmask": 0}
+    if keys is None:
+        keys, moved = pair_keys(nodes, graph)
+    else:
+        moved = {"keys": 0, "pair-keys": 0}
+    moved.update({"masked": 0, "unmask": 0})
+
+    def seed(i: int, j: int, what: str) -> bytes:
+        return seed_from_key(keys[(i, j)], pair_info(round_id, i, j, what))
+
     masked: dict[int, np.ndarray] = {}
     inbox: dict[int, dict[int, bytes]] = {i: {} for i in nodes}  # holder -> {owner: encrypted share of b_owner}
     for i in nodes:
@@ -234,9 +328,9 @@ def play_round(updates: dict[int, np.ndarray], k: int, t: int, step: float, drop
             continue
         b = np.random.default_rng().bytes(SEED_BYTES)
         for j, share in split(b, t, sorted(graph[i])).items():
-            inbox[j][i] = encrypt_share(agree(keys[i], pub[j], pair_info(round_id, i, j, PAIR_SHARES)), share)
+            inbox[j][i] = encrypt_share(seed(i, j, PAIR_SHARES), share)
             moved["masked"] += len(inbox[j][i])
-        pairs = {j: agree(keys[i], pub[j], pair_info(round_id, i, j, PAIR_MASK)) for j in graph[i]}
+        pairs = {j: seed(i, j, PAIR_MASK) for j in graph[i]}
         masked[i] = masked_input(quantize(updates[i], step), i, b, pairs)
         moved["masked"] += masked[i].nbytes
     b_of: dict[int, list[bytes]] = {i: [] for i in masked}
@@ -245,11 +339,11 @@ def play_round(updates: dict[int, np.ndarray], k: int, t: int, step: float, drop
         for owner, token in inbox[holder].items():
             if owner in masked:
                 moved["unmask"] += len(token)  # the token down, the share up
-                share = decrypt_share(agree(keys[holder], pub[owner], pair_info(round_id, holder, owner, PAIR_SHARES)), token)
+                share = decrypt_share(seed(holder, owner, PAIR_SHARES), token)
                 b_of[owner].append(share)
                 moved["unmask"] += len(share)
         for j in graph[holder] - set(masked):
-            revealed[(holder, j)] = agree(keys[holder], pub[j], pair_info(round_id, holder, j, PAIR_MASK))
+            revealed[(holder, j)] = seed(holder, j, PAIR_MASK)
             moved["unmask"] += SEED_BYTES
     seeds = {i: rebuild(s, t, i, "self-mask seed") for i, s in b_of.items()}
     return dequantize(unmask(masked, graph, seeds, revealed), step), masked, moved

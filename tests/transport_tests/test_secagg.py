@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from transport import secagg
+from transport import hybrid_kem, secagg
 
 STEP = 2.0**-16
 
@@ -115,3 +115,103 @@ def test_the_prg_is_keyed_by_all_32_bytes_of_its_seed():
     assert not np.array_equal(secagg.prg(seed, 64), secagg.prg(folded, 64))
     with pytest.raises(ValueError, match="32 bytes"):
         secagg.prg(b"short", 4)
+
+
+# --- the hybrid X25519 + ML-KEM-768 pair key (transport/hybrid_kem.py) -----------------------
+
+
+def _pair():  # noqa: ANN202
+    x_low, x_high = secagg.new_key(), secagg.new_key()
+    kem_high = hybrid_kem.new_kem_key()
+    pub = (secagg.public_bytes(x_low), secagg.public_bytes(x_high), hybrid_kem.kem_public_bytes(kem_high))
+    return x_low, x_high, kem_high, pub
+
+
+def test_both_ends_of_a_pair_derive_the_same_hybrid_key_and_a_tampered_ciphertext_another():
+    x_low, x_high, kem_high, (pk_low, pk_high, ek_high) = _pair()
+    key, ct = hybrid_kem.encapsulate_pair(x_low, 3, 8, pk_high, ek_high)
+    assert len(ct) == hybrid_kem.CT_BYTES == 1088 and len(ek_high) == hybrid_kem.EK_BYTES == 1184
+    assert hybrid_kem.decapsulate_pair(x_high, hybrid_kem.kem_seed(kem_high), 8, 3, pk_low, ct) == key
+    tampered = bytes([ct[0] ^ 1]) + ct[1:]  # ML-KEM rejects implicitly: another key, no error
+    assert hybrid_kem.decapsulate_pair(x_high, kem_high, 8, 3, pk_low, tampered) != key
+    assert hybrid_kem.decapsulate_pair(x_high, kem_high, 8, 3, secagg.public_bytes(secagg.new_key()), ct) != key
+    again, ct2 = hybrid_kem.encapsulate_pair(x_low, 3, 8, pk_high, ek_high)
+    assert ct2 != ct and again != key  # a fresh encapsulation: a fresh key
+    with pytest.raises(ValueError, match="ciphertext is 1088 bytes, got 1087"):
+        hybrid_kem.decapsulate_pair(x_high, kem_high, 8, 3, pk_low, ct[:-1])
+    with pytest.raises(ValueError, match="the lower node of a pair encapsulates"):
+        hybrid_kem.encapsulate_pair(x_high, 8, 3, pk_low, ek_high)
+
+
+def test_the_hybrid_key_is_hkdf_sha256_of_both_secrets_bound_to_the_transcript():
+    """Known answer from an independent HKDF (RFC 5869 written with the standard library's HMAC):
+    both secrets count, in the stated order, and the info binds the pair's public values."""
+    import hashlib
+    import hmac
+
+    def hkdf(ikm: bytes, info: bytes) -> bytes:
+        prk = hmac.new(bytes(32), ikm, hashlib.sha256).digest()  # salt None: 32 zero bytes
+        return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+    x_secret, kem_secret = bytes(range(32)), bytes(range(32, 64))
+    info = hybrid_kem.transcript(3, 8, b"a" * 32, b"b" * 32, b"e" * 1184, b"c" * 1088)
+    assert info.startswith(b"qfl-secagg/hybrid-x25519-mlkem768/v1\x00\x00\x00\x10")
+    assert hybrid_kem.combine(x_secret, kem_secret, info) == hkdf(x_secret + kem_secret, info)
+    assert hybrid_kem.combine(kem_secret, x_secret, info) != hkdf(x_secret + kem_secret, info)
+    assert hybrid_kem.transcript(3, 8, b"a" * 32, b"b" * 32, b"e" * 1184, b"d" * 1088) != info
+    seed = hybrid_kem.kem_seed(hybrid_kem.new_kem_key())
+    assert hybrid_kem.kem_public_bytes(seed) == hybrid_kem.kem_public_bytes(seed)  # the seed is the key
+
+
+def test_a_rounds_bytes_count_the_run_keys_once():
+    updates = _updates(6, d=10)
+    graph = secagg.neighbours(sorted(updates), 4, seed=7)
+    keys, moved = secagg.pair_keys(sorted(updates), graph)
+    edges = sum(len(v) for v in graph.values()) // 2
+    assert moved == {"keys": 6 * (32 + 1184), "pair-keys": edges * (32 + 1184 + 2 * 1088)}
+    total, _, later = secagg.play_round(updates, 4, 3, STEP, keys=keys)
+    assert later["keys"] == later["pair-keys"] == 0
+    assert np.max(np.abs(total - sum(updates.values()))) <= 6 * STEP
+
+
+# --- the server's bound check --------------------------------------------------------------
+
+
+def test_the_weighted_sum_check_accepts_the_honest_extreme_and_rejects_just_beyond():
+    n, clip, step, ws = 4, 0.5, 0.5 * 2.0**-19, 2.0**-19
+    extreme = np.array([n * clip, -n * clip, 0.0, n])  # every client at +-clip with weight 1
+    secagg.check_weighted_sum(extreme, n, clip, step, ws)
+    secagg.check_weighted_sum(np.array([0.0, 0.0, 0.0, 0.0]), n, clip, step, ws)  # weights may all be 0
+    slack = n * (clip * ws + step)
+    with pytest.raises(secagg.SumOutOfBounds, match="coordinate 0 sums to 2.00002, beyond clip 0.5 x total weight 4"):
+        secagg.check_weighted_sum(extreme + [2 * slack, 0, 0, 0], n, clip, step, ws)
+    with pytest.raises(secagg.SumOutOfBounds, match=r"the weights sum to 4.001, outside \[0, 4\]"):
+        secagg.check_weighted_sum(np.array([0.0, 0.0, 0.0, 4.001]), n, clip, step, ws)
+    with pytest.raises(secagg.SumOutOfBounds, match=r"the weights sum to -0.001"):
+        secagg.check_weighted_sum(np.array([0.0, 0.0, 0.0, -0.001]), n, clip, step, ws)
+    with pytest.raises(secagg.SumOutOfBounds, match="4 honest clients can produce: it is not finite"):
+        secagg.check_weighted_sum(np.array([np.nan, 0.0, 0.0, 1.0]), n, clip, step, ws)
+
+
+def test_the_noised_sum_check_holds_every_honest_sum_and_its_bound_is_the_stated_one():
+    rng = np.random.default_rng(1)
+    n, d, clip, sigma, m_min = 6, 400, 1.0, 2.0, 3
+    bound = secagg.noise_norm_bound(n, clip, sigma, m_min, d)
+    assert bound == pytest.approx(sigma * clip * np.sqrt(n / m_min) * (np.sqrt(d) + np.sqrt(80 * np.log(2))))
+    worst = 0.0
+    for _ in range(200):  # every client at norm C, all aligned: the largest honest sum, plus its noise
+        noise = rng.normal(0.0, sigma * clip / np.sqrt(m_min), (n, d)).sum(axis=0)
+        total = n * clip * np.eye(d)[0] + noise
+        secagg.check_noised_sum(total, n, clip, sigma, m_min, 1e-9)
+        worst = max(worst, np.linalg.norm(total))
+    assert worst < n * clip + bound  # and not by accident: the noise's norm is near s sqrt(d)
+    assert np.linalg.norm(noise) == pytest.approx(sigma * clip * np.sqrt(n / m_min) * np.sqrt(d), rel=0.1)
+    with pytest.raises(secagg.SumOutOfBounds, match="its L2 norm is"):
+        secagg.check_noised_sum(np.eye(d)[0] * (n * clip + bound + 1e-3), n, clip, sigma, m_min, 1e-9)
+
+
+def test_the_signed_field_holds_4095_sums_of_2_19_steps_and_not_4096():
+    one = secagg.quantize(np.array([1.0]), 2.0**-19)  # a weight of 1: 2^19 steps
+    assert secagg.max_summands(2**19) == 4095
+    assert secagg.dequantize(one * np.uint32(4095), 2.0**-19)[0] == 4095.0
+    assert secagg.dequantize(one * np.uint32(4096), 2.0**-19)[0] == -4096.0  # wrapped: why 4,095 is the most

@@ -68,16 +68,31 @@ def _config(defaults, **extra) -> dict:  # noqa: ANN001
             "robust-direction": False, **extra}
 
 
+class Federation:
+    """The server's SecAggGrid over the loopback, one training round per :meth:`train` (the
+    round number the transport envelope carries goes up by one each time, as the server's
+    rounds do; ``again=True`` sends the same round number once more)."""
+
+    def __init__(self, run_config: dict, crash: dict[int, str] | None = None, weight_bound: float = 40,
+                 grid_class: type = SecAggGrid) -> None:
+        self.cfg = RunConfig.from_run_config(run_config)
+        self.start = ArrayRecord(build_model(self.cfg, build_dataset(self.cfg)).state_dict())
+        self.loop = LoopbackGrid(run_config, crash)
+        self.round = 0
+        wire = TransportGrid(self.loop, build_transport(self.cfg, None), run_id=1, round_fn=lambda: self.round)
+        self.grid = grid_class(wire, self.cfg, weight_bound=weight_bound)
+
+    def train(self, nodes: list[int] = NODES, again: bool = False) -> list[Message]:
+        self.round += 0 if again else 1
+        return list(self.grid.send_and_receive([
+            Message(RecordDict({ARRAYS: self.start, "config": ConfigRecord({"server-round": 1, "round-offset": 0})}),
+                    dst_node_id=n, message_type="train") for n in nodes]))
+
+
 def _train(run_config: dict, crash=None):  # noqa: ANN001, ANN202
-    """One secure-aggregation round; (aggregate reply list, the loopback, the global arrays)."""
-    cfg = RunConfig.from_run_config(run_config)
-    start = ArrayRecord(build_model(cfg, build_dataset(cfg)).state_dict())
-    loop = LoopbackGrid(run_config, crash)
-    wire = TransportGrid(loop, build_transport(cfg, None), run_id=1, round_fn=lambda: 1)
-    grid = SecAggGrid(wire, cfg, weight_bound=40)
-    messages = [Message(RecordDict({ARRAYS: start, "config": ConfigRecord({"server-round": 1, "round-offset": 0})}),
-                        dst_node_id=n, message_type="train") for n in NODES]
-    return list(grid.send_and_receive(messages)), loop, grid, start
+    """One secure-aggregation round; (aggregate reply list, the loopback, the grid, the global arrays)."""
+    fed = Federation(run_config, crash)
+    return fed.train(), fed.loop, fed.grid, fed.start
 
 
 def _plain_average(defaults, start: ArrayRecord, nodes: list[int]) -> np.ndarray:  # noqa: ANN001
@@ -117,21 +132,23 @@ def test_the_server_gets_fedavgs_average_and_sees_only_masked_inputs(defaults):
         assert set(content.array_records) == {SECAGG_MASKED} and not content.metric_records
         assert not set(content.config_records) - {"transport-envelope", SECAGG_RECORD}  # the first: Flower's wire record
         assert set(content.config_records[SECAGG_RECORD]) == {"b-tokens"}
-    stages = [m.metadata.message_type for m in loop.sent]  # the keys once (no warm-up here), then two exchanges;
-    assert stages == [SECAGG_TYPE] * 4 + ["train"] * 4 + [SECAGG_TYPE] * 3  # 3 of 4 hold t = 2 shares of each
+    # the keys once a run: both public keys of the 4 (no warm-up here), then the 3 lower ends of
+    # the 6 pairs encapsulate (ML-KEM); then the round's two exchanges, 3 of 4 holding t = 2 shares of each
+    stages = [m.metadata.message_type for m in loop.sent]
+    assert stages == [SECAGG_TYPE] * 4 + [SECAGG_TYPE] * 3 + ["train"] * 4 + [SECAGG_TYPE] * 3
+    keys = [m for m in loop.sent if m.metadata.message_type == SECAGG_TYPE][4:7]
+    assert [(m.metadata.dst_node_id, list(m.content[SECAGG_RECORD]["kem-with"])) for m in keys] == \
+        [(11, [12, 13, 14]), (12, [13, 14]), (13, [14])]
 
 
 def test_a_second_round_is_two_exchanges_with_the_keys_of_the_first(defaults):
-    run_config = _config(defaults)
-    cfg = RunConfig.from_run_config(run_config)
-    start = ArrayRecord(build_model(cfg, build_dataset(cfg)).state_dict())
-    loop = LoopbackGrid(run_config)
-    grid = SecAggGrid(TransportGrid(loop, build_transport(cfg, None), run_id=1, round_fn=lambda: 1), cfg, weight_bound=40)
+    fed = Federation(_config(defaults))
     for _ in range(2):
-        (aggregate,) = grid.send_and_receive([Message(RecordDict({ARRAYS: start, "config": ConfigRecord({"server-round": 1, "round-offset": 0})}),
-                                                      dst_node_id=n, message_type="train") for n in NODES])
+        (aggregate,) = fed.train()
         assert aggregate.content.metric_records["metrics"][SECAGG_SUMMED] == 4
-    assert [m.metadata.message_type for m in loop.sent][11:] == ["train"] * 4 + [SECAGG_TYPE] * 3
+    sent = fed.loop.sent[14:]  # round 2: no keys query, no ciphertext relayed again
+    assert [m.metadata.message_type for m in sent] == ["train"] * 4 + [SECAGG_TYPE] * 3
+    assert all(not list(m.content[SECAGG_RECORD]["kem-cts"]) for m in sent[:4])
 
 
 def test_a_node_gone_before_its_masked_input_leaves_the_average_of_the_others(defaults):
@@ -146,7 +163,7 @@ def test_a_node_gone_after_its_masked_input_still_counts(defaults):
     """Its self-mask seed is rebuilt from its neighbours' shares: the sum of all four. It was
     one of the three asked to unmask; the server then asks the fourth for the shares it held."""
     (aggregate,), loop, _, start = _train(_config(defaults), crash={13: "unmask"})
-    unmask = [m.metadata.dst_node_id for m in loop.sent if m.metadata.message_type == SECAGG_TYPE][4:]
+    unmask = [m.metadata.dst_node_id for m in loop.sent if m.metadata.message_type == SECAGG_TYPE][7:]
     assert unmask == [11, 12, 13, 14]
     metrics = aggregate.content.metric_records["metrics"]
     assert (metrics[SECAGG_SUMMED], metrics[SECAGG_DROPPED]) == (4, 0)
@@ -190,35 +207,16 @@ def test_distributed_dp_adds_each_nodes_share_of_the_noise_and_the_server_the_sa
     sigma, clip = 4.0, 0.05
     run_config = _config(defaults, transport="secagg+dp", **{"dp-mode": "central", "dp-noise-multiplier": sigma,
                                                               "dp-clip": clip})
-    cfg = RunConfig.from_run_config(run_config)
-    start = ArrayRecord(build_model(cfg, build_dataset(cfg)).state_dict())
-    grid = SecAggGrid(TransportGrid(LoopbackGrid(run_config), build_transport(cfg, None), run_id=1, round_fn=lambda: 1),
-                      cfg, weight_bound=40)
+    fed = Federation(run_config)
     deviations = []
     for _ in range(6):  # the noise is OS entropy: pool a few rounds' coordinates
-        (aggregate,) = grid.send_and_receive([Message(RecordDict({ARRAYS: start, "config": ConfigRecord(
-            {"server-round": 1, "round-offset": 0})}), dst_node_id=n, message_type="train") for n in NODES])
-        assert grid.last_sample == (4, 4)
-        deviations.append(_flat(aggregate.content[ARRAYS]) - _flat(start))
+        (aggregate,) = fed.train()
+        assert fed.grid.last_sample == (4, 4)
+        deviations.append(_flat(aggregate.content[ARRAYS]) - _flat(fed.start))
     deviation = np.concatenate(deviations)
     expected = sigma * clip * np.sqrt(4 / 2) / 4  # per coordinate: m_min = 2 of 4 (secagg-threshold 0.5)
     # the clipped updates' mean has L2 norm <= C: next to the noise (1.4 C per coordinate) it is small
     assert np.linalg.norm(deviation) / np.sqrt(deviation.size) == pytest.approx(expected, rel=0.35)
-
-
-def test_a_node_refuses_distributed_dp_instructions_that_are_not_its_run_configs(defaults):
-    """The server cannot make the nodes add less noise: a sigma other than the run's, or the
-    noise split among more clients than the threshold allows, is refused by name."""
-    from transport.base import TransportError
-    from transport.secagg_flower import SecAggTransport
-
-    cfg = RunConfig.from_run_config(_config(defaults, transport="secagg+dp", **{"dp-mode": "central"}))
-    node = SecAggTransport(RecordDict(), cfg=cfg)
-    with pytest.raises(TransportError, match="noise multiplier 0.1, the run's is 1"):
-        node._check_dp(0.1, 2, 4)
-    with pytest.raises(TransportError, match="among 4 clients; with 4 taking part the run's threshold says 2"):
-        node._check_dp(1.0, 4, 4)
-    node._check_dp(1.0, 2, 4)  # the run's own: accepted
 
 
 @pytest.mark.parametrize(("extra", "key"), [

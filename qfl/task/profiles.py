@@ -16,8 +16,11 @@ from functools import lru_cache
 import numpy as np
 
 from qfl.common.specs import from_spec
+from qfl.task.relaxation import relaxation_probs
 
 COUPLINGS = ("all-to-all", "line", "ring", "grid", "heavy-hex")
+CALIBRATED_PREFIX = "ibm:"  # a real backend's calibration snapshot (qfl.task.calibrated)
+CALIBRATED_FIXED = ("name", "n_qubits", "coupling")  # a real device's: no override changes them
 
 # IBM Falcon r4 (27 qubits) heavy-hex coupling map, from IBM's public backend data.
 FALCON_27_EDGES = (
@@ -51,8 +54,10 @@ class DeviceProfile:
         Shots per expectation value; ``0`` for exact expectations.
     n_qubits : int
         Qubits available on the device.
-    coupling : str
-        One of :data:`COUPLINGS`.
+    coupling : str or tuple of (int, int)
+        One of :data:`COUPLINGS`, or the device's own edges ``(a, b)`` on qubits
+        ``0..n_qubits-1`` (a calibrated device, :mod:`qfl.task.calibrated`), ordered so that
+        the first ``m`` qubits are connected for every ``m``.
     readout_asymmetry : float
         ``p(0|1) - p(1|0)``: read-out's bias toward ``|0>`` (a superconducting qubit decays
         during read-out). ``readout_error`` is the mean of the two probabilities, so the
@@ -71,7 +76,7 @@ class DeviceProfile:
     readout_error: float
     shots: int
     n_qubits: int
-    coupling: str
+    coupling: str | tuple[tuple[int, int], ...]
     readout_asymmetry: float = 0.0
 
     def __post_init__(self) -> None:
@@ -95,7 +100,12 @@ class DeviceProfile:
             raise ValueError(f"device profile {self.name!r}: shots must be an integer >= 0")
         if isinstance(self.n_qubits, bool) or not isinstance(self.n_qubits, int) or self.n_qubits < 1:
             raise ValueError(f"device profile {self.name!r}: n_qubits must be a positive integer")
-        if self.coupling not in COUPLINGS:
+        if isinstance(self.coupling, tuple):
+            if not all(len(e) == 2 and all(isinstance(q, int) and 0 <= q < self.n_qubits for q in e) and e[0] != e[1]
+                       for e in self.coupling):
+                raise ValueError(f"device profile {self.name!r}: coupling edges must join two distinct qubits "
+                                 f"of 0..{self.n_qubits - 1}")
+        elif self.coupling not in COUPLINGS:
             raise ValueError(f"device profile {self.name!r}: coupling must be one of {', '.join(COUPLINGS)}")
 
     @property
@@ -116,12 +126,7 @@ class DeviceProfile:
 
     def _relaxation(self, gate_ns: float) -> np.ndarray:
         """Pauli-twirled amplitude + phase damping over ``gate_ns`` (I, Z, X, Y)."""
-        t_us = gate_ns * 1e-3
-        a = 1.0 - math.exp(-t_us / self.t1_us)
-        d = 1.0 - math.exp(-t_us / self.t2_us)
-        px = py = a / 4
-        pz = max(0.0, d / 2 - a / 4)
-        return np.array([1.0 - px - py - pz, pz, px, py])
+        return relaxation_probs(self.t1_us, self.t2_us, gate_ns)
 
 
 def _depolarizing_1q(p: float) -> np.ndarray:
@@ -187,26 +192,58 @@ PROFILES: dict[str, DeviceProfile] = {
 }
 
 
-def get_profile(spec: str) -> DeviceProfile:
+def get_profile(spec: str, n_qubits: int | None = None) -> DeviceProfile:
     """A named profile, optionally with fields overridden: ``"ibm-eagle"``,
-    ``"noisy-nisq:shots=1024"``, ``"ideal:p2=0.02,coupling=ring"``.
+    ``"noisy-nisq:shots=1024"``, ``"ideal:p2=0.02,coupling=ring"``; or a real device's
+    calibration, ``"ibm:torino"``, ``"ibm:torino@0,1,2:shots=1024"``
+    (:mod:`qfl.task.calibrated`, which needs the ``calibrated`` extra).
+
+    Parameters
+    ----------
+    spec : str
+        The profile's spec.
+    n_qubits : int, optional
+        The run's register size: a calibrated spec that names no qubits chooses this many;
+        named profiles ignore it.
 
     Raises
     ------
     ValueError
         Unknown profile name or field, or an invalid value (naming it).
     """
+    if spec.strip().startswith(CALIBRATED_PREFIX):
+        return _calibrated_profile(spec, n_qubits)
     profile, changed = from_spec(spec, PROFILES, "device profile", fixed=("name",))
     return replace(profile, name=spec.strip()) if changed else profile
 
 
-def coupling_edges(kind: str, n: int) -> list[tuple[int, int]] | None:
+def _calibrated_profile(spec: str, n_qubits: int | None) -> DeviceProfile:
+    """A real device's profile (:func:`qfl.task.calibrated.calibrated_fields`), its overrides applied."""
+    from qfl.task.calibrated import calibrated_fields  # reads the json files of an optional package
+
+    name, fields, overrides = calibrated_fields(spec, n_qubits)
+    profile = DeviceProfile(name=name, **fields)
+    if not overrides:
+        return profile
+    # from_spec splits a name at its first ':', so the overrides go on a placeholder name
+    placeholder = f"calibrated:{overrides}"
+    try:
+        changed, _ = from_spec(placeholder, {"calibrated": profile}, "device profile", fixed=CALIBRATED_FIXED)
+    except ValueError as err:
+        raise ValueError(str(err).replace(repr(placeholder), repr(spec.strip()))) from err
+    return replace(changed, name=f"{name}:{overrides}")
+
+
+def coupling_edges(kind: str | tuple[tuple[int, int], ...], n: int) -> list[tuple[int, int]] | None:
     """Edges of a coupling map on ``n`` qubits (``None`` for all-to-all).
 
-    ``grid``: row-major on ``ceil(sqrt(n))`` columns; ``heavy-hex``: the first ``n`` qubits
-    of IBM's 27-qubit heavy-hex map in breadth-first order from qubit 1 (a connected
-    fragment), relabelled ``0..n-1``.
+    A device's own edges (a tuple): those among its first ``n`` qubits. ``grid``: row-major
+    on ``ceil(sqrt(n))`` columns; ``heavy-hex``: the first ``n`` qubits of IBM's 27-qubit
+    heavy-hex map in breadth-first order from qubit 1 (a connected fragment), relabelled
+    ``0..n-1``.
     """
+    if isinstance(kind, tuple):
+        return [(a, b) for a, b in kind if a < n and b < n] if n >= 2 else None
     if kind == "all-to-all" or n < 2:
         return None
     if kind == "line":
@@ -261,7 +298,7 @@ def check_profile(key: str, spec: str, n_qubits: int) -> None:
     from qfl.common.config import ConfigError
 
     try:
-        profile = get_profile(spec)
+        profile = get_profile(spec, n_qubits)
     except ValueError as err:
         raise ConfigError(key, str(err)) from err
     if n_qubits > profile.n_qubits:

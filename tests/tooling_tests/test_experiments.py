@@ -33,7 +33,7 @@ def test_confidence_interval_and_paired_tests_have_their_textbook_values():
 
 def test_the_catalogue_names_every_claim_with_ten_seeds_and_a_valid_baseline():
     assert set(EXPERIMENTS) == {"noise", "qcn", "privacy", "noniid", "quantum-vs-classical", "scale", "scale-10k",
-                                "attacks", "qcn-resources"}
+                                "attacks", "qcn-resources", "cluster-ising", "digits10"}
     assert all(e.seeds >= 10 for e in EXPERIMENTS.values())
     assert EXPERIMENTS["scale"].clients == 1000
     big = EXPERIMENTS["scale-10k"]  # 100 of 10,000 a round, three training states each

@@ -10,7 +10,7 @@ run's start to round 1 (node registration, the warm-up), the mean seconds a roun
 rounds 2 on (``round_time_s`` of ``metrics.json``), and those seconds per sampled client;
 each row's ratios are to the first row's, measured in the same run.
 
-``--baseline`` adds a first row at 1,000 clients with Flower 1.41's own message extractor
+``--baseline`` adds a first row at 1,000 clients with Flower 1.42's own message extractor
 and the warm-up's roll call (what the engine did before: a sweep of the link state per node;
 every node asked its partition), the baseline of the first 1,000-client row. Flower's
 extractor at 10,000 nodes is not run (a sweep costs seconds with a round's 100 messages and

@@ -19,6 +19,7 @@ from flwr.supercore import log
 from client.job import CLIENT_CONTROL, request
 from client.runtime import WorkerError, run, watched_pid
 from qfl.common.config import KEY, ConfigError, NodeConfig, RunConfig
+from qfl.task.local_data import DataError
 from qfl.common.contract import (
     DEVICE,
     DEVICE_NUM_PARTITIONS,
@@ -31,6 +32,7 @@ from transport.flower import HELLO_ACTION, answer_hello, transport_mod
 from transport.secagg_flower import node_public_key, secagg_stage
 
 WORKER_ERROR_CODE = 4301
+DATA_ERROR_CODE = 4302  # this node's own data file is unusable (dataset = "file"): the reason names the file
 
 # The transport mod decodes what arrives and encodes the reply (run config `transport`).
 app = ClientApp(mods=[transport_mod])
@@ -62,8 +64,9 @@ def _reply(op: str, msg: Message, context: Context) -> Message:
             context.state[CLIENT_CONTROL] = reply.array_records[CLIENT_CONTROL]
             del reply[CLIENT_CONTROL]
         return Message(content=reply, reply_to=msg)
-    except (ConfigError, WorkerError) as err:
-        return Message(Error(WORKER_ERROR_CODE, f"client: {err}"), reply_to=msg)
+    except (ConfigError, WorkerError, DataError) as err:
+        return Message(Error(DATA_ERROR_CODE if isinstance(err, DataError) else WORKER_ERROR_CODE, f"client: {err}"),
+                       reply_to=msg)
 
 
 @app.train()
@@ -89,8 +92,13 @@ def warm_up(msg: Message, context: Context) -> Message:
         cfg = RunConfig.from_run_config(context.run_config)
         _refuse_attack(cfg)
         node = NodeConfig.from_node_config(context.node_config)
-    except ConfigError as err:
-        return Message(Error(WORKER_ERROR_CODE, f"client: {err}"), reply_to=msg)
+        if cfg.dataset == "file":  # the node's own data, checked before round 1 whichever path trains on it
+            from qfl.task.local_data import node_dataset
+
+            node_dataset(cfg, node)
+    except (ConfigError, DataError) as err:
+        return Message(Error(DATA_ERROR_CODE if isinstance(err, DataError) else WORKER_ERROR_CODE, f"client: {err}"),
+                       reply_to=msg)
     if watched_pid(cfg, node) is not None:
         reply = _reply("prepare", msg, context)
         if reply.has_error():

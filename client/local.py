@@ -52,6 +52,7 @@ from qfl.common.contract import (
 )
 from qfl.task.build import build_dataset, build_model
 from qfl.task.data import Dataset, load_partition, partition_indices
+from qfl.task.local_data import node_dataset
 from qfl.task.train import evaluate as evaluate_model
 from qfl.task.noise_estimate import noise_contraction
 from qfl.task.train import NOISE_REPLICAS, full_gradient, train_local
@@ -74,12 +75,18 @@ class LocalTask:
         import torch
 
         torch.set_num_threads(TORCH_THREADS)
-        if data is None or indices is None:
-            data = build_dataset(cfg)
-            self.x, self.y = load_partition(data, node.partition_id, node.num_partitions, cfg.partitioner, cfg.seed,
-                                            cfg.dirichlet_alpha)
-        else:  # the partition's own rows (a copy of a few), not the data set
-            self.x, self.y = data.x_train[indices], data.y_train[indices]
+        if cfg.dataset == "file":  # the node's own file: its training rows and its held-out rows
+            data = node_dataset(cfg, node)
+            self.x, self.y, self.x_eval, self.y_eval = data.x_train, data.y_train, data.x_test, data.y_test
+        else:
+            if data is None or indices is None:
+                data = build_dataset(cfg)
+                self.x, self.y = load_partition(data, node.partition_id, node.num_partitions, cfg.partitioner, cfg.seed,
+                                                cfg.dirichlet_alpha)
+            else:  # the partition's own rows (a copy of a few), not the data set
+                self.x, self.y = data.x_train[indices], data.y_train[indices]
+            held = evaluation_rows(len(data.y_test), node.partition_id, node.num_partitions, cfg.seed)
+            self.x_eval, self.y_eval = data.x_test[held], data.y_test[held]
         self.spec, mitigation = node.device_for(cfg)
         self.node = node
         self.model = build_model(cfg, data, self.spec, mitigation)
@@ -146,11 +153,23 @@ class LocalTask:
         return reply
 
     def evaluate(self, cfg: RunConfig, arrays: ArrayRecord, server_round: int) -> RecordDict:
-        """Loss and accuracy of the global model on the partition, on this node's device."""
+        """Loss and accuracy of the global model on this node's held-out rows, on its device:
+        with ``dataset = "file"`` its own file's held-out share, else its share of the data
+        set's test split (:func:`evaluation_rows`)."""
         self._prepare(cfg, arrays, server_round)
-        metrics = evaluate_model(self.model, self.x, self.y)
+        metrics = evaluate_model(self.model, self.x_eval, self.y_eval)
         return RecordDict({METRICS: MetricRecord({EVAL_LOSS: metrics["loss"], EVAL_ACCURACY: metrics["accuracy"],
-                                                  NUM_EXAMPLES: len(self.y)})})
+                                                  NUM_EXAMPLES: len(self.y_eval)})})
+
+
+def evaluation_rows(n_test: int, partition_id: int, num_partitions: int, seed: int) -> np.ndarray:
+    """The rows of a built-in data set's test split that partition ``partition_id`` evaluates on:
+    a seeded shuffle cut into ``num_partitions`` near-equal parts (the whole split where there are
+    more partitions than test rows)."""
+    if num_partitions > n_test:
+        return np.arange(n_test)
+    order = np.random.default_rng([seed, num_partitions, 0x7E57]).permutation(n_test)
+    return np.sort(np.array_split(order, num_partitions)[partition_id])
 
 
 def noise_metrics(cfg: RunConfig, model, x, y) -> dict[str, float]:  # noqa: ANN001
@@ -209,6 +228,10 @@ class TaskCache:
         key = model_key(cfg, node)
         if key in self._tasks:
             self._tasks.move_to_end(key)
+        elif cfg.dataset == "file":  # the node's own file: nothing to share with other tasks
+            self._tasks[key] = LocalTask(cfg, node)
+            while len(self._tasks) > self.size:
+                self._tasks.popitem(last=False)
         else:
             data, data_key = self._dataset(cfg)
             split_key = (data_key, node.num_partitions, cfg.partitioner, cfg.seed, cfg.dirichlet_alpha)

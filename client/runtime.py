@@ -48,7 +48,7 @@ from pathlib import Path
 from flwr.app import RecordDict
 
 from client.job import decode, encode, model_key
-from qfl.common.config import NodeConfig, RunConfig
+from qfl.common.config import MODELS, NodeConfig, RunConfig
 
 CONNECT_TIMEOUT_S = 30.0
 RUNTIME_DIR_ENV = "QFL_RUNTIME_DIR"  # where worker sockets and keys go (see private_dir)
@@ -67,8 +67,11 @@ def watched_pid(cfg: RunConfig, node: NodeConfig) -> int | None:
     launcher and ``docker-compose.yml`` set it): it is a SuperNode in Flower's ``subprocess``
     isolation, whose executor (``flower-superexec``, started with the SuperNode's
     ``--parent-pid`` so that it exits with it) starts each ClientApp as its child. On the
-    simulation engine no node says so: its Ray workers stay alive anyway."""
-    return os.getppid() if cfg.warm_runtime and node.warm_worker else None
+    simulation engine no node says so: its Ray workers stay alive anyway. A model of the user's own
+    (``model = "package.module:factory"``) is built in the ClientApp's process, where Flower put the
+    app's directory on the import path; the worker's path need not hold it."""
+    own_model = cfg.model not in MODELS
+    return os.getppid() if cfg.warm_runtime and node.warm_worker and not own_model else None
 
 
 def private_dir() -> Path:

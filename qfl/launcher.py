@@ -16,7 +16,7 @@ single-user host, since anyone on it can reach the loopback port. ``--secure`` (
 shared host) makes a CA, the SuperLink's certificate and each SuperNode's key pair in
 ``<run>/certs`` (the same folder and the same ``pki.generate`` call as qkd's SAE
 certificates), serves TLS, registers every node's public key before the nodes start and
-refuses any other node. Flower 1.41's Control API has no authentication of its own, so
+refuses any other node. Flower 1.42's Control API has no authentication of its own, so
 another local user can still submit runs to the loopback port.
 
 Its parts (:mod:`qfl.launch`): configuration, run folders, commands, processes, console.
@@ -39,7 +39,7 @@ import signal
 import sys
 from pathlib import Path
 
-from qfl.common.config import ConfigError, RunConfig, describe, keys
+from qfl.common.config import KEY, ConfigError, RunConfig, describe, keys
 from qfl.launch.commands import (
     flwr_env,
     key_manager_command,
@@ -95,7 +95,7 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
         cfg, credentials = _start_key_manager(args, cfg, clients, run_dir, group)
         port = free_port()
         node_ports = [] if args.simulation else [free_port() for _ in range(clients)]
-        cmds = federation_commands(port, node_ports, certs if args.secure else None, args.simulation)
+        cmds = federation_commands(port, node_ports, certs if args.secure else None, args.simulation, args.node_data)
         link = group.start("superlink", cmds["superlink"], cwd=run_dir,
                            env={**(credentials.get("superlink") or {}), **_ray_env(args)})
         wait_for_port(port, link, STARTUP_TIMEOUT_S, "flower-superlink", log_dir / "superlink.log")
@@ -182,13 +182,15 @@ def _made_saes(args: argparse.Namespace, cfg: RunConfig, clients: int) -> list[s
     return list(sae_names(clients).values()) if cfg.uses_transport("qkd") and args.qkd_certs is None else []
 
 
-def federation_commands(port: int, node_ports: list[int], certs: Path | None, simulation: bool) -> dict[str, list[str]]:
+def federation_commands(port: int, node_ports: list[int], certs: Path | None, simulation: bool,
+                        node_data: list[str] | None = None) -> dict[str, list[str]]:
     """Every Flower command of a launch by process name: ``superlink``, ``register-<i>`` and
     ``supernode-<i>`` (one per node port).
 
     With ``certs`` (``--secure``): TLS from ``server.pem``/``server.key``, SuperNode
     authentication, each node's public key registered and its private key used, the CA
     verified by every node; no ``--insecure`` anywhere. Without: plain HTTP on loopback.
+    ``node_data`` (``--node-data``): node *i*'s own data file, its node config's ``data-path``.
     """
     tls = None if certs is None else str(certs)
     cmds = {"superlink": superlink_command(port, tls_dir=tls, node_auth=certs is not None, simulation=simulation)}
@@ -196,7 +198,9 @@ def federation_commands(port: int, node_ports: list[int], certs: Path | None, si
         keys = {} if certs is None else {"root_cert": str(certs / "ca.crt"), "auth_key": str(certs / f"node-{pid}")}
         if certs is not None:
             cmds[f"register-{pid}"] = register_command(certs / f"node-{pid}.pub")
-        cmds[f"supernode-{pid}"] = supernode_command(f"127.0.0.1:{port}", node_port, pid, len(node_ports), **keys)
+        own = {KEY.data_path: str(Path(node_data[pid]).resolve())} if node_data else None
+        cmds[f"supernode-{pid}"] = supernode_command(f"127.0.0.1:{port}", node_port, pid, len(node_ports), **keys,
+                                                     node_config=own)
     return cmds
 
 
@@ -293,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external-kms", action="store_true", dest="external_kms", help="use the key manager at kms-url instead of starting one")
     p.add_argument("--qkd-certs", dest="qkd_certs", metavar="DIR",
                    help="CA and SAE certificates (sae/server, sae/node-<i>) for qkd; default: made for the run")
+    p.add_argument("--node-data", action="append", dest="node_data", metavar="FILE",
+                   help="dataset file: node i's own data file (repeat once per client, in order; each node's data-path)")
     p.add_argument("--config", metavar="FILE", help="a TOML file of run-config values (before --set)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")
     p.add_argument("--resume", nargs="?", const="", metavar="RUN",
@@ -303,12 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a shared host: TLS and SuperNode authentication with certificates and node keys made "
                         "for the run in <run>/certs; unregistered nodes are refused. Without it (single-user host) "
                         "the SuperLink runs --insecure and anyone on this host can reach its loopback port. Even with "
-                        "it, another local user can still submit runs: Flower 1.41's Control API has no "
+                        "it, another local user can still submit runs: Flower 1.42's Control API has no "
                         "authentication")
     p.add_argument("--verbose", action="store_true", help="show every log line of the run")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     p.add_argument("--app", default=str(PROJECT_DIR), help="the Flower app directory (pyproject.toml)")
     p.add_argument("--check", action="store_true", help="validate every option as a launch would, then exit: start nothing")
+    n = sub.add_parser("new", help="write a Flower app of your own (task.py with your model, your data) that runs on qfl")
+    n.add_argument("dir", help="the new app's folder (must not exist, or be empty)")
     e = sub.add_parser("experiment", help="run a named experiment over many seeds on the simulation engine (docs/experiments.md)")
     e.add_argument("name", help="an experiment's name, or all")
     e.add_argument("--seeds", type=int, help="seeds 1..N (default: the experiment's, 10)")
@@ -386,6 +394,19 @@ def check_not_shadowed(packages: tuple[str, ...] = APP_PACKAGES) -> None:
                               f"directory)")
 
 
+def new_app(args: argparse.Namespace) -> int:
+    from qfl.launch.new_app import write_app
+
+    try:
+        target = write_app(Path(args.dir))
+    except FileExistsError as err:
+        raise LaunchError(str(err)) from None
+    print(f"{TAG} a new app in {target}: its model in task.py, two sites' data in data/; run it with\n"
+          f"  qfl launch --app {args.dir} --clients 2 --node-data {args.dir}/data/site-a.csv "
+          f"--node-data {args.dir}/data/site-b.csv", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from qfl.common.flower_internals import plain_console
 
@@ -393,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_not_shadowed()
+        if args.command == "new":
+            return new_app(args)
         return experiment(args) if args.command == "experiment" else launch(args)
     except (ConfigError, LaunchError) as err:
         print(f"qfl: error: {err}", file=sys.stderr)

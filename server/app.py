@@ -128,7 +128,7 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
     metered.partition_of.update(warm_up.partitions)
     progress.emit("ready", nodes=len(list(metered.get_node_ids())), warm_up_s=round(warm_up.seconds, 3),
                   last_node_ready=max(warm_up.ready_at.values(), default=None),
-                  not_warm=late)
+                  not_warm=late, refused={str(n): why for n, why in warm_up.refused.items()})
     inner, central_dp, reply_arrays = server_strategy(cfg)
     ledger = _privacy_ledger(cfg, files, start_round)
     sizes = PartitionSizes(cfg, data)
@@ -142,7 +142,8 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
         schema, bounds = ReplySchema(metrics=frozenset((NUM_EXAMPLES, SECAGG_SUMMED, SECAGG_DROPPED))), None
     else:
         schema = train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays, stack.withheld_metrics)
-        bounds = sizes
+        # the nodes' own files: the server knows no partition's size (the examples cap still holds each claim)
+        bounds = None if cfg.dataset == "file" else sizes
     path_fidelity = PathFidelity(cfg, sizes.bound) if cfg.uses_transport("qcn") else None
     guard = InstrumentedStrategy(inner, schema, norm_factor, examples_factor, bounds, direction, path_fidelity)
     guard_ref.append(guard)
@@ -151,7 +152,9 @@ def _federate(grid: Grid, context: Context, cfg: RunConfig, files: RunRecorder, 
     top = wire
     if cfg.uses_transport("secagg"):  # strategy -> secure aggregation -> transport -> wire
         connected = len(list(metered.get_node_ids()))
-        top = SecAggGrid(wire, cfg, weight_bound=max(sizes.sizes(connected) or [len(data.y_train)]), keys=warm_up.secagg_keys)
+        # B, the public bound on a weight: the largest partition; with the nodes' own files the server knows no
+        # size, and B = 1 weighs every node alike (a = min(n, B) / B = 1)
+        top = SecAggGrid(wire, cfg, weight_bound=max(sizes.sizes(connected) or [max(len(data.y_train), 1)]), keys=warm_up.secagg_keys)
         if central_dp is None and ledger is not None:  # distributed DP: the rounds' samples are secure aggregation's
             central_dp = top
     schedule = None
@@ -197,6 +200,7 @@ class WarmUp:
         self.seconds = 0.0
         self.ready_at: dict[int, float] = {}  # node -> when its answer came (time.time())
         self.partitions: dict[int, int] = {}  # node -> the partition it named
+        self.refused: dict[int, str] = {}  # node -> why it refused to take part (e.g. its data file is unusable)
         self.secagg_keys: dict[int, bytes] = {}  # node -> its public key for secure aggregation (secagg)
 
     @classmethod
@@ -222,7 +226,9 @@ class WarmUp:
                 node = self.sent.get(reply.metadata.reply_to_message_id)
                 self.ready_at[node] = time.time()
                 if reply.has_error():
-                    log(WARNING, "%s warm-up: node %s: %s", PROGRESS_TAG, node, reply.error.reason)
+                    log(WARNING, "%s warm-up: node %s refused: %s", PROGRESS_TAG, node, reply.error.reason)
+                    if node is not None:
+                        self.refused[node] = reply.error.reason
                 elif node is not None:
                     if (partition := device_claim(reply)[0]) is not None:
                         self.partitions[node] = partition

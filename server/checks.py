@@ -8,21 +8,29 @@ starts; the ServerApp runs them too, for runs started with plain ``flwr run``.
 
 from __future__ import annotations
 
-from qfl.common.config import KEY, ConfigError, RunConfig
+from qfl.common.config import KEY, MODELS, ConfigError, RunConfig
 
 
 def check_run(cfg: RunConfig, clients: int | None = None) -> None:
     """Raise :class:`ConfigError` (naming the key) if ``cfg`` cannot run with ``clients`` nodes."""
     from qfl.task.build import build_dataset
     from qfl.task.data import num_classes, partition_indices
+    from qfl.task.local_data import DataError, DataSpec, read_node_data, split_names
     from qfl.task.profiles import check_profile
     from server.chain import build_strategy
     from transport.qcn import get_path
     from transport.registry import transport_parts
 
-    n_classes = num_classes(cfg.dataset)
+    n_classes = len(split_names(cfg.data_classes)) if cfg.dataset == "file" else num_classes(cfg.dataset)
     if n_classes > cfg.n_qubits:
         raise ConfigError(KEY.n_qubits, f"dataset '{cfg.dataset}' has {n_classes} classes: needs >= {n_classes} qubits")
+    if cfg.model not in MODELS:  # the user's own: its factory must load (the model is built, and checked, at start)
+        from qfl.task.user_model import UserModelError, load_factory
+
+        try:
+            load_factory(cfg.model)
+        except UserModelError as err:
+            raise ConfigError(KEY.model, str(err)) from err
     for spec in cfg.profile_specs():
         check_profile(KEY.device_profiles, spec, cfg.n_qubits)
     for spec in cfg.path_specs():
@@ -47,6 +55,16 @@ def check_run(cfg: RunConfig, clients: int | None = None) -> None:
     except ValueError as err:
         raise ConfigError(KEY.transport, str(err)) from err
     if clients is None:
+        return
+    if cfg.dataset == "file":  # the launcher's host: the run's own file, when it names one, checked before any process starts
+        if cfg.data_path:
+            try:
+                _, labels = read_node_data(cfg.data_path, DataSpec.of(cfg))
+                partition_indices(labels, clients, cfg.partitioner, cfg.seed, cfg.dirichlet_alpha)
+            except DataError as err:
+                raise ConfigError(KEY.data_path, str(err)) from err
+            except ValueError as err:
+                raise ConfigError(KEY.partitioner, str(err)) from err
         return
     data = build_dataset(cfg)  # also fills the cache the ClientApps read
     n_train = len(data.y_train)

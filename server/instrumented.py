@@ -44,7 +44,10 @@ from qfl.common.contract import (
     DEVICE_PARTITION,
     DEVICE_PROFILE,
     DEVICE_ZNE,
+    EVAL_ACCURACY,
+    EVAL_LOSS,
     EVAL_METRICS,
+    NUM_EXAMPLES,
     NOISE_CLAIM_METRICS,
     REPORT_COLUMNS,
     REPORT_LATE,
@@ -109,6 +112,7 @@ class InstrumentedStrategy(DelegatingStrategy):
         self.direction = direction
         self._round_stats: dict[str, float] = {}
         self._client_rows: list[dict[str, object]] = []
+        self._evaluation: dict[str, float] = {}
         self._reference: dict[str, tuple[int, ...]] | None = None
         self._global: ArrayRecord | None = None
         self.current_round = 0  # the round being configured (transports bind it)
@@ -121,6 +125,14 @@ class InstrumentedStrategy(DelegatingStrategy):
         and ``ROUND_AGGREGATION_FAILED``.
         """
         out, self._round_stats = self._round_stats, {}
+        return out
+
+    def take_evaluation(self) -> dict[str, float]:
+        """Return and clear the last federated evaluation: ``fed_eval_loss`` and
+        ``fed_eval_accuracy``, the sound replies' values weighted by their example counts, and
+        ``fed_eval_examples``, the count (NaN, NaN and 0 where no node evaluated)."""
+        out = self._evaluation or {"fed_eval_loss": float("nan"), "fed_eval_accuracy": float("nan"), "fed_eval_examples": 0}
+        self._evaluation = {}
         return out
 
     def take_client_rows(self) -> list[dict[str, object]]:
@@ -217,11 +229,30 @@ class InstrumentedStrategy(DelegatingStrategy):
                 sound.append(msg)
             else:
                 log(ERROR, "Rejected the evaluation reply of node %d: %s", msg.metadata.src_node_id, problem)
+        self._evaluation = weighted_evaluation(sound, self.examples_factor)
         try:
             return self.strategy.aggregate_evaluate(server_round, sound)
         except Exception as err:  # noqa: BLE001
             log(ERROR, "Aggregating evaluation replies failed in round %d: %s: %s", server_round, type(err).__name__, err)
             return None
+
+
+def weighted_evaluation(replies: list[Message], examples_factor: float = 0.0) -> dict[str, float]:
+    """The nodes' held-out loss and accuracy, each reply weighted by its example count, capped
+    (``examples_factor`` > 0) at that many times the replies' median count, as the guard caps
+    training claims, so that no node's claim outweighs the others' figures."""
+    import numpy as np
+
+    metrics = [next(iter(m.content.metric_records.values())) for m in replies]
+    counts = np.array([float(m[NUM_EXAMPLES]) for m in metrics])
+    if examples_factor > 0 and len(counts):
+        counts = np.minimum(counts, examples_factor * np.median(counts))
+    total = float(counts.sum())
+    if total <= 0:
+        return {}
+    return {"fed_eval_loss": float(sum(float(m[EVAL_LOSS]) * n for m, n in zip(metrics, counts)) / total),
+            "fed_eval_accuracy": float(sum(float(m[EVAL_ACCURACY]) * n for m, n in zip(metrics, counts)) / total),
+            "fed_eval_examples": int(round(total))}
 
 
 def _evaluate_problem(msg: Message, schema: ReplySchema) -> str | None:

@@ -77,6 +77,9 @@ COLUMNS = (
     "train_accuracy",
     "test_loss",
     "test_accuracy",
+    "fed_eval_loss",  # federated evaluation: the sampled nodes' held-out rows, weighted by their example counts
+    "fed_eval_accuracy",
+    "fed_eval_examples",
     "round_time_s",
     "bytes_down",
     "bytes_up",
@@ -91,6 +94,7 @@ COLUMNS = (
     *map(column, QCN_ROUND_METRICS),  # the qcn transport's round (NaN without it)
 )
 QCN_COLUMNS = frozenset(map(column, QCN_ROUND_METRICS))
+FED_EVAL_COLUMNS = frozenset(("fed_eval_loss", "fed_eval_accuracy", "fed_eval_examples"))  # NaN without federated evaluation
 RESULTS = ("metrics.json", "checkpoints")  # what makes a folder a run's
 ROUND_KEY = "__round__"
 CHECKSUM_KEY = "__sha256__"
@@ -253,7 +257,7 @@ class RunRecorder:
     def add_row(self, row: dict[str, float]) -> None:
         """Append one round's metrics and rewrite the CSV, JSON and plot (the qcn transport's
         columns may be left out: NaN)."""
-        missing = set(COLUMNS) - set(row) - QCN_COLUMNS
+        missing = set(COLUMNS) - set(row) - QCN_COLUMNS - FED_EVAL_COLUMNS
         if missing:
             raise ValueError(f"metrics row lacks {sorted(missing)}")
         self.rows.append({k: row.get(k, float("nan")) for k in COLUMNS})
@@ -290,10 +294,16 @@ def plot_metrics(rows: list[dict[str, float]], path: Path) -> None:
 
     rounds = [r["round"] for r in rows]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_acc.plot(rounds, [r["test_accuracy"] for r in rows], "o-", label="test (central)")
+    if any(not _is_nan(r["test_accuracy"]) for r in rows):
+        ax_acc.plot(rounds, [r["test_accuracy"] for r in rows], "o-", label="test (central)")
+    if any(not _is_nan(r.get("fed_eval_accuracy", float("nan"))) for r in rows):
+        ax_acc.plot(rounds, [r["fed_eval_accuracy"] for r in rows], "^-", label="held-out (nodes)")
     ax_acc.plot(rounds, [r["train_accuracy"] for r in rows], "s--", label="train (clients)")
     ax_acc.set(xlabel="round", ylabel="accuracy", ylim=(0, 1.02), title="Accuracy")
-    ax_loss.plot(rounds, [r["test_loss"] for r in rows], "o-", label="test (central)")
+    if any(not _is_nan(r["test_loss"]) for r in rows):
+        ax_loss.plot(rounds, [r["test_loss"] for r in rows], "o-", label="test (central)")
+    if any(not _is_nan(r.get("fed_eval_loss", float("nan"))) for r in rows):
+        ax_loss.plot(rounds, [r["fed_eval_loss"] for r in rows], "^-", label="held-out (nodes)")
     ax_loss.plot(rounds, [r["train_loss"] for r in rows], "s--", label="train (clients)")
     ax_loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
     for ax in (ax_acc, ax_loss):

@@ -115,9 +115,12 @@ class RoundRecorder:
         return result
 
     def evaluate(self, arrays: ArrayRecord) -> dict[str, float]:
-        """Loss and accuracy of the global model on the held-out split."""
+        """Loss and accuracy of the global model on the held-out split (NaN where the server holds
+        no test set: ``dataset = "file"``, whose nodes evaluate on their own held-out rows)."""
         from qfl.task.train import evaluate  # torch
 
+        if len(self.data.y_test) == 0:
+            return {"loss": float("nan"), "accuracy": float("nan")}
         self.model.load_state_dict(arrays.to_torch_state_dict())
         return evaluate(self.model, self.data.x_test, self.data.y_test)
 
@@ -133,6 +136,7 @@ class RoundRecorder:
             "train_accuracy": train.get(TRAIN_ACCURACY, float("nan")),
             "test_loss": test["loss"],
             "test_accuracy": test["accuracy"],
+            **self.guard.take_evaluation(),
             "round_time_s": 0.0 if server_round == 0 else now - self._clock,
             "bytes_down": bytes_down,
             "bytes_up": bytes_up,
@@ -207,9 +211,9 @@ class RoundRecorder:
 
     def report(self, absolute: int, row: dict, causes: list[tuple[int, str]]) -> None:
         self.progress.emit("round", **row)
-        log(INFO, "%s round %d/%d  test-acc %.3f  test-loss %.4f  train-loss %.4f  clients %d ok / %d failed  "
-            "%.1f s  %d B down / %d B up", PROGRESS_TAG, absolute, self.cfg.num_server_rounds, row["test_accuracy"],
-            row["test_loss"], row["train_loss"], row[column(ROUND_CLIENTS_OK)], row[column(ROUND_CLIENTS_FAILED)], row["round_time_s"],
+        log(INFO, "%s round %d/%d  test-acc %.3f  test-loss %.4f  held-out-acc %.3f  train-loss %.4f  clients %d ok / "
+            "%d failed  %.1f s  %d B down / %d B up", PROGRESS_TAG, absolute, self.cfg.num_server_rounds, row["test_accuracy"],
+            row["test_loss"], row["fed_eval_accuracy"], row["train_loss"], row[column(ROUND_CLIENTS_OK)], row[column(ROUND_CLIENTS_FAILED)], row["round_time_s"],
             row["bytes_down"], row["bytes_up"])
         late, folded = row[column(ROUND_STRAGGLERS)], row[column(ROUND_STALE_FOLDED)]
         if late or folded:

@@ -58,6 +58,7 @@ def test_every_launch_example_passes_the_launchers_check(where, command, tmp_pat
         if var == "PYTHONPATH":  # a user's module the launcher imports to check it
             monkeypatch.syspath_prepend(str(PROJECT_DIR / value))
     argv = words[words.index("launch"):]
+    monkeypatch.chdir(PROJECT_DIR)  # the docs' commands run from the project's root (its relative paths)
     out = tmp_path / "runs"
     if "--resume" in argv:  # continues an earlier run: give it one
         (out / "earlier" / "checkpoints").mkdir(parents=True)

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qfl.common.contract import NODE_NUM_PARTITIONS, NODE_PARTITION_ID
 
-DATASETS = ("iris", "wine", "breast-cancer", "digits", "tfim")
+DATASETS = ("iris", "wine", "breast-cancer", "digits", "digits10", "tfim", "cluster-ising", "file")
 MODELS = ("pqc", "mlp")
 PARTITIONERS = ("iid", "dirichlet", "h-range")
 DEVICES = ("auto", "default.qubit", "lightning.qubit")
@@ -77,16 +77,30 @@ class RunConfig(_Strict):
     warm_up_timeout: float = Field(600.0, gt=0, description="seconds to wait before round 1 for every node to answer its warm-up (worker started, task built)")
     seed: int = Field(42, ge=0, description="seeds the split, partitions, initial parameters, shuffles, node sampling (never keys or DP noise)")
     # --- data
-    dataset: Literal["iris", "wine", "breast-cancer", "digits", "tfim"] = Field(
-        "wine", description="iris, wine, breast-cancer, digits (0-3), tfim")
-    partitioner: Literal["iid", "dirichlet", "h-range"] = Field(
-        "iid", description="iid, dirichlet (label skew), h-range (TFIM only: each client its own field range)")
+    dataset: Literal["iris", "wine", "breast-cancer", "digits", "digits10", "tfim", "cluster-ising", "file"] = Field(
+        "wine", description="iris, wine, breast-cancer, digits (0-3), digits10 (0-9, n-qubits >= 10), tfim, cluster-ising (n-qubits >= 8), or file: each node's own data (data-* keys, docs/usage.md)")
+    partitioner: str = Field(
+        "iid", description="iid, dirichlet (label skew), h-range (TFIM only: each client its own field range), or Flower "
+                           "Datasets' partitioners: flower:Class[:option=value,...], e.g. flower:PathologicalPartitioner:"
+                           "num-classes-per-partition=2 (needs the data extra)")
     dirichlet_alpha: float = Field(0.5, gt=0, description="concentration of the Dirichlet split; smaller is more skewed")
-    test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share for the server's central evaluation")
-    tfim_samples: int = Field(240, ge=8, description="size of the TFIM data set")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share for the server's central evaluation (dataset file: of each node's rows, for federated evaluation)")
+    data_path: str = Field(
+        "", description="dataset file: a CSV, Parquet or NPZ file or a saved datasets folder; on the simulation engine one file the "
+                        "partitioner splits among the virtual clients; a node's data-path names its own file instead")
+    data_label: str = Field("label", min_length=1, description="dataset file: the label column")
+    data_features: str = Field("", description="dataset file: the feature columns, comma-separated ('': every column but the label)")
+    data_classes: str = Field("", description="dataset file: the class names in order, comma-separated; a label is a class by its text")
+    data_num_features: int = Field(0, ge=0, description="dataset file: how many feature columns every node's file has")
+    data_min_samples: int = Field(10, ge=2, description="dataset file: the fewest rows a node may train on")
+    data_reduction: Literal["projection", "none"] = Field(
+        "projection", description="dataset file: projection (each node standardises its own rows, then a seeded data-independent "
+                                  "random projection to n-qubits and the normal CDF to angles) or none (the features are the angles)")
+    tfim_samples: int = Field(240, ge=8, description="size of the TFIM and cluster-ising data sets")
     # --- the model and its devices
-    model: Literal["pqc", "mlp"] = Field(
-        "pqc", description="pqc, or mlp: the classical baseline, a tanh MLP with about the PQC's parameter count (noiseless)")
+    model: str = Field(
+        "pqc", description="pqc, mlp (the classical baseline, a tanh MLP with about the PQC's parameter count, noiseless), "
+                           "or package.module:factory, a function of the run config returning your torch.nn.Module (docs/usage.md)")
     n_qubits: int = Field(4, ge=1, le=MAX_QUBITS, description="register size; at least the number of classes")
     n_layers: int = Field(3, ge=1, description="re-uploading + trainable layers")
     embedding: Literal["fixed", "trainable"] = Field(
@@ -203,6 +217,20 @@ class RunConfig(_Strict):
                              "and not be 'latest' ('' names a new run by its start time)")
         return value
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if value not in MODELS and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", value):
+            raise ValueError(f"{value!r} is not one of {', '.join(MODELS)} nor package.module:factory")
+        return value
+
+    @field_validator("partitioner")
+    @classmethod
+    def _partitioner(cls, value: str) -> str:
+        if value not in PARTITIONERS and not (value.startswith("flower:") and len(value) > len("flower:")):
+            raise ValueError(f"{value!r} is not one of {', '.join(PARTITIONERS)} nor flower:<a Flower Datasets partitioner>")
+        return value
+
     @field_validator("device_profiles", "qcn_paths")
     @classmethod
     def _specs(cls, value: str) -> str:
@@ -212,6 +240,8 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        if self.dataset == "file":
+            self._check_file_data()
         if self.partitioner == "h-range" and self.dataset != "tfim":
             raise _Conflict("partitioner", f"'h-range' splits the TFIM set by field strength; it does not apply to dataset '{self.dataset}'")
         if self.diff_method not in DEVICE_DIFF_METHODS[self.device]:
@@ -226,6 +256,12 @@ class RunConfig(_Strict):
             key = mitigating if self.mitigation_method != "none" else "embedding" if self.embedding != "fixed" else "device-profiles"
             raise _Conflict(key, "the classical baseline (model = \"mlp\") runs noiselessly with no embedding: "
                             "keep device-profiles = \"ideal\", mitigation = \"none\", embedding = \"fixed\"")
+        if self.model not in MODELS and (self.device_profiles.strip() != "ideal" or self.mitigation_method != "none"
+                                         or self.embedding != "fixed"):
+            key = mitigating if self.mitigation_method != "none" else "embedding" if self.embedding != "fixed" else "device-profiles"
+            raise _Conflict(key, f"a model of your own (model = \"{self.model}\") runs on ideal devices: device profiles, "
+                            "their noise, mitigation and the trainable embedding act on the built-in circuit only; keep "
+                            "device-profiles = \"ideal\", mitigation = \"none\", embedding = \"fixed\"")
         if self.mitigation_method == "zne" and self.dataset == "tfim":
             raise _Conflict(mitigating, "zero-noise extrapolation needs angle data; the tfim set is loaded as states")
         if self.uses_transport("dp") and self.dp_mode == "central" and self.dp_accountant == "pld" and self.fraction_train < 1:
@@ -236,6 +272,20 @@ class RunConfig(_Strict):
         if self.resume and not self.run_name:
             raise _Conflict("resume", "names no run: set run-name to the run to continue")
         return self
+
+    def _check_file_data(self) -> None:
+        """What a run on the nodes' own files must declare: the server holds none of the data."""
+        classes = [c.strip() for c in self.data_classes.split(",") if c.strip()]
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise _Conflict("data-classes", "dataset file: name at least two distinct classes, comma-separated, in order")
+        if self.data_num_features < 1:
+            raise _Conflict("data-num-features", "dataset file: declare how many feature columns every node's file has")
+        if self.data_features and len([f for f in self.data_features.split(",") if f.strip()]) != self.data_num_features:
+            raise _Conflict("data-features", f"names {len([f for f in self.data_features.split(',') if f.strip()])} "
+                                             f"column(s), data-num-features says {self.data_num_features}")
+        if self.fraction_evaluate == 0:
+            raise _Conflict("fraction-evaluate", "dataset file: the server holds no test set, so the nodes evaluate on their "
+                                                 "own held-out rows: set fraction-evaluate > 0")
 
     def _check_qcn(self) -> None:
         """The shared network and compression act on the qcn transport's channel only."""
@@ -312,6 +362,8 @@ class NodeConfig(_Strict):
         None, description="this node's error mitigation (none, zne, pec), instead of the run's mitigation")
     zne: bool | None = Field(None, description="the older switch: true is mitigation = \"zne\" on this node, false \"none\"")
     qcn_path: str | None = Field(None, min_length=1, description="this node's quantum-network path, instead of entry I of qcn-paths")
+    data_path: str | None = Field(
+        None, min_length=1, description="dataset file: this node's own data file (the whole file is its data), instead of the run's data-path")
     dp_min_noise_multiplier: float | None = Field(
         None, gt=0, description="the node's privacy floor: it trains only under local DP with at least this sigma")
     dp_max_epsilon: float | None = Field(

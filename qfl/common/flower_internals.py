@@ -6,7 +6,7 @@ The project is written against Flower's public API (``flwr.app``, ``flwr.clienta
 offer, this module reaches for, each with a comment naming the public API it stands in
 for; ``tests/test_layering.py`` fails when a private ``flwr`` name is imported anywhere
 else. A Flower upgrade that moves one of these breaks here, in one place; the
-experiment smoke test and the suites that use each one fail loudly. Pinned: flwr 1.41.
+experiment smoke test and the suites that use each one fail loudly. Pinned: flwr 1.42.
 
 Imports are lazy where the name lives in an optional extra (Ray, for the simulation engine)
 or costs time to import.
@@ -135,7 +135,7 @@ def simulation_internals() -> SimpleNamespace:
 
 
 # --- the simulation engine at thousands of nodes --------------------------------------------
-# Flower 1.41's simulation runtime hands messages to its actors from one thread
+# Flower 1.42's simulation runtime hands messages to its actors from one thread
 # (``vce_api.add_messages_to_queue``) that, every 0.1 s, calls ``get_message_ins(node, limit=1)``
 # for every registered node, and each call walks every stored instruction: a sweep costs
 # nodes x stored messages (2.1 s of one core at 10,000 nodes and a round's 100 messages,
@@ -259,7 +259,7 @@ def secagg_primitives() -> SimpleNamespace:
 
 
 # --- the SuperNode's polling -----------------------------------------------------------------
-# Flower 1.41's SuperNode loop sleeps 3 s whenever a pull finds no message, and 0.5 s between
+# Flower 1.42's SuperNode loop sleeps 3 s whenever a pull finds no message, and 0.5 s between
 # looks for a ClientApp's reply (``flwr.supernode.start_client_internal``, both literals; no
 # option or environment variable sets them). Every exchange with an idle node waits out part
 # of that sleep: about 2.4 s for the last of four nodes. The public API it stands in for is
@@ -298,7 +298,7 @@ def supernode_main(poll_interval: float, fork_clientapps: bool = True):  # noqa:
 
 
 # --- the SuperExec's ClientApp processes -----------------------------------------------------
-# In ``subprocess`` isolation Flower 1.41's SuperNode starts ``flower-superexec``
+# In ``subprocess`` isolation Flower 1.42's SuperNode starts ``flower-superexec``
 # (``start_client_internal``: ``subprocess.Popen(["flower-superexec", ...])``), and the
 # SuperExec starts every ClientApp as a fresh ``flwr-clientapp`` process, one per message
 # (``superexec/executor/subprocess_executor.py``: ``subprocess.Popen(args)``), each importing
@@ -384,7 +384,7 @@ def supernode_superexec(command: list[str]) -> list[str]:
 
 
 # --- pulling a message's objects -------------------------------------------------------------
-# Flower 1.41 lists a message as soon as its sender pushed it, while its arrays (objects of
+# Flower 1.42 lists a message as soon as its sender pushed it, while its arrays (objects of
 # their own) may still be on the way; a receiver that asks first is told the object is not
 # there yet and waits ``PULL_INITIAL_BACKOFF`` = 1 s before it asks again, doubling up to 10 s
 # (``supercore/inflatable/inflatable_utils.py``: ``pull_objects`` and

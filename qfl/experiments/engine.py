@@ -17,7 +17,7 @@ own ServerApp/ClientApp loading), and gives the runtime a :class:`KeptRayBackend
 The session shuts both down when it ends. Results cannot depend on this: every client
 message reloads the parameters and reseeds every draw (:mod:`client.local`), and
 ``tests/tooling_tests/test_experiments.py`` checks that the same run twice in one session gives the
-same curve. Both hooks are internals of flwr 1.41 (pinned in ``pyproject.toml``); the
+same curve. Both hooks are internals of flwr 1.42 (pinned in ``pyproject.toml``); the
 smoke test fails loudly if an upgrade moves them.
 
 At thousands of simulated nodes two more: the runtime's message extractor walks its link state

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 import tomllib
 from pathlib import Path
 
@@ -97,6 +98,31 @@ def load_config_file(path: Path, defaults: dict[str, object]) -> dict[str, objec
     return values
 
 
+def _check_node_data(args: argparse.Namespace, cfg: RunConfig) -> None:
+    """``--node-data``: one file per client, each checked as its node will check it (before any process starts)."""
+    from qfl.task.local_data import DataError, DataSpec, read_node_data
+
+    files = getattr(args, "node_data", None) or []
+    if not files:
+        if cfg.dataset == "file" and not cfg.data_path:
+            raise ConfigError(KEY.data_path, "dataset file: name the data, one file split among the clients (data-path) "
+                                             "or each client's own (--node-data, once per client)")
+        return
+    if cfg.dataset != "file":
+        raise ConfigError("--node-data", f"gives the nodes their own files, which dataset = \"file\" reads; dataset is "
+                                         f"'{cfg.dataset}'")
+    if args.simulation:
+        raise ConfigError("--node-data", "the simulation engine's virtual nodes have no files of their own: split one file "
+                                         "among them with data-path")
+    if len(files) != args.clients:
+        raise ConfigError("--node-data", f"names {len(files)} file(s) for {args.clients} clients: one per client, in order")
+    for i, path in enumerate(files):
+        try:
+            read_node_data(path, DataSpec.of(cfg))
+        except DataError as err:
+            raise ConfigError("--node-data", f"client {i}: {err}") from err
+
+
 def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, int]:
     """Merge defaults, ``--config``, ``--set`` and the named flags; validate everything.
 
@@ -134,7 +160,10 @@ def build_config(args: argparse.Namespace, app_dir: Path) -> tuple[RunConfig, in
     if args.simulation and cfg.uses_transport("qkd"):
         raise ConfigError(KEY.transport, "qkd needs each client in its own SuperNode, with its own SAE certificate; "
                                          "the simulation engine runs every client in one process tree")
+    if str(app_dir) not in sys.path:  # the app's own modules (its task.py: a model factory) load as Flower loads them
+        sys.path.insert(0, str(app_dir))
     check_run(cfg, args.clients)
+    _check_node_data(args, cfg)
     check_sinks(cfg)
     return cfg, args.clients
 

@@ -29,10 +29,17 @@ from server.progress import follow
 TAG = "[qfl]"
 
 
+def _num(value: float | None, spec: str) -> str:
+    """A figure as ``spec`` formats it; ``-`` for one the round does not have (NaN, stored as null)."""
+    return "-" if value is None else format(value, spec)
+
+
 def round_line(event: dict, total: int) -> str:
-    train = event.get("train_loss")
-    return (f"{TAG} round {event['round']}/{total}  test-acc {event['test_accuracy']:.3f}  "
-            f"test-loss {event['test_loss']:.4f}  train-loss {'-' if train is None else f'{train:.4f}'}  "
+    held_out = event.get("fed_eval_accuracy")
+    return (f"{TAG} round {event['round']}/{total}  test-acc {_num(event['test_accuracy'], '.3f')}  "
+            f"test-loss {_num(event['test_loss'], '.4f')}  "
+            + (f"held-out-acc {held_out:.3f}  " if held_out is not None else "")
+            + f"train-loss {_num(event.get('train_loss'), '.4f')}  "
             f"clients {event['clients_ok']} ok / {event['clients_failed']} failed"
             + (f" / {event['clients_rejected']} rejected" if event.get("clients_rejected") else "")
             + f"  {event['round_time_s']:.1f} s")
@@ -179,14 +186,18 @@ def read_rows(run_dir: Path) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     """The final per-round table."""
     dp = any(r.get("dp_epsilon") is not None for r in rows)
-    head = f"{'round':>5} {'test_acc':>8} {'test_loss':>9} {'train_loss':>10} {'clients':>7} {'time_s':>7} {'bytes':>9}"
+    held = any(r.get("fed_eval_accuracy") is not None for r in rows)  # federated evaluation: the nodes' held-out rows
+    head = f"{'round':>5} {'test_acc':>8} {'test_loss':>9}"
+    head += f" {'held_acc':>8} {'held_loss':>9}" if held else ""
+    head += f" {'train_loss':>10} {'clients':>7} {'time_s':>7} {'bytes':>9}"
     head += f" {'epsilon':>8}" if dp else ""
     lines = [head, "-" * len(head)]
     for r in rows:
-        tl = "-" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
         clients = f"{r['clients_ok']}/{r['clients_ok'] + r['clients_failed'] + r.get('clients_rejected', 0)}"
         lines.append(
-            f"{r['round']:>5} {r['test_accuracy']:>8.3f} {r['test_loss']:>9.4f} {tl:>10} "
+            f"{r['round']:>5} {_num(r['test_accuracy'], '>8.3f'):>8} {_num(r['test_loss'], '>9.4f'):>9}"
+            + (f" {_num(r.get('fed_eval_accuracy'), '>8.3f'):>8} {_num(r.get('fed_eval_loss'), '>9.4f'):>9}" if held else "")
+            + f" {_num(r['train_loss'], '.4f'):>10} "
             f"{clients:>7} {r['round_time_s']:>7.1f} {r['bytes_down'] + r['bytes_up']:>9}"
             + (f" {r['dp_epsilon']:>8.3f}" if dp else "")
         )

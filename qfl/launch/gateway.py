@@ -1,6 +1,6 @@
 """The Fleet gateway: nginx in front of the SuperLink, passing the Fleet API and nothing else.
 
-Flower 1.41 serves the Fleet API (``/v1/fleet/...``, what SuperNodes call), the Control API
+Flower 1.42 serves the Fleet API (``/v1/fleet/...``, what SuperNodes call), the Control API
 (``/v1/control/...``: ``flwr run``, ``flwr supernode register``) and the runtime API
 (``/v1/runtime/...``) on one port, and the open-source SuperLink authenticates no Control
 caller: whoever reaches that port can register a key of their own or submit an app that

@@ -1,6 +1,6 @@
 """``qfl-supernode``: Flower's SuperNode, polling an idle link every ``--poll-interval`` s.
 
-Flower 1.41's ``flower-supernode`` sleeps 3 s after every pull that finds no message and
+Flower 1.42's ``flower-supernode`` sleeps 3 s after every pull that finds no message and
 0.5 s between looks for a ClientApp's reply, with no option to change either. Every
 exchange of a round starts with idle nodes, so the round waits out those sleeps: for four
 nodes about 2.4 s per exchange, on top of the ClientApp's own work, and one extra exchange

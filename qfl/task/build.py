@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qfl.common.config import MITIGATIONS, RunConfig
+from qfl.common.config import MITIGATIONS, MODELS, RunConfig
 from qfl.task.data import Dataset, load_dataset
+from qfl.task.local_data import split_names
 
 if TYPE_CHECKING:
     from qfl.task.classical import MLPClassifier
@@ -13,7 +14,17 @@ if TYPE_CHECKING:
 
 
 def build_dataset(cfg: RunConfig) -> Dataset:
-    """The split data set a run config names (same on every node)."""
+    """The split data set a run config names (same on every node). With ``dataset = "file"``
+    the data are the nodes' own: what the run declares of them (its classes and the register
+    the features are reduced to) and no rows (:func:`qfl.task.local_data.node_dataset` reads
+    a node's)."""
+    if cfg.dataset == "file":
+        import numpy as np
+
+        empty = np.empty((0, cfg.n_qubits))
+        no_labels = np.empty(0, dtype=np.int64)
+        return Dataset(name="file", kind="angles", n_classes=len(split_names(cfg.data_classes)),
+                       x_train=empty, y_train=no_labels, x_test=empty, y_test=no_labels)
     return load_dataset(cfg.dataset, cfg.n_qubits, cfg.seed, cfg.test_fraction, cfg.tfim_samples)
 
 
@@ -28,6 +39,15 @@ def build_model(
     ``profile_spec`` puts the PQC on a simulated device whose noise draws use ``seed``, with its
     error ``mitigation`` (one of :data:`~qfl.common.config.MITIGATIONS`).
     """
+    if cfg.model not in MODELS:  # the user's own: package.module:factory
+        from qfl.task.user_model import build_user_model
+
+        if mitigation != MITIGATIONS[0] or profile_spec not in (None, "ideal"):
+            raise ValueError(f"a model of your own runs on ideal devices: device profile {profile_spec!r} and mitigation "
+                             f"{mitigation!r} act on the built-in circuit only")
+        if data.kind != "angles":
+            raise ValueError(f"a model of your own takes angles; data set {data.name!r} is loaded as states")
+        return build_user_model(cfg.model, cfg.to_run_config(), data.x_train.shape[1], data.n_classes, cfg.seed)
     if cfg.model == "mlp":
         from qfl.task.classical import MLPClassifier, matched_hidden_width, pqc_parameter_count
 
@@ -40,7 +60,7 @@ def build_model(
     from qfl.task.model import PQCClassifier  # torch and PennyLane: only where a model is built
     from qfl.task.profiles import get_profile
 
-    profile = None if profile_spec is None else get_profile(profile_spec)
+    profile = None if profile_spec is None else get_profile(profile_spec, cfg.n_qubits)
     model = PQCClassifier(
         n_qubits=cfg.n_qubits,
         n_layers=cfg.n_layers,

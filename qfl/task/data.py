@@ -1,15 +1,18 @@
 """Data sets and partitions, all made or shipped locally (no hub downloads).
 
 Classical sets (scikit-learn's bundled copies): ``iris``, ``wine``, ``breast-cancer``,
-``digits`` (the 8x8 hand-written digits 0-3: 720 images, 4 classes).
+``digits`` (the 8x8 hand-written digits 0-3: 720 images, 4 classes), ``digits10`` (all ten
+digits: 1,797 images, 10 classes; ``n_qubits >= 10``).
 Each is split train/test (stratified, seeded), standardised, reduced by PCA to at most
 ``n_qubits`` components and rescaled to rotation angles in ``[0, pi]``, all fitted on
 the training split only. If the set has fewer components than qubits, the angles are
 repeated cyclically over the wires.
 
-Quantum set: ``tfim``, ground states of the transverse-field Ising chain on
+Quantum sets: ``tfim``, ground states of the transverse-field Ising chain on
 ``n_qubits`` spins (see :mod:`qfl.task.tfim`), labelled by phase and fed to the circuit
-as states.
+as states; ``cluster-ising``, the same for the cluster-Ising chain of the QCNN paper over
+the (h1, h2) plane, three phases (:mod:`qfl.task.cluster_ising`; ``n_qubits >= 8``). Both
+are ``tfim_samples`` states.
 
 Every node rebuilds the same split from the seed alone. Prepared arrays are cached
 as ``.npz`` in ``$QFL_CACHE_DIR`` (default ``~/.cache/qfl``) because every Flower
@@ -26,15 +29,18 @@ from pathlib import Path
 import numpy as np
 
 from qfl.common.config import DATASETS, PARTITIONERS
-from qfl.task import tfim
+from qfl.task import cluster_ising, tfim
+from qfl.task.partitioners import flower_partitions, is_flower
 
 CACHE_VERSION = 1
 from qfl.common.contract import CACHE_DIR_ENV
 from qfl.common.files import atomic_write
 
 # n_samples, n_features, n_classes of scikit-learn's bundled copies
-CLASSICAL_SHAPES = {"iris": (150, 4, 3), "wine": (178, 13, 3), "breast-cancer": (569, 30, 2), "digits": (720, 64, 4)}
+CLASSICAL_SHAPES = {"iris": (150, 4, 3), "wine": (178, 13, 3), "breast-cancer": (569, 30, 2), "digits": (720, 64, 4),
+                    "digits10": (1797, 64, 10)}  # all ten digits: needs n-qubits >= 10
 DIGITS_CLASSES = 4  # digits 0-3: as many classes as the default register has qubits
+QUANTUM_SETS = ("tfim", "cluster-ising")  # generated, tfim_samples states each, fed as states
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ class Dataset:
     y_train, y_test : np.ndarray
         ``(N,)`` integer labels in ``[0, n_classes)``.
     h_train : np.ndarray | None
-        Field strength of each training state (TFIM only), for the ``h-range`` split.
+        Field strength of each training state (TFIM; h1 for cluster-ising), for the ``h-range`` split.
     """
 
     name: str
@@ -66,6 +72,8 @@ def num_classes(name: str) -> int:
     """Number of classes of a data set, without loading it."""
     if name == "tfim":
         return 2
+    if name == "cluster-ising":
+        return cluster_ising.NUM_CLASSES
     if name not in CLASSICAL_SHAPES:
         raise ValueError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
     return CLASSICAL_SHAPES[name][2]
@@ -73,7 +81,7 @@ def num_classes(name: str) -> int:
 
 def num_train_samples(name: str, test_fraction: float, tfim_samples: int) -> int:
     """Size of the training split, without loading the data (matches the split)."""
-    total = tfim_samples if name == "tfim" else CLASSICAL_SHAPES[name][0]
+    total = tfim_samples if name in QUANTUM_SETS else CLASSICAL_SHAPES[name][0]
     n_test = int(np.ceil(total * test_fraction))
     return total - n_test
 
@@ -90,7 +98,7 @@ def load_dataset(
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
     key = f"{name}-q{n_qubits}-s{seed}-t{test_fraction:g}"
-    if name == "tfim":
+    if name in QUANTUM_SETS:
         key += f"-n{tfim_samples}"
     path = _cache_dir() / f"{key}-v{CACHE_VERSION}.npz"
     if cache and path.exists():
@@ -99,13 +107,15 @@ def load_dataset(
     else:
         if name == "tfim":
             arrays = _prepare_tfim(n_qubits, seed, test_fraction, tfim_samples)
+        elif name == "cluster-ising":
+            arrays = _prepare_cluster_ising(n_qubits, seed, test_fraction, tfim_samples)
         else:
             arrays = _prepare_classical(name, n_qubits, seed, test_fraction)
         if cache:
             _atomic_save(path, arrays)
     return Dataset(
         name=name,
-        kind="states" if name == "tfim" else "angles",
+        kind="states" if name in QUANTUM_SETS else "angles",
         n_classes=num_classes(name),
         x_train=arrays["x_train"],
         y_train=arrays["y_train"],
@@ -152,6 +162,10 @@ def partition_indices(
         Sorted index arrays, one per partition.
     """
     n = len(labels)
+    if is_flower(method):  # Flower Datasets' partitioners, by name (qfl.task.partitioners)
+        if num_partitions < 1:
+            raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
+        return flower_partitions(labels, num_partitions, method, seed)
     if method not in PARTITIONERS:
         raise ValueError(f"unknown partitioner {method!r} (choose from {', '.join(PARTITIONERS)})")
     if num_partitions < 1:
@@ -200,6 +214,7 @@ def _prepare_classical(name: str, n_qubits: int, seed: int, test_fraction: float
         "wine": datasets.load_wine,
         "breast-cancer": datasets.load_breast_cancer,
         "digits": datasets.load_digits,
+        "digits10": datasets.load_digits,
     }[name]
     x, y = loader(return_X_y=True)
     if name == "digits":
@@ -256,6 +271,35 @@ def _prepare_tfim(n_qubits: int, seed: int, test_fraction: float, num: int) -> d
         "x_test": states[test],
         "y_test": labels[test],
     }
+
+
+def _prepare_cluster_ising(n_qubits: int, seed: int, test_fraction: float, num: int) -> dict:
+    if n_qubits < cluster_ising.MIN_SPINS:
+        raise ValueError(f"the cluster-ising data set needs n-qubits >= {cluster_ising.MIN_SPINS}, got {n_qubits}")
+    rng = np.random.default_rng([seed, 0xC1A5])
+    states, fields, labels = cluster_ising.cluster_ising_dataset(n_qubits, num, rng)
+    test = _stratified_test_mask(labels, int(np.ceil(num * test_fraction)), rng)
+    return {
+        "x_train": states[~test],
+        "y_train": labels[~test],
+        "h_train": fields[~test, 0],  # h1: an h-range split gives each client a band of the plane
+        "x_test": states[test],
+        "y_test": labels[test],
+    }
+
+
+def _stratified_test_mask(labels: np.ndarray, n_test: int, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask of exactly ``n_test`` test samples, each class in its share (seeded)."""
+    test = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        test[rng.choice(idx, size=int(round(n_test * len(idx) / len(labels))), replace=False)] = True
+    diff = n_test - int(test.sum())  # rounding: top up or trim to exactly n_test
+    if diff > 0:
+        test[rng.choice(np.flatnonzero(~test), size=diff, replace=False)] = True
+    elif diff < 0:
+        test[rng.choice(np.flatnonzero(test), size=-diff, replace=False)] = False
+    return test
 
 
 def _dirichlet_split(

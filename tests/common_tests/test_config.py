@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from qfl.common.config import ConfigError, NodeConfig, RunConfig, keys
+from qfl.common.config import DATASETS, ConfigError, NodeConfig, RunConfig, keys
 from qfl.common.config import defaults as model_defaults
 from qfl.launcher import PROJECT_DIR, build_parser
 
@@ -20,7 +20,7 @@ def test_defaults_are_valid(defaults):
 @pytest.mark.parametrize(
     ("key", "value", "fragment"),
     [
-        ("dataset", "mnist", "'iris', 'wine', 'breast-cancer', 'digits' or 'tfim', got 'mnist'"),
+        ("dataset", "mnist", ", ".join(f"'{d}'" for d in DATASETS[:-1]) + f" or '{DATASETS[-1]}', got 'mnist'"),
         ("num-server-rounds", 0, "greater than or equal to 1"),
         ("num-server-rounds", 2.5, "valid integer"),
         ("n-qubits", -1, "greater than or equal to 1"),

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from qfl.common.config import DATASETS
 from qfl.launch.config import parse_overrides, run_config_arg
 from qfl.launch.processes import LaunchError
 from qfl.launcher import PROJECT_DIR, check_not_shadowed, main
@@ -24,7 +25,8 @@ def _launch_error(capsys, tmp_path, *argv):
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["--dataset", "mnist"], "'dataset': input should be 'iris', 'wine', 'breast-cancer', 'digits' or 'tfim', got 'mnist'"),
+        (["--dataset", "mnist"], "'dataset': input should be " + ", ".join(f"'{d}'" for d in DATASETS[:-1])
+         + f" or '{DATASETS[-1]}', got 'mnist'"),
         (["--rounds", "0"], "'num-server-rounds': input should be greater than or equal to 1, got 0"),
         (["--clients", "0"], "'--clients': must be a positive integer"),
         (["--clients", "-3"], "'--clients': must be a positive integer"),

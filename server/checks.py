@@ -14,6 +14,7 @@ from qfl.common.config import KEY, MODELS, ConfigError, RunConfig
 def check_run(cfg: RunConfig, clients: int | None = None) -> None:
     """Raise :class:`ConfigError` (naming the key) if ``cfg`` cannot run with ``clients`` nodes."""
     from qfl.task.build import build_dataset
+    from qfl.task import cluster_ising
     from qfl.task.data import num_classes, partition_indices
     from qfl.task.local_data import DataError, DataSpec, read_node_data, split_names
     from qfl.task.profiles import check_profile
@@ -22,6 +23,9 @@ def check_run(cfg: RunConfig, clients: int | None = None) -> None:
     from transport.registry import transport_parts
 
     n_classes = len(split_names(cfg.data_classes)) if cfg.dataset == "file" else num_classes(cfg.dataset)
+    if cfg.dataset == "cluster-ising" and cfg.n_qubits < cluster_ising.MIN_SPINS:
+        raise ConfigError(KEY.n_qubits, f"dataset 'cluster-ising' is a chain of at least {cluster_ising.MIN_SPINS} spins: "
+                                        f"needs >= {cluster_ising.MIN_SPINS} qubits")
     if n_classes > cfg.n_qubits:
         raise ConfigError(KEY.n_qubits, f"dataset '{cfg.dataset}' has {n_classes} classes: needs >= {n_classes} qubits")
     if cfg.model not in MODELS:  # the user's own: its factory must load (the model is built, and checked, at start)

@@ -80,7 +80,7 @@ class RunConfig(_Strict):
     dataset: Literal["iris", "wine", "breast-cancer", "digits", "digits10", "tfim", "cluster-ising", "file"] = Field(
         "wine", description="iris, wine, breast-cancer, digits (0-3), digits10 (0-9, n-qubits >= 10), tfim, cluster-ising (n-qubits >= 8), or file: each node's own data (data-* keys, docs/usage.md)")
     partitioner: str = Field(
-        "iid", description="iid, dirichlet (label skew), h-range (TFIM only: each client its own field range), or Flower "
+        "iid", description="iid, dirichlet (label skew), h-range (tfim and cluster-ising: each client its own field range), or Flower "
                            "Datasets' partitioners: flower:Class[:option=value,...], e.g. flower:PathologicalPartitioner:"
                            "num-classes-per-partition=2 (needs the data extra)")
     dirichlet_alpha: float = Field(0.5, gt=0, description="concentration of the Dirichlet split; smaller is more skewed")
@@ -242,8 +242,9 @@ class RunConfig(_Strict):
     def _consistent(self) -> RunConfig:
         if self.dataset == "file":
             self._check_file_data()
-        if self.partitioner == "h-range" and self.dataset != "tfim":
-            raise _Conflict("partitioner", f"'h-range' splits the TFIM set by field strength; it does not apply to dataset '{self.dataset}'")
+        if self.partitioner == "h-range" and self.dataset not in ("tfim", "cluster-ising"):
+            raise _Conflict("partitioner", f"'h-range' splits a generated set by its field (tfim: h; cluster-ising: h1); "
+                                           f"it does not apply to dataset '{self.dataset}'")
         if self.diff_method not in DEVICE_DIFF_METHODS[self.device]:
             raise _Conflict("diff-method", f"'{self.diff_method}' is not supported on device '{self.device}' "
                             f"(choose from {', '.join(DEVICE_DIFF_METHODS[self.device])})")

@@ -183,3 +183,21 @@ def test_deploy_doc_commands_use_the_launchers_flags():
     for flag in ("--ssl-ca-certfile", "--enable-supernode-auth", "--root-certificates", "--auth-supernode-private-key",
                  "flwr supernode register", "--node-config", "--disable-runtime-dependency-installation"):
         assert flag in text, flag
+
+
+def test_the_sites_override_gives_each_supernode_its_own_read_only_data_and_the_launchers_command():
+    sites = yaml.safe_load((PROJECT_DIR / "docker-compose.sites.yml").read_text())["services"]
+    assert set(sites) == set(NODES)
+    for i, (name, site) in enumerate(zip(NODES, ("site-a.csv", "site-b.csv"))):
+        service = sites[name]
+        data_path = f"/data/{site}"
+        assert service["command"] == supernode_command(
+            f"gateway:{PORT}", 9094, i, len(NODES), root_cert="/certs/ca.crt", auth_key=f"/certs/node-{i}",
+            node_config={"data-path": data_path})
+        node = NodeConfig.from_node_config(parse_config_args([service["command"][service["command"].index("--node-config") + 1]]))
+        assert node.data_path == data_path
+        (mount,) = service["volumes"]
+        host, container, mode = mount.rsplit(":", 2)
+        assert container == "/data" and mode == "ro"
+        default = PROJECT_DIR / host.split(":-")[1].rstrip("}")  # the example sites, when QFL_SITE_* is unset
+        assert (default / site).is_file()

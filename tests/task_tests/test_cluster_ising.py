@@ -113,3 +113,18 @@ def test_ten_dirichlet_clients_each_hold_states():
 def test_a_register_under_eight_qubits_is_refused_naming_the_key(n_qubits):
     with pytest.raises(ValueError, match="n-qubits >= 8"):
         load_dataset("cluster-ising", n_qubits=n_qubits, seed=0, tfim_samples=24, cache=False)
+
+
+def test_h_range_gives_each_client_its_own_band_of_h1_and_too_few_qubits_are_refused_before_launch() -> None:
+    from qfl.common.config import ConfigError, RunConfig, defaults
+    from qfl.task.data import load_dataset, partition_indices
+    from server.checks import check_run
+
+    data = load_dataset("cluster-ising", 8, seed=3, tfim_samples=60)
+    parts = partition_indices(data.y_train, 3, "h-range", seed=3, fields=data.h_train)
+    bands = [(data.h_train[p].min(), data.h_train[p].max()) for p in parts]
+    assert all(hi <= lo for (_, hi), (lo, _) in zip(bands, bands[1:]))  # contiguous, ordered bands of h1
+    cfg = RunConfig.from_run_config({**defaults(), "dataset": "cluster-ising", "partitioner": "h-range", "n-qubits": 6})
+    with pytest.raises(ConfigError) as err:
+        check_run(cfg)
+    assert err.value.key == "n-qubits" and ">= 8 qubits" in str(err.value)

@@ -12,7 +12,9 @@ names in order: a label is a class by its text) and the feature count (``data-nu
 the columns exist; every label is a declared class; the feature count is the run's; no
 value is NaN or infinite; at least ``data-min-samples`` rows.
 
-Nothing of the file leaves the node but what training sends. The reduction to the register
+Nothing of the file leaves the node but what training sends. A refusal names rows, never their values: its message reaches the server.
+
+The reduction to the register
 (:func:`to_angles`) pools nothing: each node standardises its features with its own mean
 and standard deviation, projects them to ``n-qubits`` dimensions with a map drawn from the
 run's seed alone (the same on every node, independent of any data) and squashes the result
@@ -165,7 +167,7 @@ def _numeric(path: Path, name: str, column: np.ndarray) -> np.ndarray:
         values = column.astype(np.float64)
     except (TypeError, ValueError):
         bad = next((i for i, v in enumerate(column) if not _is_number(v)), 0)
-        raise DataError(path, f"column {name!r} is not numeric (row {bad + 1}: {str(column[bad])[:40]!r})") from None
+        raise DataError(path, f"column {name!r} is not numeric (first at row {bad + 1})") from None
     if values.ndim != 1:
         raise DataError(path, f"column {name!r} is not a column of numbers")
     bad = np.flatnonzero(~np.isfinite(values))
@@ -185,10 +187,10 @@ def _is_number(value: object) -> bool:
 def _class_indices(path: Path, spec: DataSpec, column: np.ndarray) -> np.ndarray:
     index = {name: i for i, name in enumerate(spec.classes)}
     labels = [_label_text(v) for v in column]
-    unknown = sorted(set(labels) - set(index))
+    unknown = [i for i, v in enumerate(labels) if v not in index]
     if unknown:
-        raise DataError(path, f"label column {spec.label!r} holds {len(unknown)} value(s) that are not declared classes "
-                              f"(data-classes = {', '.join(spec.classes)}): {', '.join(map(repr, unknown[:5]))}")
+        raise DataError(path, f"label column {spec.label!r} holds {len(unknown)} row(s) whose label is not a declared "
+                              f"class (data-classes = {', '.join(spec.classes)}; first at row {unknown[0] + 1})")
     return np.array([index[v] for v in labels], dtype=np.int64)
 
 

@@ -50,5 +50,5 @@ def test_the_server_records_which_node_refused_and_why(tmp_path, task_identity) 
     warm_up = WarmUp(RepliesGrid({"w0": good, "w1": bad}), {"w0": 10, "w1": 11})
     assert warm_up.wait(timeout=5.0) == []
     assert list(warm_up.refused) == [11]
-    assert "node-1.csv" in warm_up.refused[11] and "'2'" in warm_up.refused[11]
+    assert "node-1.csv" in warm_up.refused[11] and "not a declared class (data-classes = 0, 1; first at row 2)" in warm_up.refused[11]
     assert warm_up.partitions == {10: 0}

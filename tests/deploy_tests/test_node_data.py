@@ -59,7 +59,8 @@ def test_a_launch_with_an_unusable_node_file_stops_before_any_process_naming_fil
                                      "--node-data", str(b)), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     said = done.stdout + done.stderr
-    assert "site-1.csv" in said and "'species'" in said and "'iris-x'" in said
+    assert "site-1.csv" in said and "'species'" in said and "not a declared class" in said
+    assert "iris-x" not in said  # the row is named, its value never leaves the node
     assert not (tmp_path / "bad" / "logs").exists()  # nothing was started
 
 

@@ -13,9 +13,11 @@ device), the summary gets a section:
   tested as the paired difference from the midpoint of FedAvg and the control,
   :math:`d_s = x_s^{NI} - (x_s^{FedAvg} + x_s^{control})/2` (rounds: the other way round,
   fewer is better), and beat FedMedian and MultiKrum of the same mitigation, each paired on
-  seeds; two-sided t-tests, Holm-adjusted over every comparison of the bar's table, per
-  quantity. The bar is met for *m* on a quantity where noise matters when all three are
-  significant in the arm's favour;
+  seeds; two-sided sign-flip permutation tests (:func:`qfl.experiments.stats.sign_flip_test`),
+  Holm-adjusted over every test of the bar's table, both quantities (the verdicts read them
+  all). Rounds are restricted at ``rounds + 1`` where a run never got there (the gap's table
+  then gives Kaplan-Meier medians, not an interval). The bar is met for *m* on a quantity where
+  noise matters when all three are significant in the arm's favour;
 - **what the strategy saw**, from ``clients.csv`` of the ``noise-isolating`` arms: per device
   profile, the clients' claims (``update-noise-var``, ``noise-contraction``), what the strategy
   used (variance, the contraction it divided by, how many claims it named contradicted) and
@@ -76,12 +78,16 @@ def noise_bar_lines(experiment, results: dict, folder_of: Callable[..., Path]) -
     if control is None or not mitigations:
         return lines + ["(no control arm or no FedAvg arm: nothing to compare)"]
     lines += [f"The gap: the control (FedAvg, every client on a good device) minus FedAvg on the noisy federation, "
-              f"paired on seeds (final accuracy in points; rounds to {experiment.target:g}, censored at "
-              f"{experiment.rounds + 1}). Noise matters where the gap is at least {100 * GAP_POINTS:.0f} points or "
+              f"paired on seeds (final accuracy in points, mean [95 % t CI]; rounds to {experiment.target:g}: the mean "
+              f"gap with its CI where every run got there, else the mean of restricted gaps (a run that never got "
+              f"there counted as {experiment.rounds + 1}: a lower bound when only FedAvg's are censored) beside the "
+              "Kaplan-Meier medians, control vs FedAvg, and no interval). Noise matters where the gap is at least "
+              f"{100 * GAP_POINTS:.0f} points or "
               f"{GAP_ROUNDS:g} rounds.", "",
               "| mitigation | final acc.: gap [CI] | seeds for control | rounds: gap [CI] | seeds for control | "
               "noise matters |", "|---|---|---|---|---|---|"]
     matters: dict[str, list[str]] = {}
+    reached = {n: [stats.rounds_to_target(c, experiment.target) for c in r.accuracy] for n, r in results.items()}
     for m in mitigations:
         fa = f"{FEDAVG}/{m}"
         gap_f = finals[control] - finals[fa]
@@ -90,7 +96,8 @@ def noise_bar_lines(experiment, results: dict, folder_of: Callable[..., Path]) -
                 ([f"rounds ({gap_r.mean():+.1f})"] if gap_r.mean() >= GAP_ROUNDS else [])
         matters[m] = [q for q, ok in (("final", gap_f.mean() >= GAP_POINTS), ("rounds", gap_r.mean() >= GAP_ROUNDS)) if ok]
         lines.append(f"| {m} | {100 * gap_f.mean():+.1f} [{100 * stats.mean_ci(gap_f).low:+.1f}, "
-                     f"{100 * stats.mean_ci(gap_f).high:+.1f}] | {_for(gap_f)} | {stats.mean_ci(gap_r).format(1)} | "
+                     f"{100 * stats.mean_ci(gap_f).high:+.1f}] | {_for(gap_f)} | "
+                     f"{_rounds_gap(gap_r, reached[fa], reached[control], experiment.rounds)} | "
                      f"{_for(gap_r)} | {', '.join(which) or 'no'} |")
     lines += _bar(finals, rounds, mitigations, control, matters)
     lines += _views(results, folder_of)
@@ -113,22 +120,24 @@ def _bar(finals: dict, rounds: dict, mitigations: list[str], control: str, matte
                 rows.append((m, f"beats {other}", finals[new] - finals[other], rounds[other] - rounds[new]))
     if not rows:
         return []
-    zero = np.zeros_like(rows[0][2])
-    tests = {q: [stats.paired_test(r[i], zero) for r in rows] for q, i in (("final", 2), ("rounds", 3))}
-    adjusted = {q: stats.holm([t.t_p for t in ts]) for q, ts in tests.items()}
+    tests = {q: [stats.sign_flip_test(r[i]) for r in rows] for q, i in (("final", 2), ("rounds", 3))}
+    family = stats.holm([t.p for t in tests["final"]] + [t.p for t in tests["rounds"]])  # one family: the table
+    adjusted = {"final": family[:len(rows)], "rounds": family[len(rows):]}
     lines = ["", f"The bar: `{NEW}/<mitigation>` closes at least {SHARE:.0%} of FedAvg's gap to the control (its "
              "difference from the midpoint of FedAvg and the control, seed by seed) and beats FedMedian and MultiKrum "
-             "of the same mitigation; differences in the arm's favour (final accuracy: higher; rounds: fewer), paired "
-             "t-tests, p Holm-adjusted over this table per quantity.", "",
-             "| mitigation | test | final: favour | seeds for | t p (Holm) | rounds: favour | seeds for | t p (Holm) |",
+             "of the same mitigation; differences in the arm's favour (final accuracy: higher; rounds: fewer, restricted "
+             "where a run never got there), two-sided sign-flip tests "
+             f"({stats.sign_flip_method(len(rows[0][2]))}), p Holm-adjusted over all {2 * len(rows)} tests of this "
+             "table.", "",
+             "| mitigation | test | final: favour | seeds for | p (Holm) | rounds: favour | seeds for | p (Holm) |",
              "|---|---|---|---|---|---|---|---|"]
     passed = []  # per row: the quantities on which it is significant in the arm's favour
     for (m, label, ff, fr), tf, pf, tr, pr in zip(rows, tests["final"], adjusted["final"], tests["rounds"],
                                                   adjusted["rounds"]):
         passed.append({q for q, t, p in (("final", tf, pf), ("rounds", tr, pr))
                        if p < stats.ALPHA and t.mean_difference > 0})
-        lines.append(f"| {m} | {label} | {tf.mean_difference:+.3f} | {_for(ff)} | {_p(tf.t_p)} ({_p(pf)}) | "
-                     f"{tr.mean_difference:+.2f} | {_for(fr)} | {_p(tr.t_p)} ({_p(pr)}) |")
+        lines.append(f"| {m} | {label} | {tf.mean_difference:+.3f} | {_for(ff)} | {_p(tf.p)} ({_p(pf)}) | "
+                     f"{tr.mean_difference:+.2f} | {_for(fr)} | {_p(tr.p)} ({_p(pr)}) |")
     lines += ["", "Verdict per mitigation (the bar counts on a quantity where noise matters):", ""]
     for m in dict.fromkeys(r[0] for r in rows):
         mine = [(r[1], ok) for r, ok in zip(rows, passed) if r[0] == m]
@@ -186,6 +195,15 @@ def _views(results: dict, folder_of: Callable[..., Path]) -> list[str]:
     return lines
 
 
+def _rounds_gap(gap: np.ndarray, fedavg: list[int | None], control: list[int | None], horizon: int) -> str:
+    """The rounds gap: mean [t CI] when no run is censored, else the restricted mean and the KM medians."""
+    if all(r is not None for r in (*fedavg, *control)):
+        return stats.mean_ci(gap).format(1)
+    km_c, km_f = stats.kaplan_meier(control, horizon), stats.kaplan_meier(fedavg, horizon)
+    return (f"{gap.mean():+.1f} restricted (medians {km_c.format()} vs {km_f.format()}; reached {km_c.reached}/{km_c.n} "
+            f"vs {km_f.reached}/{km_f.n})")
+
+
 def _for(favour: np.ndarray) -> str:
     wins, ties = int(np.sum(favour > 0)), int(np.sum(favour == 0))
     return f"{wins}/{favour.size}" + (f" ({ties} tie{'s' if ties > 1 else ''})" if ties else "")
@@ -199,4 +217,4 @@ def _num(value: object) -> float:
 
 
 def _p(p: float) -> str:
-    return "-" if math.isnan(p) else f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+    return stats.format_p(p)

@@ -2,13 +2,21 @@
 
 ``experiments/<name>/`` gets:
 
-- ``runs/<arm>-s<seed>/``: each run's folder as the ServerApp writes it (metrics, checkpoints);
-  a run whose ``metrics.json`` already holds every round is not run again, so an
-  interrupted experiment resumes where it stopped;
+- ``runs/<arm>-s<seed>/``: each run's folder as the ServerApp writes it (metrics, checkpoints)
+  and ``provenance.json`` (:mod:`qfl.experiments.provenance`: commit, dirty tree, code and
+  config hashes). A run is reused only when it holds every round and its record matches what
+  the same arm and seed would be run with now, so an interrupted experiment resumes where it
+  stopped; a run made by other code or config, or before records were kept, stops the
+  experiment with the difference named (:func:`plan_runs`) unless told to rerun it (or, for
+  one with no record, to reuse it: the summary then names it);
 - ``results.csv``: one row per seed x arm x round (accuracy, loss, epsilon, clients);
-- ``summary.md``: the exact command, the running time, per arm the mean and 95 % CI of
-  the final accuracy and of the rounds to the target, and the paired tests against
-  the arm's baseline with Holm-adjusted p-values (:mod:`qfl.experiments.stats`);
+- ``summary.md``: the exact command, the seeds and whether they are exploratory or
+  confirmatory (:mod:`qfl.experiments.seeds`), the commits the runs came from, the running
+  time, per arm the final accuracy and area under the curve (mean, 95 % CI), the rounds to
+  the target and the rounds from which accuracy stays there (Kaplan-Meier medians, how many
+  got there), and the paired sign-flip tests against the arm's baseline, Holm-adjusted over
+  the table (:mod:`qfl.experiments.stats`). Seeds other than the catalogue's 1..N write
+  their own files (``summary-s11-30.md``, ``results-s11-30.csv``, ...);
 - ``curves.png`` (mean accuracy per round with its 95 % band) and, for the privacy
   experiment, ``privacy.png`` (final accuracy against the reported epsilon); over a shared
   quantum network (``qcn-resources``) the summary's resources section and ``resources.png``
@@ -32,8 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from qfl.common.config import KEY
-from qfl.experiments import stats
+from qfl.experiments import provenance, stats
 from qfl.experiments.catalogue import Arm, Experiment
+from qfl.experiments.seeds import classify, label
 
 # results.csv's header ("seed" is a column here, not the run-config key); no timing: the
 # file is a function of the command (each run's metrics.json keeps its round times)
@@ -65,21 +74,93 @@ def _complete_rows(run_dir: Path, rounds: int) -> list[dict] | None:
     return rows if [r["round"] for r in rows] == list(range(rounds + 1)) else None
 
 
+def run_config_of(experiment: Experiment, arm: Arm, seed: int, runs: Path) -> dict[str, object]:
+    """The run config of ``arm`` on ``seed`` (the experiment's keys, the arm's over them)."""
+    return {**experiment.config, **arm.config, KEY.seed: seed, KEY.num_server_rounds: experiment.rounds,
+            KEY.min_nodes: experiment.clients, KEY.output_dir: str(runs), KEY.run_name: run_folder_name(arm, seed)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with each arm x seed: run it, or reuse its folder."""
+
+    todo: list[tuple[Arm, int]]
+    reused_unknown: list[str]  # folders with no provenance, reused because the command said so
+    refused: list[str]  # "<folder>: why", runs neither reused nor (without the flag) rerun
+    records: dict[str, dict]  # folder name -> the provenance a run made now gets
+
+
+def plan_runs(experiment: Experiment, runs: Path, seeds: list[int], code: provenance.Code,
+              rerun_stale: bool = False, reuse_unknown: bool = False) -> Plan:
+    """Reuse a run only when it is complete and its ``provenance.json`` matches the record it
+    would get now; an interrupted run of the same code and config is run again. A folder made
+    by other code or config, or one without a record (made before records were kept), is
+    *refused*: never reused silently. ``rerun_stale`` runs those again (their folders are
+    replaced); ``reuse_unknown`` keeps complete folders that have no record (and only those)."""
+    todo, unknown, refused, records = [], [], [], {}
+    for arm in experiment.arms:
+        for seed in seeds:
+            name = run_folder_name(arm, seed)
+            folder = runs / name
+            records[name] = provenance.record(code, run_config_of(experiment, arm, seed, runs), experiment.clients,
+                                              experiment.client_app)
+            if not folder.exists():
+                todo.append((arm, seed))
+                continue
+            found = provenance.read(folder)
+            complete = _complete_rows(folder, experiment.rounds) is not None
+            why = provenance.mismatch(found, records[name])
+            if why is None:  # this code and config: reuse it when complete, else it was interrupted
+                if not (complete and found.get("complete")):
+                    todo.append((arm, seed))
+            elif found is None and complete and reuse_unknown:
+                unknown.append(name)
+            elif rerun_stale:
+                todo.append((arm, seed))
+            else:
+                refused.append(f"{name}: {why}" + ("" if complete or found is not None else
+                                                   " (and it does not hold these rounds)"))
+    return Plan(todo, unknown, refused, records)
+
+
+def refusal_message(experiment: Experiment, refused: list[str]) -> str:
+    shown = "\n  ".join(refused[:5]) + (f"\n  ... and {len(refused) - 5} more" if len(refused) > 5 else "")
+    return (f"{len(refused)} run(s) of {experiment.name} were not made by this code and config, so they are not "
+            f"reused:\n  {shown}\nRun them again with --rerun-stale (their folders are replaced), reuse folders "
+            "that have no record with --reuse-unknown (the summary names them), or write to another --out.")
+
+
+def files_tag(experiment: Experiment, seeds: list[int]) -> str:
+    """``""`` for the catalogue's seeds 1..N, else ``"-s<seeds>"``: each seed set's own summary."""
+    return "" if seeds == list(range(1, experiment.seeds + 1)) else f"-s{label(seeds)}"
+
+
 def run_experiment(
     experiment: Experiment,
     out_root: Path,
     command: str,
     session_factory: Callable[[], object] | None = None,
     say: Callable[[str], None] = print,
+    seeds: list[int] | None = None,
+    rerun_stale: bool = False,
+    reuse_unknown: bool = False,
+    code: provenance.Code | None = None,
 ) -> Path:
-    """Run every arm x seed not yet complete under ``out_root/<name>/runs`` and write the
-    experiment's files; the experiment's folder."""
+    """Run every arm x seed (default: 1..``experiment.seeds``) not yet made by this code and
+    config under ``out_root/<name>/runs`` and write the experiment's files; the experiment's
+    folder. Raises :class:`~qfl.experiments.provenance.ProvenanceError`, before running
+    anything, when a folder was made by other code or config (:func:`plan_runs`). ``code``: the
+    code's identity to record and compare (default: :func:`~qfl.experiments.provenance.code_identity`
+    now; a seam for tests, whose tree others may edit between two calls)."""
     out = Path(out_root).resolve() / experiment.name
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    seeds = list(range(1, experiment.seeds + 1))
-    todo = [(arm, seed) for arm in experiment.arms for seed in seeds
-            if _complete_rows(runs / run_folder_name(arm, seed), experiment.rounds) is None]
+    seeds = list(seeds) if seeds is not None else list(range(1, experiment.seeds + 1))
+    tag = files_tag(experiment, seeds)
+    plan = plan_runs(experiment, runs, seeds, code or provenance.code_identity(), rerun_stale, reuse_unknown)
+    if plan.refused:
+        raise provenance.ProvenanceError(refusal_message(experiment, plan.refused))
+    todo = plan.todo
     start = time.perf_counter()
     peak, scope = None, None  # the session's peak memory in bytes and what it covers (engine.PeakMemory), if measured
     if todo:
@@ -92,17 +173,18 @@ def run_experiment(
             for i, (arm, seed) in enumerate(todo, 1):
                 name = run_folder_name(arm, seed)
                 partial = runs / name
-                if partial.exists():  # an interrupted run: start it again from round 0
+                if partial.exists():  # an interrupted or stale run: start it again from round 0
                     import shutil
 
                     shutil.rmtree(partial)
-                config = {**experiment.config, **arm.config, KEY.seed: seed, KEY.num_server_rounds: experiment.rounds,
-                          KEY.min_nodes: experiment.clients, KEY.output_dir: str(runs), KEY.run_name: name}
-                seconds = session.run(config, clients=experiment.clients, client_app=experiment.client_app)
+                provenance.write(partial, plan.records[name], complete=False)
+                seconds = session.run(run_config_of(experiment, arm, seed, runs), clients=experiment.clients,
+                                      client_app=experiment.client_app)
+                provenance.write(partial, plan.records[name], complete=True)
                 say(f"[{experiment.name}] {i}/{len(todo)} {arm.name} seed {seed}: {seconds:.1f} s")
         peak, scope = getattr(memory, "peak_bytes", None), getattr(memory, "scope", None)
     elapsed = time.perf_counter() - start
-    timing = out / "timing.json"
+    timing = out / f"timing{tag}.json"
     before = json.loads(timing.read_text()) if timing.exists() else {}
     spent = before.get("seconds", 0.0) + elapsed
     if peak and peak < before.get("peak_memory_bytes", 0):  # an earlier session's peak was the higher
@@ -112,24 +194,36 @@ def run_experiment(
     memory = {"peak_memory_bytes": peak, "peak_memory_scope": scope} if peak else {}
     timing.write_text(json.dumps({"seconds": spent, **memory}))
     results = collect(experiment, runs, seeds)
-    write_results_csv(experiment, results, out / "results.csv")
-    summary = summary_markdown(experiment, results, command, spent, peak, scope)
+    write_results_csv(experiment, results, out / f"results{tag}.csv")
+    records = [provenance.read(runs / run_folder_name(arm, seed)) for arm in experiment.arms for seed in seeds]
+    summary = summary_markdown(experiment, results, command, spent, peak, scope,
+                               provenance_lines=provenance_lines(records, plan.reused_unknown), tag=tag)
     if experiment.resources:  # a shared quantum network: Bell pairs, simulated time, the bar
         from qfl.experiments.resources import plot_resources, resource_lines
 
         section = resource_lines(experiment, results, lambda arm, seed: runs / run_folder_name(arm, seed))
         summary = summary.rstrip("\n") + "\n" + "\n".join(section) + "\n"
-        plot_resources(experiment, results, out / "resources.png")
+        plot_resources(experiment, results, out / f"resources{tag}.png")
     if experiment.noise_bar:  # heterogeneous devices: the gap, the bar, and what noise isolation saw
         from qfl.experiments.noise_bar import noise_bar_lines
 
         section = noise_bar_lines(experiment, results, lambda arm, seed: runs / run_folder_name(arm, seed))
         summary = summary.rstrip("\n") + "\n" + "\n".join(section) + "\n"
-    (out / "summary.md").write_text(summary)
-    plot_curves(experiment, results, out / "curves.png")
+    (out / f"summary{tag}.md").write_text(summary)
+    plot_curves(experiment, results, out / f"curves{tag}.png")
     if experiment.privacy:
-        plot_privacy(experiment, results, out / "privacy.png")
+        plot_privacy(experiment, results, out / f"privacy{tag}.png")
     return out
+
+
+def provenance_lines(records: list[dict | None], reused_unknown: list[str]) -> list[str]:
+    """The summary's statement of the code its runs came from (and of runs of unknown code)."""
+    lines = [f"Provenance: {provenance.commits_line(records)} (each run's `provenance.json`: commit, "
+             "`git status --porcelain`, code and config hashes, the full run config)."]
+    if reused_unknown:
+        lines.append(f"**{len(reused_unknown)} run(s) of unknown code and config** (made before provenance was "
+                     f"recorded), reused because the command said `--reuse-unknown`: {', '.join(reused_unknown)}.")
+    return lines
 
 
 def collect(experiment: Experiment, runs: Path, seeds: list[int]) -> dict[str, ArmResult]:
@@ -161,42 +255,138 @@ def write_results_csv(experiment: Experiment, results: dict[str, ArmResult], pat
 
 
 def _rounds(res: ArmResult, experiment: Experiment) -> tuple[np.ndarray, int]:
+    """Each seed's rounds to the target, ``rounds + 1`` where it never got there (the restricted
+    time: only for paired tests, never for a mean or an interval), and how many got there."""
     reached = [stats.rounds_to_target(c, experiment.target) for c in res.accuracy]
     return stats.censored_rounds(reached, experiment.rounds), sum(r is not None for r in reached)
 
 
+def time_to(res: ArmResult, experiment: Experiment, stay: bool = False) -> stats.KaplanMeier:
+    """Kaplan-Meier estimate of the rounds to the target (``stay``: from which it stays there)."""
+    first = stats.rounds_to_stay if stay else stats.rounds_to_target
+    return stats.kaplan_meier([first(c, experiment.target) for c in res.accuracy], experiment.rounds)
+
+
+def _km_cell(km: stats.KaplanMeier) -> str:
+    return f"{km.format()} ({km.reached}/{km.n})"
+
+
 def summary_markdown(experiment: Experiment, results: dict[str, ArmResult], command: str, seconds: float,
-                     peak_memory: int | None = None, memory_scope: str | None = None) -> str:
-    """The experiment's summary: per-arm intervals, then the paired tests (Holm-adjusted)."""
+                     peak_memory: int | None = None, memory_scope: str | None = None,
+                     provenance_lines: list[str] | None = None, tag: str = "") -> str:
+    """The experiment's summary: its seeds and provenance, per-arm figures, then the paired
+    tests (sign-flip, Holm over the table)."""
     e = experiment
+    seeds = next(iter(results.values())).seeds
     lines = [
-        f"# Experiment `{e.name}`", "",
+        f"# Experiment `{e.name}`" + (f" (seeds {label(seeds)})" if tag else ""), "",
         f"Command: `{command}`", "",
         f"Claim: {e.claim}.", "",
+        *classify(e.name, seeds).lines(), "",
+        *(provenance_lines or []), *([""] if provenance_lines else []),
         f"{e.clients} clients, {e.rounds} rounds, seeds {res_seeds(results)}; shared settings: `{_toml(e.config)}`. "
         f"Running time: {seconds / 60:.1f} min (the runs' own, on this machine; resumed runs count where they ran).", "",
         cost_line(results, peak_memory, memory_scope), "",
-        f"Final accuracy is the central test accuracy after round {e.rounds}; rounds to target is the first round "
-        f"with accuracy >= {e.target:g}, a run that never gets there counted as {e.rounds + 1} (so such a mean is a "
-        "lower bound, marked *censored*). Intervals: mean and 95 % Student-t CI over seeds.", "",
-        "| arm | settings | final accuracy | rounds to target | reached | epsilon |",
-        "|---|---|---|---|---|---|",
+        f"Final accuracy is the central test accuracy after round {e.rounds}; area: the area under the accuracy "
+        f"curve over rounds 0-{e.rounds} divided by {e.rounds} (the mean accuracy over the run); both mean and 95 % "
+        f"Student-t CI over seeds. Rounds to target: the first round with accuracy >= {e.target:g}; stays: the "
+        f"round from which accuracy stays >= {e.target:g} to round {e.rounds}. A run that does not get there is "
+        f"censored at round {e.rounds} (it might later): both are Kaplan-Meier medians (the first round by which "
+        f"half the runs got there; > {e.rounds}: fewer than half did) with how many runs got there; no mean or "
+        "interval is given for them.", "",
+        "| arm | settings | final accuracy | area | rounds to target: median (reached) | stays from: median "
+        "(stayed) | epsilon |",
+        "|---|---|---|---|---|---|---|",
     ]
     for res in results.values():
-        rounds, reached = _rounds(res, e)
-        censored = " (censored)" if reached < len(res.seeds) else ""
         eps = f"{np.mean(res.final_epsilon):.3g}" if any(res.final_epsilon) else "-"
-        lines.append(f"| {res.arm.name} | `{_toml(res.arm.config)}` | {stats.mean_ci(res.accuracy[:, -1])} | "
-                     f"{stats.mean_ci(rounds).format(1)}{censored} | {reached}/{len(res.seeds)} | {eps} |")
+        area = stats.mean_ci([stats.accuracy_auc(c) for c in res.accuracy])
+        lines.append(f"| {res.arm.name} | `{_toml(res.arm.config)}` | {stats.mean_ci(res.accuracy[:, -1])} | {area} | "
+                     f"{_km_cell(time_to(res, e))} | {_km_cell(time_to(res, e, stay=True))} | {eps} |")
     comparisons = [(res, results[other]) for res in results.values() if (other := e.versus(res.arm)) is not None]
     if comparisons:
-        lines += ["", "Paired tests against the baseline on the same seeds (arm minus baseline; two-sided; "
-                  "p adjusted with Holm's method over all the comparisons of this table, per quantity; "
-                  "significant means adjusted p < 0.05 in the t-test; *seeds for*: the seeds in which the arm "
-                  "did better than the one it is tested against: higher final accuracy, fewer rounds).", "", *comparison_table(e, comparisons)]
-    lines += ["", "Files: `results.csv` (one row per seed x arm x round), `curves.png`, `runs/<arm>-s<seed>/` "
-              "(each run's metrics and checkpoints)." + (" `privacy.png`: final accuracy against epsilon." if e.privacy else ""), ""]
+        lines += ["", *comparison_heading(e, comparisons, "against the baseline"), "",
+                  *comparison_table(e, comparisons)]
+    lines += ["", f"Files: `results{tag}.csv` (one row per seed x arm x round), `curves{tag}.png`, "
+              "`runs/<arm>-s<seed>/` (each run's metrics, checkpoints and provenance.json)."
+              + (f" `privacy{tag}.png`: final accuracy against epsilon." if e.privacy else ""), ""]
     return "\n".join(lines)
+
+
+def comparison_heading(experiment: Experiment, comparisons: list[tuple[ArmResult, ArmResult]], which: str) -> list[str]:
+    """What the comparison table's tests are, in words."""
+    method = stats.sign_flip_method(len(comparisons[0][0].seeds))
+    return [f"Paired tests {which} on the same seeds (arm minus the arm in *vs*; two-sided sign-flip permutation "
+            f"tests of the mean difference, {method}; Holm's adjustment over all {2 * len(comparisons)} tests of this "
+            "table, both quantities: the verdict reads them all). Rounds: each run's rounds to the target, a run "
+            f"that never got there counted as {experiment.rounds + 1}; where a run is censored that is a restricted time, so the difference is marked "
+            "*restricted* and the Kaplan-Meier medians stand beside it. *Seeds for*: the seeds in which the arm did "
+            "better (higher final accuracy, fewer rounds). *Not significant* is not evidence of no difference: a "
+            "claim of no loss needs an equivalence test with a margin (`qfl.experiments.stats.tost`)."]
+
+
+def comparison_table(experiment: Experiment, comparisons: list[tuple[ArmResult, ArmResult]]) -> list[str]:
+    """Markdown rows of paired sign-flip tests, arm minus other, of final accuracy and of
+    rounds to target, Holm-adjusted over every test of the table (both quantities)."""
+    finals = [stats.paired_sign_flip(a.accuracy[:, -1], b.accuracy[:, -1]) for a, b in comparisons]
+    rounds = [(_rounds(a, experiment), _rounds(b, experiment)) for a, b in comparisons]
+    rnds = [stats.paired_sign_flip(ra[0], rb[0]) for ra, rb in rounds]
+    adjusted = stats.holm([t.p for t in finals] + [t.p for t in rnds])
+    final_adj, rounds_adj = adjusted[:len(finals)], adjusted[len(finals):]
+    lines = ["| arm | vs | final acc. diff | seeds for | p | p (Holm) | rounds diff | median rounds (arm vs) | "
+             "seeds for | p | p (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (a, b), f, fp, ((ra, na), (rb, nb)), r, rp in zip(comparisons, finals, final_adj, rounds, rnds, rounds_adj):
+        final_for = sign_count(a.accuracy[:, -1] - b.accuracy[:, -1])
+        rounds_for = sign_count(rb - ra)  # fewer rounds favour the arm
+        n = len(a.seeds)
+        restricted = f" (restricted: {2 * n - na - nb} censored)" if na < n or nb < n else ""
+        medians = f"{time_to(a, experiment).format()} vs {time_to(b, experiment).format()}"
+        lines.append(f"| {a.arm.name} | {b.arm.name} | {f.mean_difference:+.3f} | {final_for} | {_p(f.p)} | {_p(fp)} | "
+                     f"{r.mean_difference:+.2f}{restricted} | {medians} | {rounds_for} | {_p(r.p)} | {_p(rp)} | "
+                     f"{_verdict(f, fp, r, rp)} |")
+    return lines
+
+
+def sign_count(favour: np.ndarray) -> str:
+    """How many seeds individually favour the arm (``favour > 0``) of all, ties named:
+    ``"7/10 (1 tie)"``; beside a paired test it shows whether a mean rests on a few seeds."""
+    wins, ties = int(np.sum(favour > 0)), int(np.sum(favour == 0))
+    return f"{wins}/{favour.size}" + (f" ({ties} tie{'s' if ties > 1 else ''})" if ties else "")
+
+
+def compare(experiment: Experiment, out_root: Path, pairs: list[tuple[str, str]], seeds: list[int] | None = None) -> str:
+    """Paired tests between any arms of a finished experiment (``qfl experiment NAME
+    --compare A:B``), from its runs, Holm-adjusted over every test of ``pairs``; runs nothing."""
+    names = [a.name for a in experiment.arms]
+    for name in (n for pair in pairs for n in pair):
+        if name not in names:
+            raise ValueError(f"{experiment.name} has no arm {name!r} (its arms: {', '.join(names)})")
+    seeds = list(seeds) if seeds is not None else list(range(1, experiment.seeds + 1))
+    runs = out_root / experiment.name / "runs"
+    results = collect(experiment, runs, seeds)
+    wanted = dict.fromkeys(n for pair in pairs for n in pair)
+    records = [provenance.read(runs / run_folder_name(results[n].arm, s)) for n in wanted for s in seeds]
+    chosen = [(results[a], results[b]) for a, b in pairs]
+    return "\n".join([
+        f"Paired tests in `{experiment.name}`, seeds {res_seeds(results)}, over these {len(pairs)} comparisons.", "",
+        *classify(experiment.name, seeds).lines(), "",
+        f"Provenance: {provenance.commits_line(records)}.", "",
+        *comparison_heading(experiment, chosen, "chosen after the fact"), "",
+        *comparison_table(experiment, chosen), ""])
+
+
+def _verdict(final: stats.SignFlip, final_p: float, rounds: stats.SignFlip, rounds_p: float) -> str:
+    parts = []
+    if final_p < stats.ALPHA:
+        parts.append("higher final accuracy" if final.mean_difference > 0 else "lower final accuracy")
+    if rounds_p < stats.ALPHA:
+        parts.append("fewer rounds" if rounds.mean_difference < 0 else "more rounds")
+    return "; ".join(parts) if parts else "not significant"
+
+
+def _p(p: float) -> str:
+    return stats.format_p(p)
 
 
 def cost_line(results: dict[str, ArmResult], peak_memory: int | None, memory_scope: str | None = None) -> str:
@@ -209,60 +399,6 @@ def cost_line(results: dict[str, ArmResult], peak_memory: int | None, memory_sco
     scope = memory_scope or "PSS of the experiment's process, its Ray processes and actors"
     memory = f"; peak memory {peak_memory / 2**30:.2f} GiB ({scope}, sampled every 0.5 s)" if peak_memory else ""
     return f"Cost: {rounds}{memory}."
-
-
-def comparison_table(experiment: Experiment, comparisons: list[tuple[ArmResult, ArmResult]]) -> list[str]:
-    """Markdown rows of paired tests, arm minus other, of final accuracy and of rounds to
-    target, each quantity's p-values Holm-adjusted over the given comparisons."""
-    finals = [stats.paired_test(a.accuracy[:, -1], b.accuracy[:, -1]) for a, b in comparisons]
-    rnds = [stats.paired_test(_rounds(a, experiment)[0], _rounds(b, experiment)[0]) for a, b in comparisons]
-    final_adj = stats.holm([t.t_p for t in finals])
-    rounds_adj = stats.holm([t.t_p for t in rnds])
-    lines = ["| arm | vs | final acc. diff | seeds for | t p (Holm) | Wilcoxon p | rounds diff | seeds for | "
-             "t p (Holm) | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for (a, b), f, fp, r, rp in zip(comparisons, finals, final_adj, rnds, rounds_adj):
-        final_for = sign_count(a.accuracy[:, -1] - b.accuracy[:, -1])
-        rounds_for = sign_count(_rounds(b, experiment)[0] - _rounds(a, experiment)[0])  # fewer rounds favour the arm
-        lines.append(f"| {a.arm.name} | {b.arm.name} | {f.mean_difference:+.3f} | {final_for} | {_p(f.t_p)} ({_p(fp)}) | "
-                     f"{_p(f.wilcoxon_p)} | {r.mean_difference:+.2f} | {rounds_for} | {_p(r.t_p)} ({_p(rp)}) | "
-                     f"{_verdict(f, fp, r, rp)} |")
-    return lines
-
-
-def sign_count(favour: np.ndarray) -> str:
-    """How many seeds individually favour the arm (``favour > 0``) of all, ties named:
-    ``"7/10 (1 tie)"``; beside a paired test it shows whether a mean rests on a few seeds."""
-    wins, ties = int(np.sum(favour > 0)), int(np.sum(favour == 0))
-    return f"{wins}/{favour.size}" + (f" ({ties} tie{'s' if ties > 1 else ''})" if ties else "")
-
-
-def compare(experiment: Experiment, out_root: Path, pairs: list[tuple[str, str]]) -> str:
-    """Paired tests between any arms of a finished experiment (``qfl experiment NAME
-    --compare A:B``), from its runs, Holm-adjusted over ``pairs``; runs nothing."""
-    names = [a.name for a in experiment.arms]
-    for name in (n for pair in pairs for n in pair):
-        if name not in names:
-            raise ValueError(f"{experiment.name} has no arm {name!r} (its arms: {', '.join(names)})")
-    results = collect(experiment, out_root / experiment.name / "runs", list(range(1, experiment.seeds + 1)))
-    return "\n".join([
-        f"Paired tests in `{experiment.name}`, seeds {res_seeds(results)} (arm minus vs; two-sided; p adjusted with "
-        f"Holm's method over these {len(pairs)} comparisons, per quantity; rounds to {experiment.target:g}, "
-        f"censored at {experiment.rounds + 1}).", "",
-        *comparison_table(experiment, [(results[a], results[b]) for a, b in pairs]), ""])
-
-
-def _verdict(final: stats.PairedTest, final_p: float, rounds: stats.PairedTest, rounds_p: float) -> str:
-    parts = []
-    if final_p < stats.ALPHA:
-        parts.append("higher final accuracy" if final.mean_difference > 0 else "lower final accuracy")
-    if rounds_p < stats.ALPHA:
-        parts.append("fewer rounds" if rounds.mean_difference < 0 else "more rounds")
-    return "; ".join(parts) if parts else "not significant"
-
-
-def _p(p: float) -> str:
-    return "-" if math.isnan(p) else f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
 
 def _toml(config: dict[str, object]) -> str:

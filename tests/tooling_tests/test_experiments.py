@@ -33,7 +33,7 @@ def test_confidence_interval_and_paired_tests_have_their_textbook_values():
 
 def test_the_catalogue_names_every_claim_with_ten_seeds_and_a_valid_baseline():
     assert set(EXPERIMENTS) == {"noise", "qcn", "privacy", "noniid", "quantum-vs-classical", "scale", "scale-10k",
-                                "attacks", "qcn-resources", "cluster-ising", "digits10"}
+                                "attacks", "qcn-resources", "cluster-ising", "digits10", "heterogeneous-circuits"}
     assert all(e.seeds >= 10 for e in EXPERIMENTS.values())
     assert EXPERIMENTS["scale"].clients == 1000
     big = EXPERIMENTS["scale-10k"]  # 100 of 10,000 a round, three training states each
@@ -115,7 +115,11 @@ def test_a_smoke_experiment_runs_resumes_and_gives_the_same_curve_for_the_same_s
               Arm("fedmedian", {"strategy": "fedmedian"})),
         baseline="fedavg",
     )
-    out = run_experiment(smoke, tmp_path, "qfl experiment smoke", session_factory=lambda: _Entered(session), say=print)
+    from qfl.experiments.provenance import code_identity
+
+    code = code_identity()  # the same for both calls, though the tree may be edited in between
+    out = run_experiment(smoke, tmp_path, "qfl experiment smoke", session_factory=lambda: _Entered(session), say=print,
+                         code=code)
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 3 * 3  # seeds x arms x rounds (0, 1, 2)
@@ -128,12 +132,14 @@ def test_a_smoke_experiment_runs_resumes_and_gives_the_same_curve_for_the_same_s
     summary = (out / "summary.md").read_text()
     assert "Command: `qfl experiment smoke`" in summary and "Running time:" in summary
     assert "s a round (mean of rounds 2 on" in summary and "GiB (PSS of the experiment's process" in summary
-    assert "| fedavg-again | fedavg | +0.000 | 0/2 (2 ties) | 1 (1) |" in summary  # identical arms: p = 1, no seed for
+    assert "| fedavg-again | fedavg | +0.000 | 0/2 (2 ties) | 1 | 1 |" in summary  # identical arms: p = 1, no seed for
+    assert "Provenance: 6 runs from commit" in summary and "Seeds 1-2: exploratory" in summary
+    assert (out / "runs" / "fedavg-s1" / "provenance.json").exists()
     assert (out / "curves.png").stat().st_size > 0
 
     # any two arms compared after the fact, from the same runs, Holm over the pairs given
     table = compare(smoke, tmp_path, [("fedavg-again", "fedavg"), ("fedmedian", "fedavg-again")])
-    assert "over these 2 comparisons" in table and "| fedavg-again | fedavg | +0.000 | 0/2 (2 ties) | 1 (1) |" in table
+    assert "over these 2 comparisons" in table and "| fedavg-again | fedavg | +0.000 | 0/2 (2 ties) | 1 | 1 |" in table
     assert "| fedmedian | fedavg-again |" in table
 
     class NoSession:  # a resumed experiment with every run complete starts nothing
@@ -141,7 +147,7 @@ def test_a_smoke_experiment_runs_resumes_and_gives_the_same_curve_for_the_same_s
             raise AssertionError("a complete run was run again")
 
     before = (out / "results.csv").read_text()
-    run_experiment(smoke, tmp_path, "qfl experiment smoke", session_factory=NoSession)
+    run_experiment(smoke, tmp_path, "qfl experiment smoke", session_factory=NoSession, code=code)
     assert (out / "results.csv").read_text() == before
     assert np.isfinite([float(r["test_accuracy"]) for r in rows]).all()
 

@@ -398,11 +398,13 @@ def test_the_resources_summary_picks_the_best_fixed_policy_and_judges_the_bar(tm
                             resources=True)
     text = "\n".join(resource_lines(experiment, results, lambda arm, seed: tmp_path / f"{arm.name}-{seed}"))
     joint = next(line for line in text.splitlines() if line.startswith("| g | g/joint |"))
-    assert "g/fixed-b (best fixed)" in joint and "| 0.58 |" in joint and joint.endswith("| met |")
+    # a ratio of 0.58, but 3 seeds cannot show it below 0.70: the smallest one-sided sign-flip p is 1/8
+    # (the met case, at 10 seeds: tests/tooling_tests/test_evidence.py)
+    assert "g/fixed-b (best fixed)" in joint and "| 0.58 |" in joint and "not met: a ratio below 70 % not shown" in joint
     greedy = next(line for line in text.splitlines() if line.startswith("| g | g/joint-greedy |"))
-    assert greedy.endswith("not met: needs 83 % of the pairs |")
+    assert "not met: needs 83 % of the pairs;" in greedy
     assert "| g/fixed-a | 200 [" in text  # to target: two rounds of 100, 110 and 90
-    assert "| g/fixed-c | 13 [" in text and "(censored: 2/3 reached)" in text  # 10, 10 and all of 20
+    assert "| g/fixed-c | >= 13 (censored: 2/3 reached) |" in text  # 10, 10 and all of 20: no interval
     censored = next(line for line in text.splitlines() if line.startswith("| g | g/joint | g/fixed-c"))
     assert "(fewest pairs, censored)" in censored and "needs 525 % of the pairs" in censored
 

@@ -3,23 +3,34 @@
 Each cell is an in-process federation (:class:`qfl.inprocess.InProcessFederation`: the
 real ClientApp, the real strategy behind the server's real guard, central evaluation on the
 test split) of ``--clients`` clients on ``--dataset`` for ``--rounds`` rounds, repeated over
-``--seeds``. Attacks (each attacker trains honestly, then replaces its reply):
+``--seeds``. The attacks are the shared harness's (:mod:`qfl.experiments.attacks`, the same
+the tests and the experiment's attack ClientApp use): each attacker trains honestly, then its
+reply is replaced, knowing every honest update of the round (full knowledge):
 
 - ``clean``: nobody attacks;
-- ``sign-flip``: partition 0 sends the global model minus 3 times its honest update (inside
-  the guard's 4x norm bar);
+- ``sign-flip``: partition 0 sends the global model minus 3 times its honest update;
 - ``colluders``: partitions 0 and 1 both do;
-- ``absent``: the control for ``colluders``: partitions 0 and 1 answer with an error, so
+- ``sideways``, ``sideways-edge``, ``alie``, ``ipm``, ``min-max``, ``min-sum``: partitions 0 and 1 send the
+  harness's crafted updates, each with noise of its own;
+- ``absent``: the control for two attackers: partitions 0 and 1 answer with an error, so
   the round has their data as little as a perfect defence would leave it.
 
-Defences: ``fedavg`` (the guard with ``robust-direction = false``: what the issue measured),
-``guard`` (the default: FedAvg behind the guard with its direction rule), ``fedmedian`` and
-``fedtrimmedavg`` (Flower's, ``beta = 0.2``, both without the direction rule). The table gives
-mean and standard deviation of the final accuracy, the difference to the same defence's
-clean run, the mean first round at 0.8 accuracy (one past the last where never), the fraction of attacker replies the guard named (any status but ``ok``), and
-the fractions of honest replies it rejected and named.
+Defences: ``fedavg`` (the guard with ``robust-direction = false``), ``direction`` (FedAvg
+behind the guard's direction rule without the sideways bound: the guard before issue 42),
+``guard`` (the default: the direction rule and the sideways bound), ``fedmedian`` and
+``fedtrimmedavg`` (Flower's, ``beta = 0.2``, both without the direction rule).
 
-Run: ``python bench/attacks.py [--seeds 0 1 2 3 4] [--defences guard fedavg]``
+The table gives, per defence and attack, the final accuracy (mean and 95 % t interval over
+seeds, ``ddof = 1``), the paired difference to the same defence's clean run with its exact
+sign-flip (permutation) p, Holm-adjusted over every comparison in the table, the seeds more
+than 0.10 below clean, the mean first round after round 0 at 0.8 accuracy (``rounds + 1``
+where never: censored), the drift of the final model along the sideways attack's direction
+(every attack's, against the clean run's), the share of attacker replies the guard named
+(any status but ``ok``) and of honest replies it rejected and named. Below it, the clean-run
+cost of each defence against ``fedavg``, and of the sideways bound (``guard`` against
+``direction``), paired by seed.
+
+Run: ``python bench/attacks.py [--seeds 0 1 2 3 4] [--defences guard direction] [--attacks clean alie]``
 """
 
 from __future__ import annotations
@@ -37,52 +48,54 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(ROOT)  # this folder first on sys.path would shadow the project's packages
 OUT = ROOT / "bench" / "results" / "attacks.json"
 
-from qfl.experiments import attack_app  # noqa: E402 (after the path fix above)
+from qfl.experiments import attacks, stats  # noqa: E402 (after the path fix above)
 
-ATTACKERS = {"clean": (), **attack_app.ATTACKERS}  # partitions; the attacks are the attack ClientApp's own
-DEFENCES = {
-    "fedavg": {"strategy": "fedavg", "robust-direction": False},
-    "guard": {"strategy": "fedavg", "robust-direction": True},
-    "fedmedian": {"strategy": "fedmedian", "robust-direction": False},
-    "fedtrimmedavg": {"strategy": "fedtrimmedavg", "strategy-options": "{ beta = 0.2 }", "robust-direction": False},
+ATTACKS = ("clean", "sign-flip", "colluders", "sideways", "sideways-edge", "alie", "ipm", "min-max", "min-sum", "absent")
+DEFENCES = {  # run config, and whether the guard bounds the sideways part
+    "fedavg": ({"strategy": "fedavg", "robust-direction": False}, False),
+    "direction": ({"strategy": "fedavg", "robust-direction": True}, False),
+    "guard": ({"strategy": "fedavg", "robust-direction": True}, True),
+    "fedmedian": ({"strategy": "fedmedian", "robust-direction": False}, False),
+    "fedtrimmedavg": ({"strategy": "fedtrimmedavg", "strategy-options": "{ beta = 0.2 }", "robust-direction": False}, False),
 }
-
-
-def absent(request):  # noqa: ANN001, ANN201 (Messages)
-    """An error reply, as from a node that crashed: it is counted as failed, not aggregated."""
-    from flwr.app import Error, Message
-
-    return Message(Error(code=0, reason="absent (bench/attacks.py control)"), reply_to=request)
+TARGET = 0.8
+WORSE = 0.10  # a seed this much below its clean run is counted
 
 
 def run_cell(base: dict, defence: str, attack: str, seed: int, clients: int, rounds: int) -> dict:
+    """One federation: ``defence`` under ``attack`` with ``seed``; its curve and who was named."""
+    from qfl.common.records import flatten
     from qfl.inprocess import InProcessFederation
 
-    attackers = {p + 1 for p in ATTACKERS[attack]}  # node IDs: partition + 1
-    fed: InProcessFederation
+    config, sideways_bound = DEFENCES[defence]
+    fed = InProcessFederation({**base, **config, "seed": seed}, clients)
+    fed.guard.sideways = sideways_bound
+    attackers = [p + 1 for p in attacks.ATTACKERS.get(attack, ())]  # node IDs: partition + 1
+    names = list(fed.arrays.keys())
+    start = flatten(fed.arrays, names)
+    direction = attacks.sideways_direction(start.size, seed)
+    rng = np.random.default_rng([seed, 42])
+    aggregate = fed.guard.aggregate_train
 
-    def corrupt(node: int, reply):  # noqa: ANN001, ANN202
-        if node not in attackers:
-            return reply
-        request = fed.requests[reply.metadata.reply_to_message_id]
-        return absent(request) if attack == "absent" else attack_app.sign_flipped(reply, request)
+    def attacked(server_round: int, replies):  # noqa: ANN001, ANN202 (the guard's hook, with the attack before it)
+        replies = list(replies)
+        by_node = {m.metadata.src_node_id: m for m in replies}
+        requests = {n: fed.requests[m.metadata.reply_to_message_id] for n, m in by_node.items()}
+        if attackers:
+            by_node = attacks.corrupt_round(attack, by_node, requests, attackers, rng, direction)
+        return aggregate(server_round, [by_node[m.metadata.src_node_id] for m in replies])
 
-    config = {**base, **DEFENCES[defence], "seed": seed}
-    fed = InProcessFederation(config, clients, corrupt)
+    fed.guard.aggregate_train = attacked  # the bench's hostile round: every attacker sees every honest update
     fed.run(rounds)
     named = [r for r in fed.rows if r["node_id"] in attackers]
     honest = [r for r in fed.rows if r["node_id"] not in attackers]
     return {
         "defence": defence, "attack": attack, "seed": seed, "accuracy": fed.accuracy[-1], "curve": fed.accuracy,
+        "drift": float((flatten(fed.arrays, names) - start) @ direction),
         "named": sum(r["status"] != "ok" for r in named) / len(named) if named else None,
         "honest_rejected": sum(str(r["status"]).startswith("rejected") for r in honest) / len(honest),
         "honest_named": sum(r["status"] != "ok" for r in honest) / len(honest),
     }
-
-
-def rounds_to(curve: list[float], level: float) -> float:
-    """The first round whose accuracy reaches ``level`` (``len(curve)``, one past the last, if none)."""
-    return float(next((r for r, acc in enumerate(curve) if acc >= level), len(curve)))
 
 
 def main() -> None:
@@ -92,7 +105,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--defences", nargs="+", default=list(DEFENCES), choices=list(DEFENCES))
-    p.add_argument("--attacks", nargs="+", default=list(ATTACKERS), choices=list(ATTACKERS))
+    p.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
+    p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
 
     import torch
@@ -102,49 +116,80 @@ def main() -> None:
 
     torch.set_num_threads(1)
     base = {**app_defaults(ROOT), "dataset": args.dataset}
+    attack_list = ["clean", *[a for a in args.attacks if a != "clean"]]  # every comparison needs the clean run
     cells, started = [], time.monotonic()
     with task_identity():
         for defence in args.defences:
-            for attack in args.attacks:
+            for attack in attack_list:
                 for seed in args.seeds:
                     cells.append(run_cell(base, defence, attack, seed, args.clients, args.rounds))
                     print(json.dumps(cells[-1]), flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"args": vars(args), "cells": cells}, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": {**vars(args), "out": str(args.out)}, "cells": cells}, indent=1))
     print(f"\n{args.dataset}, {args.clients} clients, {args.rounds} rounds, seeds {args.seeds} "
-          f"({time.monotonic() - started:.0f} s; cells in {OUT.relative_to(ROOT)})\n")
-    print(table(cells, args.defences, args.attacks))
-    base = {c["seed"]: c["accuracy"] for c in cells if c["defence"] == "fedavg" and c["attack"] == "clean"}
-    for defence in args.defences:
-        paired = [c["accuracy"] - base[c["seed"]] for c in cells
-                  if c["defence"] == defence != "fedavg" and c["attack"] == "clean" and c["seed"] in base]
-        if paired:
-            print(f"\nclean-run cost of {defence} against fedavg, paired by seed: {np.mean(paired):+.3f} "
-                  f"(min {min(paired):+.3f}, max {max(paired):+.3f})", end="")
+          f"({time.monotonic() - started:.0f} s; cells in {args.out})\n")
+    print(table(cells, args.defences, attack_list, args.rounds))
     print()
+    print(clean_costs(cells, args.defences))
 
 
-def table(cells: list[dict], defences: list[str], attacks: list[str]) -> str:
+def _sign_flip(arm: list[float], other: list[float]) -> tuple[float, float]:
+    """``(mean difference, exact sign-flip p)`` of paired values (p NaN under two seeds)."""
+    if len(arm) < 2:
+        return (float(np.mean(np.subtract(arm, other))) if arm else float("nan")), float("nan")
+    test = stats.paired_sign_flip(arm, other)
+    return test.mean_difference, test.p
+
+
+def _paired(cells: list[dict], defence: str, attack: str, versus: tuple[str, str]) -> tuple[list[float], list[float]]:
+    """Final accuracies of ``defence/attack`` and of ``versus`` on the seeds both ran."""
+    mine = {c["seed"]: c for c in cells if c["defence"] == defence and c["attack"] == attack}
+    other = {c["seed"]: c for c in cells if (c["defence"], c["attack"]) == versus}
+    seeds = sorted(set(mine) & set(other))
+    return [mine[s]["accuracy"] for s in seeds], [other[s]["accuracy"] for s in seeds]
+
+
+def table(cells: list[dict], defences: list[str], attack_list: list[str], rounds: int) -> str:
     """A markdown table: per defence and attack, the final accuracy against the same defence's
-    clean run (paired by seed), rounds to 0.8, and who was named or rejected."""
-    lines = ["| defence | attack | final accuracy (mean ± sd) | vs clean | seeds > 0.10 below clean | rounds to 0.8 "
-             "| attackers named | honest rejected | honest named |", "|---|---|---|---|---|---|---|---|---|"]
-    for defence in defences:
-        clean = {c["seed"]: c["accuracy"] for c in cells if c["defence"] == defence and c["attack"] == "clean"}
-        for attack in attacks:
-            got = [c for c in cells if c["defence"] == defence and c["attack"] == attack]
-            if not got:
-                continue
-            acc = np.array([c["accuracy"] for c in got])
-            paired = [c["accuracy"] - clean[c["seed"]] for c in got if c["seed"] in clean]
-            named = [c["named"] for c in got if c["named"] is not None]
-            lines.append(
-                f"| {defence} | {attack} | {acc.mean():.3f} ± {acc.std():.3f} | "
-                + (f"{np.mean(paired):+.3f} | {sum(d < -0.10 for d in paired)}/{len(paired)}" if paired else "— | —")
-                + f" | {np.mean([rounds_to(c['curve'], 0.8) for c in got]):.1f} | "
-                + (f"{np.mean(named):.2f}" if named else "—")
-                + f" | {np.mean([c['honest_rejected'] for c in got]):.3f} | {np.mean([c['honest_named'] for c in got]):.3f} |")
+    clean run (paired by seed; exact sign-flip p, Holm over the table), rounds to 0.8, the
+    drift along the sideways direction, and who was named or rejected."""
+    rows = [(d, a) for d in defences for a in attack_list
+            if any(c["defence"] == d and c["attack"] == a for c in cells)]
+    tests = {(d, a): _sign_flip(*_paired(cells, d, a, (d, "clean"))) for d, a in rows if a != "clean"}
+    known = [k for k, (_, p) in tests.items() if not np.isnan(p)]
+    adjusted = {**{k: float("nan") for k in tests}, **dict(zip(known, stats.holm([tests[k][1] for k in known])))}
+    lines = ["| defence | attack | final accuracy [95 % CI] | vs clean (Holm p) | seeds > 0.10 below clean | rounds to 0.8 "
+             "| drift along v | attackers named | honest rejected | honest named |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for defence, attack in rows:
+        got = [c for c in cells if c["defence"] == defence and c["attack"] == attack]
+        ci = stats.mean_ci([c["accuracy"] for c in got])
+        arm, clean = _paired(cells, defence, attack, (defence, "clean"))
+        versus = "—" if attack == "clean" else (f"{tests[defence, attack][0]:+.3f} "
+                                                f"({stats.format_p(adjusted[defence, attack])})")
+        worse = "—" if attack == "clean" else f"{sum(a - c < -WORSE for a, c in zip(arm, clean))}/{len(arm)}"
+        reached = stats.censored_rounds([stats.rounds_to_target(c["curve"], TARGET) for c in got], rounds)
+        named = [c["named"] for c in got if c["named"] is not None]
+        lines.append(
+            f"| {defence} | {attack} | {ci} | {versus} | {worse} | {reached.mean():.1f} | "
+            f"{np.mean([c['drift'] for c in got]):+.2f} | " + (f"{np.mean(named):.2f}" if named else "—")
+            + f" | {np.mean([c['honest_rejected'] for c in got]):.3f} | {np.mean([c['honest_named'] for c in got]):.3f} |")
     return "\n".join(lines)
+
+
+def clean_costs(cells: list[dict], defences: list[str]) -> str:
+    """The clean-run cost of each defence against ``fedavg``, and of the sideways bound
+    (``guard`` against ``direction``), paired by seed, with the exact sign-flip p."""
+    pairs = [(d, "fedavg") for d in defences if d != "fedavg"] + [("guard", "direction")]
+    out = []
+    for defence, versus in pairs:
+        arm, other = _paired(cells, defence, "clean", (versus, "clean"))
+        if arm:
+            d = np.subtract(arm, other)
+            out.append(f"clean-run cost of {defence} against {versus}, paired by seed: {d.mean():+.3f} "
+                       f"(min {d.min():+.3f}, max {d.max():+.3f}; sign-flip p {stats.format_p(_sign_flip(arm, other)[1])}, "
+                       f"n = {len(d)})")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

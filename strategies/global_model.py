@@ -11,7 +11,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from qfl.common.records import flatten
-from strategies.validation import shapes_of
+from strategies.guard import shapes_of
 
 
 class GlobalModelFedAvg(FedAvg):

@@ -7,7 +7,7 @@ a client whose update deviates because its device is noisy from one whose data a
 (:mod:`strategies.noise_isolating_median` punishes both alike); the client can, since it
 measures its own device. Here each reply carries the client's estimate of its update's
 device variance and of the contraction of its expectation values, the server's guard bounds
-them (:func:`strategies.validation.clip_noise_claims`), and the server combines the updates
+them (:func:`strategies.guard.clip_noise_claims`), and the server combines the updates
 as a random-effects meta-analysis combines studies of unequal precision (DerSimonian & Laird
 1986).
 """
@@ -40,7 +40,7 @@ from qfl.common.contract import (
 from qfl.common.records import flatten, unflatten
 from strategies.delegating import RoundReport
 from strategies.global_model import GlobalModelFedAvg
-from strategies.validation import bound_noise_claim, filter_replies
+from strategies.guard import bound_noise_claim, filter_replies
 
 # where a client's noise variance came from (the ``noise_source`` column of clients.csv)
 CLAIMED = "claimed"  # its own claim, consistent with its update's spread (or untested)

@@ -25,7 +25,7 @@ from qfl.common.contract import REPORT_NOISE_VAR, REPORT_SNR, REPORT_TRIMMED, RE
 from qfl.common.records import flatten, unflatten
 from strategies.delegating import RoundReport
 from strategies.global_model import GlobalModelFedAvg
-from strategies.validation import filter_replies
+from strategies.guard import filter_replies
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class MedianNoiseIsolatingFedAvg(GlobalModelFedAvg):
     clients the median is their mean, both deviations are equal, and it is FedAvg too.
 
     Replies with other parameter names or shapes than the global model, or with NaN/Inf
-    values, are rejected and logged before any of this (:mod:`strategies.validation`).
+    values, are rejected and logged before any of this (:mod:`strategies.guard`).
 
     Parameters
     ----------

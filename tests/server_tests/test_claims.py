@@ -23,7 +23,7 @@ from qfl.common.contract import ROUND_CLIENTS_CAPPED, ROUND_CLIENTS_REJECTED
 from server.app import PartitionSizes
 from server.instrumented import InstrumentedStrategy
 from strategies import FidelityWeightedFedAvg, fidelity_weight, load_strategy
-from strategies.validation import FIDELITY_RANGE, NEAR_COPY_FRACTION
+from strategies.guard import FIDELITY_RANGE, NEAR_COPY_FRACTION
 
 DIM = 40
 CLIENTS = 5

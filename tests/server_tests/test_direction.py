@@ -18,7 +18,7 @@ from helpers import make_reply
 
 from server.instrumented import InstrumentedStrategy
 from strategies import FidelityWeightedFedAvg, load_strategy
-from strategies.validation import direction_screen
+from strategies.guard import direction_screen
 
 DIM = 40
 CLIENTS = 5
@@ -133,7 +133,7 @@ def test_a_poisoned_scaffold_control_delta_cannot_steer_the_servers_variate(pois
     outside the round's spread is rejected with its reply, one inside is cut to the median."""
     from qfl.common.contract import CONTROL_DELTA
     from strategies.scaffold import Scaffold
-    from strategies.validation import ReplySchema
+    from strategies.guard import ReplySchema
 
     def scaffold_round(attack: float | None) -> tuple[np.ndarray, dict]:
         strategy = Scaffold()
@@ -266,7 +266,7 @@ def test_colluders_who_agree_on_a_little_is_enough_count_once_and_are_named():
 
 def test_honest_clients_are_never_twins_and_two_are_not_a_group():
     assert direction_screen(attacked({}), ArrayRecord({"w": Array(GLOBAL)})).twins == {}
-    from strategies.validation import _twin_groups
+    from strategies.guard.screens import _twin_groups
 
     assert _twin_groups([1, 2], np.zeros((2, DIM))) == {}
     same = np.stack([U, U, U + 1.0, U - 1.0])

@@ -32,7 +32,7 @@ from qfl.common.contract import (
 )
 from server.instrumented import InstrumentedStrategy, train_reply_schema
 from strategies import BUILTIN_STRATEGIES, NoiseIsolatingFedAvg, load_strategy
-from strategies.validation import bound_noise_claim, schema_problem
+from strategies.guard import bound_noise_claim, schema_problem
 
 DIM = 40
 CLIENTS = 5

@@ -20,8 +20,9 @@ from collections import OrderedDict
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from client.circuits import choose_circuit, circuit_metrics, fit_to_circuit
 from client.job import CLIENT_CONTROL, JOB, OPS, model_key
-from qfl.common.config import NodeConfig, RunConfig
+from qfl.common.config import KEY, NodeConfig, RunConfig
 from qfl.common.contract import (
     ARRAYS,
     CIRCUIT_DEPTH,
@@ -29,6 +30,7 @@ from qfl.common.contract import (
     CONTROL,
     CONTROL_DELTA,
     DEVICE,
+    DEVICE_CIRCUIT,
     DEVICE_MITIGATION,
     DEVICE_NUM_PARTITIONS,
     DEVICE_PARTITION,
@@ -89,7 +91,9 @@ class LocalTask:
             self.x_eval, self.y_eval = data.x_test[held], data.y_test[held]
         self.spec, mitigation = node.device_for(cfg)
         self.node = node
-        self.model = build_model(cfg, data, self.spec, mitigation)
+        # this node's own circuit (architecture by-device or search), or the run's
+        self.circuit, self.qas_score = choose_circuit(cfg, self.spec, self.x, self.y, data.n_classes, data.kind)
+        self.model = build_model(cfg, data, self.spec, mitigation, circuit=self.circuit)
 
     def warm_up(self) -> None:
         """One forward and backward pass on two samples, thrown away: the first pass of a
@@ -104,7 +108,8 @@ class LocalTask:
     def _prepare(self, cfg: RunConfig, arrays: ArrayRecord, server_round: int) -> None:
         # noise draws differ per client and round, and are reproducible
         self.model.reseed_noise(cfg.seed * 7919 + server_round * 104_729 + self.node.partition_id)
-        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        # a node on fewer layers than the global model keeps the first ones (strategies.nested_fedavg)
+        self.model.load_state_dict(fit_to_circuit(arrays.to_torch_state_dict(), self.model), strict=True)
 
     def train(self, cfg: RunConfig, req: RecordDict, server_round: int) -> RecordDict:
         """Train the global model on the partition (on this node's simulated device); the new
@@ -126,6 +131,10 @@ class LocalTask:
             correction = {n: server_c[n] - client_c[n] for n in server_c}
             # option I of the paper: c_i+ = the full local gradient at the global model
             new_control = full_gradient(self.model, self.x, self.y)
+        import torch
+
+        # of the circuit at the parameters received, before training (nothing of the data in it)
+        circuit = circuit_metrics(cfg, self.model, torch.as_tensor(self.x[:1]), self.qas_score)
         start = time.perf_counter()
         metrics = train_local(self.model, self.x, self.y, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                               learning_rate=cfg.learning_rate,
@@ -134,10 +143,12 @@ class LocalTask:
                               proximal_mu=mu, correction=correction,
                               # replicas on the broadcast axis measure the update's device noise;
                               # a noiseless device's update is deterministic: variance 0, no replicas
-                              noise_replicas=NOISE_REPLICAS if self.model.is_noisy else 1)
+                              noise_replicas=NOISE_REPLICAS if self.model.is_noisy else 1,
+                              optimizer=cfg.optimizer, qng_lam=cfg.qng_lam)
         metrics.setdefault(UPDATE_NOISE_VAR, 0.0)
         train_time = time.perf_counter() - start
         metrics.update(noise_metrics(cfg, self.model, self.x, self.y))
+        metrics.update(circuit)
         metrics.update({TRAIN_TIME_S: train_time, NUM_EXAMPLES: len(self.y)})
         reply = RecordDict({
             ARRAYS: ArrayRecord(self.model.state_dict()),
@@ -145,12 +156,19 @@ class LocalTask:
             # what the server logs per client (strings do not fit a MetricRecord)
             DEVICE: ConfigRecord({DEVICE_PROFILE: self.spec, DEVICE_ZNE: self.model.zne,
                                   DEVICE_MITIGATION: self.model.mitigation, DEVICE_PARTITION: self.node.partition_id,
-                                  DEVICE_NUM_PARTITIONS: self.node.num_partitions}),
+                                  DEVICE_NUM_PARTITIONS: self.node.num_partitions,
+                                  DEVICE_CIRCUIT: self.circuit_label()}),
         })
         if new_control is not None:
             reply[CONTROL_DELTA] = ArrayRecord({n: Array((new_control[n] - client_c[n]).numpy()) for n in new_control})
             reply[CLIENT_CONTROL] = ArrayRecord({n: Array(v.numpy()) for n, v in new_control.items()})
         return reply
+
+    def circuit_label(self) -> str:
+        """The circuit this node runs (:meth:`~qfl.task.architecture.CircuitSpec.label`); '' for a classical model."""
+        from qfl.task.model import PQCClassifier
+
+        return self.model.circuit.label() if isinstance(self.model, PQCClassifier) else ""
 
     def evaluate(self, cfg: RunConfig, arrays: ArrayRecord, server_round: int) -> RecordDict:
         """Loss and accuracy of the global model on this node's held-out rows, on its device:
@@ -197,7 +215,7 @@ def noise_metrics(cfg: RunConfig, model, x, y) -> dict[str, float]:  # noqa: ANN
         out[NOISE_GAP] = 0.0
         return out
     ideal = PQCClassifier(model.n_qubits, model.n_layers, model.n_classes, kind=model.kind, seed=cfg.seed,
-                          embedding=model.embedding_kind)
+                          embedding=model.embedding_kind, circuit=model.circuit)
     ideal.load_state_dict(model.state_dict())
     out[NOISE_GAP] = evaluate_model(ideal, x, y)["accuracy"] - evaluate_model(model, x, y)["accuracy"]
     return out
@@ -225,7 +243,7 @@ class TaskCache:
         return len(self._tasks), len(self._data), len(self._splits)
 
     def get(self, cfg: RunConfig, node: NodeConfig) -> LocalTask:
-        key = model_key(cfg, node)
+        key = model_key(cfg, node) + circuit_key(cfg)
         if key in self._tasks:
             self._tasks.move_to_end(key)
         elif cfg.dataset == "file":  # the node's own file: nothing to share with other tasks
@@ -246,6 +264,15 @@ class TaskCache:
         # what build_dataset reads of the run config
         key = (cfg.dataset, cfg.n_qubits, cfg.seed, cfg.test_fraction, cfg.tfim_samples)
         return _lru(self._data, key, self.data_size, lambda: build_dataset(cfg)), key
+
+
+def circuit_key(cfg: RunConfig) -> str:
+    """What decides a node's own circuit besides :func:`client.job.model_key` (the search
+    scores circuits with the run's batch size and learning rate)."""
+    run = cfg.to_run_config()
+    keys = (KEY.architecture, KEY.min_fidelity, KEY.qas_space, KEY.qas_trials, KEY.qas_epochs, KEY.batch_size,
+            KEY.learning_rate)
+    return json.dumps({k: run[k] for k in keys}, sort_keys=True) if cfg.architecture != "fixed" else ""
 
 
 def _lru(cache: OrderedDict, key: tuple, size: int, make):  # noqa: ANN001, ANN202

@@ -5,16 +5,18 @@ It delegates every hook to the inner strategy (the shape of Flower's DP wrappers
 aggregates, whatever the strategy:
 
 1. replies that are not exactly what a sound ClientApp sends are rejected
-   (:func:`~strategies.validation.filter_replies` with a :class:`~strategies.validation.ReplySchema`):
+   (:func:`~strategies.guard.filter_replies` with a :class:`~strategies.guard.ReplySchema`):
    other records or keys, unreadable or non-float or non-finite data, a bad example count;
 2. well-formed replies that would still dominate are bounded
-   (:func:`~strategies.validation.robust_screen`): an update far outside the round's
+   (:func:`~strategies.guard.robust_screen`): an update far outside the round's
    spread, (nearly) the global model itself, or pointing against the round's coordinate-wise
-   median update, is rejected, and the others' norms are bounded by twice their median; an
+   median update, is rejected, the others' norms are bounded by twice their median and their
+   weights by how far they go across that median update (:func:`~strategies.guard.sideways_screen`:
+   at most as far as 1.5 times the round's median such part); an
    inflated example count is capped (to the round's smallest for a reply that names no
    partition), a fidelity outside [1/4, 1] clipped; a delta a strategy accumulates
    (SCAFFOLD's ``control-delta``) is bounded by its length
-   (:func:`~strategies.validation.delta_screen`);
+   (:func:`~strategies.guard.delta_screen`);
 3. coordinates a quantum network lost are filled from the clients that delivered them
    (:func:`~strategies.fidelity_weighted.impute_lost`), so no strategy reads a loss as a
    zero update.
@@ -27,16 +29,19 @@ rejected or trimmed, and one row per client with its status.
 
 from __future__ import annotations
 
+import copy
 import traceback
 from collections.abc import Callable, Iterable
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from qfl.common.contract import (
+    ARRAYS,
     DEVICE,
     DEVICE_KEYS,
     DEVICE_MITIGATION,
@@ -47,8 +52,9 @@ from qfl.common.contract import (
     EVAL_ACCURACY,
     EVAL_LOSS,
     EVAL_METRICS,
-    NUM_EXAMPLES,
+    NESTED_HELD_ROWS,
     NOISE_CLAIM_METRICS,
+    NUM_EXAMPLES,
     REPORT_COLUMNS,
     REPORT_LATE,
     REPORT_NAMED,
@@ -66,10 +72,11 @@ from qfl.common.contract import (
 from server.recorder import CLIENT_METRICS, column
 from strategies.delegating import DelegatingStrategy, RoundReport, round_report
 from strategies.fidelity_weighted import impute_lost
-from strategies.validation import (
+from strategies.guard import (
     FIDELITY_RANGE,
     NOISE_CLAIM_RANGES,
     NORM_BOUND,
+    SIDEWAYS_BOUND,
     TWIN_FRACTION,
     ReplySchema,
     ScreenResult,
@@ -91,11 +98,14 @@ class InstrumentedStrategy(DelegatingStrategy):
     schema : ReplySchema, optional
         What a sound training reply holds exactly; ``None`` checks parameters only.
     norm_factor, examples_factor : float
-        :func:`~strategies.validation.robust_screen`'s :math:`\\rho` and :math:`\\nu` (0: off).
+        :func:`~strategies.guard.robust_screen`'s :math:`\\rho` and :math:`\\nu` (0: off).
     examples_bounds : callable, optional
         The most examples each of a round's replies can hold (e.g. its partition's size).
     direction : bool
-        :func:`~strategies.validation.robust_screen`'s direction rule (``robust-direction``).
+        :func:`~strategies.guard.robust_screen`'s direction rule (``robust-direction``).
+    sideways : bool
+        With ``direction``, also bound each update's part across the round's median update
+        (:func:`~strategies.guard.sideways_screen`; on unless a study turns it off to measure it).
     fidelity_estimates : callable, optional
         The server's own estimate of each reply's link fidelity and its tolerance (``qcn``).
     """
@@ -104,12 +114,13 @@ class InstrumentedStrategy(DelegatingStrategy):
                  examples_factor: float = 0.0,
                  examples_bounds: Callable[[list[Message]], list[float | None]] | None = None,
                  direction: bool = False,
-                 fidelity_estimates: Callable[[list[Message]], list[tuple[float, float] | None]] | None = None) -> None:
+                 fidelity_estimates: Callable[[list[Message]], list[tuple[float, float] | None]] | None = None,
+                 sideways: bool = True) -> None:
         super().__init__(strategy)
         self.fidelity_estimates = fidelity_estimates
         self.schema = schema
         self.norm_factor, self.examples_factor, self.examples_bounds = norm_factor, examples_factor, examples_bounds
-        self.direction = direction
+        self.direction, self.sideways = direction, sideways
         self._round_stats: dict[str, float] = {}
         self._client_rows: list[dict[str, object]] = []
         self._evaluation: dict[str, float] = {}
@@ -165,12 +176,16 @@ class InstrumentedStrategy(DelegatingStrategy):
         rejected: list[tuple[Message, str]] = []
         claims: dict[int, str] = {}
         if self._reference is not None and self._global is not None:
-            replies, rejected = filter_replies(replies, self._reference, schema=self.schema)
+            nested = _nested(self.strategy)
+            if nested is None:
+                replies, rejected = filter_replies(replies, self._reference, schema=self.schema)
+            else:  # circuits of nested depths: each reply checked against its own layers, then padded for the screens
+                replies, rejected = _padded_nested(replies, nested, self._global, self.schema)
             if self.schema is not None:
                 replies = common_optional_metrics(replies, self.schema.optional_metrics)
             screen = robust_screen(replies, self._global, self.norm_factor, self.examples_factor,
                                    examples_bounds=self.examples_bounds, direction=self.direction,
-                                   fidelity_estimates=self.fidelity_estimates)
+                                   fidelity_estimates=self.fidelity_estimates, sideways=self.sideways)
             replies, claims = screen.kept, _bounded_claims(screen)
             rejected += screen.rejected
             for name in self.schema.extra_arrays if self.schema is not None else ():
@@ -188,8 +203,8 @@ class InstrumentedStrategy(DelegatingStrategy):
             arrays, metrics, aggregation_failed = None, None, 1
         report = RoundReport() if aggregation_failed else round_report(self.strategy)
         for node, said in report.clients.items():  # what a strategy named (e.g. a noise claim its spread contradicts)
-            if said.get(REPORT_NAMED):
-                claims[node] = f"{claims[node]}; {said[REPORT_NAMED]}" if node in claims else str(said[REPORT_NAMED])
+            if said.get(REPORT_NAMED):  # a claim the strategy found false comes first, then what the guard bounded
+                claims[node] = f"{said[REPORT_NAMED]}; {claims[node]}" if node in claims else str(said[REPORT_NAMED])
         stats: dict[str, float] = dict(metrics) if metrics is not None else {}
         sound = [m for m in replies if not m.has_error()]
         trimmed = sum(1 for m in sound if report.clients.get(m.metadata.src_node_id, {}).get(REPORT_TRIMMED))
@@ -235,6 +250,48 @@ class InstrumentedStrategy(DelegatingStrategy):
         except Exception as err:  # noqa: BLE001
             log(ERROR, "Aggregating evaluation replies failed in round %d: %s: %s", server_round, type(err).__name__, err)
             return None
+
+
+def _nested(strategy: Strategy):  # noqa: ANN202 (a strategy with reply_shapes, or None)
+    """The strategy of the chain that aggregates circuits of nested depths (``reply_shapes``), if any."""
+    while strategy is not None:
+        if hasattr(strategy, "reply_shapes"):
+            return strategy
+        strategy = getattr(strategy, "strategy", None)  # not a contract name: the wrapped strategy
+    return None
+
+
+def _padded_nested(replies: list[Message], nested, global_arrays: ArrayRecord,  # noqa: ANN001
+                   schema: ReplySchema | None) -> tuple[list[Message], list[tuple[Message, str]]]:
+    """Replies of nested circuit depths, each checked against the layers it holds (at most those it
+    was sent: ``nested.reply_shapes``), then padded with the global model's rows for the layers it
+    does not hold, so that the guard's screens see a zero update there (as for a coordinate the
+    channel lost); :data:`NESTED_HELD_ROWS` tells the strategy what the client really sent."""
+    kept: list[Message] = []
+    rejected: list[tuple[Message, str]] = []
+    full = {n: a.numpy() for n, a in global_arrays.items()}
+    for msg in replies:
+        if msg.has_error():
+            kept.append(msg)
+            continue
+        shapes = nested.reply_shapes(msg)
+        if isinstance(shapes, str):
+            log(WARNING, "Rejected the update of node %d before aggregation: %s", msg.metadata.src_node_id, shapes)
+            rejected.append((msg, shapes))
+            continue
+        sound, bad = filter_replies([msg], shapes, schema=schema)
+        rejected += bad
+        for m in sound:
+            arrays = m.content[ARRAYS]
+            held = {n: int(arrays[n].numpy().shape[0]) for n in full if full[n].ndim >= 2}
+            content = RecordDict(dict(m.content.items()))
+            content[ARRAYS] = ArrayRecord({n: Array(np.concatenate([arrays[n].numpy(), full[n][held[n]:]])
+                                                    if n in held else arrays[n].numpy()) for n in full})
+            content[NESTED_HELD_ROWS] = ConfigRecord(held)
+            padded = copy.copy(m)
+            padded.content = content
+            kept.append(padded)
+    return kept, rejected
 
 
 def weighted_evaluation(replies: list[Message], examples_factor: float = 0.0) -> dict[str, float]:
@@ -319,6 +376,10 @@ def _bounded_claims(screen: ScreenResult) -> dict[int, str]:
     for node, scale in screen.scaled.items():
         said.setdefault(node, []).append(
             f"scaled: update norm {NORM_BOUND / scale:.2g} x the round's median, cut to {NORM_BOUND:g} x")
+    for node, (ratio, factor) in screen.sideways.items():
+        said.setdefault(node, []).append(
+            f"sideways: part across the round's median update {ratio:.3g} x the round's median such part, weighed as "
+            f"if cut to {SIDEWAYS_BOUND:g} x (weight x {factor:.2f})")
     for node, others in screen.twins.items():
         said.setdefault(node, []).append(
             f"twinned: update all but identical to node(s) {', '.join(map(str, others))}'s (within "

@@ -32,6 +32,7 @@ from flwr.app import Array, ArrayRecord
 
 from qfl.common.contract import (
     CIRCUIT_DEPTH,
+    CIRCUIT_METRICS,
     DEVICE_MITIGATION,
     DEVICE_PARTITION,
     DEVICE_PROFILE,
@@ -151,7 +152,7 @@ def _read_checkpoint(path: Path, max_round: int | None) -> tuple[str | None, tup
 # clients.csv: who (claims), what it reported, what the strategies made of it, its epsilon, its fate
 CLIENT_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, NOISE_GAP, UPDATE_NOISE_VAR, NOISE_CONTRACTION, PEC_GAMMA2, CIRCUIT_DEPTH,
                   TWO_QUBIT_GATES, SWAPS, TRAIN_TIME_S, FIDELITY, LATENCY_S, QCN_LOST_FRACTION, QCN_BELL_PAIRS,
-                  QCN_PAIRS_SAVED, QCN_BYTES, QCN_BYTES_SAVED)
+                  QCN_PAIRS_SAVED, QCN_BYTES, QCN_BYTES_SAVED, *CIRCUIT_METRICS)
 CLIENT_COLUMNS = (
     "round", "node_id", column(DEVICE_PARTITION), DEVICE_PROFILE, DEVICE_ZNE, DEVICE_MITIGATION,
     *map(column, CLIENT_METRICS),

@@ -3,10 +3,11 @@
 from strategies.central_dp import CentralDPFixedClipping
 from strategies.deadline import RoundDeadline
 from strategies.fidelity_weighted import FidelityWeightedFedAvg, fidelity_weight, unpack_mask
+from strategies.nested_fedavg import NestedFedAvg, nested_average
 from strategies.noise_isolating import ClientNoise, NoiseIsolatingFedAvg, dersimonian_laird, separate_noise
 from strategies.noise_isolating_median import ClientNoiseEstimate, MedianNoiseIsolatingFedAvg, isolate_noise
 from strategies.registry import BUILTIN_STRATEGIES, load_strategy, parse_strategy_options, resolve_strategy
-from strategies.validation import filter_replies, reply_problem
+from strategies.guard import filter_replies, reply_problem
 
 __all__ = [
     "BUILTIN_STRATEGIES",
@@ -15,6 +16,7 @@ __all__ = [
     "ClientNoiseEstimate",
     "FidelityWeightedFedAvg",
     "MedianNoiseIsolatingFedAvg",
+    "NestedFedAvg",
     "NoiseIsolatingFedAvg",
     "RoundDeadline",
     "dersimonian_laird",
@@ -22,6 +24,7 @@ __all__ = [
     "filter_replies",
     "isolate_noise",
     "load_strategy",
+    "nested_average",
     "parse_strategy_options",
     "reply_problem",
     "resolve_strategy",

@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import (
 )
 
 from strategies.fidelity_weighted import FidelityWeightedFedAvg
+from strategies.nested_fedavg import NestedFedAvg
 from strategies.noise_isolating import NoiseIsolatingFedAvg
 from strategies.noise_isolating_median import MedianNoiseIsolatingFedAvg
 from strategies.scaffold import Scaffold
@@ -40,6 +41,8 @@ BUILTIN_STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "noise-isolating": NoiseIsolatingFedAvg,  # clients' own noise claims, random effects (DerSimonian-Laird)
     "noise-isolating-median": MedianNoiseIsolatingFedAvg,  # the first one: distance to the median, for comparison
     "fidelity-weighted": FidelityWeightedFedAvg,
+    # clients on nested circuit depths: each layer averaged over the clients that hold it (HeteroFL, Quorus)
+    "nested-fedavg": NestedFedAvg,
     # client drift on non-IID data: a proximal term, control variates, server optimisers
     "fedprox": FedProx,  # the client adds (proximal-mu / 2) ||w - w_global||^2 (Li et al. 2020)
     "scaffold": Scaffold,  # control variates (Karimireddy et al. 2020)

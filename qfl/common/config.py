@@ -112,6 +112,17 @@ class RunConfig(_Strict):
                             "Or either by name")
     diff_method: Literal["best", "backprop", "adjoint", "parameter-shift"] = Field(
         "best", description="best, backprop, adjoint, parameter-shift")
+    architecture: Literal["fixed", "by-device", "search"] = Field(
+        "fixed", description="each client's circuit: fixed (n-layers everywhere), by-device (the deepest of 1..n-layers whose "
+                             "predicted fidelity on its device is at least min-fidelity), or search (its own search over "
+                             "qas-space, qas-trials trials, cached on the node); not fixed needs strategy nested-fedavg")
+    min_fidelity: float = Field(0.5, gt=0, le=1, description="architecture by-device: the lowest predicted fidelity (estimated success probability) a client's circuit may have")
+    qas_space: str = Field(
+        "{}", description="architecture search: what a client may choose, a TOML inline table of min-layers, entanglers "
+                          "(ring, line, none), rotations (rot, ryrz, ry), reuploads, max-depth (routed depth limit, 0: none), "
+                          "fidelity-weight ({}: everything up to n-layers)")
+    qas_trials: int = Field(12, ge=1, description="architecture search: circuits each client scores (Optuna's TPE, seeded)")
+    qas_epochs: int = Field(1, ge=1, description="architecture search: epochs of the short training that scores a circuit")
     device_profiles: str = Field(
         "ideal", min_length=1,
         description="simulated device per partition: ;-separated specs, cycled (docs/noise.md); a node's device-profile overrides")
@@ -123,6 +134,10 @@ class RunConfig(_Strict):
     local_epochs: int = Field(2, ge=1, description="epochs per round on each client")
     batch_size: int = Field(32, ge=1, description="mini-batch, evaluated as one broadcast circuit")
     learning_rate: float = Field(0.05, gt=0, description="Adam step size")
+    optimizer: Literal["adam", "sgd", "qng"] = Field(
+        "adam", description="local optimiser: adam, sgd, or qng (quantum natural gradient: the circuit's block-diagonal "
+                            "metric tensor, averaged over the batch; the read-out takes plain gradient steps; docs/strategies.md)")
+    qng_lam: float = Field(0.01, ge=0, description="optimizer qng: lambda added to the metric tensor's diagonal before its pseudo-inverse")
     warm_runtime: bool = Field(True, description="keep torch, PennyLane, the data and the model in a worker per node between messages (false: a cold start each message, the reference)")
     worker_idle_timeout: float = Field(600.0, gt=0, description="a warm worker exits after this many seconds without a message")
     # --- transport
@@ -174,16 +189,16 @@ class RunConfig(_Strict):
     strategy: str = Field(
         "fedavg", min_length=1,
         description="fedavg, noise-isolating, noise-isolating-median, fidelity-weighted, fedmedian, fedtrimmedavg, krum, multikrum, fedprox, "
-                    "scaffold, fedavgm, fedadam, fedyogi, fedadagrad, or package.module:Class")
+                    "scaffold, fedavgm, fedadam, fedyogi, fedadagrad, nested-fedavg, or package.module:Class")
     strategy_options: str = Field("{}", description="constructor options as a TOML inline table, e.g. { trim-threshold = 4.0 }")
     robust_norm_factor: float = Field(
         4.0, ge=0, description="the guard rejects an update farther from the global model than this many times the round's median distance (0: off)")
     robust_examples_factor: float = Field(
         4.0, ge=0, description="the guard caps a claimed num-examples at this many times the round's median claim (0: off)")
     robust_direction: bool = Field(
-        True, description="the guard rejects an update pointing against the round's coordinate-wise median update and cuts the others' norms to twice their median (false: off)")
-    simulated_attack: Literal["", "sign-flip", "colluders", "absent"] = Field(
-        "", description="only for qfl experiment attacks (its own ClientApp): partition 0 (sign-flip) or 0 and 1 (colluders) send the global model minus 3 x their update, or answer with errors (absent); the real ClientApp refuses to run with it set")
+        True, description="the guard rejects an update pointing against the round's coordinate-wise median update, cuts the others' norms to twice their median and bounds their weights by how far they go across it (false: off)")
+    simulated_attack: Literal["", "sign-flip", "colluders", "absent", "sideways", "alie", "ipm", "min-max", "min-sum"] = Field(
+        "", description="only for qfl experiment attacks (its own ClientApp): partition 0 (sign-flip) or 0 and 1 (colluders) send the global model minus 3 x their update, partitions 0 and 1 the crafted update of sideways, alie, ipm, min-max or min-sum (qfl/experiments/attacks.py), or answer with errors (absent); the real ClientApp refuses to run with it set")
     # --- outputs
     output_dir: str = Field("runs", min_length=1, description="where run folders go")
     log_to: str = Field("", description="also log every round to: tensorboard, mlflow, or both (comma-separated; the package must be installed)")
@@ -270,6 +285,7 @@ class RunConfig(_Strict):
         if self.uses_transport("secagg"):
             self._check_secagg()
         self._check_qcn()
+        self._check_circuits()
         if self.resume and not self.run_name:
             raise _Conflict("resume", "names no run: set run-name to the run to continue")
         return self
@@ -295,6 +311,23 @@ class RunConfig(_Strict):
                                     ("qcn-bits", self.qcn_bits, 0)):
                 if value != off:
                     raise _Conflict(key, f"acts on the qcn transport's channel; transport is '{self.transport}'")
+
+    def _check_circuits(self) -> None:
+        """Clients on different circuits need the nested aggregation and the built-in circuit."""
+        if self.optimizer == "qng" and self.model != "pqc":
+            raise _Conflict("optimizer", f"qng preconditions by the built-in circuit's metric tensor; model is '{self.model}'")
+        if self.architecture == "fixed":
+            return
+        if self.model != "pqc":
+            raise _Conflict("architecture", f"'{self.architecture}' chooses among the built-in circuits; model is '{self.model}'")
+        if self.strategy != NESTED_STRATEGY:
+            raise _Conflict("strategy", f"architecture '{self.architecture}' gives clients different circuits, whose replies "
+                                        f"only '{NESTED_STRATEGY}' can average; strategy is '{self.strategy}'")
+        for name in ("secagg", "dp", "qcn"):
+            if self.uses_transport(name):
+                raise _Conflict("transport", f"'{name}' encodes a reply against the arrays it was sent, of one shape; clients "
+                                             f"on different circuit depths (architecture '{self.architecture}') return "
+                                             "fewer layers than round 1 sends them")
 
     def _check_secagg(self) -> None:
         """Secure aggregation hides each client's update: what needs one is refused, named."""
@@ -411,6 +444,8 @@ class NodeConfig(_Strict):
 # learns under secure aggregation (median, Krum, trimming, noise isolation, fidelity
 # weighting and SCAFFOLD need each client's update or a per-client number)
 SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
+# averages each layer over the clients that hold it: per-client shapes, never under secagg
+NESTED_STRATEGY = "nested-fedavg"
 
 
 class _Conflict(ValueError):

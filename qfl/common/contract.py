@@ -56,7 +56,11 @@ DEVICE_ZNE = NODE_ZNE
 DEVICE_MITIGATION = NODE_MITIGATION  # none, zne or pec (DEVICE_ZNE stays: true with zne)
 DEVICE_PARTITION = NODE_PARTITION_ID
 DEVICE_NUM_PARTITIONS = NODE_NUM_PARTITIONS
-DEVICE_KEYS = (DEVICE_PROFILE, DEVICE_ZNE, DEVICE_MITIGATION, DEVICE_PARTITION, DEVICE_NUM_PARTITIONS)
+DEVICE_CIRCUIT = "circuit-spec"  # the circuit the client ran (qfl.task.architecture.CircuitSpec.label)
+# the guard pads a nested-depth reply to the global shapes for its screens and tells the strategy, in
+# this ConfigRecord, how many leading rows of each array the client really sent (strategies.nested_fedavg)
+NESTED_HELD_ROWS = "qfl-nested-held-rows"
+DEVICE_KEYS = (DEVICE_PROFILE, DEVICE_ZNE, DEVICE_MITIGATION, DEVICE_PARTITION, DEVICE_NUM_PARTITIONS, DEVICE_CIRCUIT)
 
 # --- METRICS of a training reply -------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # the weight FedAvg and friends use
@@ -71,8 +75,14 @@ CIRCUIT_DEPTH = "circuit-depth"  # of the circuit as routed to the device
 GATES = "gates"
 TWO_QUBIT_GATES = "two-qubit-gates"
 SWAPS = "swaps"
+# the client's own circuit (heterogeneous circuits, qfl.task.qas): all data-independent
+CIRCUIT_LAYERS = "circuit-layers"  # its depth L (the layers of the global model it holds)
+PREDICTED_FIDELITY = "predicted-fidelity"  # estimated success probability of its routed circuit on its device
+EFFECTIVE_DIMENSION = "effective-dimension"  # rank of its circuit's QFI at the received model, probe inputs
+QAS_SCORE = "qas-score"  # the search's objective of the circuit it chose (-1: it did not search)
+CIRCUIT_METRICS = (CIRCUIT_LAYERS, PREDICTED_FIDELITY, EFFECTIVE_DIMENSION, QAS_SCORE)
 TRAIN_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, NUM_EXAMPLES, TRAIN_TIME_S, NOISE_GAP, CIRCUIT_DEPTH, GATES,
-                 TWO_QUBIT_GATES, SWAPS)
+                 TWO_QUBIT_GATES, SWAPS, *CIRCUIT_METRICS)
 # a client's claims about its own noise: a reply may carry them or not (an older client, a classical model)
 NOISE_CLAIM_METRICS = (UPDATE_NOISE_VAR, NOISE_CONTRACTION, PEC_GAMMA2)
 
@@ -121,8 +131,10 @@ REPORT_TRIMMED = "trimmed"
 REPORT_LATE = "late"
 REPORT_NOISE_SOURCE = "noise_source"  # where noise_var came from: claimed, contradicted, server-estimate, unseparated
 REPORT_CONTRACTION = "contraction"  # the contraction c the strategy divided the update by (1: none)
+REPORT_LAYERS = "layers_held"  # nested-fedavg: the layers of the global model the client's reply held
+REPORT_CIRCUIT = "circuit_spec"  # nested-fedavg: the circuit the client says it ran
 REPORT_COLUMNS = (REPORT_NOISE_VAR, REPORT_SNR, REPORT_WEIGHT, REPORT_TRIMMED, REPORT_LATE, REPORT_NOISE_SOURCE,
-                  REPORT_CONTRACTION)
+                  REPORT_CONTRACTION, REPORT_LAYERS, REPORT_CIRCUIT)
 REPORT_NAMED = "named"  # not a column: a strategy's reason to name a client, added to its status in clients.csv
 # per round: columns of metrics.csv (dashes become underscores there)
 ROUND_STRAGGLERS = "stragglers"

@@ -9,6 +9,7 @@ from qfl.task.data import Dataset, load_dataset
 from qfl.task.local_data import split_names
 
 if TYPE_CHECKING:
+    from qfl.task.architecture import CircuitSpec
     from qfl.task.classical import MLPClassifier
     from qfl.task.model import PQCClassifier
 
@@ -30,14 +31,16 @@ def build_dataset(cfg: RunConfig) -> Dataset:
 
 def build_model(
     cfg: RunConfig, data: Dataset, profile_spec: str | None = None, mitigation: str = MITIGATIONS[0],
-    seed: int | None = None,
+    seed: int | None = None, circuit: CircuitSpec | None = None,
 ) -> PQCClassifier | MLPClassifier:
     """The model a run config names, for a data set's shape: the PQC, or with
     ``model = "mlp"`` its classical twin of about the same parameter count.
 
     Parameters are initialised from ``cfg.seed`` (the same global model everywhere);
     ``profile_spec`` puts the PQC on a simulated device whose noise draws use ``seed``, with its
-    error ``mitigation`` (one of :data:`~qfl.common.config.MITIGATIONS`).
+    error ``mitigation`` (one of :data:`~qfl.common.config.MITIGATIONS`). ``circuit`` gives this
+    client its own member of the circuit family (:mod:`qfl.task.architecture`; its depth instead
+    of ``n-layers``); ``None`` is the run's circuit, the global model's.
     """
     if cfg.model not in MODELS:  # the user's own: package.module:factory
         from qfl.task.user_model import build_user_model
@@ -63,7 +66,7 @@ def build_model(
     profile = None if profile_spec is None else get_profile(profile_spec, cfg.n_qubits)
     model = PQCClassifier(
         n_qubits=cfg.n_qubits,
-        n_layers=cfg.n_layers,
+        n_layers=cfg.n_layers if circuit is None else circuit.layers,
         n_classes=data.n_classes,
         kind=data.kind,
         device=cfg.device,
@@ -72,6 +75,7 @@ def build_model(
         profile=profile,
         mitigation=mitigation,
         embedding=cfg.embedding,
+        circuit=circuit,
     )
     if seed is not None and profile is not None:
         model.reseed_noise(seed)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from qfl.common.config import MITIGATIONS
+from qfl.task.architecture import CircuitSpec
 from qfl.task.noise import DeviceProfile, coupling_edges, pauli_trajectories, route
 from qfl.task.pec import circuit_gamma, pec_trajectories
 from qfl.task.qml import qml
@@ -65,7 +66,44 @@ def entangling_layer(weights: torch.Tensor, wires: range) -> None:
             qml.CNOT(wires=[i, (i + 1) % n])
 
 
-def make_circuit(n_qubits: int, n_layers: int, n_classes: int, kind: str, embedding: str = "fixed"):
+def rotation_layer(weights: torch.Tensor, wires: range, rotations: str) -> None:
+    """The rotations of one layer (:data:`~qfl.task.architecture.ROTATIONS`): ``Rot(phi, theta,
+    omega)``, ``RY(theta) RZ(omega)`` or ``RY(theta)`` on every wire; ``weights (n, 3)``, the
+    angles a set does not use left alone."""
+    for i in wires:
+        if rotations == "rot":
+            qml.Rot(weights[i, 0], weights[i, 1], weights[i, 2], wires=i)
+        else:
+            qml.RY(weights[i, 1], wires=i)
+            if rotations == "ryrz":
+                qml.RZ(weights[i, 2], wires=i)
+
+
+def entangler_layer(wires: range, entangler: str) -> None:
+    """The entangler after a layer's rotations (:data:`~qfl.task.architecture.ENTANGLERS`): a
+    CNOT ring ``(i, i+1 mod n)``, a chain ``(i, i+1)``, or none."""
+    n = len(wires)
+    if entangler == "none" or n < 2:
+        return
+    if n == 2 or entangler == "line":
+        for i in range(n - 1):
+            qml.CNOT(wires=[i, i + 1])
+    else:
+        for i in wires:
+            qml.CNOT(wires=[i, (i + 1) % n])
+
+
+def variant_layer(weights: torch.Tensor, wires: range, spec: CircuitSpec) -> None:
+    """One trainable layer of the circuit ``spec``; the built-in one is :func:`entangling_layer`."""
+    if spec.rotations == "rot" and spec.entangler == "ring":
+        entangling_layer(weights, wires)  # the built-in circuit, gate for gate
+        return
+    rotation_layer(weights, wires, spec.rotations)
+    entangler_layer(wires, spec.entangler)
+
+
+def make_circuit(n_qubits: int, n_layers: int, n_classes: int, kind: str, embedding: str = "fixed",
+                 spec: CircuitSpec | None = None):
     r"""The circuit function ``(inputs, weights, embed) -> [<Z_0>, ..., <Z_{C-1}>]``.
 
     With ``embedding = "trainable"`` the data embedding learns too (Lloyd et al.,
@@ -74,9 +112,14 @@ def make_circuit(n_qubits: int, n_layers: int, n_classes: int, kind: str, embedd
     ``embed`` of shape ``(L, n, 2)`` (starting at :math:`a = 1, b = 0`, the fixed embedding);
     a state is followed by a trainable ``Rot`` on every wire, ``embed`` of shape ``(n, 3)``
     (starting at the identity). With ``"fixed"``, ``embed`` is not used.
+
+    ``spec`` (:class:`~qfl.task.architecture.CircuitSpec`, its depth ``n_layers``) picks another
+    member of the family: entangler, rotation set, and angle data encoded once instead of
+    re-uploaded; ``None`` is the built-in circuit.
     """
     wires = range(n_qubits)
     trainable = embedding == "trainable"
+    spec = CircuitSpec(n_layers) if spec is None else spec.with_layers(n_layers)
 
     def circuit(inputs: torch.Tensor, weights: torch.Tensor, embed: torch.Tensor | None = None):
         if kind == "states":
@@ -85,14 +128,14 @@ def make_circuit(n_qubits: int, n_layers: int, n_classes: int, kind: str, embedd
                 for i in wires:
                     qml.Rot(embed[i, 0], embed[i, 1], embed[i, 2], wires=i)
             for layer in range(n_layers):
-                entangling_layer(weights[layer], wires)
+                variant_layer(weights[layer], wires, spec)
         else:
             for layer in range(n_layers):
                 # RY(x_i) per wire, as AngleEmbedding, written out for routing
-                for i in wires:
+                for i in wires if spec.reupload or layer == 0 else ():
                     angle = embed[layer, i, 0] * inputs[..., i] + embed[layer, i, 1] if trainable else inputs[..., i]
                     qml.RY(angle, wires=i)
-                entangling_layer(weights[layer], wires)
+                variant_layer(weights[layer], wires, spec)
         return [qml.expval(qml.PauliZ(c)) for c in range(n_classes)]
 
     return circuit
@@ -171,6 +214,10 @@ class PQCClassifier(torch.nn.Module):
         ``"pec"``: probabilistic error cancellation (:mod:`qfl.task.pec`), one sampled
         circuit per sample, unbiased at :math:`\\gamma^2` times the variance, and read-out
         error undone.
+    circuit : CircuitSpec, optional
+        Another member of the circuit family (entangler, rotation set, re-uploading;
+        :mod:`qfl.task.architecture`) at depth ``n_layers``; ``None``: the built-in circuit.
+        The parameters keep their shapes whichever member it is.
 
     Examples
     --------
@@ -191,15 +238,17 @@ class PQCClassifier(torch.nn.Module):
         profile: DeviceProfile | None = None,
         mitigation: str = NO_MITIGATION,
         embedding: str = "fixed",
+        circuit: CircuitSpec | None = None,
     ) -> None:
         super().__init__()
         _check_circuit(n_qubits, n_classes, kind, embedding, profile, mitigation)
         self.n_qubits, self.n_layers, self.n_classes, self.kind = n_qubits, n_layers, n_classes, kind
+        self.circuit = CircuitSpec(n_layers) if circuit is None else circuit.with_layers(n_layers)
         self.embedding_kind, self.profile, self.mitigation = embedding, profile, mitigation
         self._init_parameters(seed)
         self.device_name, self.diff_method = choose_simulator(device, diff_method, n_qubits,
                                                               runs_noise_gates(profile, mitigation))
-        self.ideal_qnode = qml.QNode(make_circuit(n_qubits, n_layers, n_classes, kind, embedding),
+        self.ideal_qnode = qml.QNode(make_circuit(n_qubits, n_layers, n_classes, kind, embedding, self.circuit),
                                      make_device(self.device_name, n_qubits), interface="torch",
                                      diff_method=self.diff_method)
         self.noise_rng = np.random.default_rng([seed, 0x5EED])  # the trajectories' generator, reseeded in place

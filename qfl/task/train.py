@@ -11,6 +11,37 @@ from qfl.task.model import PQCClassifier
 from qfl.task.noise_estimate import update_noise_variance
 
 NOISE_REPLICAS = 3  # replicas of a noisy client's local training that measure its update's device noise
+OPTIMIZERS = ("adam", "sgd", "qng")  # local optimisers by name (run config `optimizer`)
+
+
+def make_optimizer(name: str, params: dict[str, torch.Tensor], model: torch.nn.Module, learning_rate: float,
+                   qng_lam: float = 0.0, replicated: bool = False):  # noqa: ANN201 - an optimiser with step(batch)
+    """The local optimiser ``name`` over ``params``, as an object with ``zero_grad()`` and
+    ``step(batch)``: Adam (the default), plain SGD, or the quantum natural gradient
+    (:class:`qfl.task.qng.QNGOptimizer`, which measures the circuit's metric on the batch)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    if name == "qng":
+        from qfl.task.qng import QNGOptimizer
+
+        if not isinstance(model, PQCClassifier):
+            raise ValueError(f"optimizer 'qng' needs the built-in circuit's metric tensor; {type(model).__name__} has none")
+        return QNGOptimizer(params, model, learning_rate, qng_lam, replicated)
+    opt = (torch.optim.Adam if name == "adam" else torch.optim.SGD)(params.values(), lr=learning_rate)
+    return _TorchStep(opt)
+
+
+class _TorchStep:
+    """A torch optimiser with the QNG optimiser's ``step(batch)`` (the batch is not needed)."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad()
+
+    def step(self, batch: torch.Tensor) -> None:  # noqa: ARG002
+        self.opt.step()
 
 
 def train_local(
@@ -24,8 +55,14 @@ def train_local(
     proximal_mu: float = 0.0,
     correction: dict[str, torch.Tensor] | None = None,
     noise_replicas: int = 1,
+    optimizer: str = "adam",
+    qng_lam: float = 0.0,
 ) -> dict[str, float]:
     r"""Train ``model`` in place with Adam on cross-entropy; mini-batches are broadcast.
+
+    ``optimizer`` picks the local optimiser instead (:func:`make_optimizer`): ``"sgd"``, or
+    ``"qng"``, the quantum natural gradient with metric regularisation ``qng_lam``
+    (:mod:`qfl.task.qng`); Adam stays the default.
 
     Two corrections of client drift, each off by default (the server turns them on through
     its message; :mod:`client.local`):
@@ -75,7 +112,7 @@ def train_local(
         def forward(batch: torch.Tensor) -> torch.Tensor:
             return model(batch)[None]  # (1, B, C)
 
-    opt = torch.optim.Adam(params.values(), lr=learning_rate)
+    opt = make_optimizer(optimizer, params, model, learning_rate, qng_lam, replicated)
     model.train()
     loss_sum, correct = 0.0, 0
     for _ in range(epochs):
@@ -91,7 +128,7 @@ def train_local(
             if correction is not None:
                 for n, p in params.items():
                     p.grad += correction[n]
-            opt.step()
+            opt.step(xt[idx])
             loss_sum += losses[0].item() * len(idx)
             correct += int((logits[0].argmax(dim=1) == yt[idx]).sum())
     metrics = {TRAIN_LOSS: loss_sum / len(yt), TRAIN_ACCURACY: correct / len(yt)}

@@ -1,0 +1,192 @@
+r"""Quantum natural gradient (QNG) and the quantum Fisher information of a client's circuit.
+
+The quantum natural gradient (Stokes, Izaac, Killoran, Carleo, "Quantum Natural Gradient",
+Quantum 4, 269 (2020)) preconditions the gradient by the Fubini-Study metric tensor
+:math:`g` of the circuit's state, the quantum Fisher information (QFI) over four:
+
+.. math::
+
+    \theta \leftarrow \theta - \eta\, (g(\theta) + \lambda I)^{+}\, \nabla_\theta \mathcal{L}(\theta),
+
+with :math:`^{+}` the pseudo-inverse and :math:`\lambda \ge 0` a regularisation, exactly the
+step of PennyLane's :class:`~pennylane.QNGOptimizer` (``stepsize`` :math:`\eta`, ``lam``
+:math:`\lambda`). The metric is PennyLane's own, :func:`pennylane.metric_tensor` with
+``approx="block-diag"`` (one block per layer of commuting generators), of the noiseless
+circuit (a pure state), on every sample of the mini-batch in one broadcast execution and
+averaged over it: the data are re-uploaded, so the metric depends on the input. The rotation
+angles (``weights``) take the QNG step; the classical read-out and a trainable embedding, for
+which the circuit's metric says nothing, take a plain gradient step of the same size.
+
+:func:`effective_dimension` counts the directions of parameter space that move the state:
+the rank of the QFI (Haug, Bharti, Kim, "Capacity and quantum geometry of parametrized quantum
+circuits", PRX Quantum 2, 040309 (2021), their effective quantum dimension), with the full
+metric from :func:`pennylane.adjoint_metric_tensor`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qfl.task.model import PQCClassifier, make_circuit
+from qfl.task.qml import qml
+from qfl.task.simulators import make_device
+
+QFI_RANK_TOL = 1e-8  # an eigenvalue of the Fubini-Study metric above this counts as a direction
+EFFECTIVE_DIMENSION_PROBES = 2  # inputs the rank is averaged over (data-independent, seeded)
+CODE_OFFSET = 1e6  # marks the angles of `weights` in a tape (inputs and embeddings stay below it)
+
+
+class CircuitMetric:
+    """The Fubini-Study metric of a model's rotation angles, from PennyLane's transforms.
+
+    Parameters
+    ----------
+    model : PQCClassifier
+        Its circuit (member of the family, depth, embedding) is rebuilt noiselessly on
+        ``default.qubit`` with NumPy parameters; the model itself is not touched.
+    """
+
+    def __init__(self, model: PQCClassifier) -> None:
+        self.model = model
+        self.shape = tuple(model.weights.shape)
+        circuit = make_circuit(model.n_qubits, model.n_layers, model.n_classes, model.kind, model.embedding_kind,
+                               model.circuit)
+        self.qnode = qml.QNode(circuit, make_device("default.qubit", model.n_qubits), interface="autograd")
+        # which entry of `weights` each trainable gate parameter is, in the tape's order
+        code = np.arange(int(np.prod(self.shape)), dtype=np.float64).reshape(self.shape)
+        probe = np.zeros((1, model.n_qubits) if model.kind == "angles" else (1, 2**model.n_qubits))
+        if model.kind == "states":
+            probe[0, 0] = 1.0
+        tape = self._tape(probe[0], code)
+        self.positions = np.rint(np.array(tape.get_parameters(trainable_only=True), dtype=np.float64)).astype(int)
+        # the same with every Rot written as RZ RY RZ (same angles, same order), for the adjoint
+        # metric: which of that tape's parameters are angles of `weights` (inputs are below the code)
+        marked = self._plain(self._tape(probe[0], code + CODE_OFFSET))
+        self.expanded_trainable = [i for i, v in enumerate(marked.get_parameters(trainable_only=False))
+                                   if np.ndim(v) == 0 and v >= CODE_OFFSET]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def _tape(self, x: np.ndarray, weights: np.ndarray):  # noqa: ANN202
+        from pennylane import numpy as pnp
+
+        embed = self.model.embedding.detach().numpy()
+        args = (pnp.array(x, requires_grad=False), pnp.array(weights, requires_grad=True),
+                pnp.array(embed, requires_grad=False))
+        return qml.workflow.construct_batch(self.qnode, level="user")(*args)[0][0]
+
+    def _embed(self, block: np.ndarray) -> np.ndarray:
+        """A metric over the tape's parameters as one over every entry of ``weights``."""
+        full = np.zeros((self.size, self.size))
+        full[np.ix_(self.positions, self.positions)] = block
+        return full
+
+    def block_diag(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``(d, d)`` block-diagonal metric at ``weights``, averaged over the rows of ``x``
+        (one broadcast execution of PennyLane's metric-tensor circuits for the whole batch)."""
+        x = np.asarray(x, dtype=np.float64)
+        batch = x[None] if x.ndim == 1 else x
+        tape = self._tape(batch if len(batch) > 1 else batch[0], weights)
+        tapes, post = qml.metric_tensor(tape, approx="block-diag")
+        results = qml.execute(tapes, self.qnode.device)
+        if len(batch) == 1:
+            return self._embed(np.asarray(post(results)))
+        size = len(batch)
+
+        def row(result, b: int):  # noqa: ANN001, ANN202 - one sample's share of a broadcast result
+            return result[b] if np.ndim(result) and np.shape(result)[0] == size else result
+
+        mean = sum(np.asarray(post([row(r, b) for r in results])) for b in range(size)) / size
+        return self._embed(mean)
+
+    @staticmethod
+    def _plain(tape):  # noqa: ANN001, ANN205
+        """``tape`` with every ``Rot`` decomposed and NumPy parameters (PennyLane's adjoint metric
+        tensor on autograd arrays spends seconds in scatter-adds)."""
+        ops = [d for op in tape.operations for d in (op.decomposition() if op.name == "Rot" else [op])]
+        expanded = tape.copy(operations=ops)
+        values = expanded.get_parameters(trainable_only=False)
+        return expanded.bind_new_parameters([np.asarray(v, dtype=np.float64) for v in values], list(range(len(values))))
+
+    def full(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``(d, d)`` full metric at one input ``x`` (:func:`pennylane.adjoint_metric_tensor`)."""
+        tape = self._plain(self._tape(x, weights))
+        tape.trainable_params = self.expanded_trainable
+        return self._embed(np.asarray(qml.adjoint_metric_tensor(tape)))
+
+
+def natural_direction(metric: np.ndarray, grad: np.ndarray, lam: float) -> np.ndarray:
+    """:math:`(g + \\lambda I)^{+} \\nabla`, as :class:`pennylane.QNGOptimizer` computes it."""
+    return np.linalg.pinv(metric + lam * np.eye(len(metric))) @ grad
+
+
+class QNGOptimizer:
+    """Quantum natural gradient for the model's ``weights``, plain gradient steps for the rest.
+
+    Parameters
+    ----------
+    params : dict of str to torch.Tensor
+        The parameters it steps, by the model's names; with a leading replica axis ``R``
+        (:func:`qfl.task.train.train_local`'s replicas) each replica gets its own metric.
+    model : PQCClassifier
+    lr : float
+        Step size :math:`\\eta`.
+    lam : float
+        Regularisation :math:`\\lambda` of the metric.
+    replicated : bool
+        Whether ``params`` carry the leading replica axis.
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], model: PQCClassifier, lr: float, lam: float = 0.0,
+                 replicated: bool = False) -> None:
+        if not lr > 0 or not lam >= 0:
+            raise ValueError(f"QNG needs lr > 0 and lam >= 0, got lr={lr!r}, lam={lam!r}")
+        self.params, self.lr, self.lam, self.replicated = params, float(lr), float(lam), replicated
+        self.metric = CircuitMetric(model)
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor) -> None:
+        """One step from the gradients in ``.grad``, the metric measured on the batch ``x``."""
+        inputs = x.detach().numpy()
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            if name != "weights":  # not a contract name: the model's rotation angles
+                p -= self.lr * p.grad
+                continue
+            for r, (value, grad) in enumerate(zip(*((p, p.grad) if self.replicated else ([p], [p.grad])))):
+                g = self.metric.block_diag(inputs, value.detach().numpy())
+                step = natural_direction(g, grad.detach().numpy().ravel(), self.lam).reshape(value.shape)
+                (p[r] if self.replicated else p).sub_(self.lr * torch.as_tensor(step, dtype=p.dtype))
+
+
+def probe_inputs(model: PQCClassifier, count: int, seed: int) -> np.ndarray:
+    """``count`` seeded inputs independent of any data: angles uniform in ``[0, pi)``, or real
+    unit state vectors."""
+    rng = np.random.default_rng([seed, 0xEFD1])
+    if model.kind == "angles":
+        return rng.uniform(0.0, np.pi, size=(count, model.n_qubits))
+    states = rng.normal(size=(count, 2**model.n_qubits))
+    return states / np.linalg.norm(states, axis=1, keepdims=True)
+
+
+def effective_dimension(model: PQCClassifier, probes: int = EFFECTIVE_DIMENSION_PROBES, seed: int = 0,
+                        tol: float = QFI_RANK_TOL) -> float:
+    """The rank of the QFI of the model's rotation angles at its current parameters, averaged
+    over ``probes`` data-independent inputs (:func:`probe_inputs`): how many independent
+    directions the circuit's state can move in (Haug et al. 2021). At most the number of
+    angles the circuit uses, and at most :math:`2^{n+1} - 2` (a pure state's real dimension).
+
+    Cost: one adjoint metric tensor (full, exact, noiseless) per probe.
+    """
+    metric = CircuitMetric(model)
+    weights = model.weights.detach().numpy()
+    ranks = [int((np.linalg.eigvalsh(metric.full(x, weights)) > tol).sum()) for x in probe_inputs(model, probes, seed)]
+    return float(np.mean(ranks))

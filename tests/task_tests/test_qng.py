@@ -1,0 +1,119 @@
+"""The quantum natural gradient against PennyLane's own optimiser, and the QFI's rank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pennylane import numpy as pnp
+from torch.nn import functional as F
+
+from qfl.task.architecture import CircuitSpec
+from qfl.task.model import PQCClassifier, make_circuit
+from qfl.task.qml import qml
+from qfl.task.qng import QNGOptimizer, effective_dimension
+from qfl.task.train import train_local
+
+
+def _our_step(model: PQCClassifier, x: np.ndarray, y: np.ndarray, lr: float, lam: float) -> np.ndarray:
+    params = dict(model.named_parameters())
+    opt = QNGOptimizer(params, model, lr, lam)
+    opt.zero_grad()
+    F.cross_entropy(model(torch.as_tensor(x)), torch.as_tensor(y)).backward()
+    opt.step(torch.as_tensor(x))
+    return model.weights.detach().numpy()
+
+
+def _pennylane_step(model: PQCClassifier, x: np.ndarray, y: np.ndarray, lr: float, lam: float,
+                    start: np.ndarray) -> np.ndarray:
+    """The same cost with the read-out held fixed; PennyLane's block-diagonal metric per sample,
+    averaged over the batch, as ``metric_tensor_fn``."""
+    qnode = qml.QNode(make_circuit(model.n_qubits, model.n_layers, model.n_classes, model.kind, spec=model.circuit),
+                      qml.device("default.qubit", wires=model.n_qubits), interface="autograd")
+    scale, bias = model.scale.detach().numpy().copy(), model.bias.detach().numpy().copy()
+    rows = [pnp.array(r, requires_grad=False) for r in x]
+
+    def cost(w):  # noqa: ANN001, ANN202
+        total = 0.0
+        for row, label in zip(rows, y):
+            logits = scale * pnp.stack(qnode(row, w, None)) + bias
+            total = total - (logits[label] - pnp.log(pnp.sum(pnp.exp(logits))))
+        return total / len(rows)
+
+    def metric(w):  # noqa: ANN001, ANN202
+        return sum(qml.metric_tensor(qnode, approx="block-diag")(row, w, None) for row in rows) / len(rows)
+
+    opt = qml.QNGOptimizer(stepsize=lr, approx="block-diag", lam=lam)
+    return np.asarray(opt.step(cost, pnp.array(start, requires_grad=True), metric_tensor_fn=metric))
+
+
+@pytest.mark.parametrize(("rows", "spec"), [(1, None), (3, None), (2, CircuitSpec(2, "line", "ryrz", False))])
+def test_qng_step_matches_pennylanes_qng_optimizer(rows, spec):
+    # Arrange: a 2-qubit, 2-layer classifier and a few samples
+    model = PQCClassifier(n_qubits=2, n_layers=2, n_classes=2, seed=3, circuit=spec)
+    with torch.no_grad():
+        model.weights.normal_(0.0, 0.8, generator=torch.Generator().manual_seed(1))  # away from the identity
+    rng = np.random.default_rng(7)
+    x, y = rng.uniform(0, np.pi, size=(rows, 2)), rng.integers(0, 2, size=rows)
+    start = model.weights.detach().numpy().copy()
+    expected = _pennylane_step(model, x, y, lr=0.1, lam=0.01, start=start)
+
+    # Act
+    ours = _our_step(model, x, y, lr=0.1, lam=0.01)
+
+    # Assert: the same step, and a step that is not the plain gradient's
+    assert np.allclose(ours, expected, atol=1e-10)
+    assert not np.allclose(ours, start)
+
+
+def test_qng_trains_and_adam_stays_the_default():
+    # Arrange
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, np.pi, size=(12, 3)), rng.integers(0, 2, size=12)
+    models = {name: PQCClassifier(n_qubits=3, n_layers=2, n_classes=2, seed=5) for name in ("default", "adam", "qng")}
+
+    # Act
+    out = {name: train_local(m, x, y, epochs=2, batch_size=6, learning_rate=0.05, seed=1,
+                             **({} if name == "default" else {"optimizer": name, "qng_lam": 0.01}))
+           for name, m in models.items()}
+
+    # Assert
+    assert torch.equal(models["default"].weights, models["adam"].weights)
+    assert out["default"] == out["adam"]
+    assert np.isfinite(out["qng"]["train-loss"]) and not torch.equal(models["qng"].weights, models["adam"].weights)
+
+
+def test_effective_dimension_is_the_rank_of_the_qfi():
+    # Arrange: a product circuit of RY gates has one direction per used angle; a deeper entangled
+    # one more, bounded by the state's real dimension 2^(n+1) - 2
+    product = PQCClassifier(n_qubits=2, n_layers=1, n_classes=2, seed=0, circuit=CircuitSpec(1, "none", "ry", True))
+    deep = PQCClassifier(n_qubits=2, n_layers=3, n_classes=2, seed=0)
+
+    # Act
+    small, large = effective_dimension(product, probes=2), effective_dimension(deep, probes=2)
+
+    # Assert
+    assert small == 2.0
+    assert small < large <= 2 ** 3 - 2
+
+
+def test_each_replica_takes_its_own_qng_step():
+    # Arrange: two replicas (train_local's noise replicas) at the same start, gradients g and 2 g
+    model = PQCClassifier(n_qubits=2, n_layers=2, n_classes=2, seed=1)
+    x = torch.rand(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grads = {n: torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(2))
+             for n, p in model.named_parameters()}
+    single = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    stacked = {n: p.detach().unsqueeze(0).repeat(2, *([1] * p.dim())).requires_grad_(True)
+               for n, p in model.named_parameters()}
+    for n in grads:
+        single[n].grad, stacked[n].grad = grads[n].clone(), torch.stack([grads[n], 2 * grads[n]])
+
+    # Act
+    QNGOptimizer(single, model, 0.1, 0.01).step(x)
+    QNGOptimizer(stacked, model, 0.1, 0.01, replicated=True).step(x)
+
+    # Assert: replica 0 is the single step, replica 1 twice its move (the metric is the same)
+    for n in grads:
+        assert torch.allclose(stacked[n][0], single[n])
+        assert torch.allclose(stacked[n][1] - getattr(model, n), 2 * (single[n] - getattr(model, n)))

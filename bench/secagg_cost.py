@@ -2,8 +2,11 @@
 
 1. The protocol at n simulated clients (default 10, 50, 200), every stage of a round in
    this process (:func:`transport.secagg.play_round`) on an update the size of the default
-   model: seconds to make the run's hybrid X25519 + ML-KEM-768 pair keys (once a run) and
-   seconds a round, bytes per client in the first round (with the keys) and in a later one,
+   model: seconds to make the run's hybrid X25519 + ML-KEM-768 pair keys, certified and
+   signed with each node's ML-DSA-65 identity and verified by each end (once a run), and
+   seconds a round (with its consistency round: every survivor signs the survivor set, every
+   unmask holder verifies its neighbours' signatures), bytes per client in the first round
+   (with the keys) and in a later one,
    against plain FedAvg's (each client's float64 update up, the model down), and a later
    round's bytes per client over log2(n) x model bytes.
 2. A real deployment (SuperLink + 4 SuperNodes on loopback, Wine, 5 rounds): mean round
@@ -48,7 +51,8 @@ def part_protocol(clients: list[int]) -> None:
     d = model_size() + 1  # the weighted update and its weight
     step = cfg.secagg_clip / STEPS_PER_CLIP
     print(f"1. protocol in process, update of {d} coordinates (the default model + its weight); pair keys hybrid "
-          "X25519 + ML-KEM-768, made once a run (first round) and reused (later rounds)")
+          "X25519 + ML-KEM-768 signed by certified ML-DSA-65 identities, made once a run (first round) and reused "
+          "(later rounds); every round with its consistency round (ML-DSA-65 signatures on the survivor set)")
     print(f"{'clients':>8} {'k':>4} {'t':>4} {'keys s':>7} {'s/round':>8} {'plain s':>8} {'B/client 1st':>13} "
           f"{'B/client later':>15} {'plain B':>8} {'ratio later':>12} {'later/(log2n*model)':>20}")
     rng = np.random.default_rng(0)
@@ -69,6 +73,8 @@ def part_protocol(clients: list[int]) -> None:
         per_first = per_later + sum(first.values()) / n
         plain_b = 2 * 8 * d  # float64 update up, model down
         model_b = 8 * d
+        print(f"   n={n}: a later round's bytes per client by stage: "
+              + ", ".join(f"{stage} {b / n:.0f}" for stage, b in later.items() if b), flush=True)
         print(f"{n:>8} {k:>4} {t:>4} {keys_s:>7.3f} {took:>8.3f} {plain_s:>8.5f} {per_first:>13.0f} {per_later:>15.0f} "
               f"{plain_b:>8} {per_later / plain_b:>12.2f} {per_later / (math.log2(n) * model_b):>20.2f}")
 

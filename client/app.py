@@ -29,7 +29,8 @@ from qfl.common.contract import (
     WARM_UP_ACTION,
 )
 from transport.flower import HELLO_ACTION, answer_hello, transport_mod
-from transport.secagg_flower import node_public_key, secagg_stage
+from transport.base import TransportError
+from transport.secagg_flower import node_key_record, secagg_stage
 
 WORKER_ERROR_CODE = 4301
 DATA_ERROR_CODE = 4302  # this node's own data file is unusable (dataset = "file"): the reason names the file
@@ -87,7 +88,8 @@ def warm_up(msg: Message, context: Context) -> Message:
     """Start this node's warm worker and build its task now, while the server still builds
     its own model: round 1 then finds it ready (without a warm runtime there is nothing to
     build). The answer names the node's partition, which the server binds it to, and under
-    secure aggregation carries the node's public key for the run."""
+    secure aggregation carries the node's keys for the run, signed with its certified
+    identity; a node without one refuses, named."""
     try:
         cfg = RunConfig.from_run_config(context.run_config)
         _refuse_attack(cfg)
@@ -105,6 +107,9 @@ def warm_up(msg: Message, context: Context) -> Message:
             return reply
     who = ConfigRecord({DEVICE_PARTITION: node.partition_id, DEVICE_NUM_PARTITIONS: node.num_partitions})
     answer = RecordDict({DEVICE: who})
-    if cfg.uses_transport("secagg"):  # the node's public key for the run's secure aggregation: no exchange later
-        answer[SECAGG_RECORD] = ConfigRecord({"pk": node_public_key(context.state)})
+    if cfg.uses_transport("secagg"):  # the node's signed keys for the run's secure aggregation: no exchange later
+        try:
+            answer[SECAGG_RECORD] = node_key_record(context)
+        except TransportError as err:
+            return Message(Error(WORKER_ERROR_CODE, f"client: {err}"), reply_to=msg)
     return Message(answer, reply_to=msg)

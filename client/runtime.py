@@ -36,7 +36,6 @@ import json
 import os
 import secrets
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -49,6 +48,8 @@ from flwr.app import RecordDict
 
 from client.job import decode, encode, model_key
 from qfl.common.config import MODELS, NodeConfig, RunConfig
+from qfl.common.private import PrivateDirError
+from qfl.common.private import private_dir as common_private_dir
 
 CONNECT_TIMEOUT_S = 30.0
 RUNTIME_DIR_ENV = "QFL_RUNTIME_DIR"  # where worker sockets and keys go (see private_dir)
@@ -76,31 +77,16 @@ def watched_pid(cfg: RunConfig, node: NodeConfig) -> int | None:
 
 def private_dir() -> Path:
     """This user's directory for worker sockets and keys: ``$QFL_RUNTIME_DIR``, else
-    ``$XDG_RUNTIME_DIR/qfl``, else ``/tmp/qfl-<uid>`` (made if missing, mode 0700).
+    ``$XDG_RUNTIME_DIR/qfl``, else ``/tmp/qfl-<uid>`` (made if missing, mode 0700;
+    :func:`qfl.common.private.private_dir`, which a node's secure-aggregation store shares).
 
-    Every ClientApp process of a node must find its worker there, so the path is fixed; in a
-    shared ``/tmp`` another user can make the last one first. A directory that is a link,
-    not this user's, or open to others is refused with a :class:`WorkerError` that names it
-    and says what to set: nothing is ever written into it.
+    A directory that is a link, not this user's, or open to others is refused with a
+    :class:`WorkerError` that names it and says what to set: nothing is ever written into it.
     """
-    if os.environ.get(RUNTIME_DIR_ENV):
-        path = Path(os.environ[RUNTIME_DIR_ENV])
-    elif os.environ.get("XDG_RUNTIME_DIR"):
-        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "qfl"
-    else:
-        path = SHARED_TMP / f"qfl-{os.getuid()}"
-    fix = f"set {RUNTIME_DIR_ENV} (or XDG_RUNTIME_DIR) to a directory only this user can open (mode 0700)"
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = path.lstat()
-    except OSError as err:
-        raise WorkerError(f"cannot make the warm worker's directory {path}: {err}; {fix}") from err
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise WorkerError(f"{path} is not a directory (a link, or a file): someone may have made it first; {fix}")
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise WorkerError(f"{path} is owned by uid {info.st_uid} with mode {oct(info.st_mode & 0o777)}, not this "
-                          f"user's (uid {os.getuid()}) with mode 0700: someone may have made it first; {fix}")
-    return path
+        return common_private_dir(SHARED_TMP)
+    except PrivateDirError as err:
+        raise WorkerError(str(err)) from err
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from qfl.launch.config import FLAGS, RAY_ADDRESS_ENV, add_ray_address, build_con
 from qfl.launch.console import TAG, LiveDisplay, format_table, read_rows, stream_run
 from qfl.launch.processes import LaunchError, ProcessGroup, free_port, wait_for_port
 from qfl.launch.runs import RunLock, point_latest, stage_app
+from transport.secagg_identity import CERTS_ENV as SECAGG_CERTS_ENV
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 30.0
@@ -91,8 +92,13 @@ def _launch(args: argparse.Namespace, app_dir: Path, cfg: RunConfig, clients: in
     previous = _stop_on_signals()
     try:
         zygote = _start_zygote(group, run_dir) if not args.simulation and cfg.warm_runtime else {}
-        certs = make_certs(run_dir / "certs", clients, secure=args.secure, saes=_made_saes(args, cfg, clients))
+        certs = make_certs(run_dir / "certs", clients, secure=args.secure, saes=_made_saes(args, cfg, clients),
+                           identities=list(sae_names(clients).values())[1:] if cfg.uses_transport("secagg") else [])
         cfg, credentials = _start_key_manager(args, cfg, clients, run_dir, group)
+        if cfg.uses_transport("secagg"):  # each node's certified identity: secure aggregation has no unsigned keys
+            # the superlink only on the simulation engine, whose nodes run under it
+            for process in (*(["superlink"] if args.simulation else []), *(f"supernode-{i}" for i in range(clients))):
+                credentials[process] = {**(credentials.get(process) or {}), SECAGG_CERTS_ENV: str(certs)}
         port = free_port()
         node_ports = [] if args.simulation else [free_port() for _ in range(clients)]
         cmds = federation_commands(port, node_ports, certs if args.secure else None, args.simulation, args.node_data)
@@ -158,16 +164,17 @@ def _free_name(parent: Path, stem: str) -> Path:
     return next(p for p in (parent / f"{stem}-{i}" for i in range(1, 10_000)) if not p.exists())
 
 
-def make_certs(certs: Path, clients: int, secure: bool, saes: list[str]) -> Path:
+def make_certs(certs: Path, clients: int, secure: bool, saes: list[str], identities: list[str] | None = None) -> Path:
     """The run's own certificates in ``certs``, made by one :func:`qfl.pki.generate` for
     everything that needs them: with ``secure``, the CA, the SuperLink's TLS certificate
     (``localhost``, ``127.0.0.1``) and ``node-<i>``/``node-<i>.pub`` for each client; the
-    ``saes``' certificates for qkd. What exists is kept (a resumed run keeps its CA);
+    ``saes``' certificates for qkd; the ``identities`` (``node-<i>``) for secure aggregation
+    (``secagg/node-<i>.pem``, ML-DSA-65). What exists is kept (a resumed run keeps its CA);
     private keys are 0600 and the folder 0700. Nothing is made when nothing needs it."""
     from qfl.pki import generate
 
-    if secure or saes:
-        generate(certs, nodes=clients if secure else 0, saes=saes)
+    if secure or saes or identities:
+        generate(certs, nodes=clients if secure else 0, saes=saes, **({"identities": identities} if identities else {}))
     return certs
 
 
@@ -319,13 +326,23 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("dir", help="the new app's folder (must not exist, or be empty)")
     e = sub.add_parser("experiment", help="run a named experiment over many seeds on the simulation engine (docs/experiments.md)")
     e.add_argument("name", help="an experiment's name, or all")
-    e.add_argument("--seeds", type=int, help="seeds 1..N (default: the experiment's, 10)")
+    e.add_argument("--seeds", metavar="N|A..B",
+                   help="seeds 1..N, or A..B (default: the experiment's 1..10, on which its settings were chosen: "
+                        "exploratory); seeds no search saw (e.g. 11..30) are confirmatory, and the summary says which")
+    e.add_argument("--confirmatory", action="store_true",
+                   help="refuse to start if any seed asked for was seen while the settings were chosen "
+                        "(1..10, or a search's: docs/experiments.md)")
+    e.add_argument("--rerun-stale", action="store_true",
+                   help="run again (replacing the folder) every run made by other code or config, or with no record "
+                        "of what made it; without it such runs stop the experiment, named")
+    e.add_argument("--reuse-unknown", action="store_true",
+                   help="reuse complete runs made before runs recorded their provenance; the summary names them")
     e.add_argument("--rounds", type=int, help="rounds per run (default: the experiment's)")
     e.add_argument("--out", default="experiments", help="where experiments/<name>/ go (default: experiments)")
     add_ray_address(e)
     e.add_argument("--compare", action="append", metavar="ARM:OTHER",
                    help="run nothing: paired tests of ARM against OTHER in the finished experiment (repeatable; "
-                        "Holm-adjusted over those given)")
+                        "sign-flip tests, Holm-adjusted over every test of those given; with --seeds, over those seeds)")
     return parser
 
 
@@ -333,33 +350,56 @@ def experiment(args: argparse.Namespace) -> int:
     """``qfl experiment NAME|all``: run (or resume) experiments and write their evidence."""
     from qfl.experiments.catalogue import EXPERIMENTS
     from qfl.experiments.engine import RunError
-    from qfl.experiments.runner import command_line, run_experiment, with_overrides
+    from qfl.experiments.provenance import ProvenanceError
+    from qfl.experiments.runner import command_line, files_tag, run_experiment, with_overrides
 
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         raise LaunchError(f"unknown experiment {unknown[0]!r} (choose from {', '.join(EXPERIMENTS)} or all)")
-    if (args.seeds is not None and args.seeds < 2) or (args.rounds is not None and args.rounds < 1):
+    seeds = _seeds(args)
+    if (seeds is not None and len(seeds) < 2) or (args.rounds is not None and args.rounds < 1):
         raise LaunchError("--seeds needs at least 2 (a paired test needs pairs) and --rounds at least 1")
+    if args.confirmatory:
+        from qfl.experiments.seeds import classify
+
+        for name in names:
+            refusal = classify(name, seeds or list(range(1, EXPERIMENTS[name].seeds + 1))).refusal()
+            if refusal:
+                raise LaunchError(f"--confirmatory: {refusal} (choose seeds no search saw, e.g. --seeds 11..30)")
     if args.compare:
-        return _compare(args, names)
+        return _compare(args, names, seeds)
     check_ray_address(args.ray_address)  # a cluster that is not there fails before any run
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from qfl.experiments.engine import SimulationSession
 
     for name in names:
-        exp = with_overrides(EXPERIMENTS[name], args.seeds, args.rounds)
+        exp = with_overrides(EXPERIMENTS[name], None, args.rounds)
         try:
             out = run_experiment(exp, Path(args.out), command_line(), say=lambda line: print(line, flush=True),
-                                 session_factory=lambda: SimulationSession(ray_address=args.ray_address))
-        except (RunError, FileNotFoundError) as err:  # a run failed, or left no complete metrics
+                                 session_factory=lambda: SimulationSession(ray_address=args.ray_address), seeds=seeds,
+                                 rerun_stale=args.rerun_stale, reuse_unknown=args.reuse_unknown)
+        except (RunError, FileNotFoundError, ProvenanceError) as err:  # a run failed, left no metrics, or is stale
             print(f"qfl: error: experiment {name}: {err}", file=sys.stderr)
             return 1
-        print(f"[qfl] {name}: {out / 'summary.md'}", flush=True)
+        tag = files_tag(exp, seeds or list(range(1, exp.seeds + 1)))
+        print(f"[qfl] {name}: {out / f'summary{tag}.md'}", flush=True)
     return 0
 
 
-def _compare(args: argparse.Namespace, names: list[str]) -> int:
+def _seeds(args: argparse.Namespace) -> list[int] | None:
+    """``--seeds N`` (1..N) or ``A..B``; ``None``: the experiment's own."""
+    from qfl.experiments.seeds import parse_seeds
+
+    if args.seeds is None:
+        return None
+    try:
+        return parse_seeds(args.seeds)
+    except ValueError as err:
+        raise LaunchError(str(err)) from None
+
+
+def _compare(args: argparse.Namespace, names: list[str], seeds: list[int] | None) -> int:
     from qfl.experiments.catalogue import EXPERIMENTS
     from qfl.experiments.runner import compare, with_overrides
 
@@ -370,7 +410,7 @@ def _compare(args: argparse.Namespace, names: list[str]) -> int:
     if bad:
         raise LaunchError(f"--compare {bad[0]!r}: give two arm names as ARM:OTHER")
     try:
-        print(compare(with_overrides(EXPERIMENTS[names[0]], args.seeds, args.rounds), Path(args.out), pairs))
+        print(compare(with_overrides(EXPERIMENTS[names[0]], None, args.rounds), Path(args.out), pairs, seeds))
     except (ValueError, FileNotFoundError) as err:
         raise LaunchError(f"experiment {names[0]}: {err}") from err
     return 0

@@ -17,7 +17,12 @@ out of git; the launcher uses ``<run>/certs``):
   certificate (names ``key-manager``, ``localhost``, ``127.0.0.1`` and every
   ``--kme-san``), and ``sae/<id>.pem`` / ``sae/<id>.key`` for each SAE: the TLS client
   certificate whose common name *is* the SAE's identity at the key manager (ETSI GS QKD
-  014). The key manager takes ``sae/`` as its registry of SAEs.
+  014). The key manager takes ``sae/`` as its registry of SAEs;
+- with identities (``--identity``, which ``qfl launch --transport secagg`` and compose pass):
+  ``secagg/node-<i>.pem`` / ``.key``, each node's secure-aggregation identity: an ML-DSA-65
+  key in a certificate whose common name is ``node-<i>`` and whose extended key usage is
+  secure aggregation's own (:mod:`transport.secagg_identity`); a node signs its
+  secure-aggregation keys with it, and its peers verify them against ``ca.crt``.
 
 :func:`bundle` (``--bundle DIR``) then copies into each role's folder under ``DIR``
 (``superlink``, ``gateway``, ``node-<i>``, ``key-manager``, ``operator``) only what that
@@ -28,7 +33,8 @@ Existing files are kept unless ``--force``: re-running is safe, e.g. from the co
 ``certs`` service. Everything is made with ``cryptography``; no openssl needed. Private
 keys are created with mode 0600 from their first byte; the folders this makes are 0700.
 
-Usage: ``python scripts/gen_certs.py [DIR] [--san 10.0.0.5] [--nodes 2] [--sae server --sae node-0]``
+Usage: ``python scripts/gen_certs.py [DIR] [--san 10.0.0.5] [--nodes 2] [--sae server --sae node-0]
+[--identity node-0 --identity node-1]``
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from transport.qkd.identity import SAE_DIR, SAE_ID_RE
+from transport.secagg_identity import IDENTITY_DIR, make_identity
 
 DEFAULT_SANS = ("superlink", "localhost", "127.0.0.1")
 KME_SANS = ("key-manager", "localhost", "127.0.0.1")
@@ -146,6 +153,15 @@ def make_sae_cert(out: Path, sae_id: str, ca: x509.Certificate, ca_key: ec.Ellip
     _write(out / SAE_DIR / f"{sae_id}.key", _key_pem(key), private=True)
 
 
+def make_identity_cert(out: Path, name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> None:
+    """``secagg/<name>.pem`` / ``.key``: a node's secure-aggregation identity (ML-DSA-65), certified by the CA."""
+    key, cert = make_identity(ca, ca_key, name, VALID_DAYS)
+    _private_dir(out / IDENTITY_DIR)
+    _write(out / IDENTITY_DIR / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM))
+    _write(out / IDENTITY_DIR / f"{name}.key", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                                serialization.NoEncryption()), private=True)
+
+
 def make_node_key(out: Path, name: str) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
@@ -155,7 +171,8 @@ def make_node_key(out: Path, name: str) -> None:
 
 
 def generate(out: Path, sans: list[str] | None = None, nodes: int = 2, force: bool = False,
-             saes: list[str] | None = None, kme_sans: list[str] | None = None) -> list[Path]:
+             saes: list[str] | None = None, kme_sans: list[str] | None = None,
+             identities: list[str] | None = None) -> list[Path]:
     """Make what is missing in ``out`` (everything with ``force``); return what was written."""
     _private_dir(out)
     written: list[Path] = []
@@ -184,6 +201,10 @@ def generate(out: Path, sans: list[str] | None = None, nodes: int = 2, force: bo
             if force or not (out / SAE_DIR / f"{sae_id}.pem").exists():
                 make_sae_cert(out, sae_id, ca, ca_key)
                 written += [out / SAE_DIR / f"{sae_id}.pem", out / SAE_DIR / f"{sae_id}.key"]
+    for name in identities or []:
+        if force or not (out / IDENTITY_DIR / f"{name}.pem").exists():
+            make_identity_cert(out, name, ca, ca_key)
+            written += [out / IDENTITY_DIR / f"{name}.pem", out / IDENTITY_DIR / f"{name}.key"]
     return written
 
 
@@ -191,7 +212,8 @@ def role_files(out: Path, role: str) -> list[str]:
     """What ``role`` holds, as paths relative to ``out``: its own keys, and ``ca.crt``.
 
     ``superlink`` (and the ServerApp it starts): its TLS key and SAE ``server``;
-    ``gateway``: its TLS key; ``node-<i>``: its authentication key and SAE ``node-<i>``;
+    ``gateway``: its TLS key; ``node-<i>``: its authentication key, SAE ``node-<i>`` and
+    secure-aggregation identity ``node-<i>`` (the server holds none);
     ``key-manager``: its TLS key and every SAE *certificate* (its registry, no SAE key);
     ``operator``: the nodes' public keys, to register them. Nobody gets ``ca.key``.
     """
@@ -200,7 +222,8 @@ def role_files(out: Path, role: str) -> list[str]:
     elif role == "gateway":
         own = ["gateway.pem", "gateway.key"]
     elif re.fullmatch(r"node-\d+", role):
-        own = [role, f"{SAE_DIR}/{role}.pem", f"{SAE_DIR}/{role}.key"]
+        own = [role, f"{SAE_DIR}/{role}.pem", f"{SAE_DIR}/{role}.key", f"{IDENTITY_DIR}/{role}.pem",
+               f"{IDENTITY_DIR}/{role}.key"]
     elif role == "key-manager":
         own = ["kme.pem", "kme.key", *sorted(f"{SAE_DIR}/{p.name}" for p in (out / SAE_DIR).glob("*.pem"))]
     elif role == "operator":
@@ -241,12 +264,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--san", action="append", default=[], help="extra host name or IP of the SuperLink (repeatable)")
     parser.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs to make")
     parser.add_argument("--sae", action="append", default=[], help="SAE ID to certify for the QKD key manager (repeatable)")
+    parser.add_argument("--identity", action="append", default=[],
+                        help="secure-aggregation identity node-<i> to certify (ML-DSA-65; repeatable)")
     parser.add_argument("--kme-san", action="append", default=[], help="extra host name or IP of the key manager")
     parser.add_argument("--force", action="store_true", help="replace existing files")
     parser.add_argument("--bundle", type=Path, help="copy each role's own files into the role folders under this folder")
     parser.add_argument("--owner", help="UID:GID to give the bundled files (the services' unprivileged user)")
     args = parser.parse_args(argv)
-    written = generate(args.dir, args.san, args.nodes, args.force, args.sae, args.kme_san)
+    written = generate(args.dir, args.san, args.nodes, args.force, args.sae, args.kme_san, args.identity)
     print(f"{len(written)} file(s) written to {args.dir}" + "".join(f"\n  {p}" for p in written))
     if args.bundle is not None:
         owner = tuple(int(x) for x in args.owner.split(":")) if args.owner else None

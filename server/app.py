@@ -201,7 +201,7 @@ class WarmUp:
         self.ready_at: dict[int, float] = {}  # node -> when its answer came (time.time())
         self.partitions: dict[int, int] = {}  # node -> the partition it named
         self.refused: dict[int, str] = {}  # node -> why it refused to take part (e.g. its data file is unusable)
-        self.secagg_keys: dict[int, bytes] = {}  # node -> its public key for secure aggregation (secagg)
+        self.secagg_keys: dict[int, ConfigRecord] = {}  # node -> its signed keys for secure aggregation (secagg)
 
     @classmethod
     def push(cls, grid: Grid, cfg: RunConfig, state: RecordDict | None = None) -> WarmUp:
@@ -232,8 +232,8 @@ class WarmUp:
                 elif node is not None:
                     if (partition := device_claim(reply)[0]) is not None:
                         self.partitions[node] = partition
-                    if (keys := reply.content.config_records.get(SECAGG_RECORD)) is not None and "pk" in keys:
-                        self.secagg_keys[node] = bytes(keys["pk"])
+                    if (keys := reply.content.config_records.get(SECAGG_RECORD)) is not None:
+                        self.secagg_keys[node] = keys
             if pending:
                 time.sleep(NODE_WAIT_POLL_S)
         self.seconds = time.monotonic() - self.started

@@ -24,9 +24,11 @@ the round's masks do not cancel (the server's bound check, :mod:`transport.secag
 the round). Every primitive is ``cryptography``'s (X25519, ML-KEM-768, HKDF); keys come from
 OS entropy.
 
-What this does not give: authentication. The public keys travel through the server, which
-can substitute its own (an active attacker in the middle); only signed keys (Bell et al.'s
-PKI, not built) stop that.
+Authentication is not this module's: the public keys travel through the server, which
+could substitute its own. Secure aggregation signs them (each node its X25519 key and the
+hash of its encapsulation key, the lower node its ciphertext) with the node's certified
+ML-DSA-65 identity, and each end verifies before it calls these functions
+(:mod:`transport.secagg_identity`).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def transcript(low: int, high: int, x_low: bytes, x_high: bytes, ek_high: bytes,
     """The HKDF info of the pair ``low < high``: the label and every public value, each length-prefixed."""
     if not low < high:
         raise ValueError(f"a pair is named lower node first, got {low} and {high}")
-    fields = (struct.pack(">qq", low, high), x_low, x_high, ek_high, ct)
+    fields = (struct.pack(">QQ", low, high), x_low, x_high, ek_high, ct)
     return LABEL + b"".join(struct.pack(">I", len(f)) + f for f in fields)
 
 

@@ -56,7 +56,8 @@ def build_transport(cfg: RunConfig, node: NodeConfig | None = None, state: Recor
     """The transport stack ``cfg.transport`` names, for this end of the federation.
 
     ``node`` is the SuperNode's node config on a node, ``None`` on the server; ``state`` the
-    node's Flower state (``context.state``: ``secagg`` keeps the round's secrets there). A user class
+    node's Flower state (``context.state``; ``secagg`` keeps nothing there, its secrets live in the node's
+    own store: :mod:`transport.secagg_store`). A user class
     is built with ``Class.from_run_config(cfg, node)`` if it has that classmethod, else
     ``Class()``. ``qkd`` reads this end's SAE certificate from the environment
     (:class:`~transport.qkd.identity.SaeCredentials`).
@@ -94,7 +95,7 @@ def build_transport(cfg: RunConfig, node: NodeConfig | None = None, state: Recor
                 from transport.qkd.client import KeyManagerClient
 
                 kms = KeyManagerClient.of_this_sae(cfg.kms_url)
-            stack.append(SecAggTransport(state, kms, cfg.qkd_server_sae, cfg, node))
+            stack.append(SecAggTransport(kms, cfg.qkd_server_sae, cfg, node))
         elif part == "qcn":
             from transport.qcn_transport import QCNTransport
 

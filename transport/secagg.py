@@ -1,4 +1,4 @@
-"""SecAgg+ (Bell et al., CCS 2020) in two exchanges a round: the server learns the sum of the
+"""SecAgg+ (Bell et al., CCS 2020) in three exchanges a round: the server learns the sum of the
 clients' inputs, not one of them.
 
 The protocol's pure parts, one function each; :mod:`transport.secagg_flower` carries them in
@@ -26,7 +26,11 @@ Flower messages. For a round with participants :math:`i \\in U`, each with an in
    (:func:`masked_input`) together with Shamir shares of :math:`b_i`, threshold :math:`t`,
    one per neighbour, each encrypted for its holder under :math:`e_{ij}` (Flower's
    ``create_shares`` and share encryption).
-2. **Unmask.** With the survivors :math:`V \\subseteq U` (those whose :math:`y_i` arrived)
+2. **Consistency** (Bell et al.'s malicious-server variant). Each survivor signs the survivor
+   set :math:`V` it is given with its certified identity; it then answers step 3 only for that
+   same set, and only once at least :math:`t` of its neighbours' valid signatures on it came
+   with the request (:mod:`transport.secagg_flower`, :mod:`transport.secagg_identity`).
+3. **Unmask.** With the survivors :math:`V \\subseteq U` (those whose :math:`y_i` arrived)
    and the dropped :math:`D = U \\setminus V`, each survivor hands the server its shares of
    :math:`b_j` for :math:`j \\in V` and its own pair seeds :math:`s_{ij}` with its dropped
    neighbours :math:`j \\in D`, never both of one client. The server rebuilds every survivor's
@@ -41,10 +45,12 @@ late still holds :math:`\\mathrm{PRG}(b_j)`, and no honest client reveals a shar
 still holds the masks with its surviving neighbours (at least :math:`t \\ge 2` of them, or its
 seed could not be rebuilt), whose seeds are never revealed. A client reveals pair seeds only
 with clients listed as dropped, and answers only when at least :math:`t` of its neighbours
-are listed as survivors. Bell et al.'s four-stage protocol shares the mask key itself, so
-that any :math:`t` neighbours can remove a dropped client's masks; here each survivor
-removes its own, which saves two exchanges a round, and a round in which a dropped client's
-neighbour also fails to answer the unmask stage fails (named) instead.
+are listed as survivors. Against a server that lies, every key is signed by a certified
+identity (no key swap, no invented neighbour) and the consistency round makes every honest
+node that reveals anything agree on one survivor set. Bell et al.'s protocol shares the mask
+key itself, so that any :math:`t` neighbours can remove a dropped client's masks; here each
+survivor removes its own, which saves two exchanges a round, and a round in which a dropped
+client's neighbour also fails to answer the unmask stage fails (named) instead.
 
 **Bounded inputs** (the server's check, :func:`check_weighted_sum`, :func:`check_noised_sum`).
 Masks hide every input, so the server cannot check one; it checks the unmasked sum against
@@ -276,23 +282,70 @@ def unmask(masked: dict[int, np.ndarray], graph: dict[int, set[int]], self_seeds
     return total
 
 
-def pair_keys(nodes: list[int], graph: dict[int, set[int]]) -> tuple[dict[tuple[int, int], bytes], dict[str, int]]:
+def _identities(nodes: list[int]) -> tuple[dict, dict]:
+    """Each node's certified ML-DSA-65 identity (a throwaway P-384 CA of this process, as
+    ``qfl.pki`` makes the deployment's): ``{node: (key, certificate DER)}`` and the CA."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from transport.secagg_identity import make_identity
+
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca = _self_signed(ca_key)
+    out = {}
+    for i in nodes:
+        key, cert = make_identity(ca, ca_key, f"node-{i}")
+        out[i] = (key, cert.public_bytes(serialization.Encoding.DER))
+    return out, {"ca": ca}
+
+
+def _self_signed(key):  # noqa: ANN001, ANN202
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-ca")])
+    now = dt.datetime.now(dt.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(key, hashes.SHA384()))
+
+
+def pair_keys(nodes: list[int], graph: dict[int, set[int]], run_id: int = 1) -> tuple[dict[tuple[int, int], bytes], dict[str, int]]:
     """Every node's run keys and the hybrid X25519 + ML-KEM-768 key of every pair of
-    neighbours (:mod:`transport.hybrid_kem`), made in this process; ``{(i, j): key}`` for both
+    neighbours (:mod:`transport.hybrid_kem`), authenticated as the nodes do it
+    (:mod:`transport.secagg_identity`: each node signs its keys with its certified ML-DSA-65
+    identity, each lower node its ciphertext; each end verifies the other's certificate and
+    signatures before it uses a key), made in this process; ``{(i, j): key}`` for both
     orders, and the bytes each step moved between the nodes and the server: ``keys`` (each
     node's X25519 and ML-KEM public keys up), ``pair-keys`` (to each pair's lower node the
-    higher one's keys, its ciphertext up and down to the higher one)."""
+    higher one's keys, its ciphertext up and down to the higher one), ``identity`` (each
+    node's certificate and signature up; each end's certificate, signature, X25519 key and
+    ML-KEM key hash down to the other; the ciphertext's signature up and down)."""
+    from transport import secagg_identity as ident
+
+    ids, ca = _identities(nodes)
     x = {i: new_key() for i in nodes}
     kem = {i: hybrid_kem.new_kem_key() for i in nodes}
     pub = {i: (public_bytes(x[i]), hybrid_kem.kem_public_bytes(kem[i])) for i in nodes}
-    moved = {"keys": (KEY_BYTES + hybrid_kem.EK_BYTES) * len(nodes), "pair-keys": 0}
+    sig = {i: ids[i][0].sign(ident.key_statement(run_id, i, f"node-{i}", pub[i][0], ident.ek_hash(pub[i][1])), ident.KEYS)
+           for i in nodes}
+    moved = {"keys": (KEY_BYTES + hybrid_kem.EK_BYTES) * len(nodes), "pair-keys": 0,
+             "identity": sum(len(ids[i][1]) + len(sig[i]) for i in nodes)}
     keys: dict[tuple[int, int], bytes] = {}
     for low in nodes:
         for high in sorted(j for j in graph[low] if j > low):
-            key, ct = hybrid_kem.encapsulate_pair(x[low], low, high, *pub[high])
+            peer_high = ident.verify_peer(ca["ca"], ids[high][1], sig[high], run_id, high, pub[high][0],
+                                          ident.ek_hash(pub[high][1]))
+            key, ct = hybrid_kem.encapsulate_pair(x[low], low, high, peer_high.x25519, pub[high][1])
+            ct_sig = ids[low][0].sign(ident.ciphertext_statement(run_id, low, high, ct), ident.CIPHERTEXT)
+            peer_low = ident.verify_peer(ca["ca"], ids[low][1], sig[low], run_id, low, pub[low][0],
+                                         ident.ek_hash(pub[low][1]))
+            peer_low.verify(ident.CIPHERTEXT, ident.ciphertext_statement(run_id, low, high, ct), ct_sig, "ct")
             keys[(low, high)] = key
-            keys[(high, low)] = hybrid_kem.decapsulate_pair(x[high], kem[high], high, low, pub[low][0], ct)
+            keys[(high, low)] = hybrid_kem.decapsulate_pair(x[high], kem[high], high, low, peer_low.x25519, ct)
             moved["pair-keys"] += KEY_BYTES + hybrid_kem.EK_BYTES + 2 * len(ct)
+            moved["identity"] += sum(len(ids[e][1]) + len(sig[e]) + KEY_BYTES + 32 for e in (low, high)) + 2 * len(ct_sig)
     return keys, moved
 
 
@@ -305,17 +358,19 @@ def play_round(updates: dict[int, np.ndarray], k: int, t: int, step: float, drop
     answer the unmask stage; ``keys``: the run's pair keys of an earlier round (made here,
     :func:`pair_keys`, when ``None``: the first round). Returns the server's unmasked float
     sum of the survivors' ``updates``, the masked inputs it received, and the bytes each
-    stage moved between a client and the server (summed over clients): ``keys`` and
-    ``pair-keys`` (once a run; 0 with ``keys`` given), ``masked`` (the neighbours' X25519
-    keys down, the masked input and the encrypted shares up), ``unmask``.
+    stage moved between a client and the server (summed over clients): ``keys``,
+    ``pair-keys`` and ``identity`` (once a run; 0 with ``keys`` given), ``masked`` (the
+    neighbours' X25519 keys down, the masked input and the encrypted shares up),
+    ``consistency`` (the survivor set down, each survivor's ML-DSA-65 signature on it up),
+    ``unmask`` (with the neighbours' signatures each holder verifies).
     """
     nodes = sorted(updates)
     graph = neighbours(nodes, k, seed=7)
     if keys is None:
         keys, moved = pair_keys(nodes, graph)
     else:
-        moved = {"keys": 0, "pair-keys": 0}
-    moved.update({"masked": 0, "unmask": 0})
+        moved = {"keys": 0, "pair-keys": 0, "identity": 0}
+    moved.update({"masked": 0, "consistency": 0, "unmask": 0})
 
     def seed(i: int, j: int, what: str) -> bytes:
         return seed_from_key(keys[(i, j)], pair_info(round_id, i, j, what))
@@ -333,6 +388,23 @@ def play_round(updates: dict[int, np.ndarray], k: int, t: int, step: float, drop
         pairs = {j: seed(i, j, PAIR_MASK) for j in graph[i]}
         masked[i] = masked_input(quantize(updates[i], step), i, b, pairs)
         moved["masked"] += masked[i].nbytes
+    # the consistency round: each survivor signs the survivor set (the set down, a signature
+    # up); each holder verifies its surviving neighbours' signatures (down with the unmask stage)
+    from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey
+
+    from transport import secagg_identity as ident
+
+    identity = {i: MLDSA65PrivateKey.generate() for i in masked}  # certified with the run's keys (pair_keys)
+    survivors = sorted(masked)
+    signed = {i: identity[i].sign(ident.survivors_statement(1, round_id, i, survivors), ident.SURVIVORS)
+              for i in survivors}
+    moved["consistency"] = sum(8 * len(survivors) + len(signed[i]) for i in survivors)
+    for holder in sorted(set(masked) - silent):
+        for j in sorted(graph[holder] & set(masked)):
+            identity[j].public_key().verify(signed[j], ident.survivors_statement(1, round_id, j, survivors),
+                                            ident.SURVIVORS)
+            moved["unmask"] += len(signed[j])
+        moved["unmask"] += 8 * len(survivors)
     b_of: dict[int, list[bytes]] = {i: [] for i in masked}
     revealed: dict[tuple[int, int], bytes] = {}
     for holder in sorted(set(masked) - silent):

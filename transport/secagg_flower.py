@@ -1,30 +1,33 @@
-"""SecAgg+ in Flower's Message API: a ClientApp query handler, a transport, and a Grid wrapper.
+"""SecAgg+ in Flower's Message API, malicious-server variant: a ClientApp query handler, a transport, and a Grid wrapper.
 
 ``transport = "secagg"`` (or ``"qkd+secagg"``): the server learns the sum of the round's
-updates and never one of them (the protocol and why it is safe: :mod:`transport.secagg`).
-A training round is two exchanges with the nodes that train, where plain FedAvg has one:
+updates and never one of them, even if it lies (the protocol and why it is safe:
+:mod:`transport.secagg`; Bell et al. 2020, Sec. 5). A training round is three exchanges
+with the nodes that train, where plain FedAvg has one:
 
-1. **the training message** itself, with the node's neighbours and their public keys: the
-   node checks the instructions against its own configuration (:meth:`SecAggTransport.checked`),
-   trains, and on the way out :class:`SecAggTransport` replaces its reply by its masked input
-   and the Shamir shares of its self-mask seed, each encrypted for its holder. Nothing else
-   of the reply leaves: no metric, no claim;
-2. **unmask** (query :data:`SECAGG_TYPE`): each node that sent an input gets the survivors
-   and the dropped, and the encrypted shares its neighbours made for it; it answers the
-   survivors' self-mask shares and its own pair seeds with the dropped neighbours.
+1. **the training message** itself, with the node's neighbours (and, the first time, each
+   neighbour's signed key record): the node checks the instructions against its own
+   configuration (:meth:`SecAggTransport.checked`) and every neighbour's certificate and
+   signatures (:mod:`transport.secagg_identity`), trains, and on the way out
+   :class:`SecAggTransport` replaces its reply by its masked input and the Shamir shares of
+   its self-mask seed, each encrypted for its holder. Nothing else of the reply leaves;
+2. **consistency** (query :data:`SECAGG_TYPE`): each node that sent an input gets the
+   survivor set and signs it with its certified identity, once a round;
+3. **unmask**: the holders the server needs get the same survivor set, their neighbours'
+   signatures on it and the encrypted shares their neighbours made for them; a node that
+   verifies at least ``t`` neighbours' signatures on the set it signed answers the
+   survivors' self-mask shares and its own pair seeds with its neighbours outside the set.
 
-Keys (once a run, kept in the node's Flower state): an X25519 key pair and an ML-KEM-768 key
-pair per node. The X25519 public key comes with the node's warm-up answer
-(:func:`node_public_key`); both public keys come in a ``keys`` query the first time the
-server needs them. For each pair of neighbours the server then asks the lower node, in a
-``keys`` query, to encapsulate to the higher one's ML-KEM key; it relays the ciphertext to
-the higher one in its next training message, and both hold the pair's hybrid key
-(:mod:`transport.hybrid_kem`) for the run. A ``keys`` query is therefore sent in round 1 and
-in any later round whose graph has a pair of neighbours never keyed (a node that joined, or
-a sparse graph drawn anew). With ``qkd+secagg`` the pairwise masks come from QKD keys
-instead, one per pair of neighbours for the run: the lower node asks the key manager for it
-in the ``keys`` query (master SAE), the higher one fetches it by its ID when it first trains
-with that neighbour (slave SAE); the shares stay encrypted under the hybrid pair key.
+Keys (once a run, kept in the node's own store, :mod:`transport.secagg_store`, never in
+Flower's node state): an X25519 key pair and an ML-KEM-768 key pair per node, signed with
+the node's ML-DSA-65 identity, which the deployment's CA certifies. The signed record comes
+with the node's warm-up answer (:func:`node_key_record`), or in a ``keys`` query. For each
+pair of neighbours the server then asks the lower node, in a ``keys`` query, to encapsulate
+to the higher one's certified ML-KEM key; the lower node signs the ciphertext, the server
+relays both to the higher one in its next training message, and both hold the pair's
+hybrid key (:mod:`transport.hybrid_kem`) for the run. With ``qkd+secagg`` the pairwise masks
+come from QKD keys instead, one per pair of neighbours for the run, with the SAE each
+neighbour's certificate names; the shares stay encrypted under the certified hybrid key.
 
 What a node sends: without DP, its update :math:`\\Delta_i` clipped to ``secagg-clip`` per
 coordinate and weighted by :math:`a_i = \\min(n_i, B)/B` (``B`` a public bound on examples),
@@ -32,27 +35,15 @@ and :math:`a_i` itself; the server's aggregate is :math:`\\sum a_i \\Delta_i / \
 FedAvg and the strategies that average (:data:`~qfl.common.config.SECAGG_STRATEGIES`)
 aggregate as they would the clients' replies. With ``dp`` (``dp-mode = "central"``) it is
 distributed DP: each node clips its whole update to L2 norm ``C`` and adds its share of the
-noise, :math:`\\mathcal N(0, \\sigma^2 C^2 / m_{\\min})`, so that the sum of any
-:math:`m_{\\min}` honest survivors carries the noise :math:`\\sigma C` central DP adds; the
-server divides the sum by the number of nodes sampled (``docs/transport.md``: the trust this
-needs). Clip, step, noise multiplier and split are the node's own run config's: the server's
-values are checked against them, never used.
+noise, :math:`\\mathcal N(0, \\sigma^2 C^2 / m_{\\min})`. Clip, step, noise multiplier and
+split are the node's own run config's: the server's values are checked against them, never used.
 
 :class:`SecAggGrid` runs the exchanges around the strategy's training messages and gives the
 strategy the aggregate, with the error replies of the nodes that refused (their reasons go
 to ``clients.csv``). A node that fails after training leaves the sum of the others; below
 the threshold, or with an unmasked sum no honest bounded inputs can make, the round fails,
-named in the log, and the run goes on with the model unchanged.
-
-What a node checks still leaves the server trusted for the rest: a server that told
-different nodes different survivor lists could collect a client's self-mask shares from some
-and its pair seeds from others (each node answers one unmask stage a round and needs a
-majority of its neighbours listed as survivors, which stops that for one client's honest
-neighbours, but nothing stops invented ones); Bell et al.'s malicious-server variant adds
-signed keys and a consistency round, not built here. The public keys it relays are not
-authenticated either, so an active server could stand in the middle of two nodes; with
-``qkd`` the mask keys come from the key manager, which hands each only to the two SAEs'
-certificates.
+named in the log, and the run goes on with the model unchanged. What a lying server can
+still do, and what it cannot: ``docs/transport.md``.
 """
 
 from __future__ import annotations
@@ -62,6 +53,8 @@ import hashlib
 import math
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 
@@ -83,13 +76,26 @@ from qfl.common.contract import (
 )
 from qfl.common.records import clip_update, flatten, unflatten
 from transport import hybrid_kem, secagg
+from transport.secagg_identity import CIPHERTEXT as CIPHERTEXT_CONTEXT
+from transport.secagg_identity import KEYS as KEYS_CONTEXT
+from transport.secagg_identity import SURVIVORS as SURVIVORS_CONTEXT
+from transport.secagg_identity import (
+    IdentityError,
+    NodeIdentity,
+    Peer,
+    ciphertext_statement,
+    ek_hash,
+    key_statement,
+    survivors_statement,
+    verify_peer,
+)
+from transport.secagg_store import NodeStore, StoreError, bytes_of, hex_of
 from transport.base import Envelope, Transport, TransportError
 from transport.delegating_grid import DelegatingGrid
 
 SECAGG_TYPE = f"query.{SECAGG_ACTION}"
-KEYS = "qfl-secagg-keys"  # the node's ConfigRecord in its Flower state: the run's key pairs and pair keys
-ROUND = "qfl-secagg"  # the node's ConfigRecord in its Flower state: the round in flight
-ANSWERED = "qfl-secagg-answered"  # the node's ConfigRecord in its Flower state: the last round it sent an input for
+ROUND = "round"  # in the node's store: the round in flight
+ANSWERED = "answered"  # in the node's store: the last round it sent a masked input for
 STEPS_PER_CLIP = 2**19  # quantisation steps per clipping norm (and per unit of weight)
 WEIGHT_STEP = 1.0 / STEPS_PER_CLIP  # the weight a in [0, 1] has its own step, whatever the clip
 MAX_SUMMANDS = secagg.max_summands(STEPS_PER_CLIP)  # 4,095: inputs of at most 2^19 steps a coordinate holds
@@ -179,47 +185,131 @@ def quantisation_steps(cfg: RunConfig, d: int) -> np.ndarray | float:
 # --- the node's side ------------------------------------------------------------------------
 
 
-def _run_keys(state: RecordDict) -> ConfigRecord:
-    """This node's keys for the run (X25519 and ML-KEM-768, OS entropy), made and kept in its
-    Flower state the first time they are needed."""
-    keys = state.config_records.get(KEYS)
-    if keys is None:
-        keys = ConfigRecord({"sk": secagg.private_bytes(secagg.new_key()),
-                             "kem": hybrid_kem.kem_seed(hybrid_kem.new_kem_key()),
-                             "qkd-with": [], "qkd-ids": [], "qkd-keys": [], "hyb-with": [], "hyb-cts": [], "hyb-keys": []})
-        state[KEYS] = keys
-    return keys
+def _refuse(err: Exception) -> TransportError:
+    """A store or identity failure as the transport's refusal, named."""
+    why = str(err)
+    return TransportError(why if why.startswith("secagg: ") else f"secagg: {why}")
 
 
-def node_public_key(state: RecordDict) -> bytes:
-    """This node's X25519 public key for the run."""
+def _store(run_id: int, node_id: int) -> NodeStore:
+    try:
+        return NodeStore.of(run_id, node_id)
+    except StoreError as err:
+        raise _refuse(err) from err
+
+
+@contextmanager
+def _opened(run_id: int, node_id: int) -> Iterator[dict]:
+    """This node's secure-aggregation store for the run (:mod:`transport.secagg_store`), its
+    run keys made on first use (X25519 and ML-KEM-768, OS entropy)."""
+    try:
+        with _store(run_id, node_id).open() as data:
+            if "sk" not in data:
+                data.update({"sk": hex_of(secagg.private_bytes(secagg.new_key())),
+                             "kem": hex_of(hybrid_kem.kem_seed(hybrid_kem.new_kem_key())),
+                             "peers": {}, "hyb": {}, "qkd": {}})
+            yield data
+    except StoreError as err:
+        raise _refuse(err) from err
+
+
+def _identity(node: NodeConfig) -> NodeIdentity:
+    """This node's certified identity (``$QFL_SECAGG_CERTS``); without it secure aggregation is refused."""
+    try:
+        return NodeIdentity.load(node.partition_id)
+    except IdentityError as err:
+        raise _refuse(err) from err
+
+
+def _public(data: dict) -> tuple[bytes, bytes]:
+    """This node's X25519 public key and ML-KEM-768 encapsulation key for the run."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    return secagg.public_bytes(X25519PrivateKey.from_private_bytes(bytes(_run_keys(state)["sk"])))
+    sk = X25519PrivateKey.from_private_bytes(bytes_of(data["sk"]))
+    return secagg.public_bytes(sk), hybrid_kem.kem_public_bytes(bytes_of(data["kem"]))
 
 
-def node_kem_key(state: RecordDict) -> bytes:
-    """This node's ML-KEM-768 encapsulation key for the run (1,184 bytes)."""
-    return hybrid_kem.kem_public_bytes(bytes(_run_keys(state)["kem"]))
+def _key_record(data: dict, identity: NodeIdentity, run_id: int, me: int) -> dict:
+    """This node's keys for the run with its certificate and its signature over them."""
+    pk, ek = _public(data)
+    sig = identity.sign(KEYS_CONTEXT, key_statement(run_id, me, identity.name, pk, ek_hash(ek)))
+    return {"pk": pk, "ek": ek, "cert": identity.cert_der, "sig": sig}
+
+
+def node_key_record(context: Context) -> ConfigRecord:
+    """This node's signed keys for the run (the warm-up answer under ``secagg``).
+
+    Raises
+    ------
+    TransportError
+        The node has no identity certificate (``$QFL_SECAGG_CERTS``) or no usable store, named.
+    """
+    identity = _identity(NodeConfig.from_node_config(context.node_config))
+    with _opened(context.run_id, context.node_id) as data:
+        return ConfigRecord(_key_record(data, identity, context.run_id, context.node_id))
+
+
+def _peer(data: dict, j: int) -> Peer:
+    entry = data["peers"].get(str(j))
+    if entry is None:
+        raise TransportError(f"secagg: node {j} has shown this node no certified key (no unauthenticated key is used)")
+    return Peer(entry["name"], bytes_of(entry["id"]), bytes_of(entry["pk"]), bytes_of(entry["ekh"]))
+
+
+def _admit(ask: ConfigRecord, data: dict, identity: NodeIdentity, run_id: int, me: int) -> None:
+    """Each neighbour the server introduces (``intro-*``): its certificate must chain to this
+    node's own CA as a secure-aggregation identity, its signature must cover this run, the
+    node ID it is introduced as and the keys relayed, its name must be neither this node's
+    nor another node ID's; a node keeps the first statement of each neighbour for the run."""
+    names = {p["name"]: int(j) for j, p in data["peers"].items()}
+    fields = [ask.get(f"intro-{k}", []) for k in ("nodes", "certs", "sigs", "pks", "ekhs")]
+    try:
+        rows = list(zip(*fields, strict=True))
+    except ValueError as err:
+        raise TransportError("secagg: instruction intro: the introductions' lists differ in length") from err
+    for j, cert, sig, pk, ekh in rows:
+        j = int(j)
+        try:
+            peer = verify_peer(identity.ca, bytes(cert), bytes(sig), run_id, j, bytes(pk), bytes(ekh))
+        except IdentityError as err:
+            raise TransportError(f"secagg: neighbour {j} refused: {err}") from err
+        if peer.name == identity.name or j == me:
+            raise TransportError(f"secagg: neighbour {j} refused: it presents this node's own name {peer.name!r}")
+        if names.get(peer.name, j) != j:
+            raise TransportError(f"secagg: neighbour {j} refused: {peer.name!r} is node {names[peer.name]} in this run")
+        entry = {"name": peer.name, "id": hex_of(peer.identity), "pk": hex_of(peer.x25519), "ekh": hex_of(peer.ek_hash)}
+        known = data["peers"].get(str(j))
+        if known is not None and known != entry:
+            raise TransportError(f"secagg: neighbour {j} refused: other keys than those it signed earlier in this run")
+        data["peers"][str(j)] = entry
+        names[peer.name] = j
 
 
 def secagg_stage(msg: Message, context: Context) -> Message:
-    """The ClientApp's handler for :data:`SECAGG_TYPE`: the ``keys`` and ``unmask`` stages."""
+    """The ClientApp's handler for :data:`SECAGG_TYPE`: the ``keys``, ``consistency`` and ``unmask`` stages."""
     ask = msg.content.config_records[SECAGG_RECORD]
     stage = ask.get("stage")
+    run_id, me = context.run_id, context.node_id
     try:
-        if stage == "keys":
-            answer = ConfigRecord({"pk": node_public_key(context.state), "ek": node_kem_key(context.state)})
-            if ask.get("kem-with"):  # this node is the lower end of these pairs: it encapsulates
-                answer["kem-cts"] = _encapsulate(_run_keys(context.state), context.node_id, ask)
-            if ask.get("pair-with"):  # qkd: this node is the lower end (master SAE) of these pairs
-                answer["qkd-key-ids"] = _qkd_pair_keys(context, [int(j) for j in ask["pair-with"]],
-                                                       [str(s) for s in ask["pair-saes"]])
-        elif stage == "unmask":
-            answer = _unmask_answer(ask, context)
-            del context.state[ROUND]  # the round is done: nothing of it is needed again
-        else:
-            raise TransportError(f"secagg: unknown stage {stage!r}")
+        node = NodeConfig.from_node_config(context.node_config)
+        identity = _identity(node)
+        with _opened(run_id, me) as data:
+            if stage == "keys":
+                _admit(ask, data, identity, run_id, me)
+                answer = ConfigRecord(_key_record(data, identity, run_id, me))
+                if ask.get("kem-with"):  # this node is the lower end of these pairs: it encapsulates
+                    answer["kem-cts"], answer["kem-ct-sigs"] = _encapsulate(data, identity, run_id, me, ask)
+                if ask.get("pair-with"):  # qkd: this node is the lower end (master SAE) of these pairs
+                    answer["qkd-key-ids"] = _qkd_pair_keys(context, data, [int(j) for j in ask["pair-with"]],
+                                                           [str(s) for s in ask["pair-saes"]])
+            elif stage == "consistency":
+                cfg = RunConfig.from_run_config(context.run_config)
+                answer = _consistency_answer(ask, data, identity, run_id, me, cfg)
+            elif stage == "unmask":
+                answer = _unmask_answer(ask, data, run_id, me)
+                del data[ROUND]  # the round is done: nothing of it is needed again, nothing is answered twice
+            else:
+                raise TransportError(f"secagg: unknown stage {stage!r}")
     except (TransportError, KeyError, ValueError, TypeError) as err:
         why = str(err).removeprefix("secagg: ")
         log(WARNING, "secagg: refused stage %r: %s", stage, why)
@@ -227,106 +317,146 @@ def secagg_stage(msg: Message, context: Context) -> Message:
     return Message(RecordDict({SECAGG_RECORD: answer}), reply_to=msg)
 
 
-def _encapsulate(keys: ConfigRecord, me: int, ask: ConfigRecord) -> list[bytes]:
-    """For each neighbour above this node, its half of the hybrid pair key: the key kept in
-    the node state for the run, the ML-KEM ciphertexts returned (aligned with ``kem-with``)."""
-    cts = []
-    for j, pk, ek in zip(ask["kem-with"], ask["kem-pks"], ask["kem-eks"], strict=True):
-        j = int(j)
+def _encapsulate(data: dict, identity: NodeIdentity, run_id: int, me: int, ask: ConfigRecord) -> tuple[list, list]:
+    """For each neighbour above this node, its half of the hybrid pair key, made to the
+    neighbour's *certified* keys (its encapsulation key must hash to what it signed): the key
+    kept in the store for the run, the ML-KEM ciphertexts returned with this node's
+    signature over each (aligned with ``kem-with``)."""
+    cts, sigs = [], []
+    for j, ek in zip(ask["kem-with"], ask["kem-eks"], strict=True):
+        j, ek = int(j), bytes(ek)
         if j <= me:
             raise TransportError(f"secagg: instruction kem-with: this node encapsulates only to neighbours above it, "
                                  f"not to {j}")
-        key, ct = hybrid_kem.encapsulate_pair(bytes(keys["sk"]), me, j, bytes(pk), bytes(ek))
-        _keep_pair_key(keys, j, hashlib.sha256(ct).digest(), key)
+        peer = _peer(data, j)
+        if ek_hash(ek) != peer.ek_hash:
+            raise TransportError(f"secagg: instruction kem-eks: node {j}'s ML-KEM key is not the one {peer.name} signed")
+        key, ct = hybrid_kem.encapsulate_pair(bytes_of(data["sk"]), me, j, peer.x25519, ek)
+        data["hyb"][str(j)] = [hex_of(hashlib.sha256(ct).digest()), hex_of(key)]
         cts.append(ct)
-    return cts
+        sigs.append(identity.sign(CIPHERTEXT_CONTEXT, ciphertext_statement(run_id, me, j, ct)))
+    return cts, sigs
 
 
-def _pair_keys(keys: ConfigRecord) -> dict[int, tuple[bytes, bytes]]:
-    """``{neighbour: (SHA-256 of the pair's ML-KEM ciphertext, hybrid pair key)}`` this node holds."""
-    return {int(j): (bytes(c), bytes(k)) for j, c, k in zip(keys["hyb-with"], keys["hyb-cts"], keys["hyb-keys"])}
-
-
-def _keep_pair_key(keys: ConfigRecord, j: int, ct_digest: bytes, key: bytes) -> None:
-    pairs = _pair_keys(keys)
-    pairs[j] = (ct_digest, key)
-    keys["hyb-with"], keys["hyb-cts"], keys["hyb-keys"] = list(pairs), [c for c, _ in pairs.values()], [k for _, k in pairs.values()]
-
-
-def _qkd_pair_keys(context: Context, higher: list[int], saes: list[str]) -> list[str]:
+def _qkd_pair_keys(context: Context, data: dict, higher: list[int], saes: list[str]) -> list[str]:
     """For each neighbour above this node, a key from the key manager (this node the master
-    SAE), kept in the node state for the run; the key IDs, aligned with ``higher``. A pair key
-    shared with the server's SAE would hand it the masks: a neighbour named by the server's
-    SAE is refused."""
+    SAE), kept in the store for the run; the key IDs, aligned with ``higher``. The SAE the
+    server names for a neighbour must be the name its certificate carries: a pair key with
+    any other SAE (the server's own, say) would hand the masks to it."""
     cfg = RunConfig.from_run_config(context.run_config)
-    if cfg.qkd_server_sae in saes:
-        raise TransportError(f"secagg: the server named its own SAE {cfg.qkd_server_sae!r} as a neighbour's")
+    for j, sae in zip(higher, saes, strict=True):
+        if j <= context.node_id:
+            raise TransportError(f"secagg: this node makes the pair key only with neighbours above it, not {j}")
+        if sae != _peer(data, j).name:
+            raise TransportError(f"secagg: the server named SAE {sae!r} for node {j}, whose certificate names "
+                                 f"{_peer(data, j).name!r}")
     from transport.qkd.client import KeyManagerClient
 
-    keys = _run_keys(context.state)
     kms = KeyManagerClient.of_this_sae(cfg.kms_url)
     try:
         ids = []
         for j, sae in zip(higher, saes, strict=True):
-            if j <= context.node_id:
-                raise TransportError(f"secagg: this node makes the pair key only with neighbours above it, not {j}")
             key_id, key = kms.enc_key(sae)
             ids.append(key_id)
-            _keep_qkd_key(keys, j, key_id, key)
+            data["qkd"][str(j)] = [key_id, hex_of(key)]
         return ids
     finally:
         kms.close()
 
 
-def _qkd_keys(keys: ConfigRecord) -> dict[int, tuple[str, bytes]]:
-    """``{neighbour: (key ID, key)}`` of the run's QKD pair keys this node holds."""
-    return {int(j): (str(i), bytes(k)) for j, i, k in zip(keys["qkd-with"], keys["qkd-ids"], keys["qkd-keys"])}
-
-
-def _keep_qkd_key(keys: ConfigRecord, j: int, key_id: str, key: bytes) -> None:
-    pairs = _qkd_keys(keys)
-    pairs[j] = (key_id, key)
-    keys["qkd-with"], keys["qkd-ids"], keys["qkd-keys"] = list(pairs), [i for i, _ in pairs.values()], [k for _, k in pairs.values()]
-
-
-def _pair_seed(keys: ConfigRecord, me: int, j: int, round_id: str, what: str) -> bytes:
+def _pair_seed(data: dict, me: int, j: int, round_id: str, what: str) -> bytes:
     """This round's seed with neighbour ``j`` for ``what``: the mask seed from the pair's QKD
-    key when the run keeps one, else (and the share key always) from the hybrid pair key."""
+    key when the run keeps one, else (and the share key always) from the certified hybrid pair key."""
     info = secagg.pair_info(round_id, me, j, what)
-    qkd = _qkd_keys(keys)
-    if what == secagg.PAIR_MASK and j in qkd:
-        return secagg.seed_from_key(qkd[j][1], info)
-    hybrid = _pair_keys(keys)
-    if j not in hybrid:
+    if what == secagg.PAIR_MASK and str(j) in data["qkd"]:
+        return secagg.seed_from_key(bytes_of(data["qkd"][str(j)][1]), info)
+    if str(j) not in data["hyb"]:
         raise TransportError(f"secagg: this node holds no hybrid pair key with node {j}")
-    return secagg.seed_from_key(hybrid[j][1], info)
+    return secagg.seed_from_key(bytes_of(data["hyb"][str(j)][1]), info)
 
 
-def _unmask_answer(ask: ConfigRecord, context: Context) -> ConfigRecord:
-    state, me = context.state.config_records.get(ROUND), context.node_id
-    round_id = str(ask.get("round-id"))
+def _round_of(data: dict, ask: ConfigRecord) -> tuple[dict, str]:
+    state, round_id = data.get(ROUND), str(ask.get("round-id"))
     if state is None or state.get("round-id") != round_id:
-        raise TransportError(f"secagg: this node sent no masked input in round {round_id!r}")
-    survivors, dropped = {int(j) for j in ask["survivors"]}, {int(j) for j in ask["dropped"]}
-    if survivors & dropped or me not in survivors:
-        raise TransportError("secagg: a client cannot both survive and drop (this node will not reveal both "
-                             "its self-mask share and its pair seed)")
-    mine = {int(j) for j in state["neighbours"]}
-    threshold = int(state["threshold"])
-    if len(survivors & mine) < threshold:
-        raise TransportError(f"secagg: {len(survivors & mine)} of this node's neighbours survived, fewer than "
+        raise TransportError(f"secagg: this node sent no masked input in round {round_id!r} (or answered it already)")
+    return state, round_id
+
+
+def _survivor_set(ask: ConfigRecord) -> list[int]:
+    survivors = [int(j) for j in ask["survivors"]]
+    if len(set(survivors)) != len(survivors):
+        raise TransportError("secagg: instruction survivors: a node listed twice")
+    return sorted(survivors)
+
+
+def _consistency_answer(ask: ConfigRecord, data: dict, identity: NodeIdentity, run_id: int, me: int,
+                        cfg: RunConfig) -> ConfigRecord:
+    """The consistency round (Bell et al. 2020, Sec. 5): this node signs the survivor set it
+    was given, once a round (a second, different set is refused), and only one that lists
+    it, at least ``t`` of its neighbours and at least the run's threshold share of the
+    participants (the fewest whose sum may be unmasked), and, where every participant is its
+    neighbour (``k = n - 1``), no one else."""
+    state, round_id = _round_of(data, ask)
+    survivors = _survivor_set(ask)
+    mine, threshold = {int(j) for j in state["neighbours"]}, int(state["threshold"])
+    if me not in survivors:
+        raise TransportError("secagg: a survivor set without this node, which sent its masked input")
+    if len(mine) == int(state["participants"]) - 1 and not set(survivors) <= mine | {me}:
+        raise TransportError(f"secagg: survivors {sorted(set(survivors) - mine - {me})} took no part: every "
+                             "participant is this node's neighbour")
+    if len(set(survivors) & mine) < threshold:
+        raise TransportError(f"secagg: {len(set(survivors) & mine)} of this node's neighbours survived, fewer than "
                              f"the threshold {threshold}: revealing its pair seeds could expose its own input")
-    keys = context.state[KEYS]
+    floor = min_survivors(int(state["participants"]), cfg)
+    if len(survivors) < floor:
+        raise TransportError(f"secagg: a survivor set of {len(survivors)}, fewer than the {floor} of "
+                             f"{state['participants']} participants whose sum the run unmasks")
+    if state.get("signed", survivors) != survivors:
+        raise TransportError(f"secagg: a second, different survivor set for round {round_id!r}: this node signed "
+                             f"{state['signed']} and signs one set a round")
+    state["signed"] = survivors
+    return ConfigRecord({"sig": identity.sign(SURVIVORS_CONTEXT, survivors_statement(run_id, round_id, me, survivors))})
+
+
+def _unmask_answer(ask: ConfigRecord, data: dict, run_id: int, me: int) -> ConfigRecord:
+    """The unmask stage: only for the survivor set this node signed, and only once at least
+    ``t`` distinct neighbours' valid signatures on that same set came with it. Then the
+    self-mask shares of its surviving neighbours and its pair seeds with the others (its
+    neighbours outside the set): never both of one client, since both follow from one set."""
+    state, round_id = _round_of(data, ask)
+    if "signed" not in state:
+        raise TransportError(f"secagg: the consistency round was skipped: this node signed no survivor set for "
+                             f"round {round_id!r} and reveals nothing")
+    survivors = _survivor_set(ask)
+    if survivors != state["signed"]:
+        raise TransportError(f"secagg: the survivor set {survivors} is not the one this node signed "
+                             f"({state['signed']}): it reveals nothing")
+    mine, threshold = {int(j) for j in state["neighbours"]}, int(state["threshold"])
+    valid, bad = set(), []
+    for j, sig in zip([int(j) for j in ask.get("sig-from", [])], ask.get("sigs", []), strict=True):
+        if j not in mine or j not in survivors or j in valid:
+            bad.append(j)
+            continue
+        try:
+            _peer(data, j).verify(SURVIVORS_CONTEXT, survivors_statement(run_id, round_id, j, survivors), bytes(sig),
+                                  f"node {j}'s survivor set")
+            valid.add(j)
+        except (IdentityError, TransportError):
+            bad.append(j)
+    if len(valid) < threshold:
+        raise TransportError(f"secagg: {len(valid)} valid signature(s) of surviving neighbours on the survivor set "
+                             f"this node signed, fewer than the threshold {threshold}"
+                             + (f" (not valid: {sorted(bad)})" if bad else "") + ": it reveals nothing")
     out: dict[str, list] = {"b-owners": [], "b-shares": [], "pair-owners": [], "pair-seeds": []}
     for owner, token in zip([int(j) for j in ask["owners"]], ask["b-tokens"], strict=True):
         if owner not in mine or owner not in survivors:
             raise TransportError(f"secagg: client {owner} is not a surviving neighbour of this node")
-        key = _pair_seed(keys, me, owner, round_id, secagg.PAIR_SHARES)
+        key = _pair_seed(data, me, owner, round_id, secagg.PAIR_SHARES)
         out["b-owners"].append(owner)
         out["b-shares"].append(secagg.decrypt_share(key, bytes(token)))
-    for j in sorted(dropped & mine):
+    for j in sorted(mine - set(survivors)):
         out["pair-owners"].append(j)
-        out["pair-seeds"].append(_pair_seed(keys, me, j, round_id, secagg.PAIR_MASK))
+        out["pair-seeds"].append(_pair_seed(data, me, j, round_id, secagg.PAIR_MASK))
     return ConfigRecord(out)
 
 
@@ -337,7 +467,6 @@ class Instructions:
     round_id: str
     participants: int
     neighbours: list[int]
-    pks: list[bytes]
     threshold: int
 
 
@@ -363,31 +492,33 @@ def _same(ask: ConfigRecord, key: str, own: float, whose: str) -> None:
 class SecAggTransport(Transport):
     """The node's masked input: its training reply leaves as that and nothing else.
 
-    ``state`` is the node's Flower state (``context.state``), where the run's keys, the round
-    in flight and the last round answered are kept; ``kms`` the key manager client
-    (``qkd+secagg``); ``cfg`` and ``node`` the node's own run and node config, against which
-    it checks every instruction of the server (:meth:`checked`). On the server the transport
-    does nothing (:class:`SecAggGrid` unmasks the sum).
+    ``kms`` is the key manager client (``qkd+secagg``); ``cfg`` and ``node`` the node's own
+    run and node config, against which it checks every instruction of the server
+    (:meth:`checked`); ``node`` is ``None`` on the server, where the transport does nothing
+    (:class:`SecAggGrid` unmasks the sum). The run's keys, the neighbours it verified, the
+    round in flight and the last round answered are kept in the node's own store
+    (:mod:`transport.secagg_store`), never in Flower's node state.
     """
 
     name = "secagg"
 
-    def __init__(self, state: RecordDict | None = None, kms=None, server_sae: str = "server",  # noqa: ANN001
-                 cfg: RunConfig | None = None, node: NodeConfig | None = None) -> None:
-        self.state, self.kms, self.server_sae, self.cfg, self.node = state, kms, server_sae, cfg, node  # kms: a KeyManagerClient
+    def __init__(self, kms=None, server_sae: str = "server", cfg: RunConfig | None = None,  # noqa: ANN001
+                 node: NodeConfig | None = None) -> None:
+        self.kms, self.server_sae, self.cfg, self.node = kms, server_sae, cfg, node  # kms: a KeyManagerClient
 
     def checked(self, ask: ConfigRecord | None, me: int) -> Instructions:
         """The server's instructions, each checked against this node's own configuration.
 
         Refused by name (:class:`TransportError`): a participant count ``n`` outside
         ``[2, min(num-partitions, max_participants)]`` (``num-partitions``, this node's node
-        config, is the most clients the run can have until a signed survivor set exists); a
+        config, is the most clients the run can have: each needs a certified identity); a
         neighbour list that is not ``k`` distinct others, ``k`` what the run config gives for
         ``n`` (:func:`sizes`); a threshold other than the run config's ``t`` for ``k`` (a
         majority, at least 2); a quantisation step, clip, noise multiplier or noise split
         other than the run config's; distributed DP (``l2-clip``) asked of a node whose run
         config does not say it, or not asked of one whose run config does; a weight bound
-        that is not a positive finite number.
+        that is not a positive finite number. (Each neighbour's certified keys are checked
+        apart, in :meth:`decode`.)
         """
         if ask is None:
             raise TransportError("secagg: a training message without this round's secure-aggregation instructions")
@@ -410,9 +541,6 @@ class SecAggTransport(Transport):
         if len(set(neighbours)) != len(neighbours) or me in neighbours or len(neighbours) != k:
             raise TransportError(f"secagg: instruction neighbours: {len(neighbours)} listed, this node's run config "
                                  f"gives k = {k} distinct others for {n} participants")
-        pks = [bytes(p) for p in ask["pks"]]
-        if len(pks) != k or any(len(p) != secagg.KEY_BYTES for p in pks):
-            raise TransportError(f"secagg: instruction pks: {k} X25519 keys of {secagg.KEY_BYTES} bytes expected")
         threshold = _integer(ask, "threshold")
         if threshold != t:
             raise TransportError(f"secagg: instruction threshold = {threshold}: this node's run config gives t = {t} "
@@ -434,45 +562,57 @@ class SecAggTransport(Transport):
             _same(ask, "clip", cfg.secagg_clip, KEY.secagg_clip)
             if _number(ask, "weight-bound") <= 0:
                 raise TransportError(f"secagg: instruction weight-bound = {ask['weight-bound']}: a positive bound is required")
-        return Instructions(str(ask["round-id"]), n, neighbours, pks, threshold)
+        return Instructions(str(ask["round-id"]), n, neighbours, threshold)
 
-    def _check_round(self, envelope: Envelope) -> None:
+    @staticmethod
+    def _check_round(data: dict, envelope: Envelope) -> None:
         """One masked input per (run, round), rounds strictly increasing: a server that sums the
         same round over S and over S minus X would learn X's update from the difference."""
-        last = self.state.config_records.get(ANSWERED) if self.state is not None else None
-        if last is not None and int(last["run-id"]) == envelope.run_id and envelope.server_round <= int(last["round"]):
+        last = data.get(ANSWERED)
+        if last is not None and envelope.server_round <= int(last):
             raise TransportError(f"secagg: a training message for round {envelope.server_round}: this node sent its "
-                                 f"masked input for round {int(last['round'])} already and sends one a round, rounds "
-                                 "increasing")
+                                 f"masked input for round {int(last)} already and sends one a round, rounds increasing")
 
     def decode(self, content: RecordDict, envelope: Envelope) -> RecordDict:
-        """On the node, a training message's instructions are checked before it trains."""
-        if envelope.direction == "down" and envelope.message_type == "train" and self.state is not None:
-            self._check_round(envelope)
-            self.checked(content.config_records.get(SECAGG_RECORD), envelope.node_id)
+        """On the node, before it trains: the instructions checked, each neighbour's certified
+        keys verified (and kept for the run), the pair keys with neighbours below it taken
+        from their signed ciphertexts (and under qkd their QKD keys fetched); any failure
+        refuses the round, named."""
+        if envelope.direction == "down" and envelope.message_type == "train" and self.node is not None:
+            ask, me = content.config_records.get(SECAGG_RECORD), envelope.node_id
+            identity = _identity(self.node)
+            with _opened(envelope.run_id, me) as data:
+                self._check_round(data, envelope)
+                told = self.checked(ask, me)
+                _admit(ask, data, identity, envelope.run_id, me)
+                for j in told.neighbours:
+                    _peer(data, j)
+                self._fetch_qkd_keys(ask, data, me)
+                self._receive_pair_keys(ask, data, envelope.run_id, me, told)
         return content
 
     def encode(self, content: RecordDict, envelope: Envelope, request: RecordDict | None = None) -> RecordDict:
         if envelope.direction != "up" or request is None or envelope.message_type != "train" or not content.array_records:
             return content
-        if self.state is None:
-            raise TransportError("secagg: a node without its Flower state cannot keep the run's keys")
-        self._check_round(envelope)
-        ask = request.config_records.get(SECAGG_RECORD)
-        told, me = self.checked(ask, envelope.node_id), envelope.node_id
-        keys = _run_keys(self.state)
-        self._fetch_qkd_keys(ask, keys, me)
-        self._receive_pair_keys(ask, keys, me, told)
-        x = secagg.quantize(*self._release(content, request, ask, told.participants))
-        b = os.urandom(secagg.SEED_BYTES)
-        shares = secagg.split(b, told.threshold, told.neighbours)
-        tokens = [secagg.encrypt_share(_pair_seed(keys, me, j, told.round_id, secagg.PAIR_SHARES), shares[j])
-                  for j in told.neighbours]
-        pairs = {j: _pair_seed(keys, me, j, told.round_id, secagg.PAIR_MASK) for j in told.neighbours}
-        y = secagg.masked_input(x, me, b, pairs)
-        self.state[ROUND] = ConfigRecord({"round-id": told.round_id, "neighbours": told.neighbours,
-                                          "threshold": told.threshold})
-        self.state[ANSWERED] = ConfigRecord({"run-id": envelope.run_id, "round": envelope.server_round})
+        if self.node is None:
+            raise TransportError("secagg: only a node sends a masked input")
+        ask, me = request.config_records.get(SECAGG_RECORD), envelope.node_id
+        with _opened(envelope.run_id, me) as data:
+            self._check_round(data, envelope)
+            told = self.checked(ask, me)
+            missing = [j for j in told.neighbours if str(j) not in data["peers"] or str(j) not in data["hyb"]]
+            if missing:
+                raise TransportError(f"secagg: no certified pair key with neighbour(s) {missing}")
+            x = secagg.quantize(*self._release(content, request, ask, told.participants))
+            b = os.urandom(secagg.SEED_BYTES)
+            shares = secagg.split(b, told.threshold, told.neighbours)
+            tokens = [secagg.encrypt_share(_pair_seed(data, me, j, told.round_id, secagg.PAIR_SHARES), shares[j])
+                      for j in told.neighbours]
+            pairs = {j: _pair_seed(data, me, j, told.round_id, secagg.PAIR_MASK) for j in told.neighbours}
+            y = secagg.masked_input(x, me, b, pairs)
+            data[ROUND] = {"round-id": told.round_id, "neighbours": told.neighbours, "threshold": told.threshold,
+                           "participants": told.participants}
+            data[ANSWERED] = envelope.server_round
         return RecordDict({SECAGG_MASKED: ArrayRecord({MASKED: Array(y)}),
                            SECAGG_RECORD: ConfigRecord({"b-tokens": tokens})})
 
@@ -495,49 +635,62 @@ class SecAggTransport(Transport):
         a = min(max(float(metrics[NUM_EXAMPLES]), 0.0), bound) / bound
         return np.concatenate([a * np.clip(delta, -clip, clip), [a]]), quantisation_steps(cfg, delta.size + 1)
 
-    def _receive_pair_keys(self, ask: ConfigRecord, keys: ConfigRecord, me: int, told: Instructions) -> None:
+    @staticmethod
+    def _receive_pair_keys(ask: ConfigRecord, data: dict, run_id: int, me: int, told: Instructions) -> None:
         """The hybrid pair keys with the neighbours below this node, from the ML-KEM ciphertexts
-        they made for it (relayed by the server; one per pair for the run: a second, other one
-        is refused); then every neighbour must have one."""
-        held = _pair_keys(keys)
-        pks = dict(zip(told.neighbours, told.pks))
-        for j, ct in zip(ask.get("kem-from", []), ask.get("kem-cts", []), strict=True):
+        they made and signed for it (relayed by the server; a ciphertext whose signature is not
+        the certified neighbour's is refused, and so is a second, other one for a pair held)."""
+        held = data["hyb"]
+        for j, ct, sig in zip(ask.get("kem-from", []), ask.get("kem-cts", []), ask.get("kem-ct-sigs", []), strict=True):
             j, ct = int(j), bytes(ct)
-            digest = hashlib.sha256(ct).digest()
-            if j in held and held[j][0] == digest:
+            digest = hex_of(hashlib.sha256(ct).digest())
+            if str(j) in held and held[str(j)][0] == digest:
                 continue
-            if j >= me or j not in pks:
+            if j >= me or j not in told.neighbours:
                 raise TransportError(f"secagg: instruction kem-from: node {j} cannot have encapsulated for this node")
-            if j in held:
+            if str(j) in held:
                 raise TransportError(f"secagg: instruction kem-cts: a second ML-KEM ciphertext for the pair with node {j}")
+            peer = _peer(data, j)
             try:
-                key = hybrid_kem.decapsulate_pair(bytes(keys["sk"]), bytes(keys["kem"]), me, j, pks[j], ct)
-            except ValueError as err:
+                peer.verify(CIPHERTEXT_CONTEXT, ciphertext_statement(run_id, j, me, ct), bytes(sig),
+                            f"the ML-KEM ciphertext from node {j}")
+                key = hybrid_kem.decapsulate_pair(bytes_of(data["sk"]), bytes_of(data["kem"]), me, j, peer.x25519, ct)
+            except (IdentityError, ValueError) as err:
                 raise TransportError(f"secagg: instruction kem-cts: {err}") from err
-            _keep_pair_key(keys, j, digest, key)
-        missing = sorted(set(told.neighbours) - set(_pair_keys(keys)))
-        if missing:
-            raise TransportError(f"secagg: no hybrid pair key with neighbour(s) {missing}: the server relayed no "
-                                 "ML-KEM ciphertext for them")
+            held[str(j)] = [digest, hex_of(key)]
 
-    def _fetch_qkd_keys(self, ask: ConfigRecord, keys: ConfigRecord, me: int) -> None:
+    def _fetch_qkd_keys(self, ask: ConfigRecord, data: dict, me: int) -> None:
         """The pair keys neighbours below this node made with it (master SAEs), fetched by the
-        IDs the server relays (the key manager hands each out once: a key held is not fetched again)."""
-        held = _qkd_keys(keys)
+        IDs the server relays from the SAE the neighbour's certificate names (the key manager
+        hands each out once: a key held is not fetched again)."""
+        held = data["qkd"]
         for j, key_id, sae in zip(ask.get("qkd-from", []), ask.get("qkd-key-ids-from", []), ask.get("qkd-saes-from", [])):
             j = int(j)
-            if held.get(j, ("",))[0] == str(key_id):
+            if held.get(str(j), [""])[0] == str(key_id):
                 continue
             if j >= me or j not in [int(n) for n in ask["neighbours"]]:
                 raise TransportError(f"secagg: node {j} cannot have made a pair key for this node")
-            if sae == self.server_sae:
-                raise TransportError(f"secagg: the server named its own SAE {sae!r} as a neighbour's")
+            if sae == self.server_sae or sae != _peer(data, j).name:
+                raise TransportError(f"secagg: the server named SAE {sae!r} for node {j}, whose certificate names "
+                                     f"{_peer(data, j).name!r}")
             if self.kms is None:
                 raise TransportError("secagg: QKD-keyed masks need the key manager (transport qkd)")
-            _keep_qkd_key(keys, j, str(key_id), self.kms.dec_key(str(sae), str(key_id)))
+            held[str(j)] = [str(key_id), hex_of(self.kms.dec_key(str(sae), str(key_id)))]
 
 
 # --- the server's side ----------------------------------------------------------------------
+
+RECORD_FIELDS = {"pk": secagg.KEY_BYTES, "ek": hybrid_kem.EK_BYTES}  # a node's key record: sizes checked here
+
+
+def _key_record_of(record) -> dict[str, bytes] | None:  # noqa: ANN001 (a ConfigRecord or a dict)
+    """A node's signed key record as the server keeps it, or ``None`` when malformed (the
+    server does not verify it: every node verifies it itself, against its own CA)."""
+    try:
+        out = {k: bytes(record[k]) for k in ("pk", "ek", "cert", "sig")}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return out if all(len(out[k]) == n for k, n in RECORD_FIELDS.items()) and out["cert"] and out["sig"] else None
 
 
 class SecAggGrid(DelegatingGrid):
@@ -554,7 +707,7 @@ class SecAggGrid(DelegatingGrid):
     weight_bound : float
         ``B``: the most examples one client's weight may count for (public).
     keys : dict, optional
-        ``{node: X25519 public key}`` the nodes gave at the warm-up.
+        ``{node: its signed key record}`` (``pk``, ``ek``, ``cert``, ``sig``) the nodes gave at the warm-up.
 
     Attributes
     ----------
@@ -564,18 +717,21 @@ class SecAggGrid(DelegatingGrid):
         ``(nodes available, nodes sampled)`` of the last round under distributed DP, for the ledger.
     """
 
-    def __init__(self, grid: Grid, cfg: RunConfig, weight_bound: float, keys: dict[int, bytes] | None = None) -> None:
+    def __init__(self, grid: Grid, cfg: RunConfig, weight_bound: float, keys: dict | None = None) -> None:
         super().__init__(grid)
         self.cfg, self.weight_bound = cfg, float(weight_bound)
-        self.keys = {n: bytes(k) for n, k in (keys or {}).items() if len(bytes(k)) == secagg.KEY_BYTES}
-        self.kem_keys: dict[int, bytes] = {}  # node -> its ML-KEM-768 encapsulation key
-        self.pair_cts: dict[tuple[int, int], bytes] = {}  # (lower, higher) -> the ciphertext the lower one made
+        self.records: dict[int, dict[str, bytes]] = {}  # node -> its signed key record (pk, ek, cert, sig)
+        for n, record in (keys or {}).items():
+            if (kept := _key_record_of(record)) is not None:
+                self.records[n] = kept
+        self.introduced: set[tuple[int, int]] = set()  # (node, neighbour): the node verified the neighbour's record
+        self.pair_cts: dict[tuple[int, int], tuple[bytes, bytes]] = {}  # (lower, higher) -> (ciphertext, signature)
         self.delivered: set[tuple[int, int]] = set()  # pairs whose higher node used the ciphertext
         self.qkd_pairs: dict[tuple[int, int], str] = {}  # (lower, higher) -> the key ID the lower one got
         self.failures: list[str] = []
         self.last_sample: tuple[int, int] | None = None
         self._refused: list[Message] = []  # this round's training replies that are errors (a node refused)
-        self._stage_refusals: list[str] = []  # this round's keys / unmask stages a node refused
+        self._stage_refusals: list[str] = []  # this round's keys / consistency / unmask stages a node refused
 
     def take_failures(self) -> list[str]:
         """Return and reset why rounds could not be unmasked since the last call."""
@@ -624,37 +780,46 @@ class SecAggGrid(DelegatingGrid):
             out[node] = reply.content.config_records[SECAGG_RECORD]
         return out
 
+    def _intro(self, i: int, others: list[int]) -> dict:
+        """The signed key records of ``others`` that node ``i`` has not verified yet."""
+        new = [j for j in others if (i, j) not in self.introduced]
+        return {"intro-nodes": new, "intro-certs": [self.records[j]["cert"] for j in new],
+                "intro-sigs": [self.records[j]["sig"] for j in new], "intro-pks": [self.records[j]["pk"] for j in new],
+                "intro-ekhs": [ek_hash(self.records[j]["ek"]) for j in new]}
+
     def _public_keys(self, nodes: list[int], timeout: float | None) -> set[int]:
-        """Ask the nodes whose X25519 or ML-KEM key is not on record for both; the nodes that failed."""
-        asks: dict[int, dict] = {n: {} for n in nodes if n not in self.keys or n not in self.kem_keys}
+        """Ask the nodes whose signed key record is not on record; the nodes that failed."""
+        asks: dict[int, dict] = {n: {} for n in nodes if n not in self.records}
         if not asks:
             return set()
         for i, answer in self._ask("keys", asks, timeout).items():
-            pk, ek = bytes(answer.get("pk", b"")), bytes(answer.get("ek", b""))
-            if len(pk) == secagg.KEY_BYTES and len(ek) == hybrid_kem.EK_BYTES:
-                self.keys[i], self.kem_keys[i] = pk, ek
-        return {n for n in asks if n not in self.keys or n not in self.kem_keys}
+            if (kept := _key_record_of(answer)) is not None:
+                self.records[i] = kept
+        return {n for n in asks if n not in self.records}
 
     def _pair_asks(self, nodes: list[int], graph: dict[int, set[int]], saes: dict[int, str] | None) -> dict[int, dict]:
         """For each node, the neighbours above it it has no hybrid pair key with yet (it
-        encapsulates to their ML-KEM keys), and under qkd no QKD pair key with yet."""
+        encapsulates to their certified ML-KEM keys), and under qkd no QKD pair key with yet,
+        with the signed key records of those it has not verified."""
         asks: dict[int, dict] = {}
         for i in nodes:
             new = sorted(j for j in graph[i] if j > i and (i, j) not in self.pair_cts)
             if new:
-                asks[i] = {"kem-with": new, "kem-pks": [self.keys[j] for j in new],
-                           "kem-eks": [self.kem_keys[j] for j in new]}
+                asks[i] = {"kem-with": new, "kem-eks": [self.records[j]["ek"] for j in new]}
             if saes is not None:
-                new = sorted(j for j in graph[i] if j > i and (i, j) not in self.qkd_pairs)
-                if new:
-                    asks.setdefault(i, {}).update({"pair-with": new, "pair-saes": [saes.get(j, "") for j in new]})
+                qkd = sorted(j for j in graph[i] if j > i and (i, j) not in self.qkd_pairs)
+                if qkd:
+                    asks.setdefault(i, {}).update({"pair-with": qkd, "pair-saes": [saes.get(j, "") for j in qkd]})
+                new = sorted(set(new) | set(qkd))
+            if i in asks:
+                asks[i].update(self._intro(i, new))
         return asks
 
     def _participants(self, nodes: list[int], timeout: float | None) -> tuple[list[int], dict[int, set[int]]]:
-        """The nodes that can take part (both public keys on record; a hybrid pair key, and
+        """The nodes that can take part (a signed key record on record; a hybrid pair key, and
         under qkd a QKD pair key, with each neighbour) and the round's graph over them: ``keys``
-        queries first to the nodes that lack either (round 1, a node that joined later, a pair
-        of neighbours never keyed)."""
+        queries first to the nodes that lack either (round 1 without a warm-up, a node that
+        joined later, a pair of neighbours never keyed)."""
         saes = self._saes(nodes, timeout)
         if saes is not None:
             nodes = [n for n in nodes if n in saes]
@@ -668,10 +833,12 @@ class SecAggGrid(DelegatingGrid):
                 return nodes, graph
             answers = self._ask("keys", asks, timeout)
             for i, answer in answers.items():
-                cts = [bytes(c) for c in answer.get("kem-cts", [])]
-                if len(cts) == len(asks[i].get("kem-with", [])) and all(len(c) == hybrid_kem.CT_BYTES for c in cts):
-                    for j, ct in zip(asks[i].get("kem-with", []), cts):
-                        self.pair_cts[(i, j)] = ct
+                self.introduced.update((i, j) for j in asks[i]["intro-nodes"])
+                cts, sigs = [bytes(c) for c in answer.get("kem-cts", [])], [bytes(s) for s in answer.get("kem-ct-sigs", [])]
+                wanted = asks[i].get("kem-with", [])
+                if len(cts) == len(sigs) == len(wanted) and all(len(c) == hybrid_kem.CT_BYTES for c in cts):
+                    for j, ct, sig in zip(wanted, cts, sigs):
+                        self.pair_cts[(i, j)] = (ct, sig)
                         self.delivered.discard((i, j))
                 for j, key_id in zip(asks[i].get("pair-with", []), answer.get("qkd-key-ids", [])):
                     self.qkd_pairs[(i, j)] = str(key_id)
@@ -691,6 +858,20 @@ class SecAggGrid(DelegatingGrid):
             instructions.update({"clip": clip, "weight-bound": self.weight_bound})
         return instructions
 
+    def _training_ask(self, i: int, graph: dict[int, set[int]], instructions: dict, saes: dict[int, str] | None) -> dict:
+        """Node ``i``'s secure-aggregation record in its training message: the instructions, its
+        neighbours (with the signed key records it has not verified), the signed ciphertexts
+        its neighbours below it made for it, and under qkd the IDs of their QKD keys."""
+        mine = sorted(graph[i])
+        below = [j for j in mine if j < i and (j, i) not in self.delivered]
+        ask = {**instructions, "neighbours": mine, **self._intro(i, mine), "kem-from": below,
+               "kem-cts": [self.pair_cts[(j, i)][0] for j in below], "kem-ct-sigs": [self.pair_cts[(j, i)][1] for j in below]}
+        if saes is not None:  # the pair keys its neighbours below it made for it, by ID
+            below = [j for j in mine if j < i]
+            ask.update({"qkd-from": below, "qkd-key-ids-from": [self.qkd_pairs[(j, i)] for j in below],
+                        "qkd-saes-from": [saes[j] for j in below]})
+        return ask
+
     def _training_messages(self, messages: list[Message], graph: dict[int, set[int]], instructions: dict,
                            saes: dict[int, str] | None) -> list[Message]:
         train = []
@@ -698,16 +879,8 @@ class SecAggGrid(DelegatingGrid):
             i = msg.metadata.dst_node_id
             if i not in graph:
                 continue
-            mine = sorted(graph[i])
-            below = [j for j in mine if j < i and (j, i) not in self.delivered]
-            ask = {**instructions, "neighbours": mine, "pks": [self.keys[j] for j in mine],
-                   "kem-from": below, "kem-cts": [self.pair_cts[(j, i)] for j in below]}
-            if saes is not None:  # the pair keys its neighbours below it made for it, by ID
-                below = [j for j in mine if j < i]
-                ask.update({"qkd-from": below, "qkd-key-ids-from": [self.qkd_pairs[(j, i)] for j in below],
-                            "qkd-saes-from": [saes[j] for j in below]})
             content = RecordDict(dict(msg.content.items()))
-            content[SECAGG_RECORD] = ConfigRecord(ask)
+            content[SECAGG_RECORD] = ConfigRecord(self._training_ask(i, graph, instructions, saes))
             train.append(Message(content, dst_node_id=i, message_type=msg.metadata.message_type))
         return train
 
@@ -728,6 +901,7 @@ class SecAggGrid(DelegatingGrid):
                     and len(tokens) == len(graph.get(i, ())):
                 replies[i] = (reply, y, [bytes(tok) for tok in tokens])
                 self.delivered.update((j, i) for j in graph[i] if j < i)
+                self.introduced.update((i, j) for j in graph[i])
             else:
                 log(WARNING, "secagg: node %d sent no masked input: malformed", i)
         return replies
@@ -750,7 +924,7 @@ class SecAggGrid(DelegatingGrid):
         saes = self._saes(nodes, timeout)
         train = self._training_messages(messages, graph, instructions, saes)
         log(INFO, "secagg: %d of %d nodes take part (k = %d, t = %d; pairwise masks from %s)%s", len(nodes),
-            len(sampled), k, t, "hybrid X25519 + ML-KEM-768 keys" if saes is None else "QKD keys",
+            len(sampled), k, t, "certified hybrid X25519 + ML-KEM-768 keys" if saes is None else "QKD keys",
             f"; distributed DP, noise split among {floor}" if dp else "")
         size = sum(v.numpy().size for v in messages[0].content[ARRAYS].values()) + (0 if dp else 1)
         replies = self._masked_inputs(train, graph, size, timeout)
@@ -778,22 +952,35 @@ class SecAggGrid(DelegatingGrid):
         })
         return [aggregate]
 
+    def _consistency(self, round_id: str, survivors: list[int], timeout: float | None) -> dict[int, bytes]:
+        """The consistency round: every survivor signs the survivor set; ``{signer: signature}``."""
+        asks = {i: {"round-id": round_id, "survivors": survivors} for i in survivors}
+        return {i: bytes(a.get("sig", b"")) for i, a in self._ask("consistency", asks, timeout).items()}
+
+    def _unmask_ask(self, round_id: str, h: int, graph: dict[int, set[int]], replies: dict, survivors: list[int],
+                    signatures: dict[int, bytes]) -> dict:
+        """Holder ``h``'s unmask stage: the survivor set, its neighbours' signatures on it, and
+        the encrypted shares its surviving neighbours made for it."""
+        owners = sorted(j for j in graph[h] if j in replies)
+        signers = sorted(j for j in graph[h] if j in signatures)
+        return {"round-id": round_id, "survivors": survivors, "owners": owners,
+                "b-tokens": [replies[j][2][sorted(graph[j]).index(h)] for j in owners],
+                "sig-from": signers, "sigs": [signatures[j] for j in signers]}
+
     def _unmasked_sum(self, round_id: str, graph: dict[int, set[int]], replies: dict, dropped: list[int], t: int,
                       timeout: float | None) -> np.ndarray:
-        """The unmask stage, then the float sum, checked against what the survivors could
-        honestly make (:func:`transport.secagg.check_weighted_sum` / ``check_noised_sum``)."""
+        """The consistency round, the unmask stage, then the float sum, checked against what
+        the survivors could honestly make (:func:`transport.secagg.check_weighted_sum` /
+        ``check_noised_sum``)."""
         survivors = sorted(replies)
+        signatures = self._consistency(round_id, survivors, timeout)
         b_of: dict[int, list[bytes]] = {i: [] for i in survivors}
         pair_seeds: dict[tuple[int, int], bytes] = {}
-        asked: set[int] = set()
+        asked = set(survivors) - set(signatures)  # a survivor that did not sign answers nothing more
         while holders := unmask_holders(graph, survivors, dropped, t, b_of, asked):
             # the fewest survivors whose answers unmask the round; more only where one fails to answer
             asked |= holders
-            asks = {}
-            for h in sorted(holders):
-                owners = sorted(j for j in graph[h] if j in replies)
-                asks[h] = {"round-id": round_id, "survivors": survivors, "dropped": dropped, "owners": owners,
-                           "b-tokens": [replies[j][2][sorted(graph[j]).index(h)] for j in owners]}
+            asks = {h: self._unmask_ask(round_id, h, graph, replies, survivors, signatures) for h in sorted(holders)}
             for h, answer in self._ask("unmask", asks, timeout).items():
                 for owner, share in zip(answer.get("b-owners", []), answer.get("b-shares", [])):
                     if int(owner) in b_of:

@@ -159,6 +159,8 @@ def test_the_hybrid_key_is_hkdf_sha256_of_both_secrets_bound_to_the_transcript()
     assert hybrid_kem.combine(x_secret, kem_secret, info) == hkdf(x_secret + kem_secret, info)
     assert hybrid_kem.combine(kem_secret, x_secret, info) != hkdf(x_secret + kem_secret, info)
     assert hybrid_kem.transcript(3, 8, b"a" * 32, b"b" * 32, b"e" * 1184, b"d" * 1088) != info
+    # Flower's node IDs are unsigned 64-bit: the largest name a pair too
+    assert hybrid_kem.transcript(2**63, 2**64 - 1, b"a" * 32, b"b" * 32, b"e" * 1184, b"d" * 1088)
     seed = hybrid_kem.kem_seed(hybrid_kem.new_kem_key())
     assert hybrid_kem.kem_public_bytes(seed) == hybrid_kem.kem_public_bytes(seed)  # the seed is the key
 
@@ -168,9 +170,14 @@ def test_a_rounds_bytes_count_the_run_keys_once():
     graph = secagg.neighbours(sorted(updates), 4, seed=7)
     keys, moved = secagg.pair_keys(sorted(updates), graph)
     edges = sum(len(v) for v in graph.values()) // 2
-    assert moved == {"keys": 6 * (32 + 1184), "pair-keys": edges * (32 + 1184 + 2 * 1088)}
+    assert {k: moved[k] for k in ("keys", "pair-keys")} == {"keys": 6 * (32 + 1184), "pair-keys": edges * (32 + 1184 + 2 * 1088)}
+    # each node's certificate (about 2.3 kB: an ML-DSA-65 key) and signature (3,309 bytes) up,
+    # both ends' down to the other per pair, the ciphertext's signature up and down
+    cert = 2300
+    assert moved["identity"] == pytest.approx(6 * (cert + 3309) + edges * (2 * (cert + 3309 + 64) + 2 * 3309), rel=0.02)
     total, _, later = secagg.play_round(updates, 4, 3, STEP, keys=keys)
-    assert later["keys"] == later["pair-keys"] == 0
+    assert later["keys"] == later["pair-keys"] == later["identity"] == 0
+    assert later["consistency"] == 6 * (8 * 6 + 3309)  # the survivor set down, a signature up
     assert np.max(np.abs(total - sum(updates.values()))) <= 6 * STEP
 
 

@@ -22,16 +22,19 @@ from transport.registry import build_transport, transport_parts
 from transport.secagg_flower import SECAGG_TYPE, SecAggGrid
 
 NODES = [11, 12, 13, 14]
+RUN_IDS = itertools.count(1)
 
 
 class LoopbackGrid(DelegatingGrid):
     """Delivers each message to the real ClientApp of its node, in this process; ``crash``
     names nodes whose ClientApp is gone from a given stage on (``"train"`` or a secagg stage)."""
 
-    def __init__(self, run_config: dict, crash: dict[int, str] | None = None) -> None:
+    def __init__(self, run_config: dict, crash: dict[int, str] | None = None, run_id: int = 1,
+                 num_partitions: int = len(NODES)) -> None:
         self.run_config, self.crash = run_config, crash or {}
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i, "num-partitions": len(NODES)},
+        self.contexts = {n: Context(run_id=run_id, node_id=n, node_config={"partition-id": i, "num-partitions": num_partitions},
                                     state=RecordDict(), run_config=run_config) for i, n in enumerate(NODES)}
+        self.tamper = None  # a lying server's hook: each message as it leaves the server -> what the node gets
         self.seen: list[Message] = []  # every reply as the server received it
         self.sent: list[Message] = []  # every message as the nodes received it
         self._ids = itertools.count()
@@ -44,6 +47,8 @@ class LoopbackGrid(DelegatingGrid):
         replies = []
         for msg in messages:
             stamp(msg, message_id=f"m{next(self._ids)}", src_node_id=0)
+            if self.tamper is not None:
+                self.tamper(msg)
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
             stage = "train" if msg.metadata.message_type == "train" else self._stage(msg)
@@ -74,12 +79,13 @@ class Federation:
     rounds do; ``again=True`` sends the same round number once more)."""
 
     def __init__(self, run_config: dict, crash: dict[int, str] | None = None, weight_bound: float = 40,
-                 grid_class: type = SecAggGrid) -> None:
+                 grid_class: type = SecAggGrid, num_partitions: int = len(NODES)) -> None:
         self.cfg = RunConfig.from_run_config(run_config)
         self.start = ArrayRecord(build_model(self.cfg, build_dataset(self.cfg)).state_dict())
-        self.loop = LoopbackGrid(run_config, crash)
+        self.run_id = next(RUN_IDS)  # a run of its own: the nodes' stores are per run and node
+        self.loop = LoopbackGrid(run_config, crash, self.run_id, num_partitions)
         self.round = 0
-        wire = TransportGrid(self.loop, build_transport(self.cfg, None), run_id=1, round_fn=lambda: self.round)
+        wire = TransportGrid(self.loop, build_transport(self.cfg, None), run_id=self.run_id, round_fn=lambda: self.round)
         self.grid = grid_class(wire, self.cfg, weight_bound=weight_bound)
 
     def train(self, nodes: list[int] = NODES, again: bool = False) -> list[Message]:
@@ -115,9 +121,34 @@ def _flat(record: ArrayRecord) -> np.ndarray:
     return np.concatenate([v.numpy().ravel() for v in record.values()])
 
 
+IDENTITIES = 8  # node-0 .. node-7 are certified (a test may run with more partitions than nodes)
+
+
+@pytest.fixture(scope="session")
+def secagg_certs(tmp_path_factory):
+    """A deployment's CA and the secure-aggregation identities node-0 .. node-7 (qfl.pki)."""
+    from qfl.pki import generate
+
+    certs = tmp_path_factory.mktemp("secagg-certs") / "certs"
+    generate(certs, nodes=0, identities=[f"node-{i}" for i in range(IDENTITIES)])
+    return certs
+
+
+def use_identities(certs, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Each node finds its identity through its environment and keeps its secrets in a
+    private directory of this test's own (0700)."""
+    from transport.secagg_identity import CERTS_ENV
+
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    runtime.chmod(0o700)
+    monkeypatch.setenv(CERTS_ENV, str(certs))
+    monkeypatch.setenv("QFL_RUNTIME_DIR", str(runtime))
+
+
 @pytest.fixture(autouse=True)
-def _identity(task_identity):
-    pass
+def _identity(task_identity, secagg_certs, tmp_path, monkeypatch):
+    use_identities(secagg_certs, tmp_path, monkeypatch)
 
 
 def test_the_server_gets_fedavgs_average_and_sees_only_masked_inputs(defaults):
@@ -132,23 +163,30 @@ def test_the_server_gets_fedavgs_average_and_sees_only_masked_inputs(defaults):
         assert set(content.array_records) == {SECAGG_MASKED} and not content.metric_records
         assert not set(content.config_records) - {"transport-envelope", SECAGG_RECORD}  # the first: Flower's wire record
         assert set(content.config_records[SECAGG_RECORD]) == {"b-tokens"}
-    # the keys once a run: both public keys of the 4 (no warm-up here), then the 3 lower ends of
-    # the 6 pairs encapsulate (ML-KEM); then the round's two exchanges, 3 of 4 holding t = 2 shares of each
-    stages = [m.metadata.message_type for m in loop.sent]
-    assert stages == [SECAGG_TYPE] * 4 + [SECAGG_TYPE] * 3 + ["train"] * 4 + [SECAGG_TYPE] * 3
+    # the keys once a run: the signed keys of the 4 (no warm-up here), then the 3 lower ends of
+    # the 6 pairs encapsulate (ML-KEM); then the round's three exchanges: training, the
+    # consistency round (each of the 4 signs the survivor set), unmask (3 of 4 hold t = 2 shares of each)
+    assert _stages(loop) == ["keys"] * 4 + ["keys"] * 3 + ["train"] * 4 + ["consistency"] * 4 + ["unmask"] * 3
     keys = [m for m in loop.sent if m.metadata.message_type == SECAGG_TYPE][4:7]
     assert [(m.metadata.dst_node_id, list(m.content[SECAGG_RECORD]["kem-with"])) for m in keys] == \
         [(11, [12, 13, 14]), (12, [13, 14]), (13, [14])]
 
 
-def test_a_second_round_is_two_exchanges_with_the_keys_of_the_first(defaults):
+def _stages(loop: LoopbackGrid, since: int = 0) -> list[str]:
+    """What the server sent, message by message: ``train`` or the secagg stage."""
+    return [m.metadata.message_type if m.metadata.message_type == "train" else LoopbackGrid._stage(m)
+            for m in loop.sent[since:]]
+
+
+def test_a_second_round_is_three_exchanges_with_the_keys_of_the_first(defaults):
     fed = Federation(_config(defaults))
     for _ in range(2):
         (aggregate,) = fed.train()
         assert aggregate.content.metric_records["metrics"][SECAGG_SUMMED] == 4
-    sent = fed.loop.sent[14:]  # round 2: no keys query, no ciphertext relayed again
-    assert [m.metadata.message_type for m in sent] == ["train"] * 4 + [SECAGG_TYPE] * 3
+    sent = fed.loop.sent[18:]  # round 2: no keys query, no ciphertext nor certificate relayed again
+    assert _stages(fed.loop, 18) == ["train"] * 4 + ["consistency"] * 4 + ["unmask"] * 3
     assert all(not list(m.content[SECAGG_RECORD]["kem-cts"]) for m in sent[:4])
+    assert all(not list(m.content[SECAGG_RECORD]["intro-certs"]) for m in sent[:4])
 
 
 def test_a_node_gone_before_its_masked_input_leaves_the_average_of_the_others(defaults):
@@ -163,7 +201,7 @@ def test_a_node_gone_after_its_masked_input_still_counts(defaults):
     """Its self-mask seed is rebuilt from its neighbours' shares: the sum of all four. It was
     one of the three asked to unmask; the server then asks the fourth for the shares it held."""
     (aggregate,), loop, _, start = _train(_config(defaults), crash={13: "unmask"})
-    unmask = [m.metadata.dst_node_id for m in loop.sent if m.metadata.message_type == SECAGG_TYPE][7:]
+    unmask = [m.metadata.dst_node_id for m, stage in zip(loop.sent, _stages(loop)) if stage == "unmask"]
     assert unmask == [11, 12, 13, 14]
     metrics = aggregate.content.metric_records["metrics"]
     assert (metrics[SECAGG_SUMMED], metrics[SECAGG_DROPPED]) == (4, 0)
@@ -176,29 +214,44 @@ def test_below_the_threshold_the_round_fails_with_a_named_reason(defaults, caplo
     assert grid.failures and "masked input(s), the threshold is 2" in grid.failures[0]
 
 
-def _unmask(ctx: Context, **ask) -> Message:  # noqa: ANN003
+def _stage(ctx: Context, stage: str, **ask) -> Message:  # noqa: ANN003
     from transport.secagg_flower import secagg_stage
 
-    msg = stamp(Message(RecordDict({SECAGG_RECORD: ConfigRecord({"stage": "unmask", "round-id": "r", **ask})}),
+    msg = stamp(Message(RecordDict({SECAGG_RECORD: ConfigRecord({"stage": stage, "round-id": "r", **ask})}),
                         dst_node_id=ctx.node_id, message_type=SECAGG_TYPE), message_id="u")
     return secagg_stage(msg, ctx)
 
 
-def test_a_node_will_not_reveal_both_secrets_of_one_client_nor_its_seeds_when_few_survive(defaults):
-    """A server that says a client both survived and dropped gets an error, not the secrets;
-    nor does one that lists fewer surviving neighbours than the threshold (the node's own
-    input would be left with too few masks)."""
+def _in_flight(ctx: Context, **round_state) -> None:  # noqa: ANN003
+    """Put round ``r`` in flight in the node's store, as if it had sent its masked input."""
     from transport.secagg_flower import ROUND
+    from transport.secagg_store import NodeStore
 
+    with NodeStore.of(ctx.run_id, ctx.node_id).open() as data:
+        data[ROUND] = {"round-id": "r", "neighbours": [12, 13, 14], "threshold": 2, "participants": 4, **round_state}
+
+
+def test_a_node_signs_one_survivor_set_a_round_and_reveals_only_for_it(defaults):
+    """The consistency round: a node signs a survivor set only if it lists it and at least t
+    of its neighbours, one set a round; it reveals nothing for a set it did not sign, nor
+    without t valid neighbours' signatures on that set; both secrets of one client follow
+    from one set, so it never reveals both."""
     _, loop, _, _ = _train(_config(defaults))
     ctx = loop.contexts[11]
-    state = ConfigRecord({"round-id": "r", "neighbours": [12, 13, 14], "pks": [bytes(32)] * 3, "threshold": 2})
-    ctx.state[ROUND] = state
-    reply = _unmask(ctx, survivors=[11, 12, 13], dropped=[12], owners=[12], **{"b-tokens": [b"x"]})
-    assert isinstance(reply.error, Error) and "will not reveal both" in reply.error.reason
-    ctx.state[ROUND] = state
-    reply = _unmask(ctx, survivors=[11, 12], dropped=[13, 14], owners=[], **{"b-tokens": []})
-    assert isinstance(reply.error, Error) and "fewer than the threshold 2" in reply.error.reason
+    _in_flight(ctx)
+    reply = _stage(ctx, "consistency", survivors=[11, 12])
+    assert isinstance(reply.error, Error) and "1 of this node's neighbours survived, fewer than the threshold 2" in reply.error.reason
+    reply = _stage(ctx, "unmask", survivors=[11, 12, 13], owners=[], **{"b-tokens": []})
+    assert "the consistency round was skipped" in reply.error.reason
+    assert not _stage(ctx, "consistency", survivors=[11, 12, 13]).has_error()
+    reply = _stage(ctx, "consistency", survivors=[11, 12, 13, 14])
+    assert "a second, different survivor set for round 'r'" in reply.error.reason
+    reply = _stage(ctx, "unmask", survivors=[11, 12, 13, 14], owners=[], **{"b-tokens": []})
+    assert "is not the one this node signed" in reply.error.reason
+    reply = _stage(ctx, "unmask", survivors=[11, 12, 13], owners=[], **{"b-tokens": [], "sig-from": [12, 13],
+                                                                       "sigs": [b"x" * 3309, b"y" * 3309]})
+    assert "0 valid signature(s) of surviving neighbours on the survivor set this node signed, fewer than the " \
+           "threshold 2 (not valid: [12, 13])" in reply.error.reason
 
 
 def test_distributed_dp_adds_each_nodes_share_of_the_noise_and_the_server_the_sample(defaults):

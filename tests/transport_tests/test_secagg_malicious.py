@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from test_secagg_flower import NODES, Federation, _config, _flat
+from test_secagg_flower import NODES, Federation, _config, _flat, secagg_certs  # noqa: F401 (a fixture)
 
 from qfl.common.config import NodeConfig
 from qfl.common.contract import ARRAYS, NUM_EXAMPLES, SECAGG_DROPPED, SECAGG_RECORD, SECAGG_SUMMED
@@ -24,15 +24,25 @@ from server.instrumented import InstrumentedStrategy
 from server.recorder import RunRecorder
 from strategies.validation import ReplySchema
 from transport.base import TransportError
-from transport.secagg_flower import MAX_SUMMANDS, SecAggGrid, SecAggTransport, max_participants, quantisation_steps
+from transport.secagg_flower import (
+    ANSWERED,
+    MAX_SUMMANDS,
+    SecAggGrid,
+    SecAggTransport,
+    max_participants,
+    quantisation_steps,
+)
+from transport.secagg_store import NodeStore
 
 DP = {"transport": "secagg+dp", "dp-mode": "central", "dp-noise-multiplier": 1.0, "dp-clip": 0.05}
 OUTSIDE = "the unmasked sum is outside what 4 honest clients can produce"
 
 
 @pytest.fixture(autouse=True)
-def _identity(task_identity):
-    pass
+def _identity(task_identity, secagg_certs, tmp_path, monkeypatch):
+    from test_secagg_flower import use_identities
+
+    use_identities(secagg_certs, tmp_path, monkeypatch)
 
 
 def _sent_ask(fed: Federation, node: int) -> dict:
@@ -42,7 +52,7 @@ def _sent_ask(fed: Federation, node: int) -> dict:
 
 
 def _node(fed: Federation) -> SecAggTransport:
-    return SecAggTransport(RecordDict(), cfg=fed.cfg, node=NodeConfig.from_node_config({"partition-id": 0,
+    return SecAggTransport(cfg=fed.cfg, node=NodeConfig.from_node_config({"partition-id": 0,
                                                                                         "num-partitions": len(NODES)}))
 
 
@@ -149,7 +159,8 @@ def test_a_node_sends_one_masked_input_a_round_so_s_and_s_minus_x_cannot_both_be
 def test_a_node_that_refuses_while_others_sum_is_a_failed_client_row_and_not_counted_twice(defaults, tmp_path):
     fed = Federation(_config(defaults))
     fed.train()
-    fed.loop.contexts[14].state["qfl-secagg-answered"] = ConfigRecord({"run-id": 1, "round": 5})  # as if it had
+    with NodeStore.of(fed.run_id, 14).open() as data:  # as if it had answered round 5 already
+        data[ANSWERED] = 5
     replies = fed.train()
     aggregate = next(r for r in replies if not r.has_error())
     metrics = aggregate.content.metric_records["metrics"]
@@ -180,11 +191,11 @@ def test_the_field_holds_4095_participants_whatever_the_clip_and_the_server_refu
 def _malicious(monkeypatch, fed: Federation, node: int, forge) -> None:  # noqa: ANN001
     """``node`` sends ``forge(what it would honestly send)`` instead (any vector the field holds)."""
     honest = SecAggTransport._release
-    state = fed.loop.contexts[node].state
 
     def release(self, content, request, ask, participants):  # noqa: ANN001, ANN202
         x, steps = honest(self, content, request, ask, participants)
-        return (forge(x.copy()), steps) if self.state is state else (x, steps)
+        me = set(NODES) - {int(j) for j in ask["neighbours"]}  # every other node is a neighbour: the one left is it
+        return (forge(x.copy()), steps) if me == {node} else (x, steps)
 
     monkeypatch.setattr(SecAggTransport, "_release", release)
 

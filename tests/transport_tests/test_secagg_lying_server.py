@@ -1,0 +1,318 @@
+"""Secure aggregation against a server that lies (issue 39, item 6; Bell et al. 2020, Sec. 5).
+
+The adversary is the server, in this process: the honest SecAggGrid with a hook that
+rewrites what it relays (``LoopbackGrid.tamper``), or a SecAggGrid of its own for the
+stages it runs differently. The nodes are the real ClientApp (its transport mod, its query
+handler, its store and its certified identity). Each attack is refused by the honest nodes,
+by name, and the server learns no single update: from everything it collected (masked
+inputs, revealed shares and pair seeds) it tries to rebuild each client's input, and what
+it gets is uniform over the field, not a bounded update.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+from scipy import stats
+from test_secagg_flower import NODES, Federation, LoopbackGrid, _config, secagg_certs, use_identities  # noqa: F401
+
+from qfl.common.contract import SECAGG_MASKED, SECAGG_RECORD, SECAGG_SUMMED
+from qfl.common.flower_internals import secagg_primitives
+from transport import hybrid_kem, secagg
+from transport.secagg_flower import MASKED, SecAggGrid, quantisation_steps
+from transport.secagg_identity import KEYS, ek_hash, key_statement, make_identity
+from transport.secagg_store import NodeStore, bytes_of
+
+
+@pytest.fixture(autouse=True)
+def _identity(task_identity, secagg_certs, tmp_path, monkeypatch):  # noqa: F811
+    use_identities(secagg_certs, tmp_path, monkeypatch)
+
+
+# --- what the adversary collected, and its try at one client's update ------------------------
+
+
+def _collected(fed: Federation, since: int) -> tuple[dict, dict, dict]:
+    """From the replies since ``since``: masked inputs, revealed self-mask shares by owner,
+    revealed pair seeds by (revealer, other)."""
+    masked, shares, seeds = {}, {}, {}
+    for reply in fed.loop.seen[since:]:
+        if reply.has_error():
+            continue
+        node, content = reply.metadata.src_node_id, reply.content
+        if SECAGG_MASKED in content.array_records:
+            masked[node] = content.array_records[SECAGG_MASKED][MASKED].numpy()
+        record = content.config_records.get(SECAGG_RECORD, {})
+        for owner, share in zip(record.get("b-owners", []), record.get("b-shares", [])):
+            shares.setdefault(int(owner), []).append(bytes(share))
+        for j, seed in zip(record.get("pair-owners", []), record.get("pair-seeds", [])):
+            seeds[(node, int(j))] = bytes(seed)
+    return masked, shares, seeds
+
+
+def _told(fed: Federation, node: int) -> dict:
+    train = [m for m in fed.loop.sent if m.metadata.message_type == "train" and m.metadata.dst_node_id == node]
+    return dict(train[-1].content[SECAGG_RECORD].items())
+
+
+def _recover(fed: Federation, victim: int, since: int, extra: dict[int, bytes] | None = None) -> np.ndarray | None:
+    """The adversary's best try at ``victim``'s input: its masked input less every mask whose
+    seed it holds (its self mask when t shares of the seed were revealed; each pair mask whose
+    seed either end revealed, or ``extra`` gives), decoded. ``None``: no masked input arrived."""
+    masked, shares, seeds = _collected(fed, since)
+    if victim not in masked:
+        return None
+    told = _told(fed, victim)
+    e = masked[victim].astype(secagg.FIELD)
+    if len(shares.get(victim, [])) >= told["threshold"]:
+        b = secagg_primitives().combine_shares(shares[victim][:told["threshold"]])
+        e = e - secagg.prg(b, e.size)
+    for j in told["neighbours"]:
+        seed = seeds.get((victim, j)) or seeds.get((j, victim)) or (extra or {}).get(j)
+        if seed is not None:
+            mask = secagg.prg(seed, e.size)
+            e = e - mask if j > victim else e + mask
+    return secagg.dequantize(e, quantisation_steps(fed.cfg, e.size))
+
+
+def _learns_nothing(fed: Federation, since: int) -> None:
+    """For every client, what the adversary rebuilds is uniform over Z_2^32: almost no
+    coordinate decodes within the clip (an honest input is within it on every one; a uniform
+    value is, with probability 2^-12), and the field elements pass a uniformity test."""
+    for victim in NODES:
+        guess = _recover(fed, victim, since)
+        if guess is None:
+            continue
+        assert np.sum(np.abs(guess) <= fed.cfg.secagg_clip) <= 2, (victim, guess)
+        steps = quantisation_steps(fed.cfg, guess.size)
+        field = (np.round(guess / steps).astype(np.int64) % 2**32) / 2**32
+        assert stats.kstest(field, "uniform").pvalue > 1e-4
+
+
+def _mask_seeds_of(fed: Federation, victim: int) -> dict[int, bytes]:
+    """The victim's own pair-mask seeds of its last round, read from its store (what no
+    adversary gets; the positive control of the rebuilding above)."""
+    told = _told(fed, victim)
+    with NodeStore.of(fed.run_id, victim).open() as data:
+        keys = {int(j): bytes_of(v[1]) for j, v in data["hyb"].items()}
+    return {j: secagg.seed_from_key(keys[j], secagg.pair_info(told["round-id"], victim, j, secagg.PAIR_MASK))
+            for j in told["neighbours"]}
+
+
+def _refusals(fed: Federation, since: int) -> dict[int, str]:
+    return {r.metadata.src_node_id: r.error.reason for r in fed.loop.seen[since:] if r.has_error()}
+
+
+def _stage_of(msg) -> str:  # noqa: ANN001
+    return "train" if msg.metadata.message_type == "train" else LoopbackGrid._stage(msg)
+
+
+def _lie(fed: Federation, stage: str, nodes: set[int], change) -> None:  # noqa: ANN001
+    """From now on the server rewrites the secure-aggregation record of ``stage`` messages to ``nodes``."""
+    def tamper(msg):  # noqa: ANN001, ANN202
+        if _stage_of(msg) == stage and msg.metadata.dst_node_id in nodes:
+            record = dict(msg.content[SECAGG_RECORD].items())
+            msg.content[SECAGG_RECORD] = ConfigRecord(change(record, fed))
+
+    fed.loop.tamper = tamper
+
+
+# --- the server's own keys and certificates: what it can make ---------------------------------
+
+
+def _own_identity(name: str = "node-5"):  # noqa: ANN202
+    """An identity the server certifies itself, with a CA of its own (it holds no ca.key of the deployment's)."""
+    from qfl.pki import make_ca
+
+    ca, ca_key = make_ca(Path(tempfile.mkdtemp()))
+    return make_identity(ca, ca_key, name)
+
+
+def _invented(record: dict, fed: Federation, invented: int = 99) -> dict:
+    """Node 11 is told its neighbour 14 is node 99, a node the server made, with a certified-looking key statement."""
+    key, cert = _own_identity()
+    from cryptography.hazmat.primitives import serialization
+
+    pk, ek = secagg.public_bytes(secagg.new_key()), hybrid_kem.kem_public_bytes(hybrid_kem.new_kem_key())
+    sig = key.sign(key_statement(fed.run_id, invented, "node-5", pk, ek_hash(ek)), KEYS)
+    neighbours = [invented if j == 14 else j for j in record["neighbours"]]
+    return {**record, "neighbours": neighbours, "intro-nodes": [*record["intro-nodes"], invented],
+            "intro-certs": [*record["intro-certs"], cert.public_bytes(serialization.Encoding.DER)],
+            "intro-sigs": [*record["intro-sigs"], sig], "intro-pks": [*record["intro-pks"], pk],
+            "intro-ekhs": [*record["intro-ekhs"], ek_hash(ek)]}
+
+
+def _replayed(record: dict, fed: Federation) -> dict:
+    """Node 14 is told its neighbour 11 is node 99, with node 11's real certificate and signature."""
+    return {**record, "neighbours": [99 if j == 11 else j for j in record["neighbours"]],
+            "intro-nodes": [99 if j == 11 else j for j in record["intro-nodes"]]}
+
+
+def _swapped_x25519(record: dict, fed: Federation) -> dict:
+    pks = list(record["intro-pks"])
+    pks[0] = secagg.public_bytes(secagg.new_key())  # the server's own key, in the middle
+    return {**record, "intro-pks": pks}
+
+
+def _swapped_mlkem(record: dict, fed: Federation) -> dict:
+    if "kem-eks" not in record:  # the keys stage that only asks for the node's own keys
+        return record
+    eks = list(record["kem-eks"])
+    eks[0] = hybrid_kem.kem_public_bytes(hybrid_kem.new_kem_key())
+    return {**record, "kem-eks": eks}
+
+
+def _swapped_ciphertext(record: dict, fed: Federation) -> dict:
+    """The server encapsulates to node 14's real ML-KEM key itself and relays its own ciphertext."""
+    from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PublicKey
+
+    _, ct = MLKEM768PublicKey.from_public_bytes(fed.grid.records[14]["ek"]).encapsulate()
+    return {**record, "kem-cts": [ct, *list(record["kem-cts"])[1:]]}
+
+
+ATTACKS = {
+    # (stage, nodes lied to, the lie, what the refusal names)
+    "swaps a relayed X25519 key": ("train", {14}, _swapped_x25519,
+                                   r"neighbour 11 refused: node 11's keys \(run \d+\): the signature is not node-0's"),
+    "swaps a relayed ML-KEM key": ("keys", {11}, _swapped_mlkem,
+                                   "instruction kem-eks: node 12's ML-KEM key is not the one node-1 signed"),
+    "swaps a relayed ML-KEM ciphertext": ("train", {14}, _swapped_ciphertext,
+                                          "instruction kem-cts: the ML-KEM ciphertext from node 11: the signature "
+                                          "is not node-0's"),
+    "lowers the threshold": ("train", set(NODES), lambda r, f: {**r, "threshold": 1},
+                             "instruction threshold = 1: this node's run config gives t = 2"),
+    "invents a neighbour": ("train", {11}, _invented,
+                            "neighbour 99 refused: certificate 'CN=node-5,O=qfl' is not issued by this node's CA"),
+    "passes a real certificate off as an invented neighbour": (
+        "train", {14}, _replayed, r"neighbour 99 refused: node 99's keys \(run \d+\): the signature is not node-0's"),
+    "omits the clip": ("train", set(NODES), lambda r, f: {k: v for k, v in r.items() if k != "clip"},
+                       "instruction clip = None: a finite number is required"),
+    "inflates the participant count": ("train", set(NODES), lambda r, f: {**r, "participants": 8},
+                                       "instruction neighbours: 3 listed, this node's run config gives k = 7 "
+                                       "distinct others for 8 participants"),
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_a_lying_servers_relay_is_refused_by_name_and_it_learns_no_update(defaults, attack):
+    """Round 1 with the lie: each node lied to refuses, naming the lie; from everything the
+    server collected it rebuilds no client's input (round 2 then runs honestly, every node
+    taking part: a lie costs a round, never a secret)."""
+    stage, targets, change, named = ATTACKS[attack]
+    fed = Federation(_config(defaults), num_partitions=8)  # 8 identities certified, 4 nodes running
+    _lie(fed, stage, targets, change)
+    fed.train()
+    refusals = _refusals(fed, 0)
+    assert set(refusals) == targets, refusals
+    for node in targets:
+        assert re.search(named, refusals[node]), refusals[node]
+    _learns_nothing(fed, 0)
+
+
+def test_invented_neighbours_cannot_fill_an_inflated_participant_count(defaults):
+    """8 participants claimed with 4 nodes running: each node needs 7 certified neighbours;
+    the server's own certificates are refused."""
+    fed = Federation(_config(defaults), num_partitions=8)
+
+    def inflate(record: dict, fed: Federation) -> dict:
+        for invented in (95, 96, 97, 98):
+            record = _invented({**record, "neighbours": [*record["neighbours"], 14]}, fed, invented)
+            record["neighbours"] = [j for j in record["neighbours"] if j != 14] + [14]
+        return {**record, "participants": 8, "threshold": 4, "neighbours": sorted(set(record["neighbours"]))}
+
+    _lie(fed, "train", {11}, inflate)
+    fed.train()
+    assert "is not issued by this node's CA" in _refusals(fed, 0)[11]
+
+
+class SplitsTheSurvivors(SecAggGrid):
+    """Tells nodes 11, 12 and the victim 14 that everyone survived (they reveal the victim's
+    self-mask shares) and node 13 that the victim dropped (it would reveal its pair seed with
+    it); then asks every survivor to unmask with every signature it holds."""
+
+    victim = 14
+
+    def _unmasked_sum(self, round_id, graph, replies, dropped, t, timeout):  # noqa: ANN001, ANN202
+        everyone = sorted(replies)
+        self.views = {i: everyone if i != 13 else [j for j in everyone if j != self.victim] for i in everyone}
+        asks = {i: {"round-id": round_id, "survivors": self.views[i]} for i in everyone}
+        signatures = {i: bytes(a["sig"]) for i, a in self._ask("consistency", asks, timeout).items()}
+        asks = {}
+        for h in everyone:
+            ask = self._unmask_ask(round_id, h, graph, replies, everyone, signatures)
+            keep = [k for k, o in enumerate(ask["owners"]) if o in self.views[h]]
+            asks[h] = {**ask, "survivors": self.views[h], "owners": [ask["owners"][k] for k in keep],
+                       "b-tokens": [ask["b-tokens"][k] for k in keep]}
+        self._ask("unmask", asks, timeout)
+        raise secagg.SecAggError("the adversary has what it could get")
+
+
+class SkipsTheConsistencyRound(SecAggGrid):
+    """Goes from the masked inputs straight to unmask, with no signature."""
+
+    def _consistency(self, round_id, survivors, timeout):  # noqa: ANN001, ANN202
+        return {i: b"" for i in survivors}
+
+
+class ReplaysLastRoundsSignatures(SecAggGrid):
+    """Runs the consistency round in round 1; in round 2 skips it and relays round 1's signatures."""
+
+    def _consistency(self, round_id, survivors, timeout):  # noqa: ANN001, ANN202
+        if getattr(self, "kept", None) is None:
+            self.kept = super()._consistency(round_id, survivors, timeout)
+        return self.kept
+
+
+def test_a_server_that_gives_different_survivor_lists_gets_no_pair_seed_and_no_update(defaults):
+    fed = Federation(_config(defaults), grid_class=SplitsTheSurvivors)
+    assert fed.train() == []
+    refusals = _refusals(fed, 0)
+    # 13 signed the set without 14; nobody else did: its neighbours' signatures are on another set
+    assert "0 valid signature(s) of surviving neighbours on the survivor set this node signed, fewer than the " \
+           "threshold 2 (not valid: [11, 12, 14]): it reveals nothing" in refusals[13]
+    masked, shares, seeds = _collected(fed, 0)
+    assert len(shares[14]) >= 2 and not seeds  # the victim's self mask, never a pair seed with it
+    _learns_nothing(fed, 0)
+    # the rebuilding works where the pair seeds are known (they are not, to the server)
+    guess = _recover(fed, 14, 0, extra=_mask_seeds_of(fed, 14))
+    assert np.all(np.abs(guess) <= fed.cfg.secagg_clip + 1e-5)
+
+
+@pytest.mark.parametrize(("server", "rounds", "named"), [
+    (SkipsTheConsistencyRound, 1, "the consistency round was skipped: this node signed no survivor set for round"),
+    (ReplaysLastRoundsSignatures, 2, "the consistency round was skipped"),
+])
+def test_a_server_that_skips_the_consistency_round_gets_nothing_revealed(defaults, server, rounds, named):
+    fed = Federation(_config(defaults), grid_class=server)
+    for _ in range(rounds - 1):
+        (aggregate,) = fed.train()
+        assert aggregate.content.metric_records["metrics"][SECAGG_SUMMED] == 4
+    since = len(fed.loop.seen)
+    assert fed.train() == []
+    refusals = _refusals(fed, since)
+    assert refusals and all(named in why for why in refusals.values()), refusals
+    _, shares, seeds = _collected(fed, since)
+    assert not shares and not seeds
+    _learns_nothing(fed, since)
+
+
+def test_a_round_resent_to_a_subset_is_refused(defaults):
+    fed = Federation(_config(defaults))
+    fed.train()
+    since = len(fed.loop.seen)
+    assert all(r.has_error() for r in fed.train(nodes=[11, 12, 13], again=True))
+    assert all("this node sent its masked input for round 1 already" in why for why in _refusals(fed, since).values())
+
+
+def test_the_honest_servers_collection_holds_no_update_and_the_rebuilding_finds_one_given_the_seeds(defaults):
+    fed = Federation(_config(defaults))
+    (aggregate,) = fed.train()
+    assert aggregate.content.metric_records["metrics"][SECAGG_SUMMED] == 4
+    _learns_nothing(fed, 0)
+    guess = _recover(fed, 12, 0, extra=_mask_seeds_of(fed, 12))  # positive control: with 12's own seeds
+    assert np.all(np.abs(guess) <= fed.cfg.secagg_clip + 1e-5) and 0 < guess[-1] <= 1

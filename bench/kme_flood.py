@@ -8,13 +8,15 @@ then redeems it, so the store stays empty), one request at a time:
 1. unloaded: ``--probes`` requests with nothing else running;
 2. flooded: the same while SAE ``node-1`` (another process) keeps ``--flood`` requests
    for keys on its own pair in flight at once, each on its own connection, re-sending
-   as soon as one is answered, for at most ``--seconds``.
+   as soon as one is answered, for at most ``--seconds``. It connects from 127.0.0.2
+   (``--flood-from``), as another host would: the key manager meters TLS handshakes per
+   source address, the one thing it knows of a caller before its handshake.
 
 The table gives the probe's latency in both, their ratio and difference (the baseline is
 measured in the same run), and what the flooder got back (status codes, refusal latency).
 Loopback only, bounded loops, stops by itself (well under a minute with the defaults).
 
-Run: ``python bench/kme_flood.py [--flood 300] [--probes 30] [--seconds 20]``
+Run: ``python bench/kme_flood.py [--flood 300] [--probes 30] [--seconds 20] [--flood-from 127.0.0.2]``
 """
 
 from __future__ import annotations
@@ -106,11 +108,12 @@ def _probe(probe, server, n: int, pause_s: float) -> tuple[list[float], list[str
 # --- the flooder (a process of its own) ---------------------------------------------------
 
 
-def _flood(url: str, certs: str, concurrency: int, seconds: float, ready, stop, results) -> None:  # noqa: ANN001
-    asyncio.run(_flood_async(url, Path(certs), concurrency, seconds, ready, stop, results))
+def _flood(url: str, certs: str, source: str, concurrency: int, seconds: float, ready, stop, results) -> None:  # noqa: ANN001
+    asyncio.run(_flood_async(url, Path(certs), source, concurrency, seconds, ready, stop, results))
 
 
-async def _flood_async(url: str, certs: Path, concurrency: int, seconds: float, ready, stop, results) -> None:  # noqa: ANN001
+async def _flood_async(url: str, certs: Path, source: str, concurrency: int, seconds: float, ready, stop,  # noqa: ANN001
+                       results) -> None:  # noqa: ANN001
     import ssl
 
     import httpx
@@ -134,7 +137,8 @@ async def _flood_async(url: str, certs: Path, concurrency: int, seconds: float, 
             took_s.setdefault(status, []).append(time.perf_counter() - start)
 
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    clients = [httpx.AsyncClient(base_url=url, verify=context, limits=limits, timeout=60.0) for _ in range(concurrency)]
+    clients = [httpx.AsyncClient(base_url=url, timeout=60.0, transport=httpx.AsyncHTTPTransport(
+        verify=context, limits=limits, local_address=source)) for _ in range(concurrency)]
     tasks = [asyncio.create_task(one(c)) for c in clients]
     up_by = min(deadline, time.monotonic() + RAMP_S)
     while sum(codes.values()) < concurrency and time.monotonic() < up_by:
@@ -163,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flood", type=int, default=300, help="requests SAE node-1 keeps in flight at once")
     parser.add_argument("--probes", type=int, default=30, help="timed requests of node-2 in each condition")
     parser.add_argument("--seconds", type=float, default=20.0, help="longest the flood may last")
+    parser.add_argument("--flood-from", default="127.0.0.2", help="the flooder's source address (loopback: 127.0.0.0/8)")
     args = parser.parse_args(argv)
     if not (1 <= args.flood <= 2000 and 1 <= args.probes <= 1000 and 0 < args.seconds <= 120):
         parser.error("--flood 1..2000, --probes 1..1000, --seconds up to 120")
@@ -193,7 +198,8 @@ def report(url: str, certs: Path, args: argparse.Namespace) -> None:
 
     ctx = mp.get_context("spawn")
     ready, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    flooder = ctx.Process(target=_flood, args=(url, str(certs), args.flood, args.seconds, ready, stop, results))
+    flooder = ctx.Process(target=_flood, args=(url, str(certs), args.flood_from, args.flood, args.seconds, ready, stop,
+                                                        results))
     started = time.monotonic()
     flooder.start()
     ready.wait(timeout=args.seconds)
@@ -206,7 +212,8 @@ def report(url: str, certs: Path, args: argparse.Namespace) -> None:
     server.close()
 
     base = statistics.median(alone) if alone else None
-    print(f"\nKey manager flood (loopback, mutual TLS): node-1 keeps {args.flood} requests in flight on its own pair;")
+    print(f"\nKey manager flood (loopback, mutual TLS): node-1 keeps {args.flood} requests in flight on its own pair"
+          f" from {args.flood_from};")
     print(f"node-2 -> server enc_keys timed, {args.probes} per condition (flood up after {flood_up_s:.1f} s)\n")
     header = f"{'condition':>10} {'answered':>9} {'median_ms':>9} {'max_ms':>9} {'ratio':>7} {'max-base':>9} {'failed':>6}"
     print(header)

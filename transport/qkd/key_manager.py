@@ -31,13 +31,17 @@ removes it). Keys never fetched expire after ``key_ttl_s``; a pair holds at most
 ``max_stored_keys`` of them. Each pair has its own lock, so distilling for one pair never
 holds up another; a request asks for at most :data:`MAX_BITS_PER_REQUEST` bits.
 
-One caller cannot starve the others (:class:`CallerGuard`, :func:`_tls_protocol`): each
-SAE has at most :data:`MAX_IN_FLIGHT_PER_SAE` requests in flight (the rest are answered
-``429`` at once, before any body is read or any thread is taken) and at most
-:data:`MAX_CONNECTIONS_PER_SAE` connections open (a further one answers ``503`` and is
-closed); an SAE's key requests wait for its earlier ones on an ``asyncio`` lock, so a
-waiting request holds no worker thread, and a request body is refused (``413``) as soon
-as it is known to exceed :data:`MAX_BODY_BYTES`.
+One caller cannot starve the others (:func:`_handshake_gate`, :class:`CallerGuard`,
+:func:`_tls_protocol`): TLS handshakes, the dearest work a caller can ask for and done
+before its SAE is known, are metered per source address (at most
+:data:`MAX_HANDSHAKES_PER_SOURCE` at once and :data:`HANDSHAKES_PER_SOURCE_PER_S` a second
+after a burst; at most :data:`MAX_CONNECTIONS_PER_SOURCE` connections, further ones closed
+before their handshake); each SAE has at most :data:`MAX_IN_FLIGHT_PER_SAE` requests in
+flight (the rest are answered ``429`` at once, before any body is read or any thread is
+taken) and at most :data:`MAX_CONNECTIONS_PER_SAE` connections open (a further one answers
+``503`` and is closed); an SAE's key requests wait for its earlier ones on an ``asyncio``
+lock, so a waiting request holds no worker thread, and a request body is refused (``413``)
+as soon as it is known to exceed :data:`MAX_BODY_BYTES`.
 
 Run: ``python -m transport.qkd.key_manager --certs DIR [--port 8470] [--length-km 10]``
 """
@@ -47,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import json
 import ssl
 import threading
@@ -79,6 +84,10 @@ MAX_IN_FLIGHT_PER_SAE = 8  # an SAE's requests being served at once; more are an
 MAX_CONNECTIONS_PER_SAE = 32  # an SAE's open connections; a further one answers 503, closed
 MAX_CONNECTIONS = 1024  # all connections (uvicorn's limit): 32 SAEs at their cap to fill it
 OVER_CAP_GRACE_S = 1.0  # a connection over its SAE's cap that sends nothing is closed after this
+MAX_CONNECTIONS_PER_SOURCE = 128  # connections from one address, in any state; a further one is closed at accept
+MAX_HANDSHAKES_PER_SOURCE = 2  # TLS handshakes of one address under way at once; its other connections wait
+HANDSHAKES_PER_SOURCE_PER_S = 8.0  # and started per second, after a burst of MAX_CONNECTIONS_PER_SAE
+HANDSHAKE_TIMEOUT_S = 10.0  # a handshake not finished by then is dropped
 MAX_ERROR_CHARS = 200
 
 
@@ -540,11 +549,173 @@ def _tls_protocol(max_per_sae: int = MAX_CONNECTIONS_PER_SAE):  # -> type[asynci
     return MutualTLSProtocol
 
 
+class _Source:
+    """One source address's connections and handshake budget (the handshake gate's bookkeeping)."""
+
+    def __init__(self, now: float, burst: float) -> None:
+        self.open = 0  # connections from it, in any state
+        self.handshaking = 0
+        self.waiting: collections.deque = collections.deque()  # gates whose handshake has not started
+        self.tokens, self.stamp, self.burst = burst, now, burst  # a token bucket: one token a handshake
+        self.timer: asyncio.TimerHandle | None = None  # the next refill, while some wait for a token
+
+    def refill(self, now: float, rate: float) -> float:
+        self.tokens, self.stamp = min(self.burst, self.tokens + (now - self.stamp) * rate), now
+        return self.tokens
+
+    def take(self, now: float, rate: float) -> float:
+        """0 if a token was taken, else the seconds until there is one."""
+        if self.refill(now, rate) >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / rate
+
+
+def _handshake_gate(context: ssl.SSLContext, http_protocol: type, *, max_open: int = MAX_CONNECTIONS_PER_SOURCE,
+                    max_handshakes: int = MAX_HANDSHAKES_PER_SOURCE, rate: float = HANDSHAKES_PER_SOURCE_PER_S,
+                    burst: int = MAX_CONNECTIONS_PER_SAE):  # -> type[asyncio.Protocol]
+    """A plain-TCP protocol that runs the TLS handshake itself, a few at a time per source address.
+
+    A handshake is the dearest thing a caller can make the key manager do (here about
+    20 ms of the event loop's CPU: signing with the server's key, verifying the client's
+    chain and its signature), and it comes before the caller's SAE is known, so the per-SAE
+    caps cannot bound it. Each connection's source address is known at accept, so per
+    address: at most ``max_open`` connections in any state (a further one is closed at
+    once, before its handshake), at most ``max_handshakes`` handshakes under way, and
+    ``rate`` handshakes started a second after a first ``burst`` (a token bucket, kept for
+    ``burst / rate`` seconds after the address's last connection closes, so closing
+    everything does not refill it). The address's other connections wait, their bytes
+    unread, costing no CPU, and start in the order they came. So the event loop does at
+    most ``max_handshakes`` handshake steps of a flooding address between two steps of
+    anyone else's, and spends at most ``rate`` handshakes a second on it, whatever it
+    sends. After the handshake the connection is ``http_protocol``'s (this protocol stays
+    in between, forwarding). Counts are this server's (a new class per call).
+    """
+    sources: dict[str, _Source] = {}
+
+    def next_handshakes(source: _Source, loop: asyncio.AbstractEventLoop) -> None:
+        source.timer = None
+        while source.waiting and source.handshaking < max_handshakes:
+            wait_s = source.take(loop.time(), rate)
+            if wait_s:
+                source.timer = loop.call_later(wait_s, next_handshakes, source, loop)
+                return
+            source.handshaking += 1
+            gate = source.waiting.popleft()
+            gate.handshake = loop.create_task(gate.run_handshake(source))
+
+    def forget(address: str, loop: asyncio.AbstractEventLoop) -> None:
+        source = sources.get(address)
+        if source is None or source.open:
+            return
+        if source.refill(loop.time(), rate) >= burst:
+            del sources[address]  # idle, its bucket full again
+        else:
+            loop.call_later(burst / rate, forget, address, loop)
+
+    class HandshakeGate(asyncio.Protocol):
+        def __init__(self, config, server_state, app_state, _loop=None) -> None:  # type: ignore[no-untyped-def]
+            self.http = http_protocol(config=config, server_state=server_state, app_state=app_state, _loop=_loop)
+            self.loop = _loop or asyncio.get_event_loop()
+            self.connections = server_state.connections  # uvicorn closes these on shutdown
+            self.raw: asyncio.Transport | None = None
+            self.address, self.handshake, self.early, self.ready, self.released = "", None, [], False, False
+
+        def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+            transport.pause_reading()  # nothing is read, and no handshake starts, until its turn
+            peer = transport.get_extra_info("peername")
+            self.raw, self.address = transport, str(peer[0]) if peer else ""
+            source = sources.get(self.address)
+            if source is None:
+                source = sources[self.address] = _Source(self.loop.time(), burst)
+            source.open += 1
+            if source.open > max_open:
+                transport.abort()
+                return
+            self.connections.add(self)
+            source.waiting.append(self)
+            if source.timer is None:
+                next_handshakes(source, self.loop)
+
+        async def run_handshake(self, source: _Source) -> None:
+            try:
+                tls = await self.loop.start_tls(self.raw, self, context, server_side=True,
+                                                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
+            except OSError:  # refused certificate, timeout, reset: start_tls has closed it
+                self.release()  # its connection_lost may never come (a reset mid-handshake)
+                return
+            finally:
+                source.handshaking -= 1
+                if source.timer is None:
+                    next_handshakes(source, self.loop)
+            if self.released:  # lost between the handshake and now
+                return
+            self.connections.discard(self)  # uvicorn's protocol takes it from here
+            self.http.connection_made(tls)
+            self.ready = True
+            for data in self.early:  # what came with the client's last handshake message
+                self.http.data_received(data)
+            self.early = []
+
+        def data_received(self, data: bytes) -> None:
+            if self.ready:
+                self.http.data_received(data)
+            else:
+                self.early.append(data)
+
+        def eof_received(self) -> bool | None:
+            return self.http.eof_received() if self.ready else None
+
+        def pause_writing(self) -> None:
+            if self.ready:
+                self.http.pause_writing()
+
+        def resume_writing(self) -> None:
+            if self.ready:
+                self.http.resume_writing()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.release()
+            if self.ready:
+                self.http.connection_lost(exc)
+
+        def release(self) -> None:
+            """Uncount this connection (once, whichever way it ended)."""
+            self.connections.discard(self)
+            source = sources.get(self.address)
+            if source is None or self.released:
+                return
+            self.released = True
+            source.open -= 1
+            if self in source.waiting:
+                source.waiting.remove(self)
+            if not source.open:
+                self.loop.call_later(burst / rate, forget, self.address, self.loop)
+
+        def shutdown(self) -> None:  # uvicorn's, for a connection not yet handed over
+            if self.raw is not None:
+                self.raw.close()
+
+    return HandshakeGate
+
+
+def _server_tls(certs: Path) -> ssl.SSLContext:
+    """This server's TLS: ``kme.pem``/``kme.key``, client certificates from ``ca.crt`` required."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(certs / "kme.pem"), str(certs / "kme.key"))
+    context.load_verify_locations(cafile=str(certs / "ca.crt"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def server_config(store: KeyStore, certs: Path, host: str, port: int):  # -> uvicorn.Config
     """A uvicorn config serving :func:`create_app` over HTTPS with required client certificates.
 
     ``certs`` holds ``kme.pem``/``kme.key`` (this server) and ``ca.crt`` (whose client
-    certificates are accepted), as ``scripts/gen_certs.py --sae ...`` writes them.
+    certificates are accepted), as ``scripts/gen_certs.py --sae ...`` writes them. uvicorn
+    listens on plain TCP; :func:`_handshake_gate` runs the TLS handshakes, metered per
+    source address.
     """
     import uvicorn
 
@@ -552,13 +723,10 @@ def server_config(store: KeyStore, certs: Path, host: str, port: int):  # -> uvi
         create_app(store),
         host=host,
         port=port,
-        http=_tls_protocol(),
+        http=_handshake_gate(_server_tls(certs), _tls_protocol()),
+        loop="asyncio",  # uvloop starts reading after connection_made whatever it paused: a waiting ClientHello is lost
         ws="none",
         log_level="warning",
-        ssl_certfile=str(certs / "kme.pem"),
-        ssl_keyfile=str(certs / "kme.key"),
-        ssl_ca_certs=str(certs / "ca.crt"),
-        ssl_cert_reqs=ssl.CERT_REQUIRED,
         limit_concurrency=MAX_CONNECTIONS,
     )
 

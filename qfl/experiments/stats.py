@@ -262,6 +262,10 @@ def sign_flip_test(differences: list[float] | np.ndarray, alternative: str = "tw
         return SignFlip(float(d.mean()), 1.0, n, 2**n if n <= EXACT_MAX_N else MC_RESAMPLES, n <= EXACT_MAX_N,
                         alternative)
     exact = n <= EXACT_MAX_N
+    if n == 1:  # two sign assignments, counted by hand (scipy's test needs two observations)
+        greater, less = (0.5 if shifted[0] > 0 else 1.0), (0.5 if shifted[0] < 0 else 1.0)
+        p = {"greater": greater, "less": less}.get(alternative, min(1.0, 2 * min(greater, less)))
+        return SignFlip(float(d.mean()), p, 1, 2, True, alternative)
     res = stats.permutation_test((shifted,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
                                  vectorized=True, alternative=alternative,
                                  n_resamples=np.inf if exact else MC_RESAMPLES, batch=2**15,

@@ -253,3 +253,11 @@ def test_fresh_seeds_write_their_own_summary_and_say_they_are_confirmatory(tmp_p
     assert (out / "results-s11-12.csv").exists() and not (out / "summary.md").exists()
     table = compare(exp, tmp_path, [("fedmedian", "fedavg")], seeds=[11, 12])
     assert "seeds 11-12" in table and "Provenance: 4 runs from commit" in table
+
+
+def test_a_single_seed_gets_its_exact_sign_flip_p_instead_of_an_error():
+    from qfl.experiments.stats import sign_flip_test
+
+    assert sign_flip_test([0.2]).p == 1.0  # two-sided: both signs as extreme
+    assert sign_flip_test([0.2], alternative="greater").p == 0.5
+    assert sign_flip_test([0.2], alternative="less").p == 1.0

@@ -15,6 +15,7 @@ a data set's size) are made where that knowledge lives, before the run starts
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -473,6 +474,15 @@ def _validate(model: type[_Strict], values: Mapping[str, object]):  # noqa: ANN2
         else:
             message = f"{first['msg'][0].lower()}{first['msg'][1:]}, got {value!r}"
         raise ConfigError(key, message) from None
+
+
+def toml_value(value: object) -> str:
+    """A run-config value as TOML writes it (pyproject.toml's table, an app ``qfl new`` writes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
 
 
 def keys() -> list[str]:

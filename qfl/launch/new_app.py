@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from qfl.common.config import KEY, defaults
+from qfl.common.config import KEY, defaults, toml_value
 
 EXAMPLE_SITES = Path(__file__).resolve().parents[2] / "docs" / "examples" / "sites"
 FEATURES = 30  # the example sites' columns: scikit-learn's breast-cancer features
@@ -91,7 +91,7 @@ def write_app(target: Path) -> Path:
              "[tool.flwr.app]", f"publisher = {json.dumps(name)}", "",
              "[tool.flwr.app.components]", 'serverapp = "server.app:app"', 'clientapp = "client.app:app"', "",
              "[tool.flwr.app.config]"]
-    lines += [f"{key} = {_toml(value)}" for key, value in config.items()]
+    lines += [f"{key} = {toml_value(value)}" for key, value in config.items()]
     lines += ["", "[tool.flwr.federations]", 'default = "local"', "", "[tool.flwr.federations.local]",
               'address = "127.0.0.1:9093"', "insecure = true", ""]
     (target / "pyproject.toml").write_text("\n".join(lines))
@@ -99,10 +99,3 @@ def write_app(target: Path) -> Path:
     (target / "README.md").write_text(README.format(name=name, data=target / "data"))
     return target
 
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)

@@ -381,7 +381,9 @@ def test_a_supernode_killed_mid_run_and_the_run_finishes_without_it(federation):
     compose, _ = federation
     # rounds of several seconds (100 local epochs), so that the kill lands in round 2 or 3:
     # at the default 2 epochs a round takes a second and the run is over before the kill
-    config = _config("compose-kill", 3, **{"round-timeout": "40.0", "local-epochs": "100"})
+    # round-timeout 90 s: a surviving client's 100 epochs on a loaded 2-core machine can outlast 40 s (the
+    # run then ended with a round that had no valid update, and the test waited out its deadline)
+    config = _config("compose-kill", 3, **{"round-timeout": "90.0", "local-epochs": "100"})
     compose("run", "-d", "-e", f"QFL_RUN_CONFIG={config}", "submit")
     deadline = time.monotonic() + 600
     while not any(r["round"] == "1" for r in _rows("compose-kill")):
@@ -389,7 +391,7 @@ def test_a_supernode_killed_mid_run_and_the_run_finishes_without_it(federation):
         time.sleep(2)
     victim = compose("ps", "-a", "-q", "supernode-1").stdout.split()[0]
     _run(["docker", "kill", victim])
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 900
     while len(_rows("compose-kill")) < 4:
         assert time.monotonic() < deadline, f"the run did not finish:\n{compose('logs', '--tail', '80').stdout}"
         time.sleep(2)
@@ -417,6 +419,49 @@ def test_a_third_client_added_while_the_superlink_runs_joins_the_next_run(federa
     twin = [r for r in clients if r["status"].startswith("rejected: update all but identical to node")]
     assert len(twin) == 1 and twin[0]["partition_id"] == "1", clients
     assert int(rows[1]["clients_ok"]) == 2 and int(rows[1]["clients_rejected"]) == 1
+
+
+SITES = ("-f", "docker-compose.yml", "-f", "docker-compose.sites.yml")
+
+
+def _joined(compose, service: str, timeout: float = 300) -> None:
+    """Wait until ``service``'s (new) container holds a node ID; started again while the
+    SuperLink still counts its key's old instance as online (see ``_start_again``)."""
+    container = compose(*SITES, "ps", "-a", "-q", service).stdout.split()[0]
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = _run(["docker", "logs", container], check=False)
+        if "SuperNode ID:" in logs.stdout + logs.stderr:
+            return
+        assert time.monotonic() < deadline, f"{service} did not join:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}"
+        if _run(["docker", "inspect", "-f", "{{.State.Status}}", container]).stdout.strip() == "exited":
+            time.sleep(5)
+            compose(*SITES, "start", service)
+        time.sleep(2)
+
+
+def test_two_sites_each_on_its_own_mounted_data_train_and_evaluate_where_the_data_is(federation):
+    # Arrange: docs/deploy.md's "Each site on its own data": the two SuperNodes again, each with its
+    # site's folder mounted read-only and its file in its node config
+    compose, _ = federation
+    compose(*SITES, "up", "-d", "--no-deps", "supernode-0", "supernode-1", timeout=300)
+    for service in ("supernode-0", "supernode-1"):
+        _joined(compose, service)
+    config = _config("compose-sites", 1, transport='"plain"', dataset='"file"', **{
+        "data-label": '"diagnosis"', "data-classes": '"benign,malignant"', "data-num-features": "30",
+        "fraction-evaluate": "1.0"})
+
+    # Act
+    compose("run", "--rm", "-e", f"QFL_RUN_CONFIG={config}", "submit", timeout=900)
+
+    # Assert: both sites trained on their own rows and evaluated on their held-out ones
+    rows = _rows("compose-sites")
+    assert [int(r["round"]) for r in rows] == [0, 1]
+    assert int(rows[1]["clients_ok"]) == 2, rows
+    assert int(rows[1]["fed_eval_examples"]) > 0 and float(rows[1]["fed_eval_accuracy"]) > 0.5, rows
+    mounts = _run(["docker", "inspect", "-f", "{{json .Mounts}}", compose(*SITES, "ps", "-q", "supernode-0").stdout.split()[0]])
+    data = [m for m in json.loads(mounts.stdout) if m["Destination"] == "/data"]
+    assert len(data) == 1 and data[0]["RW"] is False
 
 
 def test_down_keeps_results_and_down_v_leaves_nothing(federation):

@@ -48,7 +48,7 @@ SETTINGS = {
 def quantum_column(base: dict, overrides: dict, n_qubits: int, n_classes: int, rounds: int) -> dict:
     """The quantum-DP figures of the setting's device (exact expectations, as run, and with
     1,024 shots per expectation, as on hardware)."""
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from qfl.audit.quantum_dp import quantum_dp
     from qfl.task.profiles import get_profile
@@ -56,8 +56,8 @@ def quantum_column(base: dict, overrides: dict, n_qubits: int, n_classes: int, r
     profile = get_profile(overrides.get("device-profiles", base["device-profiles"]), n_qubits)
     epochs = overrides.get("local-epochs", TRAINING["local-epochs"])
     layers = base["n-layers"]
-    return {"as-run": quantum_dp(profile, n_qubits, layers, n_classes, rounds, epochs).as_dict(),
-            "1024-shots": quantum_dp(replace(profile, shots=1024), n_qubits, layers, n_classes, rounds, epochs).as_dict()}
+    return {"as-run": asdict(quantum_dp(profile, n_qubits, layers, n_classes, rounds, epochs)),
+            "1024-shots": asdict(quantum_dp(replace(profile, shots=1024), n_qubits, layers, n_classes, rounds, epochs))}
 
 
 def run(args: argparse.Namespace) -> None:

@@ -187,9 +187,6 @@ class AttackSummary:
     guesses: int
     members: int
 
-    def as_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
-
 
 def _metrics(scores: np.ndarray, members: np.ndarray) -> tuple[float, float, float]:
     return roc_auc(scores, members), tpr_at_fpr(scores, members, 1e-3)[0], tpr_at_fpr(scores, members, 1e-2)[0]
@@ -241,9 +238,6 @@ class BoundCheck:
     epsilon_lower: float
     violated: bool
     worst: dict
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def _epsilon_from(hit_lo: float, miss_hi: float, delta: float) -> float:

@@ -128,9 +128,6 @@ class QuantumDP:
     shots_per_example: float
     epsilon_training: float
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 def quantum_dp(profile: DeviceProfile, n_qubits: int, n_layers: int, n_classes: int, rounds: int, epochs: int,
                kind: str = "angles", embedding: str = "fixed", tau: float = 1.0) -> QuantumDP:

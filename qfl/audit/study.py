@@ -16,6 +16,7 @@ setting's models.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import numpy as np
 
@@ -75,8 +76,8 @@ def audit_setting(pool: Pool, base: dict, overrides: dict, models: int, rounds: 
     for who, logits, epsilon in (("outsider", np.array(outsider), max(eps)), ("server", np.array(server), max(server_eps))):
         scores = _attack_scores(logits, pool.y, members)
         out["attackers"][who] = {
-            name: {"summary": summarise(s, members, np.random.default_rng([seed, 0xB0]), resamples).as_dict(),
-                   "dp_check": check_dp_bound(s, members, epsilon, base_delta(base, overrides)).as_dict()}
+            name: {"summary": asdict(summarise(s, members, np.random.default_rng([seed, 0xB0]), resamples)),
+                   "dp_check": asdict(check_dp_bound(s, members, epsilon, base_delta(base, overrides)))}
             for name, s in scores.items()}
     out["seconds"] = time.monotonic() - started
     return out

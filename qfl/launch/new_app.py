@@ -96,6 +96,6 @@ def write_app(target: Path) -> Path:
               'address = "127.0.0.1:9093"', "insecure = true", ""]
     (target / "pyproject.toml").write_text("\n".join(lines))
     (target / "task.py").write_text(TASK)
-    (target / "README.md").write_text(README.format(name=name, data=target / "data"))
+    (target / "README.md").write_text(README.format(name=name))
     return target
 

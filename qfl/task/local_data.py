@@ -262,7 +262,8 @@ def node_dataset(cfg, node):  # noqa: ANN001, ANN201 (RunConfig, NodeConfig) -> 
     if not path:
         raise DataError("", "no data file: set data-path in this node's node config (or, on the simulation "
                             "engine, in the run config)")
-    x, y = read_node_data(path, DataSpec.of(cfg))
+    spec = DataSpec.of(cfg)
+    x, y = read_node_data(path, spec)
     if not own:
         try:
             rows = partition_indices(y, node.num_partitions, cfg.partitioner, cfg.seed, cfg.dirichlet_alpha)[node.partition_id]
@@ -274,5 +275,5 @@ def node_dataset(cfg, node):  # noqa: ANN001, ANN201 (RunConfig, NodeConfig) -> 
                                   f"than data-min-samples = {cfg.data_min_samples}")
     train, test = held_out(len(y), cfg.test_fraction, cfg.seed * 1_000_003 + node.partition_id)
     angles = to_angles(x, cfg.n_qubits, cfg.seed, cfg.data_reduction, fit=x[train])
-    return Dataset(name="file", kind="angles", n_classes=len(DataSpec.of(cfg).classes),
+    return Dataset(name="file", kind="angles", n_classes=len(spec.classes),
                    x_train=angles[train], y_train=y[train], x_test=angles[test], y_test=y[test])

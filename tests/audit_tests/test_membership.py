@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from qfl.audit.membership import (
+from qfl.audit import (
     check_dp_bound,
     clopper_pearson,
     lira_scores,

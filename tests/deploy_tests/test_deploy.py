@@ -22,12 +22,6 @@ NODES = sorted((s for s in SERVICES if s.startswith("supernode-")), key=lambda s
 PORT = 8000
 
 
-def _shell(service: str) -> str:
-    cmd = SERVICES[service]["command"]
-    assert cmd[:2] == ["sh", "-c"], service
-    return cmd[2]
-
-
 def test_compose_has_the_federations_services():
     assert {"certs", "superlink", "gateway", "register", "submit", "key-manager"} <= set(SERVICES)
     assert len(NODES) >= 2
@@ -102,9 +96,9 @@ def test_submit_uses_the_compose_connection_and_a_valid_run_config():
     connection = (PROJECT_DIR / "scripts/compose/config.toml").read_text()
     assert f'address = "superlink:{PORT}"' in connection and 'root-certificates = "/certs/ca.crt"' in connection
     assert "insecure" not in connection
-    # `$$` is compose's escape: the shell in the container sees $FLWR_HOME
-    assert "cp scripts/compose/config.toml $$FLWR_HOME/config.toml" in _shell("submit")
-    assert "flwr run . compose --stream" in _shell("submit")
+    assert SERVICES["submit"]["command"] == ["python", "scripts/compose/submit.py"]
+    submit = (PROJECT_DIR / "scripts/compose/submit.py").read_text()
+    assert '"flwr", "run", ".", "compose", "--stream"' in submit and '"--run-config"' in submit
     default = re.fullmatch(r"\$\{QFL_RUN_CONFIG:-(.*)\}", SERVICES["submit"]["environment"]["QFL_RUN_CONFIG"]).group(1)
     overrides = parse_config_args([default])
     defaults = app_defaults(PROJECT_DIR)

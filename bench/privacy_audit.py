@@ -6,7 +6,9 @@ on random halves of a data set's pool (training and test splits together; each e
 by one of ``--clients`` clients for good, an independent fair coin per example and model).
 Each model in turn is the target, the others its shadows (:mod:`qfl.audit.study`); the
 attackers are an outsider with the final global model and the server with every client's
-reply of every round. Attacks: LiRA online and offline, the loss threshold. Reported: AUC and
+reply of every round (under distributed DP, secure aggregation with each node adding its share
+of the noise, the server sees each round's noised sum only: its observations are the rounds'
+aggregates). Attacks: LiRA online and offline, the loss threshold. Reported: AUC and
 TPR at 0.1 % and 1 % FPR with 95 % bootstrap intervals over target models, the accountant's
 epsilon, the largest epsilon the guesses prove (Clopper-Pearson, thresholds chosen on half the
 targets) and whether it exceeds the claim, the quantum-DP epsilon of the setting's device
@@ -17,6 +19,7 @@ table of all of them. Run (each call under about 10 minutes on 2 busy cores)::
 
     python bench/privacy_audit.py --settings none local-0.5 local-2 local-8
     python bench/privacy_audit.py --settings central-0.5 central-2 central-8
+    python bench/privacy_audit.py --settings distributed-0.5 distributed-2 distributed-8
     python bench/privacy_audit.py --settings noisy-nisq ibm-heron
     python bench/privacy_audit.py --report
 """
@@ -40,6 +43,9 @@ SETTINGS = {
     "none": {},
     **{f"local-{s:g}": {"transport": "dp", "dp-mode": "local", "dp-noise-multiplier": s} for s in (0.5, 2.0, 8.0)},
     **{f"central-{s:g}": {"transport": "dp", "dp-mode": "central", "dp-noise-multiplier": s} for s in (0.5, 2.0, 8.0)},
+    # distributed DP: secure aggregation, each node clipping its update and adding its share of the noise
+    **{f"distributed-{s:g}": {"transport": "secagg+dp", "dp-mode": "central", "dp-noise-multiplier": s}
+       for s in (0.5, 2.0, 8.0)},
     "noisy-nisq": {"device-profiles": "noisy-nisq"},
     "ibm-heron": {"device-profiles": "ibm-heron"},
 }

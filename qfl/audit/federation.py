@@ -6,9 +6,12 @@ strategy chain behind the server's guard) whose nodes each read their own file
 (``dataset = "file"``, the node config's ``data-path``) and whose messages go through the
 server's real :class:`~transport.flower.TransportGrid`, so local DP is the nodes' own
 :class:`~transport.dp.LocalDPTransport`, central DP the server's
-:class:`~strategies.central_dp.CentralDPFixedClipping`, and epsilon the project's ledgers
-(:class:`~transport.dp.LocalDPLedger`, :class:`~transport.dp.CentralDPLedger`), so that a bug
-in any of them shows in the audit.
+:class:`~strategies.central_dp.CentralDPFixedClipping`, distributed DP (``secagg+dp`` with
+``dp-mode = "central"``) the nodes' own :class:`~transport.secagg_flower.SecAggTransport`
+(each clips its update and adds its share of the noise) under the server's real
+:class:`~transport.secagg_flower.SecAggGrid` (keys, masked inputs, consistency, unmask, the
+sum's bound check), and epsilon the project's ledgers (:class:`~transport.dp.LocalDPLedger`,
+:class:`~transport.dp.CentralDPLedger`), so that a bug in any of them shows in the audit.
 
 The data: a *pool* of ``N`` examples (a built-in data set's training and test splits,
 prepared as angles); each example belongs to one client for good (a seeded assignment), and
@@ -18,14 +21,20 @@ DP accounts for. A node holds out ``test-fraction`` of its rows for federated ev
 (at least one, :func:`qfl.task.local_data.held_out`); those did not train the model and count
 as non-members.
 
-Secure aggregation's distributed DP runs only in a real ServerApp (its stages are a workflow
-of their own), not in process: it is not audited here.
+Secure aggregation runs its real protocol here, in process: each node's identity is
+certified by a CA made for the federation (:func:`secagg_identities`, as ``qfl.pki`` makes a
+deployment's), the masks are real and cancel in the sum; what the server receives each round
+is the one aggregate :class:`~transport.secagg_flower.SecAggGrid` unmasks (the noised sum of
+the sampled clients' releases over their number), never one client's update.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,12 +43,16 @@ import numpy as np
 from qfl.common.config import KEY, RunConfig
 from qfl.common.contract import (
     ARRAYS,
+    METRICS,
     NODE_DP_LEDGER,
     NODE_NUM_PARTITIONS,
     NODE_PARTITION_ID,
+    NUM_EXAMPLES,
     ROUND_CLIENTS_FAILED,
     ROUND_CLIENTS_REJECTED,
     ROUND_OFFSET,
+    SECAGG_DROPPED,
+    SECAGG_SUMMED,
 )
 from qfl.inprocess import InProcessFederation, stamp
 from qfl.task.local_data import held_out
@@ -107,13 +120,18 @@ class TrainedModel:
         The final global model's parameters (what an outsider holds).
     client_states : list of list of dict
         ``[round][client]`` each client's model as the server received it (after the
-        transports: noised under local DP); empty under secure aggregation.
+        transports: noised under local DP); under secure aggregation ``[round][0]``, the one
+        aggregate the server unmasked (the global model before its strategy averages the
+        single reply: the previous model plus the noised sum over the number sampled).
     epsilon : float
         The accountant's epsilon for this model's release (``inf`` without DP).
     server_epsilon : float
-        The epsilon that bounds what the server sees (local DP's; ``inf`` otherwise).
+        The epsilon that bounds what the server sees (local DP's; distributed DP's ledger,
+        whose releases are the very sums the server unmasks; ``inf`` otherwise).
     rejected : int
         Replies the server's guard refused (all rounds); the server saw them all the same.
+    aggregate_only : bool
+        The server saw each round's aggregate only (secure aggregation), not each client's reply.
     """
 
     trained: np.ndarray
@@ -122,6 +140,7 @@ class TrainedModel:
     epsilon: float = float("inf")
     server_epsilon: float = float("inf")
     rejected: int = 0
+    aggregate_only: bool = False
 
 
 class _Loopback:
@@ -163,12 +182,16 @@ class AuditFederation(InProcessFederation):
         Node ``k``'s own data file (partition ``k``).
     ledger_dir : Path
         Where the nodes keep their privacy ledgers (local DP), apart from the user's.
+
+    Under secure aggregation (``secagg`` in ``transport``) the nodes need their certified
+    identities and a private directory: build and run it inside :func:`secagg_identities`.
     """
 
     def __init__(self, run_config: dict, files: list[Path], ledger_dir: Path) -> None:
         from transport.dp import CentralDPLedger, LocalDPLedger
         from transport.flower import TransportGrid
         from transport.registry import build_transport
+        from transport.secagg_flower import SecAggGrid
 
         clients = len(files)
         self.node_configs = {k + 1: {NODE_PARTITION_ID: k, NODE_NUM_PARTITIONS: clients, KEY.data_path: str(f),
@@ -182,13 +205,22 @@ class AuditFederation(InProcessFederation):
         # transports (local DP withholds the data-dependent metrics), no partition sizes for the nodes' files
         from server.chain import server_strategy
         from server.instrumented import train_reply_schema
+        from strategies.validation import ReplySchema
 
         _, _, reply_arrays = server_strategy(cfg)
-        self.guard.schema = train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays,
-                                               stack.withheld_metrics)
+        if cfg.uses_transport("secagg"):  # as server.app: one reply, the aggregate, nothing per client to check
+            self.guard.schema = ReplySchema(metrics=frozenset((NUM_EXAMPLES, SECAGG_SUMMED, SECAGG_DROPPED)))
+        else:
+            self.guard.schema = train_reply_schema(stack.reply_metrics, stack.reply_configs, reply_arrays,
+                                                   stack.withheld_metrics)
         self.guard.examples_bounds = None
         # as the ServerApp does: the transports' grid only where the run has transports
         self.wire = TransportGrid(_Loopback(self), stack, 1, lambda: self._round_now) if stack.transports else _Loopback(self)
+        # and secure aggregation above it (strategy -> secure aggregation -> transport -> wire); with the nodes'
+        # own files the server knows no partition's size: weight bound 1, as server.app (unused under DP)
+        self.secagg = SecAggGrid(self.wire, cfg, weight_bound=1.0) if cfg.uses_transport("secagg") else None
+        if self.secagg is not None:
+            self.wire = self.secagg
         self.ledger = None
         if cfg.uses_transport("dp"):
             kind = LocalDPLedger if cfg.dp_mode == "local" and not cfg.uses_transport("secagg") else CentralDPLedger
@@ -209,6 +241,13 @@ class AuditFederation(InProcessFederation):
         requests = list(self.guard.configure_train(rnd, self.arrays, ConfigRecord({ROUND_OFFSET: 0}), self))
         replies = list(self.wire.send_and_receive(requests))
         sound = sorted((r for r in replies if not r.has_error()), key=lambda r: r.metadata.src_node_id)
+        if self.secagg is not None:  # the one aggregate must sum every node sampled: none dropped, none refused
+            failures = self.secagg.take_failures()
+            if failures:  # a round not unmasked: the audit's set-up is wrong, not the federation
+                raise RuntimeError(f"secure aggregation failed in an audited federation: {failures}")
+            summed = [int(r.content.metric_records[METRICS][SECAGG_SUMMED]) for r in sound]
+            if summed != [len(requests)]:
+                raise RuntimeError(f"an audited secure-aggregation round summed {summed} of {len(requests)} nodes")
         self.received.append([{n: a.numpy().copy() for n, a in r.content.array_records[ARRAYS].items()} for r in sound])
         if isinstance(self.ledger, LocalDPLedger):
             self.ledger.record([f"partition-{r.metadata.src_node_id - 1}" for r in sound])
@@ -217,6 +256,10 @@ class AuditFederation(InProcessFederation):
         if isinstance(central, CentralDPFixedClipping) and central.last_sample is not None and self.ledger is not None:
             self.ledger.record(*central.last_sample)
             central.last_sample = None
+        if self.secagg is not None:  # distributed DP: the rounds' samples are secure aggregation's (server.app)
+            if self.secagg.last_sample is not None and self.ledger is not None:
+                self.ledger.record(*self.secagg.last_sample)
+                self.secagg.last_sample = None
         self.arrays = new if new is not None else self.arrays
         self.stats.append(self.guard.take_round_stats())
         self.rows += self.guard.take_client_rows()
@@ -259,27 +302,59 @@ def write_node_files(pool: Pool, keep: np.ndarray, run_config: dict, directory: 
     return files, trained
 
 
+@contextmanager
+def secagg_identities(clients: int, directory: Path) -> Iterator[Path]:
+    """What the nodes' secure aggregation needs, made as a deployment makes it: a CA and the
+    certified identities ``node-0`` .. ``node-<clients - 1>`` (``qfl.pki``) in ``directory``,
+    found through ``$QFL_SECAGG_CERTS``, and a private directory of this federation's own for
+    the nodes' secrets (``$QFL_RUNTIME_DIR``, mode 0700: a fresh one, so that no store of an
+    earlier federation with the same run and node IDs is read). The environment is restored
+    on exit. Yields the certificates' folder."""
+    from qfl.common.private import RUNTIME_DIR_ENV
+    from qfl.pki import generate
+    from transport.secagg_identity import CERTS_ENV, node_name
+
+    certs, runtime = Path(directory) / "certs", Path(directory) / "runtime"
+    generate(certs, nodes=0, identities=[node_name(k) for k in range(clients)])
+    runtime.mkdir(mode=0o700)
+    runtime.chmod(0o700)
+    saved = {k: os.environ.get(k) for k in (CERTS_ENV, RUNTIME_DIR_ENV)}
+    os.environ.update({CERTS_ENV: str(certs), RUNTIME_DIR_ENV: str(runtime)})
+    try:
+        yield certs
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def train_model(pool: Pool, keep: np.ndarray, run_config: dict, rounds: int) -> TrainedModel:
     """Train one federation on the pool examples ``keep`` (each in its own client's file) and
     return what it released. Call inside :func:`qfl.inprocess.task_identity`."""
     from transport.dp import LocalDPLedger
 
+    secure = RunConfig.from_run_config(run_config).uses_transport("secagg")
     with tempfile.TemporaryDirectory(prefix="qfl-audit-") as tmp:
         files, trained = write_node_files(pool, keep, run_config, Path(tmp))
         quiet = logging.getLogger("flwr")
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            fed = AuditFederation(run_config, files, Path(tmp)).run(rounds)
+            with secagg_identities(pool.clients, Path(tmp)) if secure else nullcontext():
+                fed = AuditFederation(run_config, files, Path(tmp)).run(rounds)
         finally:
             quiet.setLevel(level)
     failed = [s for s in fed.stats if s.get(ROUND_CLIENTS_FAILED)]
     if failed:  # a reply that did not come back: the audit's set-up is wrong, not the federation
         raise RuntimeError(f"an audited federation lost clients: {failed}")
     # a reply the guard refused is the server's real behaviour (it still left the node): counted, kept
-    local = isinstance(fed.ledger, LocalDPLedger)
+    # the server's epsilon: local DP's; under distributed DP the ledger's, which counts the very sums it unmasks
+    bounded = isinstance(fed.ledger, LocalDPLedger) or (secure and fed.ledger is not None)
+    rejected = sum(int(s.get(ROUND_CLIENTS_REJECTED, 0)) for s in fed.stats)
     return TrainedModel(trained, {n: a.numpy().copy() for n, a in fed.arrays.items()}, fed.received, fed.epsilon,
-                        fed.epsilon if local else float("inf"), sum(int(s.get(ROUND_CLIENTS_REJECTED, 0)) for s in fed.stats))
+                        fed.epsilon if bounded else float("inf"), rejected, aggregate_only=secure)
 
 
 def model_logits(pool: Pool, run_config: dict, states: list[dict]) -> np.ndarray:

@@ -27,9 +27,13 @@ Flower messages. For a round with participants :math:`i \\in U`, each with an in
    one per neighbour, each encrypted for its holder under :math:`e_{ij}` (Flower's
    ``create_shares`` and share encryption).
 2. **Consistency** (Bell et al.'s malicious-server variant). Each survivor signs the survivor
-   set :math:`V` it is given with its certified identity; it then answers step 3 only for that
-   same set, and only once at least :math:`t` of its neighbours' valid signatures on it came
-   with the request (:mod:`transport.secagg_flower`, :mod:`transport.secagg_identity`).
+   set :math:`V` it is given, with the round's public parameters it was given (participants,
+   threshold, step, clip and weight bound, or the DP clip, noise multiplier and split), with
+   its certified identity; it then answers step 3 only for that same set, and only once at
+   least :math:`t` of its neighbours' valid signatures on that set *and its own parameters*
+   came with the request (:mod:`transport.secagg_flower`, :mod:`transport.secagg_identity`).
+   The key :math:`e_{ij}` that encrypts a share is bound to the parameters too, so a holder
+   given other parameters than the share's owner cannot open the share.
 3. **Unmask.** With the survivors :math:`V \\subseteq U` (those whose :math:`y_i` arrived)
    and the dropped :math:`D = U \\setminus V`, each survivor hands the server its shares of
    :math:`b_j` for :math:`j \\in V` and its own pair seeds :math:`s_{ij}` with its dropped
@@ -72,6 +76,7 @@ The PRG is AES-256 in counter mode (``cryptography``) keyed by the 32-byte seed.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import random
 
@@ -181,10 +186,16 @@ def private_bytes(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
-def pair_info(round_id: str, i: int, j: int, what: str) -> bytes:
-    """The HKDF ``info`` of the pair ``{i, j}`` in one round: the same from both ends."""
+def pair_info(round_id: str, i: int, j: int, what: str, parameters: bytes = b"") -> bytes:
+    """The HKDF ``info`` of the pair ``{i, j}`` in one round: the same from both ends.
+
+    ``parameters``, when given, binds the derived secret to the round's public parameters as
+    this end was given them (their SHA-256): the other end derives the same secret only if it
+    was given the same (:mod:`transport.secagg_flower` binds the share keys so).
+    """
     low, high = sorted((i, j))
-    return f"qfl-secagg/{what}|{round_id}|{low}|{high}".encode()
+    info = f"qfl-secagg/{what}|{round_id}|{low}|{high}".encode()
+    return info + b"|" + hashlib.sha256(parameters).hexdigest().encode() if parameters else info
 
 
 def seed_from_key(key: bytes, info: bytes) -> bytes:
@@ -372,8 +383,13 @@ def play_round(updates: dict[int, np.ndarray], k: int, t: int, step: float, drop
         moved = {"keys": 0, "pair-keys": 0, "identity": 0}
     moved.update({"masked": 0, "consistency": 0, "unmask": 0})
 
+    from transport import secagg_identity as ident
+
+    # the round's public parameters, which the consistency round signs and the share keys are bound to
+    parameters = ident.parameters_statement([("participants", len(nodes)), ("threshold", t), ("step", float(step))])
+
     def seed(i: int, j: int, what: str) -> bytes:
-        return seed_from_key(keys[(i, j)], pair_info(round_id, i, j, what))
+        return seed_from_key(keys[(i, j)], pair_info(round_id, i, j, what, parameters if what == PAIR_SHARES else b""))
 
     masked: dict[int, np.ndarray] = {}
     inbox: dict[int, dict[int, bytes]] = {i: {} for i in nodes}  # holder -> {owner: encrypted share of b_owner}
@@ -392,16 +408,14 @@ def play_round(updates: dict[int, np.ndarray], k: int, t: int, step: float, drop
     # up); each holder verifies its surviving neighbours' signatures (down with the unmask stage)
     from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey
 
-    from transport import secagg_identity as ident
-
     identity = {i: MLDSA65PrivateKey.generate() for i in masked}  # certified with the run's keys (pair_keys)
     survivors = sorted(masked)
-    signed = {i: identity[i].sign(ident.survivors_statement(1, round_id, i, survivors), ident.SURVIVORS)
+    signed = {i: identity[i].sign(ident.survivors_statement(1, round_id, i, survivors, parameters), ident.SURVIVORS)
               for i in survivors}
     moved["consistency"] = sum(8 * len(survivors) + len(signed[i]) for i in survivors)
     for holder in sorted(set(masked) - silent):
         for j in sorted(graph[holder] & set(masked)):
-            identity[j].public_key().verify(signed[j], ident.survivors_statement(1, round_id, j, survivors),
+            identity[j].public_key().verify(signed[j], ident.survivors_statement(1, round_id, j, survivors, parameters),
                                             ident.SURVIVORS)
             moved["unmask"] += len(signed[j])
         moved["unmask"] += 8 * len(survivors)

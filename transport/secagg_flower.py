@@ -12,11 +12,17 @@ with the nodes that train, where plain FedAvg has one:
    :class:`SecAggTransport` replaces its reply by its masked input and the Shamir shares of
    its self-mask seed, each encrypted for its holder. Nothing else of the reply leaves;
 2. **consistency** (query :data:`SECAGG_TYPE`): each node that sent an input gets the
-   survivor set and signs it with its certified identity, once a round;
+   survivor set and signs it, with the round's public parameters as it was given them
+   (participants, threshold, step, clip and weight bound ``B``, or the DP clip, noise
+   multiplier and split), with its certified identity, once a round;
 3. **unmask**: the holders the server needs get the same survivor set, their neighbours'
    signatures on it and the encrypted shares their neighbours made for them; a node that
-   verifies at least ``t`` neighbours' signatures on the set it signed answers the
-   survivors' self-mask shares and its own pair seeds with its neighbours outside the set.
+   verifies at least ``t`` neighbours' signatures on the set it signed *and its own
+   parameters* answers the survivors' self-mask shares and its own pair seeds with its
+   neighbours outside the set. Each share is encrypted under a key bound to its owner's
+   parameters, so a holder given other parameters cannot open it: a server that gave one
+   node another ``B`` than its neighbours (to weigh its update up against theirs) gets its
+   self-mask seed from no one.
 
 Keys (once a run, kept in the node's own store, :mod:`transport.secagg_store`, never in
 Flower's node state): an X25519 key pair and an ML-KEM-768 key pair per node, signed with
@@ -59,6 +65,7 @@ from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 
 import numpy as np
+from cryptography.fernet import InvalidToken
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
@@ -86,6 +93,7 @@ from transport.secagg_identity import (
     ciphertext_statement,
     ek_hash,
     key_statement,
+    parameters_statement,
     survivors_statement,
     verify_peer,
 )
@@ -364,10 +372,12 @@ def _qkd_pair_keys(context: Context, data: dict, higher: list[int], saes: list[s
         kms.close()
 
 
-def _pair_seed(data: dict, me: int, j: int, round_id: str, what: str) -> bytes:
+def _pair_seed(data: dict, me: int, j: int, round_id: str, what: str, parameters: bytes = b"") -> bytes:
     """This round's seed with neighbour ``j`` for ``what``: the mask seed from the pair's QKD
-    key when the run keeps one, else (and the share key always) from the certified hybrid pair key."""
-    info = secagg.pair_info(round_id, me, j, what)
+    key when the run keeps one, else (and the share key always) from the certified hybrid pair
+    key; bound to ``parameters`` (:func:`parameters_statement`) where given: the share key is,
+    so that only a holder given the owner's parameters opens the owner's share."""
+    info = secagg.pair_info(round_id, me, j, what, parameters)
     if what == secagg.PAIR_MASK and str(j) in data["qkd"]:
         return secagg.seed_from_key(bytes_of(data["qkd"][str(j)][1]), info)
     if str(j) not in data["hyb"]:
@@ -382,6 +392,17 @@ def _round_of(data: dict, ask: ConfigRecord) -> tuple[dict, str]:
     return state, round_id
 
 
+def _parameters(state: dict) -> tuple[bytes, str]:
+    """The round's public parameters this node was given (kept with the round in flight) as the
+    bytes it signs and binds its share keys to, and as words for a refusal (the step, its clip
+    / 2^19, left out of the words)."""
+    if "parameters" not in state:
+        raise TransportError("secagg: the round in flight holds no round parameters (a store of an earlier version): "
+                             "this node signs and reveals nothing for it")
+    pairs = [(str(k), v) for k, v in state["parameters"]]
+    return parameters_statement(pairs), ", ".join(f"{k} {v:g}" for k, v in pairs if k != "step")
+
+
 def _survivor_set(ask: ConfigRecord) -> list[int]:
     survivors = [int(j) for j in ask["survivors"]]
     if len(set(survivors)) != len(survivors):
@@ -392,7 +413,8 @@ def _survivor_set(ask: ConfigRecord) -> list[int]:
 def _consistency_answer(ask: ConfigRecord, data: dict, identity: NodeIdentity, run_id: int, me: int,
                         cfg: RunConfig) -> ConfigRecord:
     """The consistency round (Bell et al. 2020, Sec. 5): this node signs the survivor set it
-    was given, once a round (a second, different set is refused), and only one that lists
+    was given, with the round's public parameters it was given (:func:`_parameters`), once a
+    round (a second, different set is refused), and only one that lists
     it, at least ``t`` of its neighbours and at least the run's threshold share of the
     participants (the fewest whose sum may be unmasked), and, where every participant is its
     neighbour (``k = n - 1``), no one else."""
@@ -414,15 +436,19 @@ def _consistency_answer(ask: ConfigRecord, data: dict, identity: NodeIdentity, r
     if state.get("signed", survivors) != survivors:
         raise TransportError(f"secagg: a second, different survivor set for round {round_id!r}: this node signed "
                              f"{state['signed']} and signs one set a round")
+    parameters, _ = _parameters(state)
     state["signed"] = survivors
-    return ConfigRecord({"sig": identity.sign(SURVIVORS_CONTEXT, survivors_statement(run_id, round_id, me, survivors))})
+    return ConfigRecord({"sig": identity.sign(SURVIVORS_CONTEXT,
+                                              survivors_statement(run_id, round_id, me, survivors, parameters))})
 
 
 def _unmask_answer(ask: ConfigRecord, data: dict, run_id: int, me: int) -> ConfigRecord:
     """The unmask stage: only for the survivor set this node signed, and only once at least
-    ``t`` distinct neighbours' valid signatures on that same set came with it. Then the
-    self-mask shares of its surviving neighbours and its pair seeds with the others (its
-    neighbours outside the set): never both of one client, since both follow from one set."""
+    ``t`` distinct neighbours' valid signatures on that same set and the same round
+    parameters this node was given came with it. Then the self-mask shares of its surviving
+    neighbours and its pair seeds with the others (its neighbours outside the set): never both
+    of one client, since both follow from one set. A share opens only under the key bound to
+    this node's parameters: one whose owner was given others is refused, and nothing is revealed."""
     state, round_id = _round_of(data, ask)
     if "signed" not in state:
         raise TransportError(f"secagg: the consistency round was skipped: this node signed no survivor set for "
@@ -432,28 +458,36 @@ def _unmask_answer(ask: ConfigRecord, data: dict, run_id: int, me: int) -> Confi
         raise TransportError(f"secagg: the survivor set {survivors} is not the one this node signed "
                              f"({state['signed']}): it reveals nothing")
     mine, threshold = {int(j) for j in state["neighbours"]}, int(state["threshold"])
+    parameters, words = _parameters(state)
     valid, bad = set(), []
     for j, sig in zip([int(j) for j in ask.get("sig-from", [])], ask.get("sigs", []), strict=True):
         if j not in mine or j not in survivors or j in valid:
             bad.append(j)
             continue
         try:
-            _peer(data, j).verify(SURVIVORS_CONTEXT, survivors_statement(run_id, round_id, j, survivors), bytes(sig),
-                                  f"node {j}'s survivor set")
+            _peer(data, j).verify(SURVIVORS_CONTEXT, survivors_statement(run_id, round_id, j, survivors, parameters),
+                                  bytes(sig), f"node {j}'s survivor set")
             valid.add(j)
         except (IdentityError, TransportError):
             bad.append(j)
     if len(valid) < threshold:
         raise TransportError(f"secagg: {len(valid)} valid signature(s) of surviving neighbours on the survivor set "
-                             f"this node signed, fewer than the threshold {threshold}"
-                             + (f" (not valid: {sorted(bad)})" if bad else "") + ": it reveals nothing")
+                             f"and round parameters this node signed ({words}), fewer than the threshold {threshold}"
+                             + (f" (not valid: {sorted(bad)}: another set or other parameters)" if bad else "")
+                             + ": it reveals nothing")
     out: dict[str, list] = {"b-owners": [], "b-shares": [], "pair-owners": [], "pair-seeds": []}
     for owner, token in zip([int(j) for j in ask["owners"]], ask["b-tokens"], strict=True):
         if owner not in mine or owner not in survivors:
             raise TransportError(f"secagg: client {owner} is not a surviving neighbour of this node")
-        key = _pair_seed(data, me, owner, round_id, secagg.PAIR_SHARES)
+        key = _pair_seed(data, me, owner, round_id, secagg.PAIR_SHARES, parameters)
+        try:
+            share = secagg.decrypt_share(key, bytes(token))
+        except InvalidToken as err:
+            raise TransportError(f"secagg: the self-mask share from node {owner} does not open under the round "
+                                 f"parameters this node was given ({words}): node {owner} was given other parameters "
+                                 "(or the share is not its): it reveals nothing") from err
         out["b-owners"].append(owner)
-        out["b-shares"].append(secagg.decrypt_share(key, bytes(token)))
+        out["b-shares"].append(share)
     for j in sorted(mine - set(survivors)):
         out["pair-owners"].append(j)
         out["pair-seeds"].append(_pair_seed(data, me, j, round_id, secagg.PAIR_MASK))
@@ -468,6 +502,7 @@ class Instructions:
     participants: int
     neighbours: list[int]
     threshold: int
+    parameters: list[tuple[str, int | float]]  # the round's public parameters, as the consistency round signs them
 
 
 def _integer(ask: ConfigRecord, key: str) -> int:
@@ -518,7 +553,9 @@ class SecAggTransport(Transport):
         other than the run config's; distributed DP (``l2-clip``) asked of a node whose run
         config does not say it, or not asked of one whose run config does; a weight bound
         that is not a positive finite number. (Each neighbour's certified keys are checked
-        apart, in :meth:`decode`.)
+        apart, in :meth:`decode`. The participant count and the weight bound, which the node's
+        config does not fix, must be the same at every node: the consistency round checks that,
+        :func:`_unmask_answer`.)
         """
         if ask is None:
             raise TransportError("secagg: a training message without this round's secure-aggregation instructions")
@@ -548,6 +585,8 @@ class SecAggTransport(Transport):
         dp = distributed_dp(cfg)
         clip = cfg.dp_clip if dp else cfg.secagg_clip
         _same(ask, "step", clip / STEPS_PER_CLIP, "clip / 2^19")
+        parameters: list[tuple[str, int | float]] = [("participants", n), ("threshold", t),
+                                                     ("step", float(clip / STEPS_PER_CLIP))]
         if dp:
             if "l2-clip" not in ask:
                 raise TransportError("secagg: instruction l2-clip missing: this node's run config says distributed DP "
@@ -555,6 +594,8 @@ class SecAggTransport(Transport):
             _same(ask, "l2-clip", cfg.dp_clip, KEY.dp_clip)
             _same(ask, "sigma", cfg.dp_noise_multiplier, KEY.dp_noise_multiplier)
             _same(ask, "noise-split", min_survivors(n, cfg), f"run's threshold for {n} participants")
+            parameters += [("l2-clip", float(cfg.dp_clip)), ("sigma", float(cfg.dp_noise_multiplier)),
+                           ("noise-split", min_survivors(n, cfg))]
         else:
             if "l2-clip" in ask:
                 raise TransportError("secagg: instruction l2-clip: the server asks for distributed DP, which this "
@@ -562,7 +603,8 @@ class SecAggTransport(Transport):
             _same(ask, "clip", cfg.secagg_clip, KEY.secagg_clip)
             if _number(ask, "weight-bound") <= 0:
                 raise TransportError(f"secagg: instruction weight-bound = {ask['weight-bound']}: a positive bound is required")
-        return Instructions(str(ask["round-id"]), n, neighbours, threshold)
+            parameters += [("clip", float(cfg.secagg_clip)), ("weight-bound", _number(ask, "weight-bound"))]
+        return Instructions(str(ask["round-id"]), n, neighbours, threshold, parameters)
 
     @staticmethod
     def _check_round(data: dict, envelope: Envelope) -> None:
@@ -606,12 +648,13 @@ class SecAggTransport(Transport):
             x = secagg.quantize(*self._release(content, request, ask, told.participants))
             b = os.urandom(secagg.SEED_BYTES)
             shares = secagg.split(b, told.threshold, told.neighbours)
-            tokens = [secagg.encrypt_share(_pair_seed(data, me, j, told.round_id, secagg.PAIR_SHARES), shares[j])
+            bound = parameters_statement(told.parameters)  # a holder given other parameters cannot open a share
+            tokens = [secagg.encrypt_share(_pair_seed(data, me, j, told.round_id, secagg.PAIR_SHARES, bound), shares[j])
                       for j in told.neighbours]
             pairs = {j: _pair_seed(data, me, j, told.round_id, secagg.PAIR_MASK) for j in told.neighbours}
             y = secagg.masked_input(x, me, b, pairs)
             data[ROUND] = {"round-id": told.round_id, "neighbours": told.neighbours, "threshold": told.threshold,
-                           "participants": told.participants}
+                           "participants": told.participants, "parameters": [list(p) for p in told.parameters]}
             data[ANSWERED] = envelope.server_round
         return RecordDict({SECAGG_MASKED: ArrayRecord({MASKED: Array(y)}),
                            SECAGG_RECORD: ConfigRecord({"b-tokens": tokens})})
@@ -732,6 +775,7 @@ class SecAggGrid(DelegatingGrid):
         self.last_sample: tuple[int, int] | None = None
         self._refused: list[Message] = []  # this round's training replies that are errors (a node refused)
         self._stage_refusals: list[str] = []  # this round's keys / consistency / unmask stages a node refused
+        self._stage_errors: dict[int, Message] = {}  # the first such refusal of each node, as its error reply
 
     def take_failures(self) -> list[str]:
         """Return and reset why rounds could not be unmasked since the last call."""
@@ -744,7 +788,7 @@ class SecAggGrid(DelegatingGrid):
             return self._grid.send_and_receive(messages, timeout=timeout)
         if distributed_dp(self.cfg):
             self.last_sample = (max(len(list(self._grid.get_node_ids())), len(messages)), len(messages))
-        self._refused, self._stage_refusals = [], []
+        self._refused, self._stage_refusals, self._stage_errors = [], [], {}
         try:
             return self._round(messages, timeout) + self._refused
         except secagg.SecAggError as err:
@@ -754,7 +798,9 @@ class SecAggGrid(DelegatingGrid):
                 log(ERROR, "secure aggregation: %s; the round is rejected, the model stays as it was", why)
             else:
                 log(ERROR, "secagg: the round cannot be unmasked, the model stays as it was: %s", why)
-            return list(self._refused)
+            # the round failed: the nodes that refused a later stage failed it too, named (clients.csv)
+            trained = {r.metadata.src_node_id for r in self._refused}
+            return list(self._refused) + [r for n, r in self._stage_errors.items() if n not in trained]
 
     def _saes(self, nodes: list[int], timeout: float | None) -> dict[int, str] | None:
         """Each node's SAE ID when the grid below identifies them by certificate (qkd: it asks
@@ -776,6 +822,7 @@ class SecAggGrid(DelegatingGrid):
                 log(WARNING, "secagg: node %d left at stage %s: %s", node, stage, why)
                 if reply.has_error():
                     self._stage_refusals.append(f"node {node}: {why}")
+                    self._stage_errors.setdefault(node, reply)
                 continue
             out[node] = reply.content.config_records[SECAGG_RECORD]
         return out

@@ -18,7 +18,13 @@ neighbour:
   node ID, its name, its X25519 public key and the SHA-256 of its ML-KEM-768 encapsulation
   key), once a run; each ML-KEM ciphertext it encapsulates for a neighbour
   (:func:`ciphertext_statement`), once a run per pair; and in every round the survivor set it
-  was given (:func:`survivors_statement`, the consistency round).
+  was given together with the round's public parameters as it was given them
+  (:func:`survivors_statement` over :func:`parameters_statement`, the consistency round): the
+  participant count, the threshold, the step, and the clip and weight bound, or under
+  distributed DP the L2 clip, the noise multiplier and the noise split. A node then checks its
+  neighbours' signatures against the statement of *its own* parameters, so a server that gave
+  two nodes different parameters (two weight bounds, say) shows each of them signatures that
+  do not verify.
 
 What the certificate names is the partition's name, not the Flower node ID: the SuperLink
 assigns node IDs when a node connects, so no CA could certify one beforehand, and the
@@ -52,7 +58,8 @@ SECAGG_IDENTITY = x509.ObjectIdentifier("2.25.2647445499191381074715544813514600
 NAME_RE = re.compile(r"^node-\d{1,9}$")
 PUBLIC_KEY_BYTES = 1952  # an ML-DSA-65 public key
 SIGNATURE_BYTES = 3309  # an ML-DSA-65 signature
-KEYS, CIPHERTEXT, SURVIVORS = b"qfl-secagg/keys/v1", b"qfl-secagg/kem-ct/v1", b"qfl-secagg/survivors/v1"
+KEYS, CIPHERTEXT = b"qfl-secagg/keys/v1", b"qfl-secagg/kem-ct/v1"
+SURVIVORS = b"qfl-secagg/survivors/v2"  # v2: the survivor set and the round's parameters (v1: the set alone)
 
 
 class IdentityError(ValueError):
@@ -83,9 +90,23 @@ def ciphertext_statement(run_id: int, low: int, high: int, ct: bytes) -> bytes:
     return _fields(run_id, low, high, hashlib.sha256(ct).digest())
 
 
-def survivors_statement(run_id: int, round_id: str, signer: int, survivors: list[int]) -> bytes:
-    """What a survivor signs in the consistency round: the round and the survivor set it was given."""
-    return _fields(run_id, round_id, signer, *sorted(int(v) for v in survivors))
+def parameters_statement(parameters: list[tuple[str, int | float]]) -> bytes:
+    """The round's public parameters as a node was given them, one canonical string of bytes:
+    ``name=value`` each, in the order given, an integer in decimal and a float as its exact
+    hexadecimal form (:meth:`float.hex`), so that two nodes given the same values make the
+    same bytes and any other value makes other bytes."""
+    out = []
+    for name, value in parameters:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"round parameter {name} = {value!r}: an int or a float is required")
+        out.append(f"{name}={value if isinstance(value, int) else float(value).hex()}")
+    return _fields(*out)
+
+
+def survivors_statement(run_id: int, round_id: str, signer: int, survivors: list[int], parameters: bytes) -> bytes:
+    """What a survivor signs in the consistency round: the round, the round's public parameters
+    as it was given them (:func:`parameters_statement`) and the survivor set it was given."""
+    return _fields(run_id, round_id, signer, parameters, *sorted(int(v) for v in survivors))
 
 
 def ek_hash(ek: bytes) -> bytes:
@@ -232,5 +253,5 @@ def make_identity(ca: x509.Certificate, ca_key, name: str, days: int = 3650):  #
 
 
 __all__ = ["CERTS_ENV", "IdentityError", "NodeIdentity", "Peer", "SECAGG_IDENTITY",
-           "ciphertext_statement", "ek_hash", "key_statement", "make_identity", "node_name", "survivors_statement",
-           "verify_peer"]
+           "ciphertext_statement", "ek_hash", "key_statement", "make_identity", "node_name", "parameters_statement",
+           "survivors_statement", "verify_peer"]

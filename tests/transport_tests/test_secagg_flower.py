@@ -228,7 +228,8 @@ def _in_flight(ctx: Context, **round_state) -> None:  # noqa: ANN003
     from transport.secagg_store import NodeStore
 
     with NodeStore.of(ctx.run_id, ctx.node_id).open() as data:
-        data[ROUND] = {"round-id": "r", "neighbours": [12, 13, 14], "threshold": 2, "participants": 4, **round_state}
+        data[ROUND] = {"round-id": "r", "neighbours": [12, 13, 14], "threshold": 2, "participants": 4,
+                       "parameters": [["participants", 4], ["threshold", 2]], **round_state}
 
 
 def test_a_node_signs_one_survivor_set_a_round_and_reveals_only_for_it(defaults):
@@ -250,8 +251,9 @@ def test_a_node_signs_one_survivor_set_a_round_and_reveals_only_for_it(defaults)
     assert "is not the one this node signed" in reply.error.reason
     reply = _stage(ctx, "unmask", survivors=[11, 12, 13], owners=[], **{"b-tokens": [], "sig-from": [12, 13],
                                                                        "sigs": [b"x" * 3309, b"y" * 3309]})
-    assert "0 valid signature(s) of surviving neighbours on the survivor set this node signed, fewer than the " \
-           "threshold 2 (not valid: [12, 13])" in reply.error.reason
+    assert "0 valid signature(s) of surviving neighbours on the survivor set and round parameters this node signed " \
+           "(participants 4, threshold 2), fewer than the threshold 2 (not valid: [12, 13]: another set or other " \
+           "parameters)" in reply.error.reason
 
 
 def test_distributed_dp_adds_each_nodes_share_of_the_noise_and_the_server_the_sample(defaults):

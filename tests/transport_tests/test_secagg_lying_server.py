@@ -24,8 +24,8 @@ from test_secagg_flower import NODES, Federation, LoopbackGrid, _config, secagg_
 from qfl.common.contract import SECAGG_MASKED, SECAGG_RECORD, SECAGG_SUMMED
 from qfl.common.flower_internals import secagg_primitives
 from transport import hybrid_kem, secagg
-from transport.secagg_flower import MASKED, SecAggGrid, quantisation_steps
-from transport.secagg_identity import KEYS, ek_hash, key_statement, make_identity
+from transport.secagg_flower import MASKED, ROUND, SecAggGrid, quantisation_steps
+from transport.secagg_identity import KEYS, ek_hash, key_statement, make_identity, parameters_statement
 from transport.secagg_store import NodeStore, bytes_of
 
 
@@ -270,11 +270,13 @@ class ReplaysLastRoundsSignatures(SecAggGrid):
 
 def test_a_server_that_gives_different_survivor_lists_gets_no_pair_seed_and_no_update(defaults):
     fed = Federation(_config(defaults), grid_class=SplitsTheSurvivors)
-    assert fed.train() == []
+    replies = fed.train()  # the round fails: its one refusal comes back as node 13's error reply
+    assert [(r.metadata.src_node_id, r.has_error()) for r in replies] == [(13, True)]
     refusals = _refusals(fed, 0)
     # 13 signed the set without 14; nobody else did: its neighbours' signatures are on another set
-    assert "0 valid signature(s) of surviving neighbours on the survivor set this node signed, fewer than the " \
-           "threshold 2 (not valid: [11, 12, 14]): it reveals nothing" in refusals[13]
+    assert "0 valid signature(s) of surviving neighbours on the survivor set and round parameters this node signed " \
+           "(participants 4, threshold 2, clip 1, weight-bound 40), fewer than the threshold 2 (not valid: " \
+           "[11, 12, 14]: another set or other parameters): it reveals nothing" in refusals[13]
     masked, shares, seeds = _collected(fed, 0)
     assert len(shares[14]) >= 2 and not seeds  # the victim's self mask, never a pair seed with it
     _learns_nothing(fed, 0)
@@ -293,9 +295,10 @@ def test_a_server_that_skips_the_consistency_round_gets_nothing_revealed(default
         (aggregate,) = fed.train()
         assert aggregate.content.metric_records["metrics"][SECAGG_SUMMED] == 4
     since = len(fed.loop.seen)
-    assert fed.train() == []
+    replies = fed.train()
     refusals = _refusals(fed, since)
     assert refusals and all(named in why for why in refusals.values()), refusals
+    assert all(r.has_error() for r in replies) and {r.metadata.src_node_id for r in replies} == set(refusals)
     _, shares, seeds = _collected(fed, since)
     assert not shares and not seeds
     _learns_nothing(fed, since)
@@ -316,3 +319,143 @@ def test_the_honest_servers_collection_holds_no_update_and_the_rebuilding_finds_
     _learns_nothing(fed, 0)
     guess = _recover(fed, 12, 0, extra=_mask_seeds_of(fed, 12))  # positive control: with 12's own seeds
     assert np.all(np.abs(guess) <= fed.cfg.secagg_clip + 1e-5) and 0 < guess[-1] <= 1
+
+
+# --- different weight bounds B to different nodes ---------------------------------------------
+
+VICTIM = 14
+BOUNDS = {VICTIM: 1.0, 11: 1e9, 12: 1e9, 13: 1e9}  # the victim's weight 1, every other's below one step (2^-19)
+
+
+def _different_bounds(fed: Federation) -> None:
+    """From now on the server tells each node its own weight bound (:data:`BOUNDS`): if the round
+    were unmasked, the sum would be the victim's update alone."""
+    def tamper(msg):  # noqa: ANN001, ANN202
+        if _stage_of(msg) == "train" and msg.metadata.dst_node_id in BOUNDS:
+            record = dict(msg.content[SECAGG_RECORD].items())
+            msg.content[SECAGG_RECORD] = ConfigRecord({**record, "weight-bound": BOUNDS[msg.metadata.dst_node_id]})
+
+    fed.loop.tamper = tamper
+
+
+class WithholdsTheVictimsShares(SecAggGrid):
+    """Runs the consistency round, then asks every survivor to unmask without the victim's
+    encrypted shares (which its neighbours, given another bound, could not open): the others
+    hold two valid signatures each on their own bound and reveal each other's self-mask shares."""
+
+    def _unmasked_sum(self, round_id, graph, replies, dropped, t, timeout):  # noqa: ANN001, ANN202
+        everyone = sorted(replies)
+        signatures = self._consistency(round_id, everyone, timeout)
+        asks = {}
+        for h in everyone:
+            ask = self._unmask_ask(round_id, h, graph, replies, everyone, signatures)
+            keep = [k for k, o in enumerate(ask["owners"]) if o != VICTIM]
+            asks[h] = {**ask, "owners": [ask["owners"][k] for k in keep],
+                       "b-tokens": [ask["b-tokens"][k] for k in keep]}
+        self._ask("unmask", asks, timeout)
+        raise secagg.SecAggError("the adversary has what it could get")
+
+
+def _sum_guess(fed: Federation, since: int, extra: dict[int, bytes] | None = None) -> np.ndarray:
+    """The adversary's best try at the round's sum: every masked input less every self mask it
+    can rebuild (``extra``: self-mask seeds it does not hold), decoded (the pair masks between
+    survivors cancel)."""
+    masked, shares, _ = _collected(fed, since)
+    t = _told(fed, VICTIM)["threshold"]
+    total = sum(y.astype(secagg.FIELD) for y in masked.values())
+    seeds = {i: secagg_primitives().combine_shares(s[:t]) for i, s in shares.items() if len(s) >= t} | (extra or {})
+    for seed in seeds.values():
+        total = total - secagg.prg(seed, total.size)
+    return secagg.dequantize(total, quantisation_steps(fed.cfg, total.size))
+
+
+def _victims_self_seed(fed: Federation) -> bytes:
+    """The victim's self-mask seed from two of its shares, opened with share keys bound to the
+    *victim's* parameters, from its own store (what no adversary gets): the positive control,
+    what its neighbours would have revealed had the binding not kept them from opening it."""
+    told = _told(fed, VICTIM)
+    with NodeStore.of(fed.run_id, VICTIM).open() as data:
+        keys = {int(j): bytes_of(v[1]) for j, v in data["hyb"].items()}
+        bound = parameters_statement([(str(k), v) for k, v in data[ROUND]["parameters"]])
+    (reply,) = [r for r in fed.loop.seen if not r.has_error() and r.metadata.src_node_id == VICTIM
+                and SECAGG_MASKED in r.content.array_records]
+    tokens = dict(zip(sorted(told["neighbours"]), reply.content.config_records[SECAGG_RECORD]["b-tokens"]))
+    shares = [secagg.decrypt_share(secagg.seed_from_key(keys[h], secagg.pair_info(told["round-id"], VICTIM, h,
+                                                                                 secagg.PAIR_SHARES, bound)),
+                                   bytes(tokens[h])) for h in sorted(told["neighbours"])[:told["threshold"]]]
+    return secagg_primitives().combine_shares(shares)
+
+
+def _victims_input(fed: Federation, self_seed: bytes) -> np.ndarray:
+    """The victim's own input, from its masked input less its self mask and its pair masks."""
+    masked, _, _ = _collected(fed, 0)
+    e = masked[VICTIM].astype(secagg.FIELD) - secagg.prg(self_seed, masked[VICTIM].size)
+    for j, seed in _mask_seeds_of(fed, VICTIM).items():
+        mask = secagg.prg(seed, e.size)
+        e = e - mask if j > VICTIM else e + mask
+    return secagg.dequantize(e, quantisation_steps(fed.cfg, e.size))
+
+
+@pytest.mark.parametrize("server", [SecAggGrid, WithholdsTheVictimsShares])
+def test_different_weight_bounds_to_different_nodes_are_refused_by_name_and_reveal_no_update(defaults, tmp_path,
+                                                                                               server):
+    """The server tells the victim B = 1 (weight 1) and the others B = 10^9 (weights below one
+    quantisation step), so that the sum would be the victim's update alone. Each node signs its
+    survivor set with the bound it was given: the victim finds no neighbour's signature valid on
+    its own bound, and refuses; its neighbours cannot open its self-mask share (the share key is
+    bound to the owner's parameters), and refuse, or, asked without it, reveal the others' shares
+    only. Every refusal names the bound and reaches clients.csv; the victim's self mask stays, and
+    the sum and every single input the server can rebuild are uniform over the field."""
+    from test_secagg_malicious import _clients_csv
+
+    fed = Federation(_config(defaults), grid_class=server)
+    _different_bounds(fed)
+    replies = fed.train()
+    refusals = _refusals(fed, 0)
+    assert "0 valid signature(s) of surviving neighbours on the survivor set and round parameters this node signed " \
+           "(participants 4, threshold 2, clip 1, weight-bound 1), fewer than the threshold 2 " \
+           "(not valid: [11, 12, 13]: another set or other parameters): it reveals nothing" in refusals[VICTIM]
+    for node in set(refusals) - {VICTIM}:  # the honest grid asks them for the victim's share
+        assert f"the self-mask share from node {VICTIM} does not open under the round parameters this node was given " \
+               "(participants 4, threshold 2, clip 1, weight-bound 1e+09): node 14 was given other parameters" \
+               in refusals[node], refusals[node]
+    assert set(refusals) == (set(NODES) if server is SecAggGrid else {VICTIM})
+    rows = _clients_csv(fed, replies, tmp_path)
+    assert {int(r["node_id"]): r["status"] for r in rows} == {n: f"failed: {why}" for n, why in refusals.items()}
+    assert all("weight-bound" in r["status"] and r["status"].endswith("reveals nothing") for r in rows)
+
+    masked, shares, seeds = _collected(fed, 0)
+    assert len(masked) == 4 and VICTIM not in shares and not seeds  # the victim's self mask: no share of it, ever
+    if server is WithholdsTheVictimsShares:
+        assert all(len(shares[i]) >= 2 for i in (11, 12, 13))  # the others' self masks, rebuilt
+    _learns_nothing(fed, 0)
+    total = _sum_guess(fed, 0)
+    assert np.sum(np.abs(total) <= fed.cfg.secagg_clip) <= 2, total
+    field = (np.round(total / quantisation_steps(fed.cfg, total.size)).astype(np.int64) % 2**32) / 2**32
+    assert stats.kstest(field, "uniform").pvalue > 1e-4
+
+    # positive control: the victim's self-mask seed, opened with share keys bound to its own bound
+    # (no adversary has them), decodes its input: an update with weight min(n, 1) / 1 = 1; and where
+    # the others' self masks were rebuilt, the sum with that seed is the victim's input alone, to
+    # within the others' rounding (one step each): had its neighbours opened its share, the lie worked
+    seed = _victims_self_seed(fed)
+    mine = _victims_input(fed, seed)
+    steps = quantisation_steps(fed.cfg, mine.size)
+    assert mine[-1] == 1.0 and np.all(np.abs(mine) <= fed.cfg.secagg_clip)
+    assert np.mean(np.abs(mine[:-1]) > 10 * steps[:-1]) > 0.5  # an update, not a vector of zeros
+    if server is WithholdsTheVictimsShares:
+        total = _sum_guess(fed, 0, {VICTIM: seed})
+        assert np.all(np.abs(total - mine) <= 3 * steps + 1e-12), np.max(np.abs(total - mine) / steps)
+
+
+def test_the_same_bound_to_every_node_sums_as_before(defaults):
+    """One bound for every node, whichever (here not the grid's own): the consistency round passes, all four sum."""
+    fed = Federation(_config(defaults))
+
+    def one_bound(msg):  # noqa: ANN001, ANN202  (one B for all, not the grid's own: nodes check it is one)
+        if _stage_of(msg) == "train":
+            msg.content[SECAGG_RECORD] = ConfigRecord({**dict(msg.content[SECAGG_RECORD].items()), "weight-bound": 1e3})
+
+    fed.loop.tamper = one_bound
+    (aggregate,) = fed.train()
+    assert aggregate.content.metric_records["metrics"][SECAGG_SUMMED] == 4

@@ -32,6 +32,7 @@ from transport.secagg_flower import (
     max_participants,
     quantisation_steps,
 )
+from transport.secagg_identity import parameters_statement
 from transport.secagg_store import NodeStore
 
 DP = {"transport": "secagg+dp", "dp-mode": "central", "dp-noise-multiplier": 1.0, "dp-clip": 0.05}
@@ -96,6 +97,22 @@ def test_under_distributed_dp_a_node_refuses_a_split_or_clip_not_its_own(default
     changed = {k: v for k, v in ask.items() if k != key} if value is None else {**ask, key: value}
     with pytest.raises(TransportError, match=named):
         node.checked(ConfigRecord(changed), 12)
+
+
+@pytest.mark.parametrize("extra", [{}, DP], ids=["secagg", "secagg+dp"])
+def test_every_number_the_server_states_is_a_round_parameter_the_consistency_round_signs(defaults, extra):
+    """The participant count and the weight bound are the server's word (checked only for range):
+    they, and every other number of the instructions, are in the parameters each node signs with
+    its survivor set, so that nodes given different ones find each other's signatures invalid."""
+    fed = Federation(_config(defaults, **extra))
+    fed.train()
+    ask = _sent_ask(fed, 12)
+    told = _node(fed).checked(ConfigRecord(ask), 12)
+    numbers = {k for k, v in ask.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert {name for name, _ in told.parameters} == numbers
+    assert numbers >= ({"participants", "noise-split", "sigma"} if extra else {"participants", "weight-bound"})
+    other = _node(fed).checked(ConfigRecord({**ask, "participants": 3, "neighbours": [11, 13]}), 12)
+    assert parameters_statement(other.parameters) != parameters_statement(told.parameters)
 
 
 class OmitsTheNoise(SecAggGrid):

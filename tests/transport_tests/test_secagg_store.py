@@ -111,7 +111,9 @@ def test_a_node_without_its_identity_refuses_secure_aggregation_named(defaults, 
     warm = stamp(Message(RecordDict(), dst_node_id=11, message_type=WARM_UP_TYPE), message_id="w")
     reply = app(warm, fed.loop.contexts[11])
     assert reply.has_error() and "no secure-aggregation identity certificate: set QFL_SECAGG_CERTS" in reply.error.reason
-    assert fed.train() == []
+    replies = fed.train()  # the round fails; each node's refusal comes back as its error reply (clients.csv)
+    assert sorted(r.metadata.src_node_id for r in replies) == sorted(fed.loop.contexts)
+    assert all(r.has_error() and "no secure-aggregation identity certificate" in r.error.reason for r in replies)
     (why,) = fed.grid.failures
     assert why.startswith("0 of 4 nodes can take part"), why
     assert "refused: node 11: secagg: refused stage 'keys': this node has no secure-aggregation identity " \

@@ -50,7 +50,7 @@ def model_key(cfg: RunConfig, node: NodeConfig) -> str:
     run = cfg.to_run_config()
     keys = (KEY.dataset, KEY.partitioner, KEY.dirichlet_alpha, KEY.test_fraction, KEY.tfim_samples, KEY.seed,
             KEY.n_qubits, KEY.n_layers, KEY.device, KEY.diff_method, KEY.device_profiles, KEY.zne,
-            KEY.mitigation, KEY.embedding, KEY.model, KEY.data_path, KEY.data_label, KEY.data_features, KEY.data_classes,
-            KEY.data_num_features, KEY.data_min_samples, KEY.data_reduction)
+            KEY.mitigation, KEY.embedding, KEY.model, KEY.task_kind, KEY.data_path, KEY.data_label, KEY.data_features, KEY.data_classes,
+            KEY.data_num_features, KEY.data_min_samples, KEY.data_reduction, KEY.validation_fraction)
     # two parts, not one merged mapping: the node's keys (zne, mitigation) would hide the run's
     return json.dumps([{k: run[k] for k in keys}, node.model_dump()], sort_keys=True)

@@ -22,7 +22,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.circuits import choose_circuit, circuit_metrics, fit_to_circuit
 from client.job import CLIENT_CONTROL, JOB, OPS, model_key
-from qfl.common.config import KEY, NodeConfig, RunConfig
+from qfl.common.config import KEY, REGRESSION, NodeConfig, RunConfig
 from qfl.common.contract import (
     ARRAYS,
     CIRCUIT_DEPTH,
@@ -130,7 +130,7 @@ class LocalTask:
             client_c = own.to_torch_state_dict() if own is not None else {n: 0.0 * v for n, v in server_c.items()}
             correction = {n: server_c[n] - client_c[n] for n in server_c}
             # option I of the paper: c_i+ = the full local gradient at the global model
-            new_control = full_gradient(self.model, self.x, self.y)
+            new_control = full_gradient(self.model, self.x, self.y, cfg.task_kind == REGRESSION)
         import torch
 
         # of the circuit at the parameters received, before training (nothing of the data in it)
@@ -142,9 +142,11 @@ class LocalTask:
                               seed=cfg.seed * 1_000_003 + server_round * 1009 + self.node.partition_id,
                               proximal_mu=mu, correction=correction,
                               # replicas on the broadcast axis measure the update's device noise;
-                              # a noiseless device's update is deterministic: variance 0, no replicas
-                              noise_replicas=NOISE_REPLICAS if self.model.is_noisy else 1,
-                              optimizer=cfg.optimizer, qng_lam=cfg.qng_lam)
+                              # a noiseless device's update is deterministic: variance 0, no replicas,
+                              # and so is a device simulated exactly (a user's model, qfl.task.user_noise)
+                              noise_replicas=NOISE_REPLICAS if self.model.is_noisy and hasattr(self.model, "replica_logits")
+                              else 1,
+                              optimizer=cfg.optimizer, qng_lam=cfg.qng_lam, regression=cfg.task_kind == REGRESSION)
         metrics.setdefault(UPDATE_NOISE_VAR, 0.0)
         train_time = time.perf_counter() - start
         metrics.update(noise_metrics(cfg, self.model, self.x, self.y))
@@ -175,7 +177,7 @@ class LocalTask:
         with ``dataset = "file"`` its own file's held-out share, else its share of the data
         set's test split (:func:`evaluation_rows`)."""
         self._prepare(cfg, arrays, server_round)
-        metrics = evaluate_model(self.model, self.x_eval, self.y_eval)
+        metrics = evaluate_model(self.model, self.x_eval, self.y_eval, regression=cfg.task_kind == REGRESSION)
         return RecordDict({METRICS: MetricRecord({EVAL_LOSS: metrics["loss"], EVAL_ACCURACY: metrics["accuracy"],
                                                   NUM_EXAMPLES: len(self.y_eval)})})
 
@@ -193,8 +195,8 @@ def evaluation_rows(n_test: int, partition_id: int, num_partitions: int, seed: i
 def noise_metrics(cfg: RunConfig, model, x, y) -> dict[str, float]:  # noqa: ANN001
     """Hardware and noise-capturing metrics of a trained model on its device.
 
-    ``noise-gap``: noiseless minus noisy accuracy of the same parameters on the local
-    data (the accuracy the device's noise costs); ``circuit-depth``, ``gates``,
+    ``noise-gap``: noiseless minus noisy accuracy (regression: :math:`R^2`) of the same parameters
+    on the local data (the accuracy the device's noise costs); ``circuit-depth``, ``gates``,
     ``two-qubit-gates`` and ``swaps`` of the circuit as routed to the device's coupling map;
     ``noise-contraction`` (:func:`qfl.task.noise_estimate.noise_contraction`: one broadcast
     execution of 256 device circuits without gradient) and ``pec-gamma2`` (analytic).
@@ -203,7 +205,13 @@ def noise_metrics(cfg: RunConfig, model, x, y) -> dict[str, float]:  # noqa: ANN
     import torch
 
     from qfl.task.model import PQCClassifier
+    from qfl.task.user_model import UserModel
 
+    regression = cfg.task_kind == REGRESSION
+    if isinstance(model, UserModel):  # the user's circuit on its device (qfl.task.user_noise), or ideal
+        from qfl.task.user_noise import user_noise_metrics
+
+        return user_noise_metrics(model, x, y, regression)
     if not isinstance(model, PQCClassifier):  # the classical baseline: no circuit, no device
         return {CIRCUIT_DEPTH: 0.0, GATES: 0.0, TWO_QUBIT_GATES: 0.0, SWAPS: 0.0, NOISE_GAP: 0.0,
                 NOISE_CONTRACTION: 1.0, PEC_GAMMA2: 1.0}
@@ -217,7 +225,8 @@ def noise_metrics(cfg: RunConfig, model, x, y) -> dict[str, float]:  # noqa: ANN
     ideal = PQCClassifier(model.n_qubits, model.n_layers, model.n_classes, kind=model.kind, seed=cfg.seed,
                           embedding=model.embedding_kind, circuit=model.circuit)
     ideal.load_state_dict(model.state_dict())
-    out[NOISE_GAP] = evaluate_model(ideal, x, y)["accuracy"] - evaluate_model(model, x, y)["accuracy"]
+    out[NOISE_GAP] = (evaluate_model(ideal, x, y, regression=regression)["accuracy"]
+                      - evaluate_model(model, x, y, regression=regression)["accuracy"])
     return out
 
 
@@ -262,7 +271,7 @@ class TaskCache:
 
     def _dataset(self, cfg: RunConfig) -> tuple[Dataset, tuple]:
         # what build_dataset reads of the run config
-        key = (cfg.dataset, cfg.n_qubits, cfg.seed, cfg.test_fraction, cfg.tfim_samples)
+        key = (cfg.dataset, cfg.n_qubits, cfg.seed, cfg.test_fraction, cfg.tfim_samples, cfg.validation_fraction)
         return _lru(self._data, key, self.data_size, lambda: build_dataset(cfg)), key
 
 

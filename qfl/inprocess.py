@@ -42,6 +42,8 @@ class InProcessFederation:
         self.requests: dict[str, Message] = {}
         self.stats: list[dict] = []
         self.rows: list[dict] = []
+        # the nodes' federated evaluation after each round (fraction-evaluate > 0): fed_eval_* as metrics.csv has them
+        self.evaluations: list[dict] = []
         self.accuracy: list[float] = [self.evaluate()]
 
     def get_node_ids(self):  # noqa: ANN201 (the grid the strategies sample from)
@@ -66,6 +68,37 @@ class InProcessFederation:
         self.stats.append(self.guard.take_round_stats())
         self.rows += self.guard.take_client_rows()
         self.accuracy.append(self.evaluate())
+        if self.cfg.fraction_evaluate > 0:
+            self.evaluations.append(self.evaluate_nodes(rnd))
+
+    def _context(self, node: int):  # noqa: ANN202 (a Flower Context of node ``node``)
+        from flwr.app import Context
+
+        return Context(run_id=1, node_id=node, node_config={NODE_PARTITION_ID: node - 1, NODE_NUM_PARTITIONS: self.clients},
+                       state=self.states[node], run_config=self.run_config)
+
+    def evaluate_nodes(self, rnd: int) -> dict:
+        """The nodes' evaluation of the global model on their held-out rows, through the guard, as
+        ``metrics.csv`` records it (``fed_eval_*``; a regression run's RMSE and R^2 too)."""
+        from flwr.app import ConfigRecord
+
+        from client.app import app
+        from qfl.common.config import REGRESSION
+        from server.rounds import regression_columns
+
+        replies = []
+        for i, msg in enumerate(self.guard.configure_evaluate(rnd, self.arrays, ConfigRecord({ROUND_OFFSET: 0}), self)):
+            stamp(msg, message_id=f"e{rnd}-{i}")
+            replies.append(app(msg, self._context(msg.metadata.dst_node_id)))
+        self.guard.aggregate_evaluate(rnd, replies)
+        row = self.guard.take_evaluation()
+        if self.cfg.task_kind == REGRESSION:
+            train = self.stats[-1] if self.stats else {}
+            from qfl.common.contract import TRAIN_ACCURACY, TRAIN_LOSS
+
+            row = {**row, **regression_columns({**row, "train_loss": train.get(TRAIN_LOSS, float("nan")),
+                                                "train_accuracy": train.get(TRAIN_ACCURACY, float("nan"))})}
+        return row
 
     def run(self, rounds: int) -> InProcessFederation:
         for rnd in range(1, rounds + 1):
@@ -73,7 +106,11 @@ class InProcessFederation:
         return self
 
     def evaluate(self) -> float:
+        """The global model's central test accuracy (NaN where the server holds no test rows: the
+        nodes' own files, which they evaluate themselves, :meth:`evaluate_nodes`)."""
         from qfl.task.train import evaluate
 
+        if len(self.data.y_test) == 0:
+            return float("nan")
         self.model.load_state_dict(self.arrays.to_torch_state_dict())
         return evaluate(self.model, self.data.x_test, self.data.y_test)["accuracy"]

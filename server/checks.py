@@ -8,7 +8,7 @@ starts; the ServerApp runs them too, for runs started with plain ``flwr run``.
 
 from __future__ import annotations
 
-from qfl.common.config import KEY, MODELS, ConfigError, RunConfig
+from qfl.common.config import KEY, MITIGATIONS, MODELS, ConfigError, RunConfig
 
 
 def check_run(cfg: RunConfig, clients: int | None = None) -> None:
@@ -16,13 +16,13 @@ def check_run(cfg: RunConfig, clients: int | None = None) -> None:
     from qfl.task.build import build_dataset
     from qfl.task import cluster_ising
     from qfl.task.data import num_classes, partition_indices
-    from qfl.task.local_data import DataError, DataSpec, read_node_data, split_names
+    from qfl.task.local_data import DataError, DataSpec, read_node_data
     from qfl.task.profiles import check_profile
     from server.chain import build_strategy
     from transport.qcn import get_path
     from transport.registry import transport_parts
 
-    n_classes = len(split_names(cfg.data_classes)) if cfg.dataset == "file" else num_classes(cfg.dataset)
+    n_classes = DataSpec.of(cfg).n_outputs if cfg.dataset == "file" else num_classes(cfg.dataset)
     if cfg.dataset == "cluster-ising" and cfg.n_qubits < cluster_ising.MIN_SPINS:
         raise ConfigError(KEY.n_qubits, f"dataset 'cluster-ising' is a chain of at least {cluster_ising.MIN_SPINS} spins: "
                                         f"needs >= {cluster_ising.MIN_SPINS} qubits")
@@ -37,6 +37,8 @@ def check_run(cfg: RunConfig, clients: int | None = None) -> None:
             raise ConfigError(KEY.model, str(err)) from err
     for spec in cfg.profile_specs():
         check_profile(KEY.device_profiles, spec, cfg.n_qubits)
+    if cfg.model not in MODELS:
+        check_user_devices(cfg)
     for spec in cfg.path_specs():
         try:
             get_path(spec)
@@ -78,3 +80,28 @@ def check_run(cfg: RunConfig, clients: int | None = None) -> None:
         partition_indices(data.y_train, clients, cfg.partitioner, cfg.seed, cfg.dirichlet_alpha, data.h_train)
     except ValueError as err:
         raise ConfigError(KEY.partitioner, str(err)) from err
+
+
+def check_user_devices(cfg: RunConfig) -> None:
+    """A model of the user's own on each of the run's device profiles (with the run's mitigation): its
+    circuit is put on the device and run on two inputs (:mod:`qfl.task.user_noise`), and what cannot
+    apply is a :class:`ConfigError` naming the key. Nothing to do on noiseless profiles without
+    mitigation. A node's own ``device-profile`` is checked where it is built, at the node's warm-up."""
+    from qfl.task.build import build_dataset, build_model
+    from qfl.task.profiles import get_profile
+    from qfl.task.user_model import UserModelError
+    from qfl.task.user_noise import UserDeviceError
+
+    mitigation = cfg.mitigation_method
+    specs = [s for s in dict.fromkeys(cfg.profile_specs())
+             if mitigation != MITIGATIONS[0] or not get_profile(s, cfg.n_qubits).is_noiseless]
+    if not specs:
+        return
+    data = build_dataset(cfg)
+    for spec in specs:
+        try:
+            build_model(cfg, data, spec, mitigation)
+        except UserDeviceError as err:
+            raise ConfigError(err.key, str(err)) from err
+        except UserModelError as err:
+            raise ConfigError(KEY.model, str(err)) from err

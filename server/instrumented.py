@@ -244,7 +244,8 @@ class InstrumentedStrategy(DelegatingStrategy):
                 sound.append(msg)
             else:
                 log(ERROR, "Rejected the evaluation reply of node %d: %s", msg.metadata.src_node_id, problem)
-        self._evaluation = weighted_evaluation(sound, self.examples_factor)
+        # an error reply (a node whose evaluation failed) carries no metrics: left out of the weighted figures
+        self._evaluation = weighted_evaluation([m for m in sound if not m.has_error()], self.examples_factor)
         try:
             return self.strategy.aggregate_evaluate(server_round, sound)
         except Exception as err:  # noqa: BLE001

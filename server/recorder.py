@@ -81,6 +81,10 @@ COLUMNS = (
     "fed_eval_loss",  # federated evaluation: the sampled nodes' held-out rows, weighted by their example counts
     "fed_eval_accuracy",
     "fed_eval_examples",
+    "train_rmse",  # task-kind regression: the root of train_loss, the clients' mean squared error
+    "train_r2",  # regression: the clients' R^2 (each on its last epoch), weighted by examples
+    "fed_eval_rmse",  # regression: the root of fed_eval_loss, the nodes' pooled held-out mean squared error
+    "fed_eval_r2",  # regression: the nodes' held-out R^2, weighted by their example counts
     "round_time_s",
     "bytes_down",
     "bytes_up",
@@ -96,6 +100,7 @@ COLUMNS = (
 )
 QCN_COLUMNS = frozenset(map(column, QCN_ROUND_METRICS))
 FED_EVAL_COLUMNS = frozenset(("fed_eval_loss", "fed_eval_accuracy", "fed_eval_examples"))  # NaN without federated evaluation
+REGRESSION_COLUMNS = frozenset(("train_rmse", "train_r2", "fed_eval_rmse", "fed_eval_r2"))  # NaN in classification
 RESULTS = ("metrics.json", "checkpoints")  # what makes a folder a run's
 ROUND_KEY = "__round__"
 CHECKSUM_KEY = "__sha256__"
@@ -258,7 +263,7 @@ class RunRecorder:
     def add_row(self, row: dict[str, float]) -> None:
         """Append one round's metrics and rewrite the CSV, JSON and plot (the qcn transport's
         columns may be left out: NaN)."""
-        missing = set(COLUMNS) - set(row) - QCN_COLUMNS - FED_EVAL_COLUMNS
+        missing = set(COLUMNS) - set(row) - QCN_COLUMNS - FED_EVAL_COLUMNS - REGRESSION_COLUMNS
         if missing:
             raise ValueError(f"metrics row lacks {sorted(missing)}")
         self.rows.append({k: row.get(k, float("nan")) for k in COLUMNS})
@@ -295,18 +300,26 @@ def plot_metrics(rows: list[dict[str, float]], path: Path) -> None:
 
     rounds = [r["round"] for r in rows]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.5))
-    if any(not _is_nan(r["test_accuracy"]) for r in rows):
-        ax_acc.plot(rounds, [r["test_accuracy"] for r in rows], "o-", label="test (central)")
-    if any(not _is_nan(r.get("fed_eval_accuracy", float("nan"))) for r in rows):
-        ax_acc.plot(rounds, [r["fed_eval_accuracy"] for r in rows], "^-", label="held-out (nodes)")
-    ax_acc.plot(rounds, [r["train_accuracy"] for r in rows], "s--", label="train (clients)")
-    ax_acc.set(xlabel="round", ylabel="accuracy", ylim=(0, 1.02), title="Accuracy")
+    regression = any(not _is_nan(r.get("train_r2", float("nan"))) or not _is_nan(r.get("fed_eval_r2", float("nan")))
+                     for r in rows)
+    if regression:  # task-kind regression: R^2 where a classifier has accuracy, mean squared error as the loss
+        if any(not _is_nan(r.get("fed_eval_r2", float("nan"))) for r in rows):
+            ax_acc.plot(rounds, [r["fed_eval_r2"] for r in rows], "^-", label="held-out (nodes)")
+        ax_acc.plot(rounds, [r["train_r2"] for r in rows], "s--", label="train (clients)")
+        ax_acc.set(xlabel="round", ylabel="R^2", title="Coefficient of determination")
+    else:
+        if any(not _is_nan(r["test_accuracy"]) for r in rows):
+            ax_acc.plot(rounds, [r["test_accuracy"] for r in rows], "o-", label="test (central)")
+        if any(not _is_nan(r.get("fed_eval_accuracy", float("nan"))) for r in rows):
+            ax_acc.plot(rounds, [r["fed_eval_accuracy"] for r in rows], "^-", label="held-out (nodes)")
+        ax_acc.plot(rounds, [r["train_accuracy"] for r in rows], "s--", label="train (clients)")
+        ax_acc.set(xlabel="round", ylabel="accuracy", ylim=(0, 1.02), title="Accuracy")
     if any(not _is_nan(r["test_loss"]) for r in rows):
         ax_loss.plot(rounds, [r["test_loss"] for r in rows], "o-", label="test (central)")
     if any(not _is_nan(r.get("fed_eval_loss", float("nan"))) for r in rows):
         ax_loss.plot(rounds, [r["fed_eval_loss"] for r in rows], "^-", label="held-out (nodes)")
     ax_loss.plot(rounds, [r["train_loss"] for r in rows], "s--", label="train (clients)")
-    ax_loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
+    ax_loss.set(xlabel="round", ylabel="mean squared error" if regression else "cross-entropy", title="Loss")
     for ax in (ax_acc, ax_loss):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -10,6 +10,7 @@ which no client sent a valid update ends the run (:class:`RunFailed`), after it 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from logging import INFO, WARNING
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.supercore import log
 
-from qfl.common.config import RunConfig
+from qfl.common.config import REGRESSION, RunConfig
 from qfl.common.contract import (
     DEVICE_PARTITION,
     LATENCY_S,
@@ -149,6 +150,8 @@ class RoundRecorder:
             column(ROUND_STALE_FOLDED): int(train.get(ROUND_STALE_FOLDED, 0)),
             "dp_epsilon": float("nan"),
         }
+        if self.cfg.task_kind == REGRESSION:
+            row.update(regression_columns(row))
         self._clock = now
         clients = self.guard.take_client_rows() if server_round > 0 else []
         causes = [(r["node_id"], str(r["status"])) for r in clients if r["status"] != "ok"]
@@ -211,10 +214,16 @@ class RoundRecorder:
 
     def report(self, absolute: int, row: dict, causes: list[tuple[int, str]]) -> None:
         self.progress.emit("round", **row)
-        log(INFO, "%s round %d/%d  test-acc %.3f  test-loss %.4f  held-out-acc %.3f  train-loss %.4f  clients %d ok / "
-            "%d failed  %.1f s  %d B down / %d B up", PROGRESS_TAG, absolute, self.cfg.num_server_rounds, row["test_accuracy"],
-            row["test_loss"], row["fed_eval_accuracy"], row["train_loss"], row[column(ROUND_CLIENTS_OK)], row[column(ROUND_CLIENTS_FAILED)], row["round_time_s"],
-            row["bytes_down"], row["bytes_up"])
+        if self.cfg.task_kind == REGRESSION:
+            log(INFO, "%s round %d/%d  held-out-rmse %.4f  held-out-r2 %.3f  train-rmse %.4f  clients %d ok / %d failed  "
+                "%.1f s  %d B down / %d B up", PROGRESS_TAG, absolute, self.cfg.num_server_rounds, row["fed_eval_rmse"],
+                row["fed_eval_r2"], row["train_rmse"], row[column(ROUND_CLIENTS_OK)], row[column(ROUND_CLIENTS_FAILED)],
+                row["round_time_s"], row["bytes_down"], row["bytes_up"])
+        else:
+            log(INFO, "%s round %d/%d  test-acc %.3f  test-loss %.4f  held-out-acc %.3f  train-loss %.4f  clients %d ok / "
+                "%d failed  %.1f s  %d B down / %d B up", PROGRESS_TAG, absolute, self.cfg.num_server_rounds, row["test_accuracy"],
+                row["test_loss"], row["fed_eval_accuracy"], row["train_loss"], row[column(ROUND_CLIENTS_OK)], row[column(ROUND_CLIENTS_FAILED)], row["round_time_s"],
+                row["bytes_down"], row["bytes_up"])
         late, folded = row[column(ROUND_STRAGGLERS)], row[column(ROUND_STALE_FOLDED)]
         if late or folded:
             log(INFO, "%s round %d: %d straggler(s) past the %.3g s deadline (%s), %d late update(s) folded in",
@@ -225,6 +234,22 @@ class RoundRecorder:
             for node, why in causes:  # node 0: the round's own (no node has ID 0)
                 log(WARNING, "%s   %s: %s", PROGRESS_TAG, f"node {node}" if node else "the round", why)
                 self.progress.emit("issue", round=absolute, node=node, why=why)
+
+
+def regression_columns(row: dict) -> dict[str, float]:
+    """A regression run's columns of its ``metrics.csv`` row (task-kind regression): the replies carry
+    the mean squared error as their loss and :math:`R^2` in the accuracy's place (:mod:`qfl.task.train`),
+    so the RMSEs are the roots of the example-weighted mean squared errors (the pooled RMSE), the
+    :math:`R^2` the example-weighted mean of the clients' (each on its own rows), and the accuracy
+    columns are NaN."""
+    nan = float("nan")
+
+    def root(value: object) -> float:
+        return math.sqrt(value) if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 else nan
+
+    out = {"train_rmse": root(row.get("train_loss")), "train_r2": row.get("train_accuracy", nan),
+           "fed_eval_rmse": root(row.get("fed_eval_loss")), "fed_eval_r2": row.get("fed_eval_accuracy", nan)}
+    return {**out, "train_accuracy": nan, "fed_eval_accuracy": nan}
 
 
 SKIPPED = "skipped"  # a clients.csv status: the network's plan did not serve the client  # not a contract name

@@ -55,8 +55,8 @@ def test_every_launch_example_passes_the_launchers_check(where, command, tmp_pat
     words = shlex.split(command, comments=True)
     while "=" in words[0] and not words[0].startswith("-"):  # VAR=value before the command
         var, _, value = words.pop(0).partition("=")
-        if var == "PYTHONPATH":  # a user's module the launcher imports to check it
-            monkeypatch.syspath_prepend(str(PROJECT_DIR / value))
+        if var == "PYTHONPATH":  # a user's module the launcher imports to check it ($PWD: the project's root)
+            monkeypatch.syspath_prepend(str(PROJECT_DIR / value.removeprefix("$PWD/")))
     argv = words[words.index("launch"):]
     monkeypatch.chdir(PROJECT_DIR)  # the docs' commands run from the project's root (its relative paths)
     out = tmp_path / "runs"

@@ -42,6 +42,8 @@ LIGHTNING_FROM_QUBITS = 14  # an ideal device
 LIGHTNING_FROM_QUBITS_NOISY = 12  # sampled noise gates: a profile with gate errors, or mitigation
 SINKS = ("tensorboard", "mlflow")
 MITIGATIONS = ("none", "zne", "pec")  # the clients' error mitigation (qfl.task.model, qfl.task.pec)
+TASK_KINDS = ("classification", "regression")  # what the model learns (qfl.task.train)
+CLASSIFICATION, REGRESSION = TASK_KINDS
 MAX_QUBITS = 16  # the largest register simulated as a state vector per sample (2^16 amplitudes)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -80,12 +82,20 @@ class RunConfig(_Strict):
     # --- data
     dataset: Literal["iris", "wine", "breast-cancer", "digits", "digits10", "tfim", "cluster-ising", "file"] = Field(
         "wine", description="iris, wine, breast-cancer, digits (0-3), digits10 (0-9, n-qubits >= 10), tfim, cluster-ising (n-qubits >= 8), or file: each node's own data (data-* keys, docs/usage.md)")
+    task_kind: Literal["classification", "regression"] = Field(
+        "classification", description="classification (cross-entropy; accuracy) or regression (dataset file with a numeric "
+                                      "label: mean squared error; RMSE and R^2 reported; docs/usage.md)")
     partitioner: str = Field(
         "iid", description="iid, dirichlet (label skew), h-range (tfim and cluster-ising: each client its own field range), or Flower "
                            "Datasets' partitioners: flower:Class[:option=value,...], e.g. flower:PathologicalPartitioner:"
                            "num-classes-per-partition=2 (needs the data extra)")
     dirichlet_alpha: float = Field(0.5, gt=0, description="concentration of the Dirichlet split; smaller is more skewed")
     test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share for the server's central evaluation (dataset file: of each node's rows, for federated evaluation)")
+    validation_fraction: float = Field(
+        0.0, ge=0, le=0.5, description="tuning only (qfl experiment NAME --tune): a seeded share of the training split, "
+                                       "stratified by class, held out as the validation set; the run's test figures (central "
+                                       "and the nodes' evaluation) are then on it and the test split is never used "
+                                       "(dataset file: of each node's training rows). 0: off")
     data_path: str = Field(
         "", description="dataset file: a CSV, Parquet or NPZ file or a saved datasets folder; on the simulation engine one file the "
                         "partitioner splits among the virtual clients; a node's data-path names its own file instead")
@@ -273,12 +283,15 @@ class RunConfig(_Strict):
             key = mitigating if self.mitigation_method != "none" else "embedding" if self.embedding != "fixed" else "device-profiles"
             raise _Conflict(key, "the classical baseline (model = \"mlp\") runs noiselessly with no embedding: "
                             "keep device-profiles = \"ideal\", mitigation = \"none\", embedding = \"fixed\"")
-        if self.model not in MODELS and (self.device_profiles.strip() != "ideal" or self.mitigation_method != "none"
-                                         or self.embedding != "fixed"):
-            key = mitigating if self.mitigation_method != "none" else "embedding" if self.embedding != "fixed" else "device-profiles"
-            raise _Conflict(key, f"a model of your own (model = \"{self.model}\") runs on ideal devices: device profiles, "
-                            "their noise, mitigation and the trainable embedding act on the built-in circuit only; keep "
-                            "device-profiles = \"ideal\", mitigation = \"none\", embedding = \"fixed\"")
+        if self.model not in MODELS and self.mitigation_method == "pec":
+            raise _Conflict(mitigating, f"pec samples the built-in circuit's noise trajectories; a model of your own "
+                            f"(model = \"{self.model}\") runs its circuit's exact noisy channels (docs/usage.md): use "
+                            "mitigation = \"zne\" or \"none\"")
+        if self.model not in MODELS and self.embedding != "fixed":
+            raise _Conflict("embedding", f"the trainable embedding is the built-in circuit's; a model of your own "
+                            f"(model = \"{self.model}\") embeds its inputs itself: keep embedding = \"fixed\"")
+        if self.task_kind == REGRESSION:
+            self._check_regression()
         if self.mitigation_method == "zne" and self.dataset == "tfim":
             raise _Conflict(mitigating, "zero-noise extrapolation needs angle data; the tfim set is loaded as states")
         if self.uses_transport("dp") and self.dp_mode == "central" and self.dp_accountant == "pld" and self.fraction_train < 1:
@@ -291,10 +304,25 @@ class RunConfig(_Strict):
             raise _Conflict("resume", "names no run: set run-name to the run to continue")
         return self
 
+    def _check_regression(self) -> None:
+        """A numeric target: the nodes' own files, no classes, nothing that splits or scores by class."""
+        if self.dataset != "file":
+            raise _Conflict("task-kind", f"regression learns a numeric label, which only the nodes' own files hold "
+                                         f"(dataset = \"file\"); dataset '{self.dataset}' is a classification set")
+        if self.data_classes.strip():
+            raise _Conflict("data-classes", "regression has no classes: leave data-classes empty (the label column is the "
+                                            "numeric target)")
+        if self.partitioner != "iid":
+            raise _Conflict("partitioner", f"'{self.partitioner}' splits a data set by class label; a regression label is "
+                                           "a number: use \"iid\"")
+        if self.architecture == "search":
+            raise _Conflict("architecture", "search scores circuits by their validation cross-entropy over classes; "
+                                            "regression has none: use \"fixed\" or \"by-device\"")
+
     def _check_file_data(self) -> None:
         """What a run on the nodes' own files must declare: the server holds none of the data."""
         classes = [c.strip() for c in self.data_classes.split(",") if c.strip()]
-        if len(classes) < 2 or len(set(classes)) != len(classes):
+        if self.task_kind == CLASSIFICATION and (len(classes) < 2 or len(set(classes)) != len(classes)):
             raise _Conflict("data-classes", "dataset file: name at least two distinct classes, comma-separated, in order")
         if self.data_num_features < 1:
             raise _Conflict("data-num-features", "dataset file: declare how many feature columns every node's file has")

@@ -121,6 +121,11 @@ QCN_ROUND_METRICS = (QCN_BELL_PAIRS, QCN_PAIRS_SAVED, QCN_BYTES, QCN_BYTES_SAVED
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 EVAL_METRICS = (EVAL_LOSS, EVAL_ACCURACY, NUM_EXAMPLES)
+# a regression run (run config task-kind) sends the same keys, so that every transport, DP and the guard
+# treat its replies as a classifier's: the loss is its mean squared error and the accuracy slot its
+# coefficient of determination R^2 (higher is better, 1 perfect; qfl.task.train)
+TRAIN_R2 = TRAIN_ACCURACY
+EVAL_R2 = EVAL_ACCURACY
 
 # --- what strategies report about a round (strategies.delegating.RoundReport) ---------------
 # per client: columns of clients.csv

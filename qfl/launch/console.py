@@ -34,13 +34,23 @@ def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _is_regression(event: dict) -> bool:
+    """A row of a regression run (task-kind regression): its R^2 and RMSE columns are filled."""
+    return any(event.get(k) is not None and event.get(k) == event.get(k) for k in ("train_r2", "fed_eval_r2"))
+
+
 def round_line(event: dict, total: int) -> str:
-    held_out = event.get("fed_eval_accuracy")
-    return (f"{TAG} round {event['round']}/{total}  test-acc {_num(event['test_accuracy'], '.3f')}  "
-            f"test-loss {_num(event['test_loss'], '.4f')}  "
-            + (f"held-out-acc {held_out:.3f}  " if held_out is not None else "")
-            + f"train-loss {_num(event.get('train_loss'), '.4f')}  "
-            f"clients {event['clients_ok']} ok / {event['clients_failed']} failed"
+    if _is_regression(event):
+        rmse, r2 = event.get("fed_eval_rmse"), event.get("fed_eval_r2")
+        figures = (f"held-out-rmse {_num(rmse, '.4f')}  held-out-r2 {_num(r2, '.3f')}  "
+                   f"train-rmse {_num(event.get('train_rmse'), '.4f')}  ")
+    else:
+        held_out = event.get("fed_eval_accuracy")
+        figures = (f"test-acc {_num(event['test_accuracy'], '.3f')}  test-loss {_num(event['test_loss'], '.4f')}  "
+                   + (f"held-out-acc {held_out:.3f}  " if held_out is not None else "")
+                   + f"train-loss {_num(event.get('train_loss'), '.4f')}  ")
+    return (f"{TAG} round {event['round']}/{total}  " + figures
+            + f"clients {event['clients_ok']} ok / {event['clients_failed']} failed"
             + (f" / {event['clients_rejected']} rejected" if event.get("clients_rejected") else "")
             + f"  {event['round_time_s']:.1f} s")
 
@@ -185,6 +195,8 @@ def read_rows(run_dir: Path) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     """The final per-round table."""
+    if any(_is_regression(r) for r in rows):
+        return _regression_table(rows)
     dp = any(r.get("dp_epsilon") is not None for r in rows)
     held = any(r.get("fed_eval_accuracy") is not None for r in rows)  # federated evaluation: the nodes' held-out rows
     head = f"{'round':>5} {'test_acc':>8} {'test_loss':>9}"
@@ -207,3 +219,19 @@ def format_table(rows: list[dict]) -> str:
 def elapsed(start: float) -> str:
     seconds = int(time.monotonic() - start)
     return f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def _regression_table(rows: list[dict]) -> str:
+    """The final per-round table of a regression run: held-out RMSE and R^2, train RMSE."""
+    dp = any(r.get("dp_epsilon") is not None for r in rows)
+    head = f"{'round':>5} {'held_rmse':>9} {'held_r2':>8} {'train_rmse':>10} {'clients':>7} {'time_s':>7} {'bytes':>9}"
+    head += f" {'epsilon':>8}" if dp else ""
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        clients = f"{r['clients_ok']}/{r['clients_ok'] + r['clients_failed'] + r.get('clients_rejected', 0)}"
+        lines.append(
+            f"{r['round']:>5} {_num(r.get('fed_eval_rmse'), '>9.4f'):>9} {_num(r.get('fed_eval_r2'), '>8.3f'):>8}"
+            f" {_num(r.get('train_rmse'), '.4f'):>10} {clients:>7} {r['round_time_s']:>7.1f} {r['bytes_down'] + r['bytes_up']:>9}"
+            + (f" {r['dp_epsilon']:>8.3f}" if dp else "")
+        )
+    return "\n".join(lines)

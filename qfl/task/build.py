@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qfl.common.config import MITIGATIONS, MODELS, RunConfig
-from qfl.task.data import Dataset, load_dataset
-from qfl.task.local_data import split_names
+from qfl.common.config import MITIGATIONS, MODELS, REGRESSION, RunConfig
+from qfl.task.data import Dataset, load_dataset, with_validation
+from qfl.task.local_data import DataSpec
 
 if TYPE_CHECKING:
     from qfl.task.architecture import CircuitSpec
@@ -18,15 +18,17 @@ def build_dataset(cfg: RunConfig) -> Dataset:
     """The split data set a run config names (same on every node). With ``dataset = "file"``
     the data are the nodes' own: what the run declares of them (its classes and the register
     the features are reduced to) and no rows (:func:`qfl.task.local_data.node_dataset` reads
-    a node's)."""
+    a node's). A regression run's ``n_classes`` is 1: the model's one output per row."""
     if cfg.dataset == "file":
         import numpy as np
 
         empty = np.empty((0, cfg.n_qubits))
-        no_labels = np.empty(0, dtype=np.int64)
-        return Dataset(name="file", kind="angles", n_classes=len(split_names(cfg.data_classes)),
+        no_labels = np.empty(0, dtype=np.float64 if cfg.task_kind == REGRESSION else np.int64)
+        return Dataset(name="file", kind="angles", n_classes=DataSpec.of(cfg).n_outputs,
                        x_train=empty, y_train=no_labels, x_test=empty, y_test=no_labels)
-    return load_dataset(cfg.dataset, cfg.n_qubits, cfg.seed, cfg.test_fraction, cfg.tfim_samples)
+    # a tuning run (validation-fraction > 0): validation rows of the training split stand in for the test split
+    return with_validation(load_dataset(cfg.dataset, cfg.n_qubits, cfg.seed, cfg.test_fraction, cfg.tfim_samples),
+                           cfg.validation_fraction, cfg.seed)
 
 
 def build_model(
@@ -45,12 +47,16 @@ def build_model(
     if cfg.model not in MODELS:  # the user's own: package.module:factory
         from qfl.task.user_model import build_user_model
 
-        if mitigation != MITIGATIONS[0] or profile_spec not in (None, "ideal"):
-            raise ValueError(f"a model of your own runs on ideal devices: device profile {profile_spec!r} and mitigation "
-                             f"{mitigation!r} act on the built-in circuit only")
         if data.kind != "angles":
             raise ValueError(f"a model of your own takes angles; data set {data.name!r} is loaded as states")
-        return build_user_model(cfg.model, cfg.to_run_config(), data.x_train.shape[1], data.n_classes, cfg.seed)
+        profile = None
+        if profile_spec is not None:
+            from qfl.task.profiles import get_profile
+
+            profile = get_profile(profile_spec, cfg.n_qubits)
+        # its QNodes rebuilt on the profile's noisy device, with the mitigation (qfl.task.user_noise)
+        return build_user_model(cfg.model, cfg.to_run_config(), data.x_train.shape[1], data.n_classes, cfg.seed,
+                                profile=profile, mitigation=mitigation, regression=cfg.task_kind == REGRESSION)
     if cfg.model == "mlp":
         from qfl.task.classical import MLPClassifier, matched_hidden_width, pqc_parameter_count
 

@@ -9,8 +9,9 @@ names in order: a label is a class by its text) and the feature count (``data-nu
 
 :func:`read_node_data` checks a file against them before the first round and raises
 :class:`DataError` naming the file, the column and the reason: the file exists and parses;
-the columns exist; every label is a declared class; the feature count is the run's; no
-value is NaN or infinite; at least ``data-min-samples`` rows.
+the columns exist; every label is a declared class (with ``task-kind = "regression"``: a finite
+number, and there are no classes); the feature count is the run's; no value is NaN or infinite;
+at least ``data-min-samples`` rows.
 
 Nothing of the file leaves the node but what training sends. A refusal names rows, never their values: its message reaches the server.
 
@@ -50,11 +51,20 @@ class DataSpec:
     classes: tuple[str, ...]
     num_features: int
     min_samples: int
+    regression: bool = False  # task-kind regression: the label is a number, not a class
 
     @classmethod
     def of(cls, cfg) -> DataSpec:  # noqa: ANN001 (a RunConfig)
+        from qfl.common.config import REGRESSION
+
         return cls(label=cfg.data_label, features=split_names(cfg.data_features), classes=split_names(cfg.data_classes),
-                   num_features=cfg.data_num_features, min_samples=cfg.data_min_samples)
+                   num_features=cfg.data_num_features, min_samples=cfg.data_min_samples,
+                   regression=cfg.task_kind == REGRESSION)
+
+    @property
+    def n_outputs(self) -> int:
+        """What the model outputs per row: one logit per class, or the one regression value."""
+        return 1 if self.regression else len(self.classes)
 
 
 def split_names(value: str) -> tuple[str, ...]:
@@ -63,14 +73,15 @@ def split_names(value: str) -> tuple[str, ...]:
 
 
 def read_node_data(path: str | Path, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` of a node's file: ``(N, F)`` float64 features, ``(N,)`` class indices.
+    """``(x, y)`` of a node's file: ``(N, F)`` float64 features, ``(N,)`` class indices (or, with
+    ``spec.regression``, the float64 targets).
 
     Raises
     ------
     DataError
         The file is missing or does not parse, a column is missing or not numeric, a label is
-        not a declared class, the feature count is not the run's, a value is NaN or infinite,
-        or there are fewer than ``spec.min_samples`` rows.
+        not a declared class (regression: not a finite number), the feature count is not the
+        run's, a value is NaN or infinite, or there are fewer than ``spec.min_samples`` rows.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -86,7 +97,7 @@ def read_node_data(path: str | Path, spec: DataSpec) -> tuple[np.ndarray, np.nda
     if x.shape[1] != spec.num_features:
         raise DataError(path, f"has {x.shape[1]} feature column(s), the run declares data-num-features = "
                               f"{spec.num_features}")
-    y = _class_indices(path, spec, columns[spec.label])
+    y = _targets(path, spec, columns[spec.label]) if spec.regression else _class_indices(path, spec, columns[spec.label])
     if len(y) < spec.min_samples:
         raise DataError(path, f"has {len(y)} row(s), fewer than data-min-samples = {spec.min_samples}")
     return x, y
@@ -194,6 +205,21 @@ def _class_indices(path: Path, spec: DataSpec, column: np.ndarray) -> np.ndarray
     return np.array([index[v] for v in labels], dtype=np.int64)
 
 
+def _targets(path: Path, spec: DataSpec, column: np.ndarray) -> np.ndarray:
+    """A regression label column as float64, every value a finite number (rows named, never values)."""
+    texts = [v.decode() if isinstance(v, bytes) else v for v in column]
+    bad = [i for i, v in enumerate(texts) if not _is_number(v)]
+    if bad:
+        raise DataError(path, f"label column {spec.label!r} holds {len(bad)} row(s) that are not numbers (task-kind = "
+                              f"regression needs a numeric target; first at row {bad[0] + 1})")
+    values = np.array([float(v) for v in texts], dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise DataError(path, f"label column {spec.label!r} holds {len(bad)} NaN or infinite value(s) (task-kind = "
+                              f"regression needs a finite target; first at row {bad[0] + 1})")
+    return values
+
+
 def _label_text(value: object) -> str:
     """A label as the text ``data-classes`` names it by: ``1``, ``1.0`` and ``"1"`` are all ``"1"``."""
     if isinstance(value, bytes):
@@ -255,7 +281,7 @@ def node_dataset(cfg, node):  # noqa: ANN001, ANN201 (RunConfig, NodeConfig) -> 
     not (the simulation engine's virtual nodes) on its partition of the run's ``data-path``, cut
     by the run's partitioner from the seed.
     """
-    from qfl.task.data import Dataset, partition_indices
+    from qfl.task.data import Dataset, partition_indices, with_validation
 
     own = node.data_path is not None
     path = node.data_path if own else cfg.data_path
@@ -275,5 +301,7 @@ def node_dataset(cfg, node):  # noqa: ANN001, ANN201 (RunConfig, NodeConfig) -> 
                                   f"than data-min-samples = {cfg.data_min_samples}")
     train, test = held_out(len(y), cfg.test_fraction, cfg.seed * 1_000_003 + node.partition_id)
     angles = to_angles(x, cfg.n_qubits, cfg.seed, cfg.data_reduction, fit=x[train])
-    return Dataset(name="file", kind="angles", n_classes=len(spec.classes),
+    data = Dataset(name="file", kind="angles", n_classes=spec.n_outputs,
                    x_train=angles[train], y_train=y[train], x_test=angles[test], y_test=y[test])
+    # a tuning run (validation-fraction > 0): validation rows of its training rows stand in for its held-out rows
+    return with_validation(data, cfg.validation_fraction, cfg.seed * 1_000_003 + node.partition_id)

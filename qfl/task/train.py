@@ -1,4 +1,12 @@
-"""Local training and evaluation of the PQC classifier (pure functions of model + data)."""
+r"""Local training and evaluation of the PQC (pure functions of model + data).
+
+A classifier (the default) trains on cross-entropy and reports accuracy; with ``regression``
+(run config ``task-kind = "regression"``) the model's one output per row is the prediction, the
+loss is the mean squared error, and the "accuracy" a reply carries is the coefficient of
+determination :math:`R^2 = 1 - \mathrm{MSE}/\mathrm{Var}(y)` (:func:`r_squared`; the contract's
+``TRAIN_R2``/``EVAL_R2`` are the same keys as the accuracies, so every transport and the guard
+treat them alike).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,22 @@ from qfl.task.noise_estimate import update_noise_variance
 
 NOISE_REPLICAS = 3  # replicas of a noisy client's local training that measure its update's device noise
 OPTIMIZERS = ("adam", "sgd", "qng")  # local optimisers by name (run config `optimizer`)
+
+
+def loss_of(outputs: torch.Tensor, target: torch.Tensor, regression: bool = False,
+            reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of class logits ``(B, C)``, or with ``regression`` the squared error of the
+    one output ``(B, 1)`` against the target ``(B,)``."""
+    if regression:
+        return F.mse_loss(outputs[..., 0], target.to(outputs.dtype), reduction=reduction)
+    return F.cross_entropy(outputs, target, reduction=reduction)
+
+
+def r_squared(mse: float, target: np.ndarray | torch.Tensor) -> float:
+    r""":math:`1 - \mathrm{MSE}/\mathrm{Var}(y)`, the variance about the rows' own mean (the
+    coefficient of determination); 0.0 where every target is the same (nothing to explain)."""
+    var = float(torch.as_tensor(target, dtype=torch.float64).var(unbiased=False)) if len(target) else 0.0
+    return 1.0 - mse / var if var > 0 else 0.0
 
 
 def make_optimizer(name: str, params: dict[str, torch.Tensor], model: torch.nn.Module, learning_rate: float,
@@ -57,8 +81,10 @@ def train_local(
     noise_replicas: int = 1,
     optimizer: str = "adam",
     qng_lam: float = 0.0,
+    regression: bool = False,
 ) -> dict[str, float]:
-    r"""Train ``model`` in place with Adam on cross-entropy; mini-batches are broadcast.
+    r"""Train ``model`` in place with Adam on cross-entropy (``regression``: the mean squared
+    error of its one output, :func:`loss_of`); mini-batches are broadcast.
 
     ``optimizer`` picks the local optimiser instead (:func:`make_optimizer`): ``"sgd"``, or
     ``"qng"``, the quantum natural gradient with metric regularisation ``qng_lam``
@@ -88,8 +114,9 @@ def train_local(
     -------
     dict
         ``train-loss`` (mean over the last epoch's batches, weighted by batch size, without
-        the proximal term), ``train-accuracy`` (on the last epoch's batches, before each step),
-        both of replica 0, and ``update-noise-var`` when ``noise_replicas`` is at least 2.
+        the proximal term), ``train-accuracy`` (on the last epoch's batches, before each step;
+        regression: :math:`R^2` of that loss against the variance of the targets), both of
+        replica 0, and ``update-noise-var`` when ``noise_replicas`` is at least 2.
     """
     if isinstance(noise_replicas, bool) or not isinstance(noise_replicas, int) or noise_replicas < 1:
         raise ValueError(f"noise_replicas must be an integer >= 1, got {noise_replicas!r}")
@@ -119,7 +146,7 @@ def train_local(
         loss_sum, correct = 0.0, 0
         for idx in torch.randperm(len(yt), generator=gen).split(batch_size):
             logits = forward(xt[idx])
-            losses = [F.cross_entropy(replica, yt[idx]) for replica in logits]
+            losses = [loss_of(replica, yt[idx], regression) for replica in logits]
             objective = sum(losses)  # the replicas' parameters are disjoint: each gets its own gradient
             if proximal_mu > 0:
                 objective = objective + 0.5 * proximal_mu * sum(((p - start[n]) ** 2).sum() for n, p in params.items())
@@ -130,8 +157,10 @@ def train_local(
                     p.grad += correction[n]
             opt.step(xt[idx])
             loss_sum += losses[0].item() * len(idx)
-            correct += int((logits[0].argmax(dim=1) == yt[idx]).sum())
-    metrics = {TRAIN_LOSS: loss_sum / len(yt), TRAIN_ACCURACY: correct / len(yt)}
+            if not regression:
+                correct += int((logits[0].argmax(dim=1) == yt[idx]).sum())
+    mean_loss = loss_sum / len(yt)
+    metrics = {TRAIN_LOSS: mean_loss, TRAIN_ACCURACY: r_squared(mean_loss, yt) if regression else correct / len(yt)}
     if replicated:
         metrics[UPDATE_NOISE_VAR] = update_noise_variance(start, params)
         with torch.no_grad():
@@ -140,11 +169,11 @@ def train_local(
     return metrics
 
 
-def full_gradient(model: PQCClassifier, x: np.ndarray, y: np.ndarray) -> dict[str, torch.Tensor]:
-    """The gradient of the mean cross-entropy over all of ``(x, y)`` at the model's parameters
-    (SCAFFOLD's option I for a client's control variate)."""
+def full_gradient(model: PQCClassifier, x: np.ndarray, y: np.ndarray, regression: bool = False) -> dict[str, torch.Tensor]:
+    """The gradient of the mean loss (:func:`loss_of`) over all of ``(x, y)`` at the model's
+    parameters (SCAFFOLD's option I for a client's control variate)."""
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(torch.as_tensor(x)), torch.as_tensor(y)).backward()
+    loss_of(model(torch.as_tensor(x)), torch.as_tensor(y), regression).backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     return grads
@@ -152,15 +181,19 @@ def full_gradient(model: PQCClassifier, x: np.ndarray, y: np.ndarray) -> dict[st
 
 @torch.no_grad()
 def evaluate(
-    model: PQCClassifier, x: np.ndarray, y: np.ndarray, batch_size: int = 256
+    model: PQCClassifier, x: np.ndarray, y: np.ndarray, batch_size: int = 256, regression: bool = False
 ) -> dict[str, float]:
-    """Cross-entropy loss and accuracy of ``model`` on ``(x, y)``."""
+    """Cross-entropy loss and accuracy of ``model`` on ``(x, y)``; with ``regression`` the mean
+    squared error as ``loss`` and :math:`R^2` (:func:`r_squared`) as ``accuracy``."""
     model.eval()
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     loss_sum, correct = 0.0, 0
     for start in range(0, len(yt), batch_size):
         logits = model(xt[start : start + batch_size])
         target = yt[start : start + batch_size]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == target).sum())
+        loss_sum += loss_of(logits, target, regression, reduction="sum").item()
+        if not regression:
+            correct += int((logits.argmax(dim=1) == target).sum())
+    if regression:
+        return {"loss": loss_sum / len(yt), "accuracy": r_squared(loss_sum / len(yt), yt)}
     return {"loss": loss_sum / len(yt), "accuracy": correct / len(yt)}

@@ -75,8 +75,8 @@ def test_a_factory_that_does_not_fit_the_run_is_refused_by_name(user_module, fac
 
 
 @pytest.mark.parametrize(("changes", "key"), [
-    ({"device-profiles": "ibm-heron"}, "device-profiles"),
-    ({"mitigation": "zne"}, "mitigation"),
+    ({"mitigation": "pec"}, "mitigation"),
+    ({"zne": True, "mitigation": "pec"}, "zne"),
     ({"embedding": "trainable"}, "embedding"),
     ({"model": "not a path"}, "model"),
 ])
@@ -84,6 +84,11 @@ def test_what_acts_on_the_built_in_circuit_only_is_refused_for_a_users_model(cha
     with pytest.raises(ConfigError) as err:
         config(**{"model": "my_circuits:make", **changes})
     assert err.value.key == key
+
+
+def test_a_users_model_may_name_device_profiles_and_zne() -> None:
+    cfg = config(**{"model": "my_circuits:make", "device-profiles": "ibm-heron;noisy-nisq", "mitigation": "zne"})
+    assert cfg.profile_specs() == ["ibm-heron", "noisy-nisq"] and cfg.mitigation_method == "zne"
 
 
 def test_qfl_new_writes_an_app_whose_config_and_model_check(tmp_path) -> None:

@@ -340,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rounds", type=int, help="rounds per run (default: the experiment's)")
     e.add_argument("--out", default="experiments", help="where experiments/<name>/ go (default: experiments)")
     add_ray_address(e)
+    e.add_argument("--tune", action="store_true",
+                   help="run nothing of the experiment itself: tune every arm with the same budget (its grid declared in "
+                        "the catalogue) on the tuning's seeds and a validation split of the training data, and freeze "
+                        "each arm's choice in <out>/<name>/tuned.json, which later runs of the experiment then use "
+                        "(docs/experiments.md, Tuning)")
     e.add_argument("--compare", action="append", metavar="ARM:OTHER",
                    help="run nothing: paired tests of ARM against OTHER in the finished experiment (repeatable; "
                         "sign-flip tests, Holm-adjusted over every test of those given; with --seeds, over those seeds)")
@@ -358,6 +363,8 @@ def experiment(args: argparse.Namespace) -> int:
     if unknown:
         raise LaunchError(f"unknown experiment {unknown[0]!r} (choose from {', '.join(EXPERIMENTS)} or all)")
     seeds = _seeds(args)
+    if args.tune:
+        return _tune(args, names)
     if (seeds is not None and len(seeds) < 2) or (args.rounds is not None and args.rounds < 1):
         raise LaunchError("--seeds needs at least 2 (a paired test needs pairs) and --rounds at least 1")
     if args.confirmatory:
@@ -373,8 +380,13 @@ def experiment(args: argparse.Namespace) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from qfl.experiments.engine import SimulationSession
 
+    from qfl.experiments.tuning import TuningError, frozen
+
     for name in names:
-        exp = with_overrides(EXPERIMENTS[name], None, args.rounds)
+        try:  # the arms' frozen tuned choices, where tuned.json holds them (refused if made for something else)
+            exp = frozen(with_overrides(EXPERIMENTS[name], None, args.rounds), Path(args.out))
+        except TuningError as err:
+            raise LaunchError(f"experiment {name}: {err}") from None
         try:
             out = run_experiment(exp, Path(args.out), command_line(), say=lambda line: print(line, flush=True),
                                  session_factory=lambda: SimulationSession(ray_address=args.ray_address), seeds=seeds,
@@ -384,6 +396,38 @@ def experiment(args: argparse.Namespace) -> int:
             return 1
         tag = files_tag(exp, seeds or list(range(1, exp.seeds + 1)))
         print(f"[qfl] {name}: {out / f'summary{tag}.md'}", flush=True)
+    return 0
+
+
+def _tune(args: argparse.Namespace, names: list[str]) -> int:
+    """``qfl experiment NAME|all --tune``: tune the arms of each experiment that declares a tuning."""
+    from qfl.experiments.catalogue import EXPERIMENTS
+    from qfl.experiments.engine import RunError, SimulationSession
+    from qfl.experiments.provenance import ProvenanceError
+    from qfl.experiments.runner import command_line, with_overrides
+    from qfl.experiments.tuning import TuningError, tune
+
+    if args.seeds is not None or args.confirmatory or args.compare:
+        raise LaunchError("--tune runs on the tuning's own seeds, declared in the catalogue: no --seeds, --confirmatory "
+                          "or --compare with it")
+    if args.rounds is not None and args.rounds < 1:
+        raise LaunchError("--rounds needs at least 1")
+    declared = [n for n in names if EXPERIMENTS[n].tuning is not None]
+    if not declared:
+        raise LaunchError(f"experiment {names[0]} declares no tuning (Experiment.tuning in qfl/experiments/catalogue.py; "
+                          f"those that do: {', '.join(n for n, e in EXPERIMENTS.items() if e.tuning is not None)})")
+    check_ray_address(args.ray_address)
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    for name in declared:
+        try:
+            path = tune(with_overrides(EXPERIMENTS[name], None, args.rounds), Path(args.out), command_line(),
+                        session_factory=lambda: SimulationSession(ray_address=args.ray_address),
+                        say=lambda line: print(line, flush=True), rerun_stale=args.rerun_stale,
+                        reuse_unknown=args.reuse_unknown)
+        except (RunError, FileNotFoundError, ProvenanceError, TuningError) as err:
+            print(f"qfl: error: experiment {name}: {err}", file=sys.stderr)
+            return 1
+        print(f"[qfl] {name}: frozen choices in {path}", flush=True)
     return 0
 
 

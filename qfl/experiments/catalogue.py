@@ -13,6 +13,7 @@ should and so that each experiment (10 seeds) takes under 40 minutes on a 2-core
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from qfl.common.config import KEY, MITIGATIONS
@@ -44,6 +45,30 @@ class Arm:
     name: str
     config: dict[str, object] = field(default_factory=dict)
     versus: str | None = None  # the arm this one is tested against (None: the experiment's baseline)
+    # this arm's own knobs to tune (run-config key -> candidates), over the experiment's Tuning.grid
+    # (a key of both: the arm's candidates replace the experiment's): MultiKrum's f and keep, a cap, ...
+    tune: dict[str, tuple[object, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How an experiment's arms are tuned (``qfl experiment NAME --tune``; :mod:`qfl.experiments.tuning`).
+
+    Every arm runs each configuration of its grid (the product of :attr:`grid` and the arm's own
+    :attr:`Arm.tune`) on :attr:`seeds`, as ordinary runs with ``validation-fraction`` on, and keeps
+    the one with the best :attr:`last`-rounds mean validation accuracy. Every arm gets the same
+    number of configurations (:meth:`Experiment.budget`; an entry whose arms differ is refused).
+    """
+
+    grid: dict[str, tuple[object, ...]]  # every arm's axes, run-config key -> candidates; learning-rate at least
+    seeds: tuple[int, ...] = (1, 2, 3)  # exploratory seeds; a search that saw them (qfl.experiments.seeds)
+    validation_fraction: float = 0.2  # of the training split: the only rows a tuning run scores on
+    last: int = 3  # the criterion: mean validation accuracy over the last `last` rounds, then over the seeds
+
+    def criterion(self, rounds: int) -> str:
+        k = min(self.last, rounds)
+        return (f"mean validation accuracy over rounds {rounds - k + 1}-{rounds}, then over the seeds; the first "
+                "configuration in grid order wins a tie")
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,8 @@ class Experiment:
     client_app: str | None = None  # the ClientApp component (None: the project's)
     resources: bool = False  # a shared quantum network: the summary adds Bell pairs, time and the bar
     noise_bar: bool = False  # heterogeneous devices: the summary adds the gap, the bar and noise isolation's view
+    tuning: Tuning | None = None  # how the arms are tuned, each with the same budget (None: not declared)
+    tuned: str = ""  # where the arms' settings came from when tuned (qfl.experiments.tuning.frozen), for the summary
 
     def __post_init__(self) -> None:
         names = [a.name for a in self.arms]
@@ -71,6 +98,35 @@ class Experiment:
         for arm in self.arms:
             if (arm.versus or self.baseline) not in names:
                 raise ValueError(f"{self.name}: arm {arm.name} is tested against unknown arm {arm.versus or self.baseline}")
+        if self.tuning is None:
+            untuned = [a.name for a in self.arms if a.tune]
+            if untuned:
+                raise ValueError(f"{self.name}: arms {', '.join(untuned)} declare knobs to tune, the experiment no tuning")
+            return
+        if not self.tuning.seeds or not 0 < self.tuning.validation_fraction <= 0.5 or self.tuning.last < 1:
+            raise ValueError(f"{self.name}: a tuning needs seeds, a validation fraction in (0, 0.5] and last >= 1")
+        for arm in self.arms:
+            axes = {**self.tuning.grid, **arm.tune}
+            if KEY.learning_rate not in axes or any(len(values) == 0 for values in axes.values()):
+                raise ValueError(f"{self.name}: arm {arm.name} tunes {sorted(axes)}: the learning rate at least, "
+                                 "and every knob with at least one candidate")
+        budgets = {a.name: self.budget(a) for a in self.arms}
+        if len(set(budgets.values())) > 1:  # the same tuning budget for every arm of a comparison
+            raise ValueError(f"{self.name}: the arms' tuning budgets differ ("
+                             + ", ".join(f"{n} {b}" for n, b in budgets.items())
+                             + " configurations); give every arm the same number")
+
+    def grid(self, arm: Arm) -> list[dict[str, object]]:
+        """Every configuration ``arm`` is tuned over (run-config keys over the arm's), in grid order:
+        the product of the experiment's axes and the arm's own (``[]`` without a tuning)."""
+        if self.tuning is None:
+            return []
+        axes = {**self.tuning.grid, **arm.tune}
+        return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+    def budget(self, arm: Arm) -> int:
+        """How many configurations ``arm`` is tuned over."""
+        return len(self.grid(arm))
 
     def versus(self, arm: Arm) -> str | None:
         """The arm ``arm`` is compared with (``None`` for a baseline)."""
@@ -93,13 +149,36 @@ NOISE_METHODS = {
 }
 NOISE_MITIGATIONS = MITIGATIONS  # none, zne, pec: every client's, the good ones' too
 
+# Tuning ("Evidence that survives review", item 4; qfl experiment NAME --tune): every arm of an experiment
+# the same budget, 4 configurations on seeds 1-3, scored on a validation split of the training data. An arm
+# with no knob of its own spends it on four learning rates; MultiKrum and noise isolation on two learning
+# rates x two settings of their own knob (f and keep; the weight cap), the catalogue's setting one of them.
+TUNE_RATES = (0.025, 0.05, 0.1, 0.2)  # Adam's step size, for an arm with no knob of its own
+TUNE_RATES_WITH_KNOB = (0.05, 0.1)  # for an arm that also tunes a knob of its own over two settings
+
+
+def _tuning() -> Tuning:
+    return Tuning(grid=settings(learning_rate=TUNE_RATES))
+
+
+def _knob(*strategy_options: str) -> dict[str, tuple[object, ...]]:
+    """An arm's own knob (two settings of its strategy's options) and its share of learning rates."""
+    return settings(learning_rate=TUNE_RATES_WITH_KNOB, strategy_options=strategy_options)
+
+
+NOISE_TUNE = {  # MultiKrum's f and keep (6 clients), noise isolation's weight cap (x the FedAvg share)
+    "multikrum": _knob("{ num-malicious-nodes = 2, num-nodes-to-select = 3 }",
+                       "{ num-malicious-nodes = 1, num-nodes-to-select = 4 }"),
+    "noise-isolating": _knob("{ weight-cap = 2.0 }", "{ weight-cap = 4.0 }"),
+}
+
 
 def _noise() -> Experiment:
     good = GOOD_DEVICES.split(";")[:NOISE_GOOD]
     arms = [Arm(f"{method}/{mitigation}", {**config, **settings(mitigation=mitigation)},
                 # each against FedAvg of its mitigation; mitigated FedAvg against unmitigated FedAvg
                 versus=None if method == "fedavg" and mitigation == "none" else
-                "fedavg/none" if method == "fedavg" else f"fedavg/{mitigation}")
+                "fedavg/none" if method == "fedavg" else f"fedavg/{mitigation}", tune=NOISE_TUNE.get(method, {}))
             for mitigation in NOISE_MITIGATIONS for method, config in NOISE_METHODS.items()]
     # every client on a good device (the three cycled), FedAvg, no mitigation
     arms.append(Arm("control-good-devices", settings(strategy="fedavg", device_profiles=GOOD_DEVICES),
@@ -110,7 +189,7 @@ def _noise() -> Experiment:
         clients=NOISE_GOOD + NOISE_NOISY, rounds=12, target=0.9,
         config=study(dataset="breast-cancer", learning_rate=0.1,
                      device_profiles=";".join([*good, *[NOISY_DEVICE] * NOISE_NOISY])),
-        arms=tuple(arms), baseline="fedavg/none", noise_bar=True,
+        arms=tuple(arms), baseline="fedavg/none", noise_bar=True, tuning=_tuning(),
     )
 
 
@@ -295,13 +374,19 @@ REALISTIC_METHODS = {
     "noise-isolating": settings(strategy="noise-isolating"),
     "multikrum": settings(strategy="multikrum", strategy_options="{ num-malicious-nodes = 3, num-nodes-to-select = 4 }"),
 }
+REALISTIC_TUNE = {  # as NOISE_TUNE, for 10 clients
+    "multikrum": _knob("{ num-malicious-nodes = 3, num-nodes-to-select = 4 }",
+                       "{ num-malicious-nodes = 2, num-nodes-to-select = 6 }"),
+    "noise-isolating": _knob("{ weight-cap = 2.0 }", "{ weight-cap = 4.0 }"),
+}
 
 
 def _realistic(name: str) -> Experiment:
     data, target = REALISTIC_TASKS[name]
     good = (GOOD_DEVICES.split(";") * REALISTIC_CLIENTS)[:REALISTIC_GOOD]
     # arms named method/mitigation and the control, as in `noise`, so that its summary section applies
-    arms = [Arm(f"{method}/none", config, versus=None if method == "fedavg" else "fedavg/none")
+    arms = [Arm(f"{method}/none", config, versus=None if method == "fedavg" else "fedavg/none",
+                tune=REALISTIC_TUNE.get(method, {}))
             for method, config in REALISTIC_METHODS.items()]
     arms += [
         Arm("control-good-devices", settings(strategy="fedavg", device_profiles=GOOD_DEVICES), versus="fedavg/none"),
@@ -318,7 +403,7 @@ def _realistic(name: str) -> Experiment:
         # round-timeout: on 2 cores a digits10 round on the noisy devices outlasts the default 120 s
         config=study(partitioner="dirichlet", dirichlet_alpha=0.5, learning_rate=0.1, round_timeout=900.0,
                      device_profiles=";".join([*good, *[NOISY_DEVICE] * (REALISTIC_CLIENTS - REALISTIC_GOOD)]), **data),
-        arms=tuple(arms), baseline="fedavg/none", noise_bar=True,
+        arms=tuple(arms), baseline="fedavg/none", noise_bar=True, tuning=_tuning(),
     )
 
 

@@ -283,6 +283,7 @@ def summary_markdown(experiment: Experiment, results: dict[str, ArmResult], comm
         f"Command: `{command}`", "",
         f"Claim: {e.claim}.", "",
         *classify(e.name, seeds).lines(), "",
+        *([e.tuned, ""] if e.tuned else []),  # the arms' frozen tuned settings, or that a declared tuning was not run
         *(provenance_lines or []), *([""] if provenance_lines else []),
         f"{e.clients} clients, {e.rounds} rounds, seeds {res_seeds(results)}; shared settings: `{_toml(e.config)}`. "
         f"Running time: {seconds / 60:.1f} min (the runs' own, on this machine; resumed runs count where they ran).", "",

@@ -35,6 +35,21 @@ SEARCHES: dict[str, tuple[Search, ...]] = {
 }
 
 
+def searches(experiment: str) -> tuple[Search, ...]:
+    """The searches that saw seeds of ``experiment``: :data:`SEARCHES`' and, where the catalogue
+    declares a tuning (``qfl experiment NAME --tune``), the tuning's seeds: its frozen choices were
+    made on them, so they are never confirmatory for the experiment that uses those choices."""
+    from qfl.experiments.catalogue import EXPERIMENTS
+
+    found = SEARCHES.get(experiment, ())
+    declared = EXPERIMENTS.get(experiment)
+    if declared is not None and declared.tuning is not None:
+        found += (Search(f"qfl experiment {experiment} --tune", tuple(declared.tuning.seeds),
+                         f"each arm's learning rate and own knobs on a validation split "
+                         f"(experiments/{experiment}/tuned.json)"),)
+    return found
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"N"``: seeds 1..N; ``"A..B"``: seeds A..B (both ends included).
 
@@ -98,9 +113,9 @@ class SeedStatus:
 
     def lines(self) -> list[str]:
         """The summary's statement of its seeds."""
-        searches = SEARCHES.get(self.experiment, ())
         where = (f"the catalogue's settings and strategies were chosen on seeds {label(list(EXPLORATORY))}"
-                 + "".join(f"; {s.tool} chose {s.chose} on seeds {label(list(s.seeds))}" for s in searches))
+                 + "".join(f"; {s.tool} chose {s.chose} on seeds {label(list(s.seeds))}"
+                           for s in searches(self.experiment)))
         text = {"exploratory": f"**Seeds {label(list(self.seeds))}: exploratory.** Every one was seen while the "
                                f"setting was chosen ({where}): these figures show what was found, they do not test it "
                                "independently; confirm on fresh seeds (`--seeds 11..30`).",
@@ -124,7 +139,7 @@ def classify(experiment: str, seeds: list[int]) -> SeedStatus:
     for s in seeds:
         if s in EXPLORATORY:
             seen.setdefault(s, []).append("the catalogue's choices")
-        for search in SEARCHES.get(experiment, ()):
+        for search in searches(experiment):
             if s in search.seeds:
                 seen.setdefault(s, []).append(search.tool)
     return SeedStatus(experiment, tuple(seeds), {s: tuple(who) for s, who in seen.items()})

@@ -199,6 +199,50 @@ def load_partition(
     return data.x_train[idx], data.y_train[idx]
 
 
+# --- the validation split of a tuning run ----------------------------------------------
+
+
+def validation_rows(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The rows of a training split held out as a tuning run's validation set (``validation-fraction``):
+    sorted indices into ``labels``, a seeded share ``fraction``.
+
+    Stratified where the labels are classes: each class gives ``round(fraction x its rows)``, and
+    keeps at least one row for training; a numeric (regression) label, a seeded share of all rows.
+    At least one row is held out and never every row.
+    """
+    n = len(labels)
+    if not 0 < fraction < 1:
+        raise ValueError(f"a validation fraction lies in (0, 1), got {fraction}")
+    if n < 2:
+        raise ValueError(f"a validation split needs at least 2 training rows, got {n}")
+    rng = np.random.default_rng([seed, n, 0x5A11D])
+    if np.issubdtype(np.asarray(labels).dtype, np.integer):
+        classes, counts = np.unique(labels, return_counts=True)
+        rows = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:min(int(round(fraction * k)), k - 1)]
+                               for c, k in zip(classes, counts)])
+    else:
+        rows = rng.permutation(n)[:min(int(round(fraction * n)), n - 1)]
+    if len(rows) == 0:  # every class too small to give a row: one row of all
+        rows = rng.permutation(n)[:1]
+    return np.sort(rows).astype(np.int64)
+
+
+def with_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
+    """``data`` as a tuning run sees it: with ``fraction > 0`` the test split is gone, replaced by
+    the validation rows (:func:`validation_rows`) carved from the training split, which keeps the
+    rest; so everything that evaluates the "test" split (the server's central evaluation, the
+    nodes' federated evaluation) evaluates on validation rows, and no test row is reachable.
+    ``fraction == 0``: ``data`` itself."""
+    if fraction <= 0:
+        return data
+    from dataclasses import replace
+
+    held = validation_rows(data.y_train, fraction, seed)
+    keep = np.setdiff1d(np.arange(len(data.y_train)), held)
+    return replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep], x_test=data.x_train[held],
+                   y_test=data.y_train[held], h_train=None if data.h_train is None else data.h_train[keep])
+
+
 # --- preparation ----------------------------------------------------------------------
 
 

@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("new", help="write a Flower app of your own (task.py with your model, your data) that runs on qfl")
     n.add_argument("dir", help="the new app's folder (must not exist, or be empty)")
     e = sub.add_parser("experiment", help="run a named experiment over many seeds on the simulation engine (docs/experiments.md)")
-    e.add_argument("name", help="an experiment's name, or all")
+    e.add_argument("name", help="an experiment's name, a factorial design's (every cell, then its verdict) or one of its "
+                                "cells, or all (the experiments, not the designs)")
     e.add_argument("--seeds", metavar="N|A..B",
                    help="seeds 1..N, or A..B (default: the experiment's 1..10, on which its settings were chosen: "
                         "exploratory); seeds no search saw (e.g. 11..30) are confirmatory, and the summary says which")
@@ -353,15 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def experiment(args: argparse.Namespace) -> int:
     """``qfl experiment NAME|all``: run (or resume) experiments and write their evidence."""
-    from qfl.experiments.catalogue import EXPERIMENTS
+    from qfl.experiments.catalogue import FACTORIALS, find
     from qfl.experiments.engine import RunError
     from qfl.experiments.provenance import ProvenanceError
     from qfl.experiments.runner import command_line, files_tag, run_experiment, with_overrides
 
-    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
-    unknown = [n for n in names if n not in EXPERIMENTS]
-    if unknown:
-        raise LaunchError(f"unknown experiment {unknown[0]!r} (choose from {', '.join(EXPERIMENTS)} or all)")
+    names = _names(args.name)
     seeds = _seeds(args)
     if args.tune:
         return _tune(args, names)
@@ -371,7 +369,7 @@ def experiment(args: argparse.Namespace) -> int:
         from qfl.experiments.seeds import classify
 
         for name in names:
-            refusal = classify(name, seeds or list(range(1, EXPERIMENTS[name].seeds + 1))).refusal()
+            refusal = classify(name, seeds or list(range(1, find(name).seeds + 1))).refusal()
             if refusal:
                 raise LaunchError(f"--confirmatory: {refusal} (choose seeds no search saw, e.g. --seeds 11..30)")
     if args.compare:
@@ -382,9 +380,10 @@ def experiment(args: argparse.Namespace) -> int:
 
     from qfl.experiments.tuning import TuningError, frozen
 
+    ran = []
     for name in names:
         try:  # the arms' frozen tuned choices, where tuned.json holds them (refused if made for something else)
-            exp = frozen(with_overrides(EXPERIMENTS[name], None, args.rounds), Path(args.out))
+            exp = frozen(with_overrides(find(name), None, args.rounds), Path(args.out))
         except TuningError as err:
             raise LaunchError(f"experiment {name}: {err}") from None
         try:
@@ -396,12 +395,35 @@ def experiment(args: argparse.Namespace) -> int:
             return 1
         tag = files_tag(exp, seeds or list(range(1, exp.seeds + 1)))
         print(f"[qfl] {name}: {out / f'summary{tag}.md'}", flush=True)
+        ran.append(exp)
+    if args.name in FACTORIALS:  # every cell ran: the verdict across them
+        from qfl.experiments.dose import write_summary
+
+        path = write_summary(FACTORIALS[args.name], ran, Path(args.out), seeds or list(range(1, ran[0].seeds + 1)),
+                             command_line())
+        print(f"[qfl] {args.name}: {path}", flush=True)
     return 0
+
+
+def _names(name: str) -> list[str]:
+    """The experiments ``qfl experiment NAME`` runs: ``all`` the catalogue's experiments, a factorial
+    design's name every cell of it, else the one experiment or cell named."""
+    from qfl.experiments.catalogue import EXPERIMENTS, FACTORIALS, find
+
+    if name == "all":
+        return list(EXPERIMENTS)
+    if name in FACTORIALS:
+        return [cell.name for cell in FACTORIALS[name].cells]
+    if find(name) is None:
+        raise LaunchError(f"unknown experiment {name!r} (choose from {', '.join(EXPERIMENTS)}, all, or a factorial "
+                          f"design, {', '.join(FACTORIALS)}, or one of its cells such as "
+                          f"{next(iter(FACTORIALS.values())).cells[0].name})")
+    return [name]
 
 
 def _tune(args: argparse.Namespace, names: list[str]) -> int:
     """``qfl experiment NAME|all --tune``: tune the arms of each experiment that declares a tuning."""
-    from qfl.experiments.catalogue import EXPERIMENTS
+    from qfl.experiments.catalogue import EXPERIMENTS, find
     from qfl.experiments.engine import RunError, SimulationSession
     from qfl.experiments.provenance import ProvenanceError
     from qfl.experiments.runner import command_line, with_overrides
@@ -412,7 +434,7 @@ def _tune(args: argparse.Namespace, names: list[str]) -> int:
                           "or --compare with it")
     if args.rounds is not None and args.rounds < 1:
         raise LaunchError("--rounds needs at least 1")
-    declared = [n for n in names if EXPERIMENTS[n].tuning is not None]
+    declared = [n for n in names if find(n).tuning is not None]
     if not declared:
         raise LaunchError(f"experiment {names[0]} declares no tuning (Experiment.tuning in qfl/experiments/catalogue.py; "
                           f"those that do: {', '.join(n for n, e in EXPERIMENTS.items() if e.tuning is not None)})")
@@ -420,7 +442,7 @@ def _tune(args: argparse.Namespace, names: list[str]) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     for name in declared:
         try:
-            path = tune(with_overrides(EXPERIMENTS[name], None, args.rounds), Path(args.out), command_line(),
+            path = tune(with_overrides(find(name), None, args.rounds), Path(args.out), command_line(),
                         session_factory=lambda: SimulationSession(ray_address=args.ray_address),
                         say=lambda line: print(line, flush=True), rerun_stale=args.rerun_stale,
                         reuse_unknown=args.reuse_unknown)
@@ -444,7 +466,7 @@ def _seeds(args: argparse.Namespace) -> list[int] | None:
 
 
 def _compare(args: argparse.Namespace, names: list[str], seeds: list[int] | None) -> int:
-    from qfl.experiments.catalogue import EXPERIMENTS
+    from qfl.experiments.catalogue import find
     from qfl.experiments.runner import compare, with_overrides
 
     if len(names) != 1:
@@ -454,7 +476,7 @@ def _compare(args: argparse.Namespace, names: list[str], seeds: list[int] | None
     if bad:
         raise LaunchError(f"--compare {bad[0]!r}: give two arm names as ARM:OTHER")
     try:
-        print(compare(with_overrides(EXPERIMENTS[names[0]], None, args.rounds), Path(args.out), pairs, seeds))
+        print(compare(with_overrides(find(names[0]), None, args.rounds), Path(args.out), pairs, seeds))
     except (ValueError, FileNotFoundError) as err:
         raise LaunchError(f"experiment {names[0]}: {err}") from err
     return 0

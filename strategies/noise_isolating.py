@@ -183,16 +183,28 @@ class NoiseIsolatingFedAvg(GlobalModelFedAvg):
     ``pec-gamma2`` (PEC's sampling overhead) is reported, not weighed: the variance a
     client claims already includes it.
 
+    **Ablations** (``qfl experiment noise-dose``): each option's extreme turns one part off and
+    leaves the rest as it is, the defaults unchanged:
+
+    - *no contraction division*: ``min_contraction = 1``. Then :math:`\hat c_k = \max(c_k, 1) = 1`
+      for every told :math:`c_k \in (0, 1]`: :math:`y_k = \Delta_k` and :math:`v_k = s_k^2`, the
+      same aggregate, bit for bit, as the same replies with no contraction told;
+    - *no cap*: ``weight_cap = inf`` (TOML ``{ weight-cap = inf }``): :math:`\alpha_k \propto n_k
+      (\hat\tau^2 + v_\min)/(\hat\tau^2 + v_k)` uncapped, everywhere the cap enters (the weights,
+      the consensus of the claims' test, nothing left with the global model).
+
     Parameters
     ----------
     weight_cap : float (default: 2.0)
-        :math:`\kappa \ge 1`: no client weighs more than this many times its FedAvg share.
+        :math:`\kappa \ge 1`: no client weighs more than this many times its FedAvg share;
+        ``inf``: no cap (the ablation).
     heterogeneity_factor : float (default: 9.0)
         :math:`\lambda \ge 1`: how many times the typical heterogeneity one client's may be
         (9: three times as far from the others) before its noise claim is doubted; 0 turns
         the test off (the cap alone then bounds a false claim).
     min_contraction : float (default: 0.25)
-        :math:`c_\min \in (0, 1]`: the smallest contraction an update is divided by.
+        :math:`c_\min \in (0, 1]`: the smallest contraction an update is divided by; 1: no
+        update is divided (the ablation).
     uncorrected_parameters : list[str] (default: ``["bias"]``)
         Parameters outside the circuit, which no contraction scales.
     **kwargs
@@ -217,7 +229,8 @@ class NoiseIsolatingFedAvg(GlobalModelFedAvg):
 
     def __init__(self, *, weight_cap: float = 2.0, heterogeneity_factor: float = 9.0, min_contraction: float = 0.25,
                  uncorrected_parameters: Iterable[str] = ADDITIVE_READOUT, **kwargs) -> None:
-        _check_number("weight_cap", weight_cap, lambda x: x >= 1.0, ">= 1")
+        if not (isinstance(weight_cap, float) and weight_cap == math.inf):  # inf: no cap, the ablation
+            _check_number("weight_cap", weight_cap, lambda x: x >= 1.0, ">= 1 (or inf: no cap)")
         _check_number("heterogeneity_factor", heterogeneity_factor, lambda x: x == 0.0 or x >= 1.0, "0 (off) or >= 1")
         _check_number("min_contraction", min_contraction, lambda x: 0.0 < x <= 1.0, "in (0, 1]")
         if isinstance(uncorrected_parameters, str) or not all(isinstance(n, str) for n in uncorrected_parameters):
@@ -243,8 +256,9 @@ class NoiseIsolatingFedAvg(GlobalModelFedAvg):
 
     def summary(self) -> None:
         log(INFO, "\t├──> Noise isolation: weight cap %g x FedAvg share, noise claims tested allowing %g x the "
-            "typical heterogeneity, contraction >= %g",
-            self.weight_cap, self.heterogeneity_factor, self.min_contraction)
+            "typical heterogeneity, contraction >= %g%s",
+            self.weight_cap, self.heterogeneity_factor, self.min_contraction,
+            " (no update divided)" if self.min_contraction == 1.0 else "")
         super().summary()
 
     def aggregate_train(
@@ -300,7 +314,7 @@ class NoiseIsolatingFedAvg(GlobalModelFedAvg):
                     "so the told contractions are not corrected")
             return np.ones(len(valid))
         for msg, c in zip(valid, told):
-            if c < self.min_contraction:
+            if c < self.min_contraction < 1.0:  # (1: nothing is divided, the ablation; said once, in summary)
                 log(INFO, "\t> node %d: contraction %.3g, divided by min_contraction %g instead",
                     msg.metadata.src_node_id, c, self.min_contraction)
         return np.maximum(told, self.min_contraction)

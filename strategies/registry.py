@@ -26,9 +26,11 @@ from flwr.serverapp.strategy import (
 )
 
 from strategies.fidelity_weighted import FidelityWeightedFedAvg
+from strategies.inverse_variance import InverseVarianceFedAvg
 from strategies.nested_fedavg import NestedFedAvg
 from strategies.noise_isolating import NoiseIsolatingFedAvg
 from strategies.noise_isolating_median import MedianNoiseIsolatingFedAvg
+from strategies.oracle import NoisyDeviceOracle
 from strategies.scaffold import Scaffold
 
 # Built-in names -> classes. Every class accepts FedAvg's sampling keyword arguments.
@@ -40,6 +42,9 @@ BUILTIN_STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "multikrum": MultiKrum,
     "noise-isolating": NoiseIsolatingFedAvg,  # clients' own noise claims, random effects (DerSimonian-Laird)
     "noise-isolating-median": MedianNoiseIsolatingFedAvg,  # the first one: distance to the median, for comparison
+    # references for experiments (qfl experiment noise-dose): the textbook weight, and selection told the truth
+    "inverse-variance": InverseVarianceFedAvg,  # n_k / the claimed update-noise-var, nothing else
+    "oracle-drop-noisy": NoisyDeviceOracle,  # FedAvg without the clients on devices it is told are noisy
     "fidelity-weighted": FidelityWeightedFedAvg,
     # clients on nested circuit depths: each layer averaged over the clients that hold it (HeteroFL, Quorus)
     "nested-fedavg": NestedFedAvg,

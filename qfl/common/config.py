@@ -200,7 +200,8 @@ class RunConfig(_Strict):
     strategy: str = Field(
         "fedavg", min_length=1,
         description="fedavg, noise-isolating, noise-isolating-median, fidelity-weighted, fedmedian, fedtrimmedavg, krum, multikrum, fedprox, "
-                    "scaffold, fedavgm, fedadam, fedyogi, fedadagrad, nested-fedavg, or package.module:Class")
+                    "scaffold, fedavgm, fedadam, fedyogi, fedadagrad, nested-fedavg, inverse-variance, oracle-drop-noisy "
+                    "(experiments' references), or package.module:Class")
     strategy_options: str = Field("{}", description="constructor options as a TOML inline table, e.g. { trim-threshold = 4.0 }")
     robust_norm_factor: float = Field(
         4.0, ge=0, description="the guard rejects an update farther from the global model than this many times the round's median distance (0: off)")

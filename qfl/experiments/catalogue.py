@@ -134,6 +134,63 @@ class Experiment:
         return None if other == arm.name else other
 
 
+@dataclass(frozen=True)
+class Factorial:
+    """A pre-registered factorial design: one :class:`Experiment` per *cell*, a combination of one
+    level of every factor, read together by one verdict.
+
+    Each cell is an ordinary experiment (its arms, tuning, seeds, summary and folder,
+    ``experiments/<name>/<level>/<level>/...``) named ``<name>/<level>/<level>/...``;
+    ``qfl experiment <name>`` runs every cell and then writes the verdict across them
+    (:mod:`qfl.experiments.dose`), ``qfl experiment <cell>`` one cell. The verdict reads, in every
+    cell, the paired comparisons :attr:`verdict` (arm minus other, seed by seed) on each of
+    :attr:`quantities`, exact sign-flip tests Holm-adjusted over all of them together: its family
+    is :meth:`tests` tests, and it can reach significance only with :meth:`min_seeds` seeds or more.
+    """
+
+    name: str
+    claim: str
+    factors: tuple[tuple[str, tuple[str, ...]], ...]  # (factor, its levels' labels), in order
+    cells: tuple[Experiment, ...]  # one per combination, in the order of itertools.product over the levels
+    verdict: tuple[tuple[str, str], ...]  # (arm, other) in every cell: the comparisons the verdict reads
+    secondary: tuple[tuple[str, str], ...] = ()  # (arm, other): reported in a family of their own, not the verdict
+    quantities: tuple[str, ...] = ("final accuracy", "rounds to target")  # each comparison is tested on both
+    seeds: tuple[int, ...] = tuple(range(11, 31))  # the fresh seeds the verdict is declared on
+
+    def __post_init__(self) -> None:
+        want = [self.cell_name(levels) for levels in self.levels()]
+        if [c.name for c in self.cells] != want:
+            raise ValueError(f"{self.name}: the cells must be {len(want)}, one per combination of levels, in order")
+        for cell in self.cells:
+            arms = {a.name for a in cell.arms}
+            missing = sorted({n for pair in (*self.verdict, *self.secondary) for n in pair} - arms)
+            if missing:
+                raise ValueError(f"{cell.name}: the verdict compares arms it does not have: {missing}")
+        if len(self.seeds) < self.min_seeds():
+            raise ValueError(f"{self.name}: {len(self.seeds)} seeds cannot reach significance over {self.tests()} "
+                             f"tests (Holm); at least {self.min_seeds()}")
+
+    def levels(self) -> list[tuple[str, ...]]:
+        """Every cell's levels, one per factor, in product order."""
+        return list(itertools.product(*(levels for _, levels in self.factors)))
+
+    def cell_name(self, levels: tuple[str, ...]) -> str:
+        return "/".join((self.name, *levels))
+
+    def tests(self, secondary: bool = False) -> int:
+        """How many tests the verdict's family holds (``secondary``: the secondary family's)."""
+        return len(self.cells) * len(self.secondary if secondary else self.verdict) * len(self.quantities)
+
+    def min_seeds(self, alpha: float = 0.05) -> int:
+        """The fewest seeds n whose smallest exact two-sided sign-flip p, 2 / 2^n, survives Holm
+        over :meth:`tests` tests: 2 / 2^n x tests < ``alpha`` (with ties, seeds whose difference is
+        0, only the others count)."""
+        n = 1
+        while 2.0 / 2**n * self.tests() >= alpha:
+            n += 1
+        return n
+
+
 GOOD_DEVICES = "ibm-heron;quantinuum-h1;ionq-aria"
 # the noisy devices of `noise`: IBM's ibmq_16_melbourne as calibrated (2-qubit error 2.9e-2, a read-out
 # biased toward |0>: p(0|1) 7.0 %, p(1|0) 1.9 %; docs/noise.md), 128 shots. Found by bench/noise_search.py
@@ -446,3 +503,101 @@ def _heterogeneous_circuits() -> Experiment:
 
 
 EXPERIMENTS[_heterogeneous_circuits().name] = _heterogeneous_circuits()
+
+
+# Where does noise isolation beat selection? ("Evidence that survives review", item 5): a dose-response factorial.
+# The noisy device from today's best calibration to the worst published (calibrated profiles where the snapshots
+# have them, each on its best 4 qubits), cleanest first; the estimated success probability (ESP) of the run's
+# circuit (4 qubits, 3 layers, routed) on each is in docs/experiments.md (qfl.task.qas.circuit_scores):
+DOSE_DEVICES = {
+    "marrakesh": "ibm:marrakesh",  # ESP 0.924: the highest of the snapshots on this circuit (Heron r2, 2025-02-26)
+    "cusco": "ibm:cusco",  # 0.575: the worst 2025 snapshot by median 2-qubit error (Eagle r3, 2025-02-26)
+    "melbourne": "ibm:melbourne",  # 0.284: ibmq_16_melbourne's 2021 calibration, its best 4 qubits
+    "melbourne-median": "ibmq-melbourne",  # 0.076: the same device's medians, no qubit chosen (noise's noisy device)
+}
+DOSE_SHOTS = (128, 1024, 4096)  # on every device, the good ones and the control's too: shot noise held equal
+DOSE_NOISY = (1, 3, 5)  # noisy clients of DOSE_CLIENTS; the others on GOOD_DEVICES (cycled)
+DOSE_CLIENTS = 6
+DOSE_OPTIMISERS = ("adam", "sgd")
+# per optimiser: the catalogue's learning rate (untuned), the tuning's rates for an arm with no knob of its own,
+# and for one with a knob. SGD's: a one-client noiseless check on breast-cancer (seed 1, 6 x 2 epochs) reached
+# 0.85-0.86 at 0.1-0.4 and swung between 0.60 and 0.92 at 1.6 (docs/experiments.md)
+DOSE_RATES = {
+    "adam": (0.1, TUNE_RATES, TUNE_RATES_WITH_KNOB),
+    "sgd": (0.4, (0.1, 0.2, 0.4, 0.8), (0.2, 0.4)),
+}
+DOSE_NEW = "noise-isolating/none"  # the paper's proposal, tested by the verdict
+DOSE_VERDICT = ((DOSE_NEW, "fedavg/none"), (DOSE_NEW, "multikrum/none"), (DOSE_NEW, "oracle/none"))
+DOSE_ABLATIONS = (("noise-isolating-no-division/none", DOSE_NEW), ("noise-isolating-no-cap/none", DOSE_NEW))
+
+
+def _with_shots(spec: str, shots: int) -> str:
+    return f"{spec}:shots={shots}"
+
+
+def _multikrum(f: int, keep: int) -> str:
+    return f"{{ num-malicious-nodes = {f}, num-nodes-to-select = {keep} }}"
+
+
+def _dose_cell(device: str, shots: int, noisy: int, optimiser: str) -> Experiment:
+    rate, rates, knob_rates = DOSE_RATES[optimiser]
+    noisy_spec = _with_shots(DOSE_DEVICES[device], shots)
+    good = [_with_shots(g, shots) for g in (GOOD_DEVICES.split(";") * DOSE_CLIENTS)[:DOSE_CLIENTS]]
+
+    def knob(*strategy_options: str) -> dict[str, tuple[object, ...]]:
+        return settings(learning_rate=knob_rates, strategy_options=strategy_options)
+
+    # MultiKrum keeps as many as the oracle does (f = min(noisy, 2)), or the catalogue's neutral f 1 / keep 4
+    krum = (_multikrum(min(noisy, 2), DOSE_CLIENTS - noisy), _multikrum(1, 4))
+    arms = [
+        Arm("fedavg/none", settings(strategy="fedavg")),
+        # FedAvg behind the default guard: its direction rule on, as every user gets it
+        Arm("guard/none", settings(strategy="fedavg", robust_direction=True)),
+        Arm("fedmedian/none", settings(strategy="fedmedian")),
+        Arm("multikrum/none", settings(strategy="multikrum", strategy_options=krum[0]), tune=knob(*krum)),
+        # told which device is noisy: exactly those clients left out (strategies/oracle.py)
+        Arm("oracle/none", settings(strategy="oracle-drop-noisy", strategy_options=f'{{ noisy-profiles = ["{noisy_spec}"] }}')),
+        Arm("inverse-variance/none", settings(strategy="inverse-variance")),
+        Arm(DOSE_NEW, settings(strategy="noise-isolating"), tune=knob("{ weight-cap = 2.0 }", "{ weight-cap = 4.0 }")),
+        # the ablations, each against the whole: no update divided by its contraction; no cap
+        Arm("noise-isolating-no-division/none", settings(strategy="noise-isolating", strategy_options="{ min-contraction = 1.0 }"),
+            versus=DOSE_NEW, tune=knob("{ min-contraction = 1.0, weight-cap = 2.0 }",
+                                       "{ min-contraction = 1.0, weight-cap = 4.0 }")),
+        Arm("noise-isolating-no-cap/none", settings(strategy="noise-isolating", strategy_options="{ weight-cap = inf }"),
+            versus=DOSE_NEW),
+        # every client on a good device at the same shots: what the noisy devices cost, shot noise held equal
+        Arm("control-good-devices", settings(strategy="fedavg", device_profiles=";".join(good)), versus="fedavg/none"),
+    ]
+    return Experiment(
+        name="/".join(("noise-dose", device, f"shots{shots}", f"noisy{noisy}", optimiser)),
+        claim=f"noise-dose cell: {noisy} of {DOSE_CLIENTS} clients on {DOSE_DEVICES[device]}, {shots} shots on every "
+              f"device, local {optimiser}: where noise isolation beats FedAvg, MultiKrum and the oracle",
+        clients=DOSE_CLIENTS, rounds=12, target=0.9,
+        config=study(dataset="breast-cancer", learning_rate=rate, optimizer=optimiser,
+                     device_profiles=";".join([*good[:DOSE_CLIENTS - noisy], *[noisy_spec] * noisy])),
+        arms=tuple(arms), baseline="fedavg/none", noise_bar=True, tuning=Tuning(grid=settings(learning_rate=rates)),
+    )
+
+
+def _noise_dose() -> Factorial:
+    factors = (("noisy device", tuple(DOSE_DEVICES)), ("shots", tuple(f"shots{s}" for s in DOSE_SHOTS)),
+               ("noisy", tuple(f"noisy{k}" for k in DOSE_NOISY)), ("optimiser", DOSE_OPTIMISERS))
+    cells = tuple(_dose_cell(device, shots, noisy, optimiser) for device, shots, noisy, optimiser
+                  in itertools.product(DOSE_DEVICES, DOSE_SHOTS, DOSE_NOISY, DOSE_OPTIMISERS))
+    return Factorial(
+        name="noise-dose",
+        claim="noise isolation by the clients' own claims beats FedAvg, MultiKrum (tuned) and an oracle that drops "
+              "exactly the noisy clients somewhere between today's best device and the worst published, at 128 to "
+              "4,096 shots on every device, 1 to 5 noisy clients of 6, with local Adam or SGD",
+        factors=factors, cells=cells, verdict=DOSE_VERDICT, secondary=DOSE_ABLATIONS, seeds=tuple(range(11, 31)),
+    )
+
+
+# designs of several experiments (qfl experiment NAME runs every cell, then the verdict); not part of "all"
+FACTORIALS: dict[str, Factorial] = {f.name: f for f in (_noise_dose(),)}
+CELLS: dict[str, Experiment] = {cell.name: cell for f in FACTORIALS.values() for cell in f.cells}
+
+
+def find(name: str) -> Experiment | None:
+    """The experiment called ``name``: one of :data:`EXPERIMENTS` or a cell of a :data:`FACTORIALS` design."""
+    return EXPERIMENTS.get(name) or CELLS.get(name)

@@ -39,10 +39,10 @@ def searches(experiment: str) -> tuple[Search, ...]:
     """The searches that saw seeds of ``experiment``: :data:`SEARCHES`' and, where the catalogue
     declares a tuning (``qfl experiment NAME --tune``), the tuning's seeds: its frozen choices were
     made on them, so they are never confirmatory for the experiment that uses those choices."""
-    from qfl.experiments.catalogue import EXPERIMENTS
+    from qfl.experiments.catalogue import find
 
     found = SEARCHES.get(experiment, ())
-    declared = EXPERIMENTS.get(experiment)
+    declared = find(experiment)  # an experiment of the catalogue, or a cell of a factorial design
     if declared is not None and declared.tuning is not None:
         found += (Search(f"qfl experiment {experiment} --tune", tuple(declared.tuning.seeds),
                          f"each arm's learning rate and own knobs on a validation split "

@@ -330,6 +330,55 @@ class _ca_copy:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def test_a_supernode_killed_mid_run_and_the_run_finishes_without_it(federation):
+    compose, _ = federation
+    # rounds of several seconds (100 local epochs), so that the kill lands in round 2 or 3:
+    # at the default 2 epochs a round takes a second and the run is over before the kill
+    # round-timeout 90 s: a surviving client's 100 epochs on a loaded 2-core machine can outlast 40 s (the
+    # run then ended with a round that had no valid update, and the test waited out its deadline)
+    config = _config("compose-kill", 3, **{"round-timeout": "90.0", "local-epochs": "100"})
+    compose("run", "-d", "-e", f"QFL_RUN_CONFIG={config}", "submit")
+    deadline = time.monotonic() + 600
+    while not any(r["round"] == "1" for r in _rows("compose-kill")):
+        assert time.monotonic() < deadline, "round 1 never finished"
+        time.sleep(2)
+    victim = compose("ps", "-a", "-q", "supernode-1").stdout.split()[0]
+    _run(["docker", "kill", victim])
+    deadline = time.monotonic() + 900
+    while len(_rows("compose-kill")) < 4:
+        assert time.monotonic() < deadline, f"the run did not finish:\n{compose('logs', '--tail', '80').stdout}"
+        time.sleep(2)
+    rows = _rows("compose-kill")
+    assert int(rows[1]["clients_ok"]) == 2 and int(rows[3]["clients_ok"]) == 1
+    _start_again(compose, "supernode-1")  # back for the next test
+
+
+def test_a_third_client_added_while_the_superlink_runs_joins_the_next_run(federation, tmp_path):
+    compose, _ = federation
+    # as docs/deploy.md tells a user: its key and SAE certificate, its registration, its container
+    override = tmp_path / "third-client.yml"
+    override.write_text((PROJECT_DIR / "docs" / "examples" / "third-client.yml").read_text())
+    compose("-f", "docker-compose.yml", "-f", str(override), "run", "--rm", "certs", "python", "scripts/gen_certs.py",
+            "/ca", "--nodes", "3", "--sae", "server", "--sae", "node-0", "--sae", "node-1", "--sae", "node-2",
+            "--bundle", "/secrets", "--owner", "10001:10001")
+    compose("run", "--rm", "register", "python", "scripts/compose/register.py", "/certs/node-2.pub")
+    compose("-f", "docker-compose.yml", "-f", str(override), "up", "-d", "--no-deps", "supernode-2")
+    compose("run", "--rm", "-e", f"QFL_RUN_CONFIG={_config('compose-three', 1, nodes=3)}", "submit", timeout=900)
+    rows = _rows("compose-three")
+    assert [int(r["round"]) for r in rows] == [0, 1]
+    clients = [r for r in csv.DictReader(io.StringIO(_volume_file("runs", "compose-three/clients.csv"))) if r["round"] == "1"]
+    assert len(clients) == 3, clients  # all three answered
+    # the example's client holds partition 1 again: the same update as supernode-1's, counted once
+    twin = [r for r in clients if r["status"].startswith("rejected: update all but identical to node")]
+    assert len(twin) == 1 and twin[0]["partition_id"] == "1", clients
+    assert int(rows[1]["clients_ok"]) == 2 and int(rows[1]["clients_rejected"]) == 1
+
+
+# The flood test runs after every test that needs node 0's QKD keys: in a CI run and here, after
+# the flood the key manager did not finish a TLS handshake from node 0's address for 15 minutes and
+# more (no connection of it left open at the key manager; other SAEs served), so the kill test's run
+# that followed it failed ("key manager ... unreachable: The handshake operation timed out"); the
+# two-sites test after it runs on the plain transport.
 FLOOD = r"""
 import asyncio, json, os, ssl, time, httpx
 ctx = ssl.create_default_context(cafile="/certs/ca.crt")
@@ -379,50 +428,6 @@ def test_a_supernode_flooding_the_key_manager_stalls_no_one_else(federation):
     clients = list(csv.DictReader(io.StringIO(_volume_file("runs", "compose-flood/clients.csv"))))
     for rnd in ("1", "2"):  # the other pair was served every round: node 1's update counted
         assert any(r["round"] == rnd and r["partition_id"] == "1" and r["status"] == "ok" for r in clients), clients
-
-
-def test_a_supernode_killed_mid_run_and_the_run_finishes_without_it(federation):
-    compose, _ = federation
-    # rounds of several seconds (100 local epochs), so that the kill lands in round 2 or 3:
-    # at the default 2 epochs a round takes a second and the run is over before the kill
-    # round-timeout 90 s: a surviving client's 100 epochs on a loaded 2-core machine can outlast 40 s (the
-    # run then ended with a round that had no valid update, and the test waited out its deadline)
-    config = _config("compose-kill", 3, **{"round-timeout": "90.0", "local-epochs": "100"})
-    compose("run", "-d", "-e", f"QFL_RUN_CONFIG={config}", "submit")
-    deadline = time.monotonic() + 600
-    while not any(r["round"] == "1" for r in _rows("compose-kill")):
-        assert time.monotonic() < deadline, "round 1 never finished"
-        time.sleep(2)
-    victim = compose("ps", "-a", "-q", "supernode-1").stdout.split()[0]
-    _run(["docker", "kill", victim])
-    deadline = time.monotonic() + 900
-    while len(_rows("compose-kill")) < 4:
-        assert time.monotonic() < deadline, f"the run did not finish:\n{compose('logs', '--tail', '80').stdout}"
-        time.sleep(2)
-    rows = _rows("compose-kill")
-    assert int(rows[1]["clients_ok"]) == 2 and int(rows[3]["clients_ok"]) == 1
-    _start_again(compose, "supernode-1")  # back for the next test
-
-
-def test_a_third_client_added_while_the_superlink_runs_joins_the_next_run(federation, tmp_path):
-    compose, _ = federation
-    # as docs/deploy.md tells a user: its key and SAE certificate, its registration, its container
-    override = tmp_path / "third-client.yml"
-    override.write_text((PROJECT_DIR / "docs" / "examples" / "third-client.yml").read_text())
-    compose("-f", "docker-compose.yml", "-f", str(override), "run", "--rm", "certs", "python", "scripts/gen_certs.py",
-            "/ca", "--nodes", "3", "--sae", "server", "--sae", "node-0", "--sae", "node-1", "--sae", "node-2",
-            "--bundle", "/secrets", "--owner", "10001:10001")
-    compose("run", "--rm", "register", "python", "scripts/compose/register.py", "/certs/node-2.pub")
-    compose("-f", "docker-compose.yml", "-f", str(override), "up", "-d", "--no-deps", "supernode-2")
-    compose("run", "--rm", "-e", f"QFL_RUN_CONFIG={_config('compose-three', 1, nodes=3)}", "submit", timeout=900)
-    rows = _rows("compose-three")
-    assert [int(r["round"]) for r in rows] == [0, 1]
-    clients = [r for r in csv.DictReader(io.StringIO(_volume_file("runs", "compose-three/clients.csv"))) if r["round"] == "1"]
-    assert len(clients) == 3, clients  # all three answered
-    # the example's client holds partition 1 again: the same update as supernode-1's, counted once
-    twin = [r for r in clients if r["status"].startswith("rejected: update all but identical to node")]
-    assert len(twin) == 1 and twin[0]["partition_id"] == "1", clients
-    assert int(rows[1]["clients_ok"]) == 2 and int(rows[1]["clients_rejected"]) == 1
 
 
 SITES = ("-f", "docker-compose.yml", "-f", "docker-compose.sites.yml")

@@ -193,45 +193,33 @@ def read_rows(run_dir: Path) -> list[dict]:
     return json.loads(path.read_text())["rounds"]
 
 
+# the final table's figure columns per task kind: (title, width, row key, format)
+CLASSIFICATION_COLUMNS = (("test_acc", 8, "test_accuracy", ">8.3f"), ("test_loss", 9, "test_loss", ">9.4f"))
+HELD_OUT_COLUMNS = (("held_acc", 8, "fed_eval_accuracy", ">8.3f"), ("held_loss", 9, "fed_eval_loss", ">9.4f"))
+REGRESSION_COLUMNS = (("held_rmse", 9, "fed_eval_rmse", ">9.4f"), ("held_r2", 8, "fed_eval_r2", ">8.3f"),
+                      ("train_rmse", 10, "train_rmse", ".4f"))
+
+
 def format_table(rows: list[dict]) -> str:
-    """The final per-round table."""
+    """The final per-round table: a classifier's test and held-out accuracy and loss, or a
+    regression's held-out RMSE and R^2 and train RMSE; then clients, time, bytes (and epsilon)."""
     if any(_is_regression(r) for r in rows):
-        return _regression_table(rows)
+        columns = REGRESSION_COLUMNS
+    else:
+        held = any(r.get("fed_eval_accuracy") is not None for r in rows)  # federated evaluation: the nodes' held-out rows
+        columns = CLASSIFICATION_COLUMNS + (HELD_OUT_COLUMNS if held else ()) + (("train_loss", 10, "train_loss", ".4f"),)
     dp = any(r.get("dp_epsilon") is not None for r in rows)
-    held = any(r.get("fed_eval_accuracy") is not None for r in rows)  # federated evaluation: the nodes' held-out rows
-    head = f"{'round':>5} {'test_acc':>8} {'test_loss':>9}"
-    head += f" {'held_acc':>8} {'held_loss':>9}" if held else ""
-    head += f" {'train_loss':>10} {'clients':>7} {'time_s':>7} {'bytes':>9}"
-    head += f" {'epsilon':>8}" if dp else ""
+    head = " ".join([f"{'round':>5}", *(f"{title:>{width}}" for title, width, _, _ in columns),
+                     f"{'clients':>7}", f"{'time_s':>7}", f"{'bytes':>9}", *([f"{'epsilon':>8}"] if dp else [])])
     lines = [head, "-" * len(head)]
     for r in rows:
         clients = f"{r['clients_ok']}/{r['clients_ok'] + r['clients_failed'] + r.get('clients_rejected', 0)}"
-        lines.append(
-            f"{r['round']:>5} {_num(r['test_accuracy'], '>8.3f'):>8} {_num(r['test_loss'], '>9.4f'):>9}"
-            + (f" {_num(r.get('fed_eval_accuracy'), '>8.3f'):>8} {_num(r.get('fed_eval_loss'), '>9.4f'):>9}" if held else "")
-            + f" {_num(r['train_loss'], '.4f'):>10} "
-            f"{clients:>7} {r['round_time_s']:>7.1f} {r['bytes_down'] + r['bytes_up']:>9}"
-            + (f" {r['dp_epsilon']:>8.3f}" if dp else "")
-        )
+        lines.append(" ".join([f"{r['round']:>5}", *(f"{_num(r.get(key), spec):>{width}}" for _, width, key, spec in columns),
+                               f"{clients:>7}", f"{r['round_time_s']:>7.1f}", f"{r['bytes_down'] + r['bytes_up']:>9}",
+                               *([f"{r['dp_epsilon']:>8.3f}"] if dp else [])]))
     return "\n".join(lines)
 
 
 def elapsed(start: float) -> str:
     seconds = int(time.monotonic() - start)
     return f"{seconds // 60} min {seconds % 60:02d} s"
-
-
-def _regression_table(rows: list[dict]) -> str:
-    """The final per-round table of a regression run: held-out RMSE and R^2, train RMSE."""
-    dp = any(r.get("dp_epsilon") is not None for r in rows)
-    head = f"{'round':>5} {'held_rmse':>9} {'held_r2':>8} {'train_rmse':>10} {'clients':>7} {'time_s':>7} {'bytes':>9}"
-    head += f" {'epsilon':>8}" if dp else ""
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        clients = f"{r['clients_ok']}/{r['clients_ok'] + r['clients_failed'] + r.get('clients_rejected', 0)}"
-        lines.append(
-            f"{r['round']:>5} {_num(r.get('fed_eval_rmse'), '>9.4f'):>9} {_num(r.get('fed_eval_r2'), '>8.3f'):>8}"
-            f" {_num(r.get('train_rmse'), '.4f'):>10} {clients:>7} {r['round_time_s']:>7.1f} {r['bytes_down'] + r['bytes_up']:>9}"
-            + (f" {r['dp_epsilon']:>8.3f}" if dp else "")
-        )
-    return "\n".join(lines)

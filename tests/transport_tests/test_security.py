@@ -267,6 +267,44 @@ def test_a_flood_from_one_sae_leaves_another_pair_served(kms):
     assert set(codes) <= {"200", "429", "503", "ConnectError", "RemoteProtocolError", "ReadError", "WriteError"}, codes
 
 
+@pytest.mark.parametrize("failure", ["hangs", "ends-without-tls"])
+def test_a_handshake_that_never_ends_gives_its_address_slot_back(tmp_path, monkeypatch, failure):
+    # asyncio's start_tls never returns on a transport closed before it and returns None for one
+    # closed cleanly mid-handshake; either kept an address's slot (or its connection count) for
+    # good, and in a compose run the flooder's address was never served again after its flood.
+    # Here the first three handshakes fail so, with one handshake slot and three connections an
+    # address: the fourth connection must still be served.
+    import asyncio.base_events
+    import functools
+
+    from transport.qkd import key_manager as km_module
+
+    monkeypatch.setattr(km_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(km_module, "HANDSHAKE_GRACE_S", 0.5)
+    monkeypatch.setattr(km_module, "_handshake_gate", functools.partial(km_module._handshake_gate, max_open=3,
+                                                                         max_handshakes=1, rate=100.0, burst=100))
+    real_start_tls, failed = asyncio.base_events.BaseEventLoop.start_tls, []
+
+    async def failing_start_tls(loop, transport, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if len(failed) == 3:
+            return await real_start_tls(loop, transport, *args, **kwargs)
+        failed.append(failure)
+        if failure == "hangs":
+            await loop.create_future()  # as start_tls on a transport already closed: never set
+        transport.close()
+        return None
+
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "start_tls", failing_start_tls)
+    with key_manager(tmp_path, SAES, link_config=LINK) as kms:
+        for _ in range(3):
+            with pytest.raises(httpx.HTTPError), _raw(kms, "node-1") as c:
+                c.get("/api/v1/keys/server/status", timeout=5)
+        start = time.monotonic()
+        with _raw(kms, "node-1") as c:
+            assert c.get("/api/v1/keys/server/status", timeout=10).status_code == 200
+    assert len(failed) == 3 and time.monotonic() - start < 5
+
+
 def _timed_keys(small, server, n: int) -> list[float]:  # noqa: ANN001
     """Seconds for each of ``n`` keys node-2 asks to share with the server (redeemed, untimed)."""
     took = []

@@ -88,6 +88,7 @@ MAX_CONNECTIONS_PER_SOURCE = 128  # connections from one address, in any state; 
 MAX_HANDSHAKES_PER_SOURCE = 2  # TLS handshakes of one address under way at once; its other connections wait
 HANDSHAKES_PER_SOURCE_PER_S = 8.0  # and started per second, after a burst of MAX_CONNECTIONS_PER_SAE
 HANDSHAKE_TIMEOUT_S = 10.0  # a handshake not finished by then is dropped
+HANDSHAKE_GRACE_S = 1.0  # and its slot taken back this much later, whatever start_tls does
 MAX_ERROR_CHARS = 200
 
 
@@ -638,17 +639,28 @@ def _handshake_gate(context: ssl.SSLContext, http_protocol: type, *, max_open: i
                 next_handshakes(source, self.loop)
 
         async def run_handshake(self, source: _Source) -> None:
+            # The slot must come back whatever happens to the connection: asyncio's start_tls
+            # never returns on a transport closed before it (its handshake timeout then finds
+            # nothing to close), returns None for one closed cleanly mid-handshake, and a stuck
+            # task would hold one of the address's few slots for good (after a flood, the
+            # flooder's address was never served again). So: no handshake on a connection
+            # already gone, a bound on the whole await, and any end but a TLS transport releases.
+            tls = None
             try:
-                tls = await self.loop.start_tls(self.raw, self, context, server_side=True,
-                                                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
-            except OSError:  # refused certificate, timeout, reset: start_tls has closed it
-                self.release()  # its connection_lost may never come (a reset mid-handshake)
-                return
+                if not self.released and not self.raw.is_closing():
+                    tls = await asyncio.wait_for(
+                        self.loop.start_tls(self.raw, self, context, server_side=True,
+                                            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S),
+                        HANDSHAKE_TIMEOUT_S + HANDSHAKE_GRACE_S)
+            except (OSError, asyncio.TimeoutError):  # refused certificate, timeout, reset
+                pass
             finally:
                 source.handshaking -= 1
                 if source.timer is None:
                     next_handshakes(source, self.loop)
-            if self.released:  # lost between the handshake and now
+            if tls is None or self.released:  # refused, timed out, or lost on the way
+                self.raw.abort()
+                self.release()  # its connection_lost may never come (a reset mid-handshake)
                 return
             self.connections.discard(self)  # uvicorn's protocol takes it from here
             self.http.connection_made(tls)

@@ -1,4 +1,4 @@
-"""Device profiles read from real calibrations: ``ibm:<backend>``.
+"""Device profiles read from real calibrations: ``ibm:<backend>`` and ``google:<device>``.
 
 ``qiskit-ibm-runtime`` ships, for each of its fake IBM backends, the calibration snapshot of
 the real device as data (``fake_provider/backends/<name>/props_<name>.json`` with per-qubit
@@ -44,6 +44,21 @@ that costs against qiskit-aer):
   ``readout_asymmetry`` :math:`= p(0|1) - p(1|0)`, each averaged over the subset.
 - Coupling: the subset's usable couplings, relabelled ``0..n-1`` in the subset's order.
 
+Google devices (``google:rainbow``, ``google:weber``, ``google:willow``; qubits named
+``row_col``, e.g. ``"google:rainbow@5_2,5_3"``): the snapshots cirq-google ships, read from
+:mod:`qfl.task.google_calibrations` (extracted from the wheel's JSON, which says why), and
+converted as cirq-google's ``noise_properties_from_calibration`` does: T1 as given; the
+dephasing time from randomized benchmarking's incoherent error ``r_inc`` of a 25 ns
+``PhasedXZ`` gate, :math:`1/T_\\phi = 3 (r_{inc} - t/(3 T_1)) / t` (none where that is not
+positive) and :math:`1/T_2 = 1/(2T_1) + 1/T_\\phi`; a logical rotation is one ``PhasedXZ``
+with benchmarking's Pauli error; a CNOT is one ``cz`` (Willow) or two of the better of
+``sqrt_iswap`` (32 ns) and ``sycamore`` (12 ns) on the coupling (Rainbow, Weber), each with its
+XEB Pauli error per cycle. Google's figures are Pauli errors that contain the decoherence
+during the gate; as cirq does, the depolarizing part is the figure less each qubit's Pauli
+error of relaxation over the gate (never below 0). Read-out: ``p00`` and ``p11`` errors as
+p(1|0) and p(0|1). cirq's coherent fSim angle errors (theta, phi) are not modelled: a profile
+holds Pauli channels only.
+
 A qubit or coupling whose error is at least :data:`OUT_OF_USE` (IBM writes 1.0 for a broken
 one) is left out of the coupling map.
 
@@ -59,6 +74,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,13 +82,19 @@ import numpy as np
 
 from qfl.task.relaxation import relaxation_probs
 
-IBM_PREFIX = "ibm:"  # qfl.task.profiles.CALIBRATED_PREFIX sends these specs here
+IBM_PREFIX = "ibm:"  # qfl.task.profiles.CALIBRATED_PREFIXES send these specs here
+GOOGLE_PREFIX = "google:"
+PREFIXES = (IBM_PREFIX, GOOGLE_PREFIX)
 INSTALL_HINT = "pip install 'qfl[calibrated]'"
 NATIVE_TWO_QUBIT_GATES = ("cz", "ecr", "cx")  # CNOT-equivalent; a fractional rzz is not
 PULSE_GATES = ("sx", "u2")  # one pi/2 pulse; a generic rotation takes two
 PULSES_PER_ROTATION = 2
 OUT_OF_USE = 0.5  # an error at or above this marks a qubit or coupling out of use
 BEAM_WIDTH = 256
+GOOGLE_ROTATION_NS = 25.0  # a PhasedXZ, cirq-google's DEFAULT_GATE_NS
+GOOGLE_GATE_NS = {"sqrt_iswap": 32.0, "sycamore": 12.0, "cz": 32.0}  # the same table's 2-qubit gates
+GOOGLE_GATES_PER_CNOT = {"sqrt_iswap": 2, "sycamore": 2, "cz": 1}
+NO_DEPHASING_NS = 1e10  # cirq's T_phi where benchmarking leaves no dephasing
 
 
 @dataclass(frozen=True)
@@ -99,6 +121,17 @@ class Calibration:
         Per coupling ``(a, b)``, ``a < b``: the error of the best native 2-qubit gate on it.
     two_qubit_ns : dict[tuple[int, int], float]
         That gate's length in nanoseconds.
+    prefix : str
+        ``"ibm:"`` or ``"google:"``.
+    labels : tuple[str, ...]
+        Each qubit's name on the device by index (``"5_2"`` on Google's grids); empty: the index.
+    errors : str
+        ``"average"``: gate errors are average gate infidelities (IBM); ``"pauli"``: Pauli
+        errors (Google); either contains the relaxation during the gate (module doc).
+    pulses_per_rotation : int
+        Pulses (``pulse_error``, ``pulse_ns``) a logical rotation takes.
+    gates_per_cnot : int
+        Native 2-qubit gates (``two_qubit_error``, ``two_qubit_ns``) a CNOT takes.
     """
 
     backend: str
@@ -112,6 +145,15 @@ class Calibration:
     pulse_ns: dict[int, float]
     two_qubit_error: dict[tuple[int, int], float]
     two_qubit_ns: dict[tuple[int, int], float]
+    prefix: str = IBM_PREFIX
+    labels: tuple[str, ...] = ()
+    errors: str = "average"
+    pulses_per_rotation: int = PULSES_PER_ROTATION
+    gates_per_cnot: int = 1
+
+    def label(self, q: int) -> str:
+        """Qubit ``q``'s name on the device."""
+        return self.labels[q] if self.labels else str(q)
 
     def readout(self, q: int) -> float:
         """Qubit ``q``'s read-out error, the mean of its two flip probabilities."""
@@ -196,6 +238,72 @@ def load_calibration(backend: str, spec: str | None = None) -> Calibration:
     )
 
 
+def google_devices() -> list[str]:
+    """Names of the Google devices with a calibration snapshot (cirq-google's), sorted."""
+    from qfl.task.google_calibrations import SNAPSHOTS
+
+    return sorted(SNAPSHOTS)
+
+
+def load_google_calibration(device: str, spec: str | None = None) -> Calibration:
+    """One of cirq-google's snapshots (:mod:`qfl.task.google_calibrations`) as a
+    :class:`Calibration`, converted as cirq-google does (module doc); qubit ``i`` is the
+    ``i``-th of the device's qubits in (row, column) order.
+
+    Raises
+    ------
+    ValueError
+        No snapshot of that name (listing those there are), naming ``spec``.
+    """
+    from qfl.task.google_calibrations import QUBIT_FIELDS, SNAPSHOTS
+
+    spec = spec or GOOGLE_PREFIX + device
+    if device not in SNAPSHOTS:
+        raise ValueError(f"unknown device profile {spec!r}: no Google calibration named {device!r} "
+                         f"(choose from {', '.join(google_devices())})")
+    snapshot = SNAPSHOTS[device]
+    labels = tuple(snapshot["qubits"])
+    index = {name: i for i, name in enumerate(labels)}
+    values = [dict(zip(QUBIT_FIELDS, snapshot["qubits"][name], strict=True)) for name in labels]
+    usable = [q for q, v in enumerate(values) if v["t1_us"] > 0 and v["rb_pauli_error"] < OUT_OF_USE
+              and max(v["p1_given0"], v["p0_given1"]) < OUT_OF_USE]
+    t2_us = {}
+    for q in usable:
+        t1_ns = values[q]["t1_us"] * 1e3
+        dephasing = values[q]["rb_incoherent_error"] - GOOGLE_ROTATION_NS / (3 * t1_ns)
+        tphi_ns = NO_DEPHASING_NS if dephasing <= 0 else GOOGLE_ROTATION_NS / (3 * dephasing)
+        t2_us[q] = 1e-3 / (1 / (2 * t1_ns) + 1 / tphi_ns)
+    edge_error, edge_ns, per_cnot = {}, {}, set()
+    for gate, couplings in snapshot["couplings"].items():
+        for pair, error in couplings.items():
+            a, b = (index[name] for name in pair.split("-"))
+            edge = (min(a, b), max(a, b))
+            if a in t2_us and b in t2_us and error < min(OUT_OF_USE, edge_error.get(edge, math.inf)):
+                edge_error[edge], edge_ns[edge] = error, GOOGLE_GATE_NS[gate]
+                per_cnot.add(GOOGLE_GATES_PER_CNOT[gate])
+    if len(per_cnot) > 1:  # not so in any snapshot: sqrt_iswap and sycamore both take two
+        raise ValueError(f"device profile {spec!r}: its native gates take different numbers per CNOT")
+    date = re.search(r"(\d{4})_(\d{2})_(\d{2})", snapshot["file"])
+    return Calibration(
+        backend=device,
+        date="-".join(date.groups()) if date else "",
+        n_physical=len(labels),
+        t1_us={q: values[q]["t1_us"] for q in usable},
+        t2_us=t2_us,
+        p0_given1={q: values[q]["p0_given1"] for q in usable},
+        p1_given0={q: values[q]["p1_given0"] for q in usable},
+        pulse_error={q: values[q]["rb_pauli_error"] for q in usable},
+        pulse_ns={q: GOOGLE_ROTATION_NS for q in usable},
+        two_qubit_error=edge_error,
+        two_qubit_ns=edge_ns,
+        prefix=GOOGLE_PREFIX,
+        labels=labels,
+        errors="pauli",
+        pulses_per_rotation=1,
+        gates_per_cnot=per_cnot.pop() if per_cnot else 1,
+    )
+
+
 def choose_qubits(cal: Calibration, n_qubits: int, spec: str) -> tuple[int, ...]:
     """The connected ``n_qubits`` usable qubits of lowest cost (module doc), breadth-first.
 
@@ -245,10 +353,10 @@ def _check_subset(cal: Calibration, qubits: tuple[int, ...], spec: str) -> None:
             raise ValueError(f"device profile {spec!r}: qubit {q} is not on {cal.backend} "
                              f"(qubits 0-{cal.n_physical - 1})")
         if q not in adj:
-            raise ValueError(f"device profile {spec!r}: qubit {q} of {cal.backend} is out of use "
+            raise ValueError(f"device profile {spec!r}: qubit {cal.label(q)} of {cal.backend} is out of use "
                              f"(an error of {OUT_OF_USE} or more in its calibration)")
     if len(_breadth_first(qubits, adj)) != len(qubits):
-        raise ValueError(f"device profile {spec!r}: qubits {', '.join(map(str, qubits))} are not connected "
+        raise ValueError(f"device profile {spec!r}: qubits {', '.join(map(cal.label, qubits))} are not connected "
                          f"on {cal.backend}'s coupling map")
 
 
@@ -265,12 +373,27 @@ def _qubit_relaxation(cal: Calibration, q: int, gate_ns: float) -> np.ndarray:
     return relaxation_probs(cal.t1_us[q], cal.t2_us[q], gate_ns)
 
 
+def _gate_depolarizing(cal: Calibration, error: float, relaxations: list[np.ndarray]) -> float:
+    """The depolarizing part of a gate's calibrated ``error``, given the relaxation of each
+    qubit it touches over its length: an average infidelity (IBM, :func:`_depolarizing`) or
+    a Pauli error (Google: less each qubit's Pauli error of relaxation, as cirq-google does)."""
+    if cal.errors == "pauli":
+        return max(0.0, error - sum(1.0 - r[0] for r in relaxations))
+    joint = relaxations[0] if len(relaxations) == 1 else np.outer(*relaxations).ravel()
+    return _depolarizing(error, joint, 2 ** len(relaxations))
+
+
+def _repeated(error: float, times: int) -> float:
+    """The error of ``times`` gates of error ``error`` in a row."""
+    return error if times == 1 else 1.0 - (1.0 - error) ** times
+
+
 def _p2(cal: Calibration, edge: tuple[int, int]) -> float:
-    """The depolarizing part of coupling ``edge``'s 2-qubit gate error."""
+    """The depolarizing part of a CNOT's error on coupling ``edge`` (its native gates')."""
     a, b = edge
-    ns = cal.two_qubit_ns[edge]
-    relaxation = np.outer(_qubit_relaxation(cal, a, ns), _qubit_relaxation(cal, b, ns)).ravel()
-    return _depolarizing(cal.two_qubit_error[edge], relaxation, 4)
+    ns = cal.gates_per_cnot * cal.two_qubit_ns[edge]
+    error = _repeated(cal.two_qubit_error[edge], cal.gates_per_cnot)
+    return _gate_depolarizing(cal, error, [_qubit_relaxation(cal, a, ns), _qubit_relaxation(cal, b, ns)])
 
 
 def profile_numbers(cal: Calibration, qubits: tuple[int, ...]) -> dict[str, object]:
@@ -281,14 +404,15 @@ def profile_numbers(cal: Calibration, qubits: tuple[int, ...]) -> dict[str, obje
     """
     label = {q: i for i, q in enumerate(qubits)}
     edges = sorted(e for e in cal.two_qubit_error if e[0] in label and e[1] in label)
-    rotation_ns = {q: PULSES_PER_ROTATION * cal.pulse_ns[q] for q in qubits}
-    p1 = [_depolarizing(1.0 - (1.0 - cal.pulse_error[q]) ** PULSES_PER_ROTATION,
-                        _qubit_relaxation(cal, q, rotation_ns[q]), 2) for q in qubits]
+    rotation_ns = {q: cal.pulses_per_rotation * cal.pulse_ns[q] for q in qubits}
+    p1 = [_gate_depolarizing(cal, _repeated(cal.pulse_error[q], cal.pulses_per_rotation),
+                             [_qubit_relaxation(cal, q, rotation_ns[q])]) for q in qubits]
     if edges:
-        p2, ns_2q = np.mean([_p2(cal, e) for e in edges]), np.mean([cal.two_qubit_ns[e] for e in edges])
+        p2 = np.mean([_p2(cal, e) for e in edges])
+        ns_2q = cal.gates_per_cnot * np.mean([cal.two_qubit_ns[e] for e in edges])
     elif cal.two_qubit_error:
         p2 = np.median([_p2(cal, e) for e in cal.two_qubit_error])
-        ns_2q = np.median(list(cal.two_qubit_ns.values()))
+        ns_2q = cal.gates_per_cnot * np.median(list(cal.two_qubit_ns.values()))
     else:  # a one-qubit device
         p2, ns_2q = 0.0, 0.0
     return {
@@ -307,29 +431,42 @@ def profile_numbers(cal: Calibration, qubits: tuple[int, ...]) -> dict[str, obje
     }
 
 
-def _parse(spec: str) -> tuple[str, tuple[int, ...] | None, str]:
-    """``ibm:<backend>[@qubits][:overrides]`` -> ``(backend, qubits or None, overrides)``."""
-    body = spec.strip()[len(IBM_PREFIX):]
-    device, _, overrides = body.partition(":")
+def _parse(spec: str) -> tuple[str, str, tuple[str, ...] | None, str]:
+    """``<prefix><device>[@qubits][:overrides]`` -> ``(prefix, device, qubit names or None, overrides)``."""
+    spec = spec.strip()
+    prefix = next(p for p in PREFIXES if spec.startswith(p))
+    device, _, overrides = spec[len(prefix):].partition(":")
     backend, at, listed = device.partition("@")
-    if not at:
-        return backend.strip(), None, overrides
-    try:
-        qubits = tuple(int(q) for q in listed.split(","))
-    except ValueError as err:
-        raise ValueError(f"device profile {spec!r}: the qubits after '@' must be integers, got {listed!r}") from err
-    return backend.strip(), qubits, overrides
+    names = tuple(q.strip() for q in listed.split(",")) if at else None
+    return prefix, backend.strip(), names, overrides
+
+
+def _qubits_named(cal: Calibration, names: tuple[str, ...], spec: str) -> tuple[int, ...]:
+    """The indices of the qubits a spec names: integers on IBM devices, ``row_col`` on Google's."""
+    if not cal.labels:
+        try:
+            return tuple(int(q) for q in names)
+        except ValueError as err:
+            raise ValueError(f"device profile {spec!r}: the qubits after '@' must be integers, "
+                             f"got {','.join(names)!r}") from err
+    index = {name: i for i, name in enumerate(cal.labels)}
+    unknown = [q for q in names if q not in index]
+    if unknown:
+        raise ValueError(f"device profile {spec!r}: no qubit {unknown[0]!r} on {cal.backend} (its qubits are "
+                         f"named row_col: {', '.join(cal.labels[:4])}, ...)")
+    return tuple(index[q] for q in names)
 
 
 def calibrated_fields(spec: str, n_qubits: int | None = None) -> tuple[str, dict[str, object], str]:
-    """The :class:`~qfl.task.profiles.DeviceProfile` of an IBM backend's calibration snapshot
+    """The :class:`~qfl.task.profiles.DeviceProfile` of a real device's calibration snapshot
     (module doc), as ``(name, fields, overrides)``; :func:`qfl.task.profiles.get_profile`
     builds it and applies the overrides.
 
     Parameters
     ----------
     spec : str
-        ``"ibm:<backend>[@q0,q1,...][:field=value,...]"``.
+        ``"ibm:<backend>[@q0,q1,...][:field=value,...]"`` or
+        ``"google:<device>[@r_c,r_c,...][:field=value,...]"``.
     n_qubits : int, optional
         The run's register size: how many qubits to choose when the spec names none; with
         named qubits, at most their number (the run uses the first ``n_qubits``, which
@@ -338,7 +475,7 @@ def calibrated_fields(spec: str, n_qubits: int | None = None) -> tuple[str, dict
     Returns
     -------
     name : str
-        ``"ibm:<backend>@<qubits>"``: the chosen qubits written out.
+        ``"ibm:<backend>@<qubits>"`` (``"google:<device>@<qubits>"``): the chosen qubits written out.
     fields : dict
         The profile's other fields (:func:`profile_numbers`).
     overrides : str
@@ -347,7 +484,7 @@ def calibrated_fields(spec: str, n_qubits: int | None = None) -> tuple[str, dict
     Raises
     ------
     ValueError
-        The extra is missing, the backend unknown (listing those known), a qubit invalid,
+        The extra is missing (IBM), the device unknown (listing those known), a qubit invalid,
         out of use, or the subset not connected or too small; each naming ``spec``.
 
     Examples
@@ -356,18 +493,20 @@ def calibrated_fields(spec: str, n_qubits: int | None = None) -> tuple[str, dict
     'ibm:torino@28,29,36'
     """
     spec = spec.strip()
-    backend, qubits, overrides = _parse(spec)
-    cal = load_calibration(backend, spec)
-    if qubits is None:
+    prefix, backend, names, overrides = _parse(spec)
+    cal = load_google_calibration(backend, spec) if prefix == GOOGLE_PREFIX else load_calibration(backend, spec)
+    if names is None:
         if n_qubits is None:
-            raise ValueError(f"device profile {spec!r}: name its qubits ('{IBM_PREFIX}{backend}@0,1,2') "
+            raise ValueError(f"device profile {spec!r}: name its qubits ('{prefix}{backend}@"
+                             f"{','.join(map(cal.label, range(min(3, cal.n_physical))))}') "
                              "or give the run's n_qubits to choose them")
         qubits = choose_qubits(cal, n_qubits, spec)
     else:
+        qubits = _qubits_named(cal, names, spec)
         _check_subset(cal, qubits, spec)
         if n_qubits is not None and n_qubits > len(qubits):
             raise ValueError(f"device profile {spec!r} has {len(qubits)} qubits, the run needs {n_qubits}")
         if n_qubits is not None and len(_breadth_first(qubits[:n_qubits], cal.neighbours())) != n_qubits:
             raise ValueError(f"device profile {spec!r}: the run uses its first {n_qubits} qubits, "
-                             f"{', '.join(map(str, qubits[:n_qubits]))}, which are not connected")
-    return f"{IBM_PREFIX}{backend}@{','.join(map(str, qubits))}", profile_numbers(cal, qubits), overrides
+                             f"{', '.join(map(cal.label, qubits[:n_qubits]))}, which are not connected")
+    return f"{prefix}{backend}@{','.join(map(cal.label, qubits))}", profile_numbers(cal, qubits), overrides

@@ -19,7 +19,7 @@ from qfl.common.specs import from_spec
 from qfl.task.relaxation import relaxation_probs
 
 COUPLINGS = ("all-to-all", "line", "ring", "grid", "heavy-hex")
-CALIBRATED_PREFIX = "ibm:"  # a real backend's calibration snapshot (qfl.task.calibrated)
+CALIBRATED_PREFIXES = ("ibm:", "google:")  # a real device's calibration snapshot (qfl.task.calibrated)
 CALIBRATED_FIXED = ("name", "n_qubits", "coupling")  # a real device's: no override changes them
 
 # IBM Falcon r4 (27 qubits) heavy-hex coupling map, from IBM's public backend data.
@@ -195,7 +195,7 @@ PROFILES: dict[str, DeviceProfile] = {
 def get_profile(spec: str, n_qubits: int | None = None) -> DeviceProfile:
     """A named profile, optionally with fields overridden: ``"ibm-eagle"``,
     ``"noisy-nisq:shots=1024"``, ``"ideal:p2=0.02,coupling=ring"``; or a real device's
-    calibration, ``"ibm:torino"``, ``"ibm:torino@0,1,2:shots=1024"``
+    calibration, ``"ibm:torino"``, ``"ibm:torino@0,1,2:shots=1024"``, ``"google:willow"``
     (:mod:`qfl.task.calibrated`, which needs the ``calibrated`` extra).
 
     Parameters
@@ -211,7 +211,7 @@ def get_profile(spec: str, n_qubits: int | None = None) -> DeviceProfile:
     ValueError
         Unknown profile name or field, or an invalid value (naming it).
     """
-    if spec.strip().startswith(CALIBRATED_PREFIX):
+    if spec.strip().startswith(CALIBRATED_PREFIXES):
         return _calibrated_profile(spec, n_qubits)
     profile, changed = from_spec(spec, PROFILES, "device profile", fixed=("name",))
     return replace(profile, name=spec.strip()) if changed else profile

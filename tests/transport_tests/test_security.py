@@ -305,6 +305,36 @@ def test_a_handshake_that_never_ends_gives_its_address_slot_back(tmp_path, monke
     assert len(failed) == 3 and time.monotonic() - start < 5
 
 
+def test_a_connection_waiting_its_turn_keeps_its_client_hello_on_an_asyncio_that_ignores_early_pauses(
+        tmp_path, monkeypatch):
+    # Debian bookworm's Python 3.11.2 (the compose image's) adds a connection's reader after
+    # connection_made whatever it paused (CPython gh-103607): the gate read a waiting
+    # connection's ClientHello itself and its handshake timed out, for every SAE under a flood.
+    # That asyncio is put back here; one handshake slot, held by a silent connection for 0.5 s,
+    # makes the real client's connection wait its turn with its ClientHello already sent.
+    import functools
+    import socket
+    from asyncio import selector_events
+
+    from transport.qkd import key_manager as km_module
+
+    def add_reader_before_gh_103607(self, fd, callback, *args):  # noqa: ANN001, ANN002, ANN202
+        if self._closing:
+            return
+        self._loop._add_reader(fd, callback, *args)
+
+    monkeypatch.setattr(selector_events._SelectorTransport, "_add_reader", add_reader_before_gh_103607)
+    monkeypatch.setattr(km_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(km_module, "HANDSHAKE_GRACE_S", 0.5)
+    monkeypatch.setattr(km_module, "_handshake_gate", functools.partial(km_module._handshake_gate, max_handshakes=1,
+                                                                         rate=100.0, burst=100))
+    with key_manager(tmp_path, SAES, link_config=LINK) as kms:
+        host, port = kms.url.removeprefix("https://").split(":")
+        with socket.create_connection((host, int(port))), _raw(kms, "node-1") as c:  # the silent one first
+            time.sleep(0.1)
+            assert c.get("/api/v1/keys/server/status", timeout=10).status_code == 200
+
+
 def _timed_keys(small, server, n: int) -> list[float]:  # noqa: ANN001
     """Seconds for each of ``n`` keys node-2 asks to share with the server (redeemed, untimed)."""
     took = []

@@ -572,6 +572,30 @@ class _Source:
         return (1 - self.tokens) / rate
 
 
+def _selector_add_reader(self, fd, callback, *args) -> None:  # type: ignore[no-untyped-def]
+    """CPython's ``_SelectorTransport._add_reader`` since the fix of gh-103607: no reader for
+    a transport paused in ``connection_made``."""
+    if not self.is_reading():
+        return
+    self._loop._add_reader(fd, callback, *args)
+
+
+def _honour_early_pause() -> None:
+    """Make ``pause_reading()`` in ``connection_made`` hold on Pythons that ignore it.
+
+    Before gh-103607 (Debian bookworm's Python 3.11.2, the compose image's), asyncio adds a
+    new connection's reader *after* ``connection_made`` whatever it paused, so the handshake
+    gate read a waiting connection's ClientHello itself and the TLS protocol never saw it: the
+    handshake timed out (10 s, then EOF for the client) for every SAE whose connection had to
+    wait its turn, and under one SAE's flood that was every SAE. This puts the upstream fix in
+    place where it is missing (the one method, as upstream wrote it); elsewhere it does nothing.
+    """
+    from asyncio import selector_events
+
+    if "is_reading" not in selector_events._SelectorTransport._add_reader.__code__.co_names:
+        selector_events._SelectorTransport._add_reader = _selector_add_reader
+
+
 def _handshake_gate(context: ssl.SSLContext, http_protocol: type, *, max_open: int = MAX_CONNECTIONS_PER_SOURCE,
                     max_handshakes: int = MAX_HANDSHAKES_PER_SOURCE, rate: float = HANDSHAKES_PER_SOURCE_PER_S,
                     burst: int = MAX_CONNECTIONS_PER_SAE):  # -> type[asyncio.Protocol]
@@ -592,6 +616,7 @@ def _handshake_gate(context: ssl.SSLContext, http_protocol: type, *, max_open: i
     sends. After the handshake the connection is ``http_protocol``'s (this protocol stays
     in between, forwarding). Counts are this server's (a new class per call).
     """
+    _honour_early_pause()
     sources: dict[str, _Source] = {}
 
     def next_handshakes(source: _Source, loop: asyncio.AbstractEventLoop) -> None:
@@ -623,7 +648,7 @@ def _handshake_gate(context: ssl.SSLContext, http_protocol: type, *, max_open: i
             self.address, self.handshake, self.early, self.ready, self.released = "", None, [], False, False
 
         def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
-            transport.pause_reading()  # nothing is read, and no handshake starts, until its turn
+            transport.pause_reading()  # nothing is read, and no handshake starts, until its turn (see _honour_early_pause)
             peer = transport.get_extra_info("peername")
             self.raw, self.address = transport, str(peer[0]) if peer else ""
             source = sources.get(self.address)

@@ -121,8 +121,6 @@ class Calibration:
         Per coupling ``(a, b)``, ``a < b``: the error of the best native 2-qubit gate on it.
     two_qubit_ns : dict[tuple[int, int], float]
         That gate's length in nanoseconds.
-    prefix : str
-        ``"ibm:"`` or ``"google:"``.
     labels : tuple[str, ...]
         Each qubit's name on the device by index (``"5_2"`` on Google's grids); empty: the index.
     errors : str
@@ -145,7 +143,6 @@ class Calibration:
     pulse_ns: dict[int, float]
     two_qubit_error: dict[tuple[int, int], float]
     two_qubit_ns: dict[tuple[int, int], float]
-    prefix: str = IBM_PREFIX
     labels: tuple[str, ...] = ()
     errors: str = "average"
     pulses_per_rotation: int = PULSES_PER_ROTATION
@@ -296,7 +293,6 @@ def load_google_calibration(device: str, spec: str | None = None) -> Calibration
         pulse_ns={q: GOOGLE_ROTATION_NS for q in usable},
         two_qubit_error=edge_error,
         two_qubit_ns=edge_ns,
-        prefix=GOOGLE_PREFIX,
         labels=labels,
         errors="pauli",
         pulses_per_rotation=1,

@@ -18,7 +18,8 @@ from qfl.task.user_noise import UserDeviceError, pauli_factors
 N = 4  # qubits of the circuits below
 CALIBRATED = importlib.util.find_spec("qiskit_ibm_runtime") is not None
 PROFILES = ["noisy-nisq", "ibm-cusco",  # hand-typed: a line (routing adds SWAPs); a read-out that leans toward |0>
-            pytest.param("ibm:torino", marks=pytest.mark.skipif(not CALIBRATED, reason="the calibrated extra"))]
+            pytest.param("ibm:torino", marks=pytest.mark.skipif(not CALIBRATED, reason="the calibrated extra")),
+            "google:weber"]  # a grid (no extra needed)
 
 MODULE = '''
 import pennylane as qml

@@ -91,6 +91,8 @@ class LocalTask:
             self.x_eval, self.y_eval = data.x_test[held], data.y_test[held]
         self.spec, mitigation = node.device_for(cfg)
         self.node = node
+        if node.device is not None:  # the node's own PennyLane device (a plugin's), for its circuits only
+            cfg = RunConfig.from_run_config({**cfg.to_run_config(), KEY.device: node.simulator_for(cfg)})
         # this node's own circuit (architecture by-device or search), or the run's
         self.circuit, self.qas_score = choose_circuit(cfg, self.spec, self.x, self.y, data.n_classes, data.kind)
         self.model = build_model(cfg, data, self.spec, mitigation, circuit=self.circuit)

@@ -36,6 +36,25 @@ DEVICE_DIFF_METHODS = {
     "default.qubit": ("best", "backprop", "adjoint", "parameter-shift"),
     "lightning.qubit": ("best", "adjoint", "parameter-shift"),
 }
+# any other PennyLane device a plugin provides (qiskit.aer, default.mixed, a hardware plugin's):
+# "best" lets PennyLane choose, parameter-shift runs wherever the gates do
+PLUGIN_DIFF_METHODS = ("best", "parameter-shift")
+PENNYLANE_DEVICES_GROUP = "pennylane.plugins"  # the entry points PennyLane's plugins register devices under
+
+
+def installed_devices() -> list[str]:
+    """The PennyLane devices installed here (entry points, read without importing PennyLane)."""
+    from importlib.metadata import entry_points
+
+    return sorted({e.name for e in entry_points(group=PENNYLANE_DEVICES_GROUP)})
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is ``auto`` or an installed PennyLane device, else a ValueError listing them."""
+    if name == "auto" or name in installed_devices():
+        return name
+    raise ValueError(f"no PennyLane device {name!r} is installed here (installed: {', '.join(installed_devices())}; "
+                     "a plugin's device needs its package, e.g. pip install pennylane-qiskit for qiskit.aer)")
 # device = "auto": lightning.qubit (adjoint) from this many qubits, default.qubit (backprop)
 # below; the crossovers of one training step, bench/client_training.py (docs/benchmarks.md)
 LIGHTNING_FROM_QUBITS = 14  # an ideal device
@@ -116,11 +135,12 @@ class RunConfig(_Strict):
     n_layers: int = Field(3, ge=1, description="re-uploading + trainable layers")
     embedding: Literal["fixed", "trainable"] = Field(
         "fixed", description="data embedding: fixed angles/states, or trainable (per-layer input scale and shift; a Rot layer after a state)")
-    device: Literal["auto", "default.qubit", "lightning.qubit"] = Field(
+    device: str = Field(
         "auto", description=f"auto: default.qubit (backprop, broadcast) below {LIGHTNING_FROM_QUBITS} qubits, lightning.qubit "
                             f"(adjoint) from {LIGHTNING_FROM_QUBITS} (the faster), from {LIGHTNING_FROM_QUBITS_NOISY} on a "
                             "device profile with gate noise or with mitigation (default.qubit's memory); docs/benchmarks.md. "
-                            "Or either by name")
+                            "Or either by name, or any PennyLane device installed (a plugin's: qiskit.aer, default.mixed, ...; "
+                            "diff-method best or parameter-shift); a node's device overrides it")
     diff_method: Literal["best", "backprop", "adjoint", "parameter-shift"] = Field(
         "best", description="best, backprop, adjoint, parameter-shift")
     architecture: Literal["fixed", "by-device", "search"] = Field(
@@ -251,6 +271,11 @@ class RunConfig(_Strict):
             raise ValueError(f"{value!r} is not one of {', '.join(MODELS)} nor package.module:factory")
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_device(value)
+
     @field_validator("partitioner")
     @classmethod
     def _partitioner(cls, value: str) -> str:
@@ -272,9 +297,10 @@ class RunConfig(_Strict):
         if self.partitioner == "h-range" and self.dataset not in ("tfim", "cluster-ising"):
             raise _Conflict("partitioner", f"'h-range' splits a generated set by its field (tfim: h; cluster-ising: h1); "
                                            f"it does not apply to dataset '{self.dataset}'")
-        if self.diff_method not in DEVICE_DIFF_METHODS[self.device]:
+        methods = DEVICE_DIFF_METHODS.get(self.device, PLUGIN_DIFF_METHODS)
+        if self.diff_method not in methods:
             raise _Conflict("diff-method", f"'{self.diff_method}' is not supported on device '{self.device}' "
-                            f"(choose from {', '.join(DEVICE_DIFF_METHODS[self.device])})")
+                            f"(choose from {', '.join(methods)})")
         if self.zne and self.mitigation not in ("none", "zne"):
             raise _Conflict("zne", f"zne = true asks for zero-noise extrapolation, mitigation = \"{self.mitigation}\" for "
                             "another: set mitigation alone (zne = true is the older spelling of mitigation = \"zne\")")
@@ -426,6 +452,8 @@ class NodeConfig(_Strict):
         None, description="this node's error mitigation (none, zne, pec), instead of the run's mitigation")
     zne: bool | None = Field(None, description="the older switch: true is mitigation = \"zne\" on this node, false \"none\"")
     qcn_path: str | None = Field(None, min_length=1, description="this node's quantum-network path, instead of entry I of qcn-paths")
+    device: str | None = Field(None, description="this node's PennyLane device (any installed here: qiskit.aer, default.mixed, "
+                                                 "lightning.qubit, ...), instead of the run's device")
     data_path: str | None = Field(
         None, min_length=1, description="dataset file: this node's own data file (the whole file is its data), instead of the run's data-path")
     dp_min_noise_multiplier: float | None = Field(
@@ -445,6 +473,11 @@ class NodeConfig(_Strict):
         if self.zne is not None and self.mitigation is not None and ("zne" if self.zne else "none") != self.mitigation:
             raise _Conflict("zne", f"zne = {str(self.zne).lower()} contradicts mitigation = \"{self.mitigation}\": "
                             "set mitigation alone")
+        if self.device is not None and self.device != "auto":
+            try:
+                check_device(self.device)
+            except ValueError as err:
+                raise _Conflict("device", str(err)) from err
         return self
 
     @classmethod
@@ -463,6 +496,22 @@ class NodeConfig(_Strict):
         if self.zne is not None:
             return spec, "zne" if self.zne else "none"
         return spec, run.mitigation_method
+
+    def simulator_for(self, run: RunConfig) -> str:
+        """The PennyLane device this node runs the circuit on: its own, then the run's.
+
+        Raises
+        ------
+        ConfigError
+            The node's device cannot differentiate as the run's ``diff-method`` asks, naming both.
+        """
+        if self.device is None:
+            return run.device
+        methods = DEVICE_DIFF_METHODS.get(self.device, PLUGIN_DIFF_METHODS)
+        if run.diff_method not in methods:
+            raise ConfigError("device", f"this node's device {self.device!r} does not support the run's diff-method "
+                                        f"'{run.diff_method}' (it supports {', '.join(methods)})")
+        return self.device
 
     def path_for(self, run: RunConfig) -> str:
         """This node's quantum-network path spec."""

@@ -82,13 +82,14 @@ def choose_simulator(device: str, diff_method: str, n_qubits: int, noise_gates: 
     except with ``diff_method = "backprop"``, which only ``default.qubit`` has. ``"best"`` is
     ``backprop`` on ``default.qubit`` and ``adjoint`` on ``lightning.qubit``. Below the crossover
     ``auto`` is exactly the former default, ``default.qubit`` with the same ``diff_method``.
+    Any other installed PennyLane device (a plugin's) is taken as named, ``"best"`` left to PennyLane.
     """
     if device == AUTO:
         crossover = LIGHTNING_FROM_QUBITS_NOISY if noise_gates else LIGHTNING_FROM_QUBITS
         device = LIGHTNING_QUBIT if n_qubits >= crossover and diff_method != "backprop" else DEFAULT_QUBIT
-    if diff_method == "best":
+    if diff_method == "best" and device in (DEFAULT_QUBIT, LIGHTNING_QUBIT):
         diff_method = "adjoint" if device == LIGHTNING_QUBIT else "backprop"
-    return device, diff_method
+    return device, diff_method  # another plugin's device: "best" is PennyLane's own choice
 
 
 def make_device(name: str, n_qubits: int) -> qml.devices.Device:

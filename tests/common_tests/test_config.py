@@ -25,7 +25,7 @@ def test_defaults_are_valid(defaults):
         ("num-server-rounds", 2.5, "valid integer"),
         ("n-qubits", -1, "greater than or equal to 1"),
         ("n-qubits", 40, "less than or equal to 16"),
-        ("device", "ibm.quantum", "got 'ibm.quantum'"),
+        ("device", "ibm.quantum", "no PennyLane device 'ibm.quantum' is installed here"),
         ("diff-method", "backprop-ish", "got 'backprop-ish'"),
         ("learning-rate", float("nan"), "finite"),
         ("learning-rate", 0.0, "greater than 0"),

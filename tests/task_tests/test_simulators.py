@@ -138,3 +138,63 @@ def test_auto_trains_a_noisy_circuit_at_the_noisy_crossover():
     opt.step()
     for name, p in model.named_parameters():
         assert torch.isfinite(p).all() and not torch.equal(p.detach(), before[name]), name
+
+
+@pytest.mark.parametrize("spec", [None, "noisy-nisq"])
+def test_another_pennylane_device_by_name_gives_default_qubits_numbers(spec):
+    """A device no code here names (default.mixed, as a plugin's would be), with parameter-shift
+    gradients: the same values and gradients as default.qubit's backprop, noise draws included."""
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.uniform(0, np.pi, size=(3, 3)))
+    y = torch.tensor([0, 1, 1])
+    profile = None if spec is None else get_profile(spec)
+    (values_dq, grads_dq), (values_dm, grads_dm) = (
+        _values_and_grads(PQCClassifier(3, 2, 2, device=device, diff_method=diff, seed=7, profile=profile), x, y)
+        for device, diff in ((DQ, "best"), ("default.mixed", "parameter-shift")))
+    assert values_dq.abs().max() > 0.05 and grads_dq["weights"].abs().max() > 1e-3
+    torch.testing.assert_close(values_dm, values_dq, atol=1e-8, rtol=0)
+    for name, grad in grads_dq.items():
+        torch.testing.assert_close(grads_dm[name], grad, atol=1e-8, rtol=0, msg=name)
+
+
+def test_a_device_is_checked_before_the_run_and_a_nodes_own_device_overrides_the_runs():
+    from pathlib import Path
+
+    from qfl.common.config import ConfigError, NodeConfig
+    from qfl.launch.config import app_defaults
+
+    base = app_defaults(Path(__file__).resolve().parents[2])
+    run = RunConfig.from_run_config(base)
+    node = {"partition-id": 0, "num-partitions": 2}
+    with pytest.raises(ConfigError, match=r"run config 'device': no PennyLane device 'qiskit.aerx' is installed "
+                                          r"here \(installed: .*default.mixed.*\)"):
+        RunConfig.from_run_config({**base, "device": "qiskit.aerx"})
+    with pytest.raises(ConfigError, match=r"'diff-method': 'adjoint' is not supported on device 'default.mixed' "
+                                          r"\(choose from best, parameter-shift\)"):
+        RunConfig.from_run_config({**base, "device": "default.mixed", "diff-method": "adjoint"})
+    with pytest.raises(ConfigError, match=r"'device': no PennyLane device 'nope.qubit'"):
+        NodeConfig.from_node_config({**node, "device": "nope.qubit"})
+    assert NodeConfig.from_node_config(node).simulator_for(run) == run.device == "auto"
+    assert NodeConfig.from_node_config({**node, "device": "default.mixed"}).simulator_for(run) == "default.mixed"
+    backprop = RunConfig.from_run_config({**base, "diff-method": "backprop"})
+    with pytest.raises(ConfigError, match=r"this node's device 'default.mixed' does not support the run's "
+                                          r"diff-method 'backprop'"):
+        NodeConfig.from_node_config({**node, "device": "default.mixed"}).simulator_for(backprop)
+
+
+def test_a_node_trains_on_its_own_device():
+    from pathlib import Path
+
+    from client.local import LocalTask
+    from qfl.common.config import NodeConfig
+    from qfl.launch.config import app_defaults
+
+    base = {**app_defaults(Path(__file__).resolve().parents[2]), "dataset": "iris", "n-qubits": 3, "n-layers": 1}
+    cfg = RunConfig.from_run_config(base)
+    node = {"partition-id": 0, "num-partitions": 2}
+    own, runs = (LocalTask(cfg, NodeConfig.from_node_config(n)) for n in ({**node, "device": "default.mixed"}, node))
+
+    assert own.model.device_name == "default.mixed" and runs.model.device_name == DQ
+    x = torch.as_tensor(own.x[:4])
+    with torch.no_grad():
+        torch.testing.assert_close(own.model(x), runs.model(x), atol=1e-8, rtol=0)

@@ -31,7 +31,7 @@ def _launch_error(capsys, tmp_path, *argv):
         (["--clients", "0"], "'--clients': must be a positive integer"),
         (["--clients", "-3"], "'--clients': must be a positive integer"),
         (["--clients", "200", "--dataset", "iris"], "'--clients': 200 clients but dataset 'iris' has only 112"),
-        (["--device", "qiskit.aer"], "'device': input should be 'auto', 'default.qubit' or 'lightning.qubit', got 'qiskit.aer'"),
+        (["--device", "qiskit.aerx"], "'device': no PennyLane device 'qiskit.aerx' is installed here"),
         (["--dataset", "iris", "--n-qubits", "2"], "'n-qubits': dataset 'iris' has 3 classes"),
         (["--strategy", "nosuch"], "'strategy': unknown strategy 'nosuch'"),
         (["--strategy", "nosuch.module:Thing"], "cannot import module 'nosuch.module'"),

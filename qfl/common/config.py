@@ -15,6 +15,7 @@ a data set's size) are made where that knowledge lives, before the run starts
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -42,11 +43,12 @@ PLUGIN_DIFF_METHODS = ("best", "parameter-shift")
 PENNYLANE_DEVICES_GROUP = "pennylane.plugins"  # the entry points PennyLane's plugins register devices under
 
 
-def installed_devices() -> list[str]:
+@functools.lru_cache(maxsize=1)  # a node checks its config on every message; what is installed does not change
+def installed_devices() -> tuple[str, ...]:
     """The PennyLane devices installed here (entry points, read without importing PennyLane)."""
     from importlib.metadata import entry_points
 
-    return sorted({e.name for e in entry_points(group=PENNYLANE_DEVICES_GROUP)})
+    return tuple(sorted({e.name for e in entry_points(group=PENNYLANE_DEVICES_GROUP)}))
 
 
 def check_device(name: str) -> str:

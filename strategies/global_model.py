@@ -11,7 +11,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from qfl.common.records import flatten
-from strategies.guard import shapes_of
+from strategies.guard import filter_replies, shapes_of
 
 
 class GlobalModelFedAvg(FedAvg):
@@ -38,3 +38,14 @@ class GlobalModelFedAvg(FedAvg):
             return self._reference
         sound = [m for m in replies if not m.has_error()]
         return shapes_of(sound[0].content[self.arrayrecord_key]) if sound else None
+
+    def sound_replies(self, replies: list[Message]) -> tuple[dict[str, tuple[int, ...]] | None, list[Message]]:
+        """The shapes replies must match and the replies that match them and pass FedAvg's
+        checks; ``(None, [])`` when no reply is sound to take shapes from (the caller then
+        leaves the round to FedAvg, which counts the failures)."""
+        reference = self.reference_for(replies)
+        if reference is None:
+            return None, []
+        replies, _ = filter_replies(replies, reference, self.arrayrecord_key, self.weighted_by_key)
+        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        return reference, list(valid)

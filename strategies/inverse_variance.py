@@ -21,7 +21,7 @@ from flwr.supercore import log
 from qfl.common.contract import REPORT_NOISE_SOURCE, REPORT_NOISE_VAR, REPORT_TRIMMED, REPORT_WEIGHT, UPDATE_NOISE_VAR
 from strategies.delegating import RoundReport
 from strategies.global_model import GlobalModelFedAvg
-from strategies.guard import bound_noise_claim, filter_replies
+from strategies.guard import bound_noise_claim
 from strategies.noise_isolating import (
     CLAIMED,
     UNSEPARATED,
@@ -98,11 +98,9 @@ class InverseVarianceFedAvg(GlobalModelFedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self.last_report = {}
-        reference = self.reference_for(replies)
+        reference, valid = self.sound_replies(replies)
         if reference is None:  # nothing sound to take shapes from: FedAvg counts the failures
             return super().aggregate_train(server_round, replies)
-        replies, _ = filter_replies(replies, reference, self.arrayrecord_key, self.weighted_by_key)
-        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
         if not valid:
             return None, None
         counts = np.array([float(_metric(m, self.weighted_by_key)) for m in valid])

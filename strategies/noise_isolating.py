@@ -40,7 +40,7 @@ from qfl.common.contract import (
 from qfl.common.records import flatten, unflatten
 from strategies.delegating import RoundReport
 from strategies.global_model import GlobalModelFedAvg
-from strategies.guard import bound_noise_claim, filter_replies
+from strategies.guard import bound_noise_claim
 
 # where a client's noise variance came from (the ``noise_source`` column of clients.csv)
 CLAIMED = "claimed"  # its own claim, consistent with its update's spread (or untested)
@@ -266,11 +266,9 @@ class NoiseIsolatingFedAvg(GlobalModelFedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self.last_clients = []
-        reference = self.reference_for(replies)
+        reference, valid = self.sound_replies(replies)
         if reference is None:  # nothing sound to take shapes from: FedAvg counts the failures
             return super().aggregate_train(server_round, replies)
-        replies, _ = filter_replies(replies, reference, self.arrayrecord_key, self.weighted_by_key)
-        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
         if not valid:
             return None, None
 

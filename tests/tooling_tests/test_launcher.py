@@ -410,3 +410,76 @@ def test_object_pulls_retry_after_20_ms_and_still_wait_as_long_as_flowers(monkey
     before = [dict(pull.__kwdefaults__) for pull in pulls]
     quick_object_pulls()  # idempotent: every process of a node may call it
     assert [pull.__kwdefaults__ for pull in pulls] == before
+
+
+TINY_APP = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "tinyapp"
+version = "1.0.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "qfltest"
+
+[tool.flwr.app.components]
+serverapp = "tinyapp.server:app"
+clientapp = "tinyapp.client:app"
+
+[tool.flwr.app.config]
+{config}
+"""
+
+
+def tiny_fab(rounds: int) -> bytes:
+    import warnings
+
+    from flwr.cli.build import build_fab_from_files
+
+    files = {"pyproject.toml": TINY_APP.format(config=f"num-server-rounds = {rounds}").encode(),
+             "tinyapp/__init__.py": b"", "tinyapp/client.py": b"app = None\n", "tinyapp/server.py": b"app = None\n"}
+    with warnings.catch_warnings():  # pathspec's own deprecation, inside Flower's build
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return build_fab_from_files(files)[0]
+
+
+def test_a_clientapp_installs_a_fab_once_and_any_other_fab_through_flower(tmp_path, monkeypatch):
+    """Each forked ClientApp skips extracting and verifying a FAB that Flower's own install put
+    in place and stamped with its full hash before (``install_fab_once``); a first install, a
+    different FAB, or a folder whose stamp does not match go through Flower's install."""
+    from flwr.cli import install as flower_install
+    from flwr.supernode.runtime import run_clientapp
+
+    from qfl.common.flower_internals import FAB_STAMP, install_fab_once, installed_fabs_reused
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+    calls = []
+    real = flower_install.install_from_fab
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flower_install, "install_from_fab", counted)
+    fab, other = tiny_fab(1), tiny_fab(2)
+    first = install_fab_once(fab, skip_prompt=True)
+    assert (first / "tinyapp" / "client.py").read_text() == "app = None\n" and len(calls) == 1
+    assert (first / FAB_STAMP).read_text() == __import__("hashlib").sha256(fab).hexdigest()
+    assert install_fab_once(fab, skip_prompt=True) == first and len(calls) == 1  # reused
+    second = install_fab_once(other, skip_prompt=True)
+    assert second != first and len(calls) == 2  # another FAB: Flower's install
+    (first / FAB_STAMP).write_text("0" * 64)
+    assert install_fab_once(fab, skip_prompt=True) == first and len(calls) == 3  # stamp wrong: Flower's install
+    assert install_fab_once(fab, skip_prompt=True) == first and len(calls) == 3  # and stamped again
+    with pytest.raises(Exception):  # a broken FAB: Flower's install names it
+        install_fab_once(b"not a zip", skip_prompt=True)
+    assert len(calls) == 4
+
+    monkeypatch.setattr(run_clientapp, "install_from_fab", run_clientapp.install_from_fab)  # restored after the test
+    installed_fabs_reused()
+    assert run_clientapp.install_from_fab is install_fab_once

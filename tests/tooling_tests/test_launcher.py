@@ -470,6 +470,7 @@ def test_a_clientapp_installs_a_fab_once_and_any_other_fab_through_flower(tmp_pa
     first = install_fab_once(fab, skip_prompt=True)
     assert (first / "tinyapp" / "client.py").read_text() == "app = None\n" and len(calls) == 1
     assert (first / FAB_STAMP).read_text() == __import__("hashlib").sha256(fab).hexdigest()
+    assert list((first / "tinyapp" / "__pycache__").glob("client.*.pyc"))  # compiled once, for every ClientApp after
     assert install_fab_once(fab, skip_prompt=True) == first and len(calls) == 1  # reused
     second = install_fab_once(other, skip_prompt=True)
     assert second != first and len(calls) == 2  # another FAB: Flower's install

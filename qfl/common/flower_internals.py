@@ -344,8 +344,22 @@ def _run_clientapp(argv: list[str]) -> None:
 
     quick_object_pulls()
     installed_fabs_reused()
+    forget_project_modules()
     sys.argv = argv  # flwr_exit reads argv[0]
     flwr_clientapp()
+
+
+PROJECT_PACKAGES = ("client", "qfl", "server", "strategies", "transport")  # as client.zygote.PROJECT
+
+
+def forget_project_modules() -> None:
+    """Drop the project's modules this process imported (the fork server imported this module,
+    hence ``qfl``), so that the ClientApp imports all of them from the run's FAB, as Flower
+    loads an app, and not ``qfl`` from the installed copy beside ``client`` from the FAB."""
+    import sys
+
+    for name in [m for m in sys.modules if m.split(".")[0] in PROJECT_PACKAGES]:
+        del sys.modules[name]
 
 
 class ForkedClientApps:

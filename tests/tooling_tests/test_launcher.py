@@ -484,3 +484,19 @@ def test_a_clientapp_installs_a_fab_once_and_any_other_fab_through_flower(tmp_pa
     monkeypatch.setattr(run_clientapp, "install_from_fab", run_clientapp.install_from_fab)  # restored after the test
     installed_fabs_reused()
     assert run_clientapp.install_from_fab is install_fab_once
+
+
+def test_a_forked_clientapp_imports_the_whole_project_from_the_runs_fab(tmp_path):
+    """The fork server imported ``qfl`` (this seam's module); a forked ClientApp forgets it, so
+    that the app it loads from the FAB's folder finds the FAB's ``qfl``, not the installed one."""
+    (tmp_path / "qfl").mkdir()
+    (tmp_path / "qfl" / "__init__.py").write_text("FROM_FAB = True\n")
+    code = ("import sys, qfl.common.config\n"
+            "from qfl.common.flower_internals import forget_project_modules\n"
+            "forget_project_modules()\n"
+            f"sys.path.insert(0, {str(tmp_path)!r})  # as Flower's load_app puts the FAB's folder first\n"
+            "import qfl\n"
+            "print(getattr(qfl, 'FROM_FAB', False), 'qfl.common.config' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_DIR, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]

@@ -70,15 +70,22 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid. The message names the key."""
+    """A configuration value is invalid. The message names the key, and whose it is: the run's
+    (``run config``, what the server submits), this node's (``node config``, ``--node-config``)
+    or a command's (``option``, a key that starts with ``--``)."""
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"run config '{key}': {message}")
+    def __init__(self, key: str, message: str, where: str | None = None) -> None:
+        where = where or ("option" if key.startswith("--") else "run config")
+        super().__init__(f"{where} '{key}': {message}")
         self.key = key
+        self.where = where
 
 
 def _dashed(name: str) -> str:
     return name.replace("_", "-")
+
+
+NODE_CONFIG = "node config"  # ConfigError's ``where`` for a SuperNode's own keys
 
 
 class _Strict(BaseModel):
@@ -486,7 +493,7 @@ class NodeConfig(_Strict):
     def from_node_config(cls, node_config: Mapping[str, object]) -> NodeConfig:
         for key in (NODE_PARTITION_ID, NODE_NUM_PARTITIONS):
             if key not in node_config:
-                raise ConfigError(key, "missing from the node config (--node-config)")
+                raise ConfigError(key, "missing (--node-config)", NODE_CONFIG)
         return _validate(cls, node_config)
 
     def device_for(self, run: RunConfig) -> tuple[str, str]:
@@ -512,7 +519,7 @@ class NodeConfig(_Strict):
         methods = DEVICE_DIFF_METHODS.get(self.device, PLUGIN_DIFF_METHODS)
         if run.diff_method not in methods:
             raise ConfigError("device", f"this node's device {self.device!r} does not support the run's diff-method "
-                                        f"'{run.diff_method}' (it supports {', '.join(methods)})")
+                                        f"'{run.diff_method}' (it supports {', '.join(methods)})", NODE_CONFIG)
         return self.device
 
     def path_for(self, run: RunConfig) -> str:
@@ -538,13 +545,14 @@ class _Conflict(ValueError):
 
 
 def _validate(model: type[_Strict], values: Mapping[str, object]):  # noqa: ANN202
+    where = NODE_CONFIG if model is NodeConfig else "run config"
     try:
         return model.model_validate(dict(values))
     except ValidationError as err:
         first = err.errors()[0]
         ctx_error = first.get("ctx", {}).get("error")
         if isinstance(ctx_error, _Conflict):
-            raise ConfigError(ctx_error.key, str(ctx_error)) from None
+            raise ConfigError(ctx_error.key, str(ctx_error), where) from None
         key = str(first["loc"][0]) if first["loc"] else model.__name__
         value = values.get(key, None)
         if first["type"] == "value_error":  # a field validator's own words
@@ -553,7 +561,7 @@ def _validate(model: type[_Strict], values: Mapping[str, object]):  # noqa: ANN2
             message = f"must be finite, got {value!r}"
         else:
             message = f"{first['msg'][0].lower()}{first['msg'][1:]}, got {value!r}"
-        raise ConfigError(key, message) from None
+        raise ConfigError(key, message, where) from None
 
 
 def toml_value(value: object) -> str:

@@ -172,12 +172,14 @@ def test_a_device_is_checked_before_the_run_and_a_nodes_own_device_overrides_the
     with pytest.raises(ConfigError, match=r"'diff-method': 'adjoint' is not supported on device 'default.mixed' "
                                           r"\(choose from best, parameter-shift\)"):
         RunConfig.from_run_config({**base, "device": "default.mixed", "diff-method": "adjoint"})
-    with pytest.raises(ConfigError, match=r"'device': no PennyLane device 'nope.qubit'"):
+    with pytest.raises(ConfigError, match=r"^node config 'device': no PennyLane device 'nope.qubit'"):
         NodeConfig.from_node_config({**node, "device": "nope.qubit"})
+    with pytest.raises(ConfigError, match=r"^node config 'num-partitions': missing \(--node-config\)"):
+        NodeConfig.from_node_config({"partition-id": 0})
     assert NodeConfig.from_node_config(node).simulator_for(run) == run.device == "auto"
     assert NodeConfig.from_node_config({**node, "device": "default.mixed"}).simulator_for(run) == "default.mixed"
     backprop = RunConfig.from_run_config({**base, "diff-method": "backprop"})
-    with pytest.raises(ConfigError, match=r"this node's device 'default.mixed' does not support the run's "
+    with pytest.raises(ConfigError, match=r"^node config 'device': this node's device 'default.mixed' does not support the run's "
                                           r"diff-method 'backprop'"):
         NodeConfig.from_node_config({**node, "device": "default.mixed"}).simulator_for(backprop)
 

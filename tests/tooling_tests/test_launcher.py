@@ -28,7 +28,7 @@ def _launch_error(capsys, tmp_path, *argv):
         (["--dataset", "mnist"], "'dataset': input should be " + ", ".join(f"'{d}'" for d in DATASETS[:-1])
          + f" or '{DATASETS[-1]}', got 'mnist'"),
         (["--rounds", "0"], "'num-server-rounds': input should be greater than or equal to 1, got 0"),
-        (["--clients", "0"], "'--clients': must be a positive integer"),
+        (["--clients", "0"], "option '--clients': must be a positive integer"),
         (["--clients", "-3"], "'--clients': must be a positive integer"),
         (["--clients", "200", "--dataset", "iris"], "'--clients': 200 clients but dataset 'iris' has only 112"),
         (["--device", "qiskit.aerx"], "'device': no PennyLane device 'qiskit.aerx' is installed here"),

@@ -312,10 +312,11 @@ def supernode_main(poll_interval: float, fork_clientapps: bool = True):  # noqa:
 SUPEREXEC_COMMAND = "flower-superexec"
 CLIENTAPP_COMMAND = "flwr-clientapp"
 # imported once by the fork server: what every ClientApp process imports before its app
-# (httpx: the ClientApp's client of the SuperNode's runtime API, imported when it connects,
-# 0.2 s of CPU a message otherwise; cryptography.x509: the node's certificates)
+# (httpx and httpcore, which httpx imports only when it makes its transport: the ClientApp's
+# client of the SuperNode's runtime API, 0.2 s of CPU a message otherwise; cryptography.x509:
+# the node's certificates)
 CLIENTAPP_PRELOAD = ("flwr.supernode.cli.flwr_clientapp", "flwr.clientapp", "flwr.app", "numpy", "pydantic",
-                     "cryptography.hazmat.primitives.ciphers.aead", "cryptography.x509", "httpx")
+                     "cryptography.hazmat.primitives.ciphers.aead", "cryptography.x509", "httpx", "httpcore")
 
 
 class _Subprocess:

@@ -321,10 +321,14 @@ def test_the_supernode_loop_sleeps_no_longer_than_the_poll_interval(monkeypatch)
     slept = []
     capped = _CappedSleep(0.2)
     capped._time = type("Clock", (), {"sleep": staticmethod(slept.append), "monotonic": staticmethod(lambda: 7.0)})
-    capped.sleep(3)  # Flower's idle poll
-    capped.sleep(0.5)  # its wait for a ClientApp's reply
-    capped.sleep(0.1)
-    assert slept == [0.2, 0.2, 0.1] and capped.monotonic() == 7.0  # everything else is the time module's
+    capped.sleep(3)  # Flower's idle poll of the SuperLink
+    capped.sleep(0.5)  # its wait for a ClientApp's reply, in the node's own state
+    capped.sleep(0.01)
+    assert slept == [0.2, 0.02, 0.01] and capped.monotonic() == 7.0  # everything else is the time module's
+    fine = _CappedSleep(0.01)
+    fine._time = capped._time
+    fine.sleep(3), fine.sleep(0.5)
+    assert slept[-2:] == [0.01, 0.01]  # never longer than the poll interval
     monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)  # restored after the test
     monkeypatch.setattr(start_client_internal, "subprocess", start_client_internal.subprocess)
     entry = supernode_main(0.25)

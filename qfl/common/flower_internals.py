@@ -464,9 +464,9 @@ def _fab_install_path(fab: bytes, digest: str):  # noqa: ANN202 (Path | None)
         with zipfile.ZipFile(io.BytesIO(fab)) as archive:
             config = tomllib.loads(archive.read("pyproject.toml").decode())
         fab_id, version = get_metadata_from_config(config)
-    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError, TypeError):
+        publisher, project_name = fab_id.split("/")
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError, TypeError, ValueError):
         return None  # Flower's install names what is wrong with it
-    publisher, project_name = fab_id.split("/")
     return get_flwr_home() / APP_DIR / f"{publisher}.{project_name}.{version}.{digest[:FAB_HASH_TRUNCATION]}"
 
 

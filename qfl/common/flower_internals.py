@@ -358,7 +358,7 @@ def _run_clientapp(argv: list[str]) -> None:
     flwr_clientapp()
 
 
-PROJECT_PACKAGES = ("client", "qfl", "server", "strategies", "transport")  # as client.zygote.PROJECT
+PROJECT_PACKAGES = ("client", "qfl", "server", "strategies", "transport")  # not a contract name: the packages (client.zygote.PROJECT)
 
 
 def forget_project_modules() -> None:

@@ -426,8 +426,9 @@ def supernode_superexec(command: list[str]) -> list[str]:
 # message here (logged in every forked ClientApp of a 4-client run); with a 1 s cap the tries
 # after 0.3 s fell at 0.6 and 1.0 s. One try is one small request to the node's own SuperNode
 # (or, for a SuperNode, to the SuperLink). An object whose sender died is asked for ten times a
-# second only until the SuperLink ends the run (every pull checks the run's status, and a
-# ServerApp that stops sending heartbeats fails its run within about two 30 s intervals).
+# second only until the SuperLink ends the run (every pull from it checks the run's status, and
+# a ServerApp that stops sending heartbeats fails its run within about two 30 s intervals); a
+# SuperNode that gives up on a message drops its objects, and its ClientApp's next pull fails.
 
 QUICK_PULL = {"initial_backoff": 0.02, "backoff_cap": 0.1, "max_tries_per_object": 48000}
 

@@ -10,9 +10,10 @@
    against plain FedAvg's (each client's float64 update up, the model down), and a later
    round's bytes per client over log2(n) x model bytes.
 2. A real deployment (SuperLink + 4 SuperNodes on loopback, Wine, 5 rounds): mean round
-   time of ``secagg`` against ``plain`` (rounds 2-5, after the cold start).
+   time of ``secagg`` against ``plain`` (rounds 2-5, after the cold start); with
+   ``--repeat N`` each arm N times, interleaved, and the ratio of their medians.
 
-Run: ``python bench/secagg_cost.py [--part 1 2] [--clients 10 50 200]``
+Run: ``python bench/secagg_cost.py [--part 1 2] [--clients 10 50 200] [--repeat N]``
 """
 
 from __future__ import annotations
@@ -85,28 +86,36 @@ def launch(name: str, *args: str) -> list[dict]:
     return launch_rows(name, OUT, list(args))
 
 
-def part_deployment() -> None:
+def part_deployment(repeat: int = 1) -> None:
+    """Each arm ``repeat`` times, interleaved (plain, secagg, plain, ...), so that a change in
+    the machine's load falls on both arms; the ratio is of the arms' medians."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    print("2. deployment, 4 clients, Wine, 5 rounds (mean of rounds 2-5)")
+    print(f"2. deployment, 4 clients, Wine, 5 rounds (mean of rounds 2-5), {repeat} interleaved call(s) an arm")
     common = ("--clients", "4", "--rounds", "5", "--dataset", "wine", "--set", "robust-direction=false")
-    times = {}
-    for transport in ("plain", "secagg"):
-        rows = launch(f"{transport}-{stamp}", *common, "--transport", transport)
-        times[transport] = float(np.mean([r["round_time_s"] for r in rows if r["round"] >= 2]))
-    print(f"{'transport':>10} {'s/round':>8} {'ratio':>6}")
+    times: dict[str, list[float]] = {"plain": [], "secagg": []}
+    for call in range(repeat):
+        for transport in times:
+            rows = launch(f"{transport}-{stamp}-{call + 1}", *common, "--transport", transport)
+            times[transport].append(float(np.mean([r["round_time_s"] for r in rows if r["round"] >= 2])))
+    medians = {transport: float(np.median(s)) for transport, s in times.items()}
+    print(f"{'transport':>10} {'median s/round':>15} {'ratio':>6}  each call")
     for transport, s in times.items():
-        print(f"{transport:>10} {s:>8.2f} {s / times['plain']:>6.2f}")
+        print(f"{transport:>10} {medians[transport]:>15.2f} {medians[transport] / medians['plain']:>6.2f}  "
+              + " ".join(f"{x:.2f}" for x in s))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 200])
+    parser.add_argument("--repeat", type=int, default=1, help="part 2: calls an arm, interleaved (default 1)")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
     if 1 in args.part:
         part_protocol(args.clients)
     if 2 in args.part:
-        part_deployment()
+        part_deployment(args.repeat)
 
 
 if __name__ == "__main__":

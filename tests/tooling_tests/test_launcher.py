@@ -385,8 +385,8 @@ def test_the_launcher_runs_qfl_supernode_and_plain_flower_on_request():
 def test_object_pulls_retry_after_20_ms_and_still_wait_as_long_as_flowers(monkeypatch):
     """A message listed before its arrays arrived is asked for again after 20 ms, not Flower's
     1 s (``quick_object_pulls``, applied by the ServerApp's grid, qfl-supernode and each forked
-    ClientApp), and at most 0.1 s after the last try (an object that arrives late is not slept
-    past by up to a second); with more tries a missing object is still waited for about as long."""
+    ClientApp), and tries are never more than 0.1 s apart (an object that arrives late is not
+    slept past by up to a second); with more tries a missing object is still waited for about as long."""
     from flwr.supercore.constant import PULL_BACKOFF_CAP, PULL_INITIAL_BACKOFF, PULL_MAX_TRIES_PER_OBJECT
     from flwr.supercore.inflatable import inflatable_utils
 

@@ -10,16 +10,16 @@ Quantum 4, 269 (2020)) preconditions the gradient by the Fubini-Study metric ten
 
 with :math:`^{+}` the pseudo-inverse and :math:`\lambda \ge 0` a regularisation, exactly the
 step of PennyLane's :class:`~pennylane.QNGOptimizer` (``stepsize`` :math:`\eta`, ``lam``
-:math:`\lambda`). The metric is PennyLane's own, :func:`pennylane.metric_tensor` with
-``approx="block-diag"`` (one block per layer of commuting generators), of the noiseless
-circuit (a pure state), on every sample of the mini-batch in one broadcast execution and
-averaged over it. The transform finds its layers greedily in the order the tape lists the
-trainable gates (its own ``CircuitGraph.parametrized_layers``), and a circuit that writes one
-``Rot`` per wire lists ``RZ RY RZ`` of wire 0, then of wire 1, ...: one, two or three angles a
-block, 9 blocks and 9 circuits a layer on 4 wires. :func:`layerwise` lists the same gates (the
-same unitary) layer by layer, every wire's first angle, then every wire's second, so that a
-block holds one rotation slot of a layer on every wire: 3 blocks and 3 circuits a layer, and
-the metric keeps the couplings between wires within a slot: the data are re-uploaded, so the metric depends on the input. The rotation
+:math:`\lambda`) with this metric. The metric is the block-diagonal one of the noiseless circuit
+(a pure state): the circuits of PennyLane's :func:`pennylane.metric_tensor` with
+``approx="block-diag"``, run on every sample of the mini-batch in one broadcast execution, and
+averaged over the batch (the data are re-uploaded, so the metric depends on the input). Its
+blocks are whole layers: the transform cuts its blocks greedily in the order a tape lists the
+trainable gates (``CircuitGraph.parametrized_layers``), and a circuit that writes one ``Rot``
+per wire lists ``RZ RY RZ`` of wire 0, then of wire 1, ...: 9 blocks and 9 circuits a layer on 4
+wires. :func:`layerwise` lists the same gates (the same unitary) layer by layer, so that a block
+holds one rotation slot of a layer on every wire: 3 blocks and 3 circuits a layer, the
+couplings between wires within a slot kept. The rotation
 angles (``weights``) take the QNG step; the classical read-out and a trainable embedding, for
 which the circuit's metric says nothing, take a plain gradient step of the same size.
 
@@ -74,9 +74,12 @@ class CircuitMetric:
                                    if np.ndim(v) == 0 and v >= CODE_OFFSET]
         # the same, listed layer by layer (`layerwise`) for the block-diagonal metric: which tape
         # parameters are angles of `weights`, and which entry each one is
-        values = layerwise(marked, self.expanded_trainable).get_parameters(trainable_only=False)
+        layered = layerwise(marked, self.expanded_trainable)
+        values = layered.get_parameters(trainable_only=False)
         self.layered_trainable = [i for i, v in enumerate(values) if np.ndim(v) == 0 and v >= CODE_OFFSET]
         self.layered_positions = np.rint([values[i] - CODE_OFFSET for i in self.layered_trainable]).astype(int)
+        layered.trainable_params = self.layered_trainable
+        self.readouts = layer_readouts(layered)  # the structure's, whatever the angles
 
     @property
     def size(self) -> int:
@@ -113,8 +116,8 @@ class CircuitMetric:
         tape.trainable_params = self.layered_trainable
         tapes, _ = qml.metric_tensor(tape, approx="block-diag")
         results = qml.execute(tapes, self.qnode.device, diff_method=None)  # NumPy throughout: nothing to trace
-        blocks = [layer_covariance(np.atleast_2d(probs), generators, tape.wires)
-                  for probs, generators in zip(results, trainable_layers(tape), strict=True)]
+        blocks = [layer_covariance(np.atleast_2d(probs), *readout)
+                  for probs, readout in zip(results, self.readouts, strict=True)]
         return self._embed(scipy_block_diag(*blocks), self.layered_positions)
 
     @staticmethod
@@ -160,40 +163,41 @@ def layerwise(tape, trainable: list[int]):  # noqa: ANN001, ANN201 (QuantumScrip
     return tape.copy(operations=[op for _, _, op in sorted(layered, key=lambda item: item[:2])])
 
 
-def trainable_layers(tape):  # noqa: ANN001, ANN201 (QuantumScript -> list of lists of (observable, prefactor))
-    """The generators (``qml.generator``: observable, prefactor) of ``tape``'s trainable gates, per
-    layer of PennyLane's block-diagonal metric (``CircuitGraph.iterate_parametrized_layers``, the
-    layers with a trainable gate, in order): one list per circuit ``qml.metric_tensor`` builds."""
-    trainable = set(tape.trainable_params)
-    layers = []
+def layer_readouts(tape) -> list[tuple[np.ndarray, np.ndarray]]:  # noqa: ANN001 (QuantumScript)
+    """Per circuit of PennyLane's block-diagonal metric of ``tape`` (its layers with a trainable
+    gate, in order: ``CircuitGraph.iterate_parametrized_layers``), what its probabilities are read
+    with: each trainable gate's generator (``qml.generator``: observable :math:`G_i`, prefactor
+    :math:`c_i`) as its value on every outcome over ``tape.wires`` (``(2**n, k)``; the circuit
+    ends in the generators' common eigenbasis, where :math:`G_i` is diagonal with the eigenvalues
+    ``G_i.eigvals()`` over its own wires), and the prefactors ``(k,)``."""
+    trainable, wires = set(tape.trainable_params), tape.wires
+    n, outcomes = len(wires), np.arange(2 ** len(tape.wires))
+    readouts = []
     for _, ops, param_indices, _ in tape.graph.iterate_parametrized_layers():
-        chosen = [op for p, op in zip(param_indices, ops, strict=True) if p in trainable]
-        if chosen:
-            layers.append([qml.generator(op, format="prefactor") for op in chosen])
-    return layers
+        generators = [qml.generator(op, format="prefactor") for p, op in zip(param_indices, ops, strict=True)
+                      if p in trainable]
+        if not generators:
+            continue  # no circuit for this layer
+        columns = []
+        for observable, _ in generators:
+            positions = [wires.index(w) for w in observable.wires]
+            local = sum(((outcomes >> (n - 1 - pos)) & 1) << (len(positions) - 1 - j) for j, pos in enumerate(positions))
+            columns.append(np.asarray(observable.eigvals(), dtype=np.float64)[local])
+        readouts.append((np.stack(columns, axis=1), np.array([c for _, c in generators], dtype=np.float64)))
+    return readouts
 
 
-def layer_covariance(probs: np.ndarray, generators, wires) -> np.ndarray:  # noqa: ANN001
+def layer_covariance(probs: np.ndarray, values: np.ndarray, prefactors: np.ndarray) -> np.ndarray:
     r"""One block of the metric, averaged over a batch: :math:`c_i c_j \overline{(\langle G_i G_j
-    \rangle - \langle G_i\rangle \langle G_j\rangle)}`, the mean over the rows of what
-    ``qml.math.cov_matrix`` computes for one.
+    \rangle - \langle G_i\rangle \langle G_j\rangle)}`, the mean over the rows of what PennyLane's
+    processing (``qml.math.cov_matrix``) computes for one row at a time.
 
-    ``probs`` ``(B, 2**n)``: each row's probabilities over ``wires`` in the generators' common
-    eigenbasis (a circuit of ``qml.metric_tensor``); ``generators``: ``(G_i, c_i)`` pairs, ``G_i``
-    diagonal in that basis with the eigenvalues ``G_i.eigvals()`` over its own wires.
+    ``probs`` ``(B, 2**n)``: each row's probabilities of one metric circuit; ``values``,
+    ``prefactors``: that circuit's :func:`layer_readouts`.
     """
-    n = len(wires)
-    outcomes = np.arange(2**n)
-    columns = []
-    for observable, _ in generators:
-        positions = [wires.index(w) for w in observable.wires]
-        local = sum(((outcomes >> (n - 1 - pos)) & 1) << (len(positions) - 1 - j) for j, pos in enumerate(positions))
-        columns.append(np.asarray(observable.eigvals(), dtype=np.float64)[local])
-    eig = np.stack(columns, axis=1)  # (2**n, k): each generator's value on each outcome
-    means = probs @ eig  # (B, k)
-    second = np.einsum("bo,oi,oj->ij", probs, eig, eig) / len(probs)
-    scale = np.array([c for _, c in generators], dtype=np.float64)
-    return np.outer(scale, scale) * (second - means.T @ means / len(probs))
+    means = probs @ values  # (B, k)
+    second = np.einsum("bo,oi,oj->ij", probs, values, values) / len(probs)
+    return np.outer(prefactors, prefactors) * (second - means.T @ means / len(probs))
 
 
 def natural_direction(metric: np.ndarray, grad: np.ndarray, lam: float) -> np.ndarray:

@@ -32,6 +32,8 @@ SEARCHES: dict[str, tuple[Search, ...]] = {
                        "the guard's direction rule and its defaults (docs/strategies.md)"),),
     "qcn-resources": (Search("pilot runs (bench/qcn_resources.py)", (101, 102, 103),
                              "the topology, the 1 s deadline and the pair price (docs/experiments.md)"),),
+    "heterogeneous-circuits": (Search("pilot (bench/qng_rates.py)", (101,),
+                                      "the range of the QNG arms' learning rates (docs/experiments.md, Tuning)"),),
 }
 
 

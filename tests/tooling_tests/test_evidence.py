@@ -157,6 +157,7 @@ def test_seeds_parse_as_n_or_a_range_and_say_what_saw_them():
     assert classify("qcn", list(range(11, 31))).kind == "confirmatory"
     assert classify("attacks", [0, 11]).confirmatory == (11,)  # bench/attacks.py saw 0-9
     assert classify("qcn-resources", [101, 104]).refusal().startswith("qcn-resources: seeds 101 of 101,104 were seen")
+    assert classify("heterogeneous-circuits", [101, 11]).confirmatory == (11,)  # bench/qng_rates.py saw 101
     assert "NOT confirmatory, mixed" in classify("noise", [10, 11]).lines()[0]
 
 

@@ -24,7 +24,7 @@ import torch
 
 from qfl.task.model import PQCClassifier
 from qfl.task.qml import qml
-from qfl.task.qng import CircuitMetric, layerwise
+from qfl.task.qng import CircuitMetric
 
 
 def model_order(metric: CircuitMetric, x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, int]:
@@ -65,9 +65,7 @@ def main() -> None:
             x = np.random.default_rng(batch).uniform(0.0, np.pi, size=(batch, args.qubits))
             baseline, baseline_circuits = model_order(metric, x, weights)
             ours = metric.block_diag(x, weights)
-            tape = layerwise(metric._plain(metric._tape(x, weights)), metric.expanded_trainable)
-            tape.trainable_params = metric.layered_trainable
-            our_circuits = len(qml.metric_tensor(tape, approx="block-diag")[0])
+            our_circuits = len(qml.metric_tensor(metric.layered_tape(x, weights), approx="block-diag")[0])
             exact = sum(metric.full(row, weights) for row in x) / len(x)
             t_base, t_ours = timed([lambda: model_order(metric, x, weights), lambda: metric.block_diag(x, weights)],
                                    args.repeat)

@@ -110,15 +110,20 @@ class CircuitMetric:
         PennyLane's own processing takes one row at a time (``qml.math.cov_matrix``; 10-30 ms a
         row at 6 layers, most of a step). ``tests/task_tests/test_qng.py`` checks the blocks
         against PennyLane's exact metric (``adjoint_metric_tensor``)."""
-        x = np.asarray(x, dtype=np.float64)
-        tape = layerwise(self._plain(self._tape(x if x.ndim == 1 or len(x) > 1 else x[0], weights)),
-                         self.expanded_trainable)
-        tape.trainable_params = self.layered_trainable
-        tapes, _ = qml.metric_tensor(tape, approx="block-diag")
+        tapes, _ = qml.metric_tensor(self.layered_tape(x, weights), approx="block-diag")
         results = qml.execute(tapes, self.qnode.device, diff_method=None)  # NumPy throughout: nothing to trace
         blocks = [layer_covariance(np.atleast_2d(probs), *readout)
                   for probs, readout in zip(results, self.readouts, strict=True)]
         return self._embed(scipy_block_diag(*blocks), self.layered_positions)
+
+    def layered_tape(self, x: np.ndarray, weights: np.ndarray):  # noqa: ANN201 (QuantumScript)
+        """The circuit at ``weights`` on the rows of ``x`` (one broadcast tape), listed by
+        :func:`layerwise`, NumPy parameters, the angles of ``weights`` its trainable ones."""
+        x = np.asarray(x, dtype=np.float64)
+        tape = layerwise(self._plain(self._tape(x if x.ndim == 1 or len(x) > 1 else x[0], weights)),
+                         self.expanded_trainable)
+        tape.trainable_params = self.layered_trainable
+        return tape
 
     @staticmethod
     def _plain(tape):  # noqa: ANN001, ANN205

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from qfl.task.architecture import CircuitSpec
 from qfl.task.model import PQCClassifier, make_circuit
 from qfl.task.qml import qml
-from qfl.task.qng import CircuitMetric, QNGOptimizer, effective_dimension, layerwise
+from qfl.task.qng import CircuitMetric, QNGOptimizer, effective_dimension
 from qfl.task.train import train_local
 
 
@@ -89,9 +89,7 @@ def test_the_metric_is_pennylanes_block_diagonal_one_on_the_circuit_listed_layer
 
     # Act: ours, and PennyLane's own processing of the same circuits, one row at a time
     ours = metric.block_diag(x, weights)
-    tape = layerwise(metric._plain(metric._tape(x, weights)), metric.expanded_trainable)
-    tape.trainable_params = metric.layered_trainable
-    tapes, post = qml.metric_tensor(tape, approx="block-diag")
+    tapes, post = qml.metric_tensor(metric.layered_tape(x, weights), approx="block-diag")
     results = qml.execute(tapes, qml.device("default.qubit", wires=3))
     theirs = sum(np.asarray(post([r[b] for r in results])) for b in range(len(x))) / len(x)
 

@@ -88,9 +88,9 @@ def test_exact_mcnemar_and_the_round_accuracy_stays_at_target():
 
 # --- summaries: censored runs, one Holm family ---------------------------------------------------
 
-def _arm(name: str, curves: list[list[float]]) -> ArmResult:
+def _arm(name: str, curves: list[list[float]], arm: Arm | None = None) -> ArmResult:
     rows = [[{"round": r, "test_accuracy": a, "test_loss": 1.0} for r, a in enumerate(c)] for c in curves]
-    return ArmResult(Arm(name), list(range(1, len(curves) + 1)), np.array(curves, dtype=float), [0.0] * len(curves),
+    return ArmResult(arm or Arm(name), list(range(1, len(curves) + 1)), np.array(curves, dtype=float), [0.0] * len(curves),
                      rows)
 
 
@@ -126,29 +126,32 @@ def test_the_comparison_table_adjusts_over_every_test_the_verdict_reads():
 
 
 def test_a_declared_equivalence_margin_adds_tost_rows_that_show_equivalence_only_inside_the_margin():
-    # Arrange: "near" ends 0.005 to 0.015 above the base in every seed (inside 0.02), "far" 0.05 above
+    # Arrange: "near" ends 0.005 to 0.014 above the base in every seed (inside 0.02), "far" 0.05 above;
+    # "other" declares no margin: it claims only a difference
     base = [[0.5, 0.8, 0.90]] * 10
     near = [[0.5, 0.8, 0.90 + 0.005 + 0.001 * s] for s in range(10)]
     far = [[0.5, 0.8, 0.95]] * 10
-    exp = Experiment("equiv", "c", 2, 2, {}, (Arm("base"), Arm("near"), Arm("far")), "base", 0.9,
-                     equivalence_margin=0.02)
-    results = {"base": _arm("base", base), "near": _arm("near", near), "far": _arm("far", far)}
+    arms = (Arm("base"), Arm("near", equivalence_margin=0.02), Arm("far", equivalence_margin=0.02), Arm("other"))
+    exp = Experiment("equiv", "c", 2, 2, {}, arms, "base", 0.9)
+    results = {arm.name: _arm(arm.name, curves, arm) for arm, curves in zip(arms, (base, near, far, near))}
 
     # Act
     text = summary_markdown(exp, results, "qfl experiment equiv", 1.0)
 
     # Assert: both one-sided tests of "near" reject at the exact 1/1024; "far" is outside the margin
-    rows = [line.split("|") for line in text.splitlines() if line.startswith(("| near | base |", "| far | base |"))]
-    near_row, far_row = (r for r in rows if len(r) == 9)  # the equivalence table's rows (7 cells)
-    assert near_row[4].strip() == near_row[5].strip() == stats.format_p(1 / 1024)
-    assert near_row[6].strip() == stats.format_p(2 / 1024) and near_row[7].strip() == "shown"  # Holm over 2
-    assert far_row[7].strip() == "not shown" and far_row[5].strip() == "1"
-    assert "within ±0.02" in text
+    equivalence = text[text.index("Equivalence of final accuracy"):]
+    rows = {line.split("|")[1].strip(): line.split("|") for line in equivalence.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"arm", "near", "far"}  # "other" claims no equivalence
+    near_row, far_row = rows["near"], rows["far"]
+    assert near_row[3].strip() == "±0.02"
+    assert near_row[5].strip() == near_row[6].strip() == stats.format_p(1 / 1024)
+    assert near_row[7].strip() == stats.format_p(2 / 1024) and near_row[8].strip() == "shown"  # Holm over 2
+    assert far_row[8].strip() == "not shown" and far_row[6].strip() == "1"
     # without a declared margin the summary makes no equivalence claim
-    plain = Experiment("plain", "c", 2, 2, {}, exp.arms, "base", 0.9)
-    assert "Equivalence of final accuracy" not in summary_markdown(plain, results, "qfl experiment plain", 1.0)
+    plain = {name: _arm(name, curves) for name, curves in zip(results, (base, near, far, near))}
+    assert "Equivalence of final accuracy" not in summary_markdown(exp, plain, "qfl experiment plain", 1.0)
     with pytest.raises(ValueError, match="equivalence margin"):
-        Experiment("bad", "c", 2, 2, {}, exp.arms, "base", 0.9, equivalence_margin=0.0)
+        Experiment("bad", "c", 2, 2, {}, (Arm("base"), Arm("near", equivalence_margin=0.0)), "base", 0.9)
 
 
 def test_the_resources_bar_is_met_at_ten_seeds_when_the_ratio_of_means_is_shown_below_70_percent(tmp_path):

@@ -102,7 +102,6 @@ class Experiment:
         for arm in self.arms:
             if (arm.versus or self.baseline) not in names:
                 raise ValueError(f"{self.name}: arm {arm.name} is tested against unknown arm {arm.versus or self.baseline}")
-        for arm in self.arms:
             if arm.equivalence_margin is not None and not 0 < arm.equivalence_margin < 1:
                 raise ValueError(f"{self.name}: arm {arm.name}'s equivalence margin is a difference of accuracy in "
                                  f"(0, 1), got {arm.equivalence_margin!r}")

@@ -285,7 +285,7 @@ def summary_markdown(experiment: Experiment, results: dict[str, ArmResult], comm
         *classify(e.name, seeds).lines(), "",
         *([e.tuned, ""] if e.tuned else []),  # the arms' frozen tuned settings, or that a declared tuning was not run
         *(provenance_lines or []), *([""] if provenance_lines else []),
-        f"{e.clients} clients, {e.rounds} rounds, seeds {res_seeds(results)}; shared settings: `{_toml(e.config)}`. "
+        f"{e.clients} clients, {e.rounds} rounds, seeds {res_seeds(results)}; shared settings: `{_toml(shared_settings(e))}`. "
         f"Running time: {seconds / 60:.1f} min (the runs' own, on this machine; resumed runs count where they ran).", "",
         cost_line(results, peak_memory, memory_scope), "",
         f"Final accuracy is the central test accuracy after round {e.rounds}; area: the area under the accuracy "
@@ -350,6 +350,12 @@ def comparison_table(experiment: Experiment, comparisons: list[tuple[ArmResult, 
                      f"{r.mean_difference:+.2f}{restricted} | {medians} | {rounds_for} | {_p(r.p)} | {_p(rp)} | "
                      f"{_verdict(f, fp, r, rp)} |")
     return lines
+
+
+def shared_settings(experiment: Experiment) -> dict[str, object]:
+    """The experiment's settings that some arm runs with: a key every arm sets itself (a tuned
+    learning rate, say) is in each arm's row, not here."""
+    return {k: v for k, v in experiment.config.items() if not all(k in a.config for a in experiment.arms)}
 
 
 def equivalence_table(comparisons: list[tuple[ArmResult, ArmResult]]) -> list[str]:

@@ -154,6 +154,16 @@ def test_a_declared_equivalence_margin_adds_tost_rows_that_show_equivalence_only
         Experiment("bad", "c", 2, 2, {}, (Arm("base"), Arm("near", equivalence_margin=0.0)), "base", 0.9)
 
 
+def test_the_shared_settings_leave_out_a_key_every_arm_sets_itself():
+    # a tuned experiment: every arm runs its own learning rate, the catalogue's 0.1 runs nowhere
+    arms = (Arm("a", {"learning-rate": 0.05}), Arm("b", {"learning-rate": 0.2, "model": "mlp"}))
+    exp = Experiment("tuned", "c", 2, 2, {"learning-rate": 0.1, "model": "pqc", "dataset": "iris"}, arms, "a", 0.9)
+    results = {arm.name: _arm(arm.name, [[0.5, 0.8, 0.9]] * 10, arm) for arm in arms}
+    line = next(x for x in summary_markdown(exp, results, "qfl experiment tuned", 1.0).splitlines()
+                if "shared settings" in x)
+    assert "learning-rate" not in line and 'model="pqc"' in line and 'dataset="iris"' in line
+
+
 def test_the_resources_bar_is_met_at_ten_seeds_when_the_ratio_of_means_is_shown_below_70_percent(tmp_path):
     from qfl.experiments.resources import resource_lines
 

@@ -26,7 +26,8 @@ which the circuit's metric says nothing, take a plain gradient step of the same 
 :func:`effective_dimension` counts the directions of parameter space that move the state:
 the rank of the QFI (Haug, Bharti, Kim, "Capacity and quantum geometry of parametrized quantum
 circuits", PRX Quantum 2, 040309 (2021), their effective quantum dimension), with the full
-metric from :func:`pennylane.adjoint_metric_tensor`.
+metric from the state's Jacobian (:meth:`CircuitMetric.full`: what
+:func:`pennylane.adjoint_metric_tensor` computes, six times faster).
 """
 
 from __future__ import annotations
@@ -135,10 +136,34 @@ class CircuitMetric:
         return expanded.bind_new_parameters([np.asarray(v, dtype=np.float64) for v in values], list(range(len(values))))
 
     def full(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """``(d, d)`` full metric at one input ``x`` (:func:`pennylane.adjoint_metric_tensor`)."""
-        tape = self._plain(self._tape(x, weights))
-        tape.trainable_params = self.expanded_trainable
-        return self._embed(np.asarray(qml.adjoint_metric_tensor(tape)))
+        r"""``(d, d)`` full metric at one input ``x``: :math:`g = \mathrm{Re}(J^\dagger J - J^\dagger
+        \psi\, \psi^\dagger J)`, with :math:`J = \partial\psi/\partial\theta` the Jacobian of the
+        circuit's state, from torch's vectorised autograd through PennyLane's ``default.qubit``.
+
+        The same matrix as :func:`pennylane.adjoint_metric_tensor` (``tests/task_tests/test_qng.py``
+        checks it to 1e-12), which applies the circuit's gates one Python call at a time, a
+        number of times quadratic in the parameters: 0.78 s a probe at 4 qubits and 6 layers
+        (72 angles) against 0.12 s here, once torch has traced the vectorised backward pass.
+        """
+        tape = self._plain(self._tape(x, weights)).copy(measurements=[qml.state()])
+        values = [torch.as_tensor(np.asarray(v, dtype=np.float64)) for v in tape.get_parameters(trainable_only=False)]
+        trainable = self.expanded_trainable
+        device = self.qnode.device
+
+        def state(theta: torch.Tensor) -> torch.Tensor:
+            params = list(values)
+            for k, i in enumerate(trainable):
+                params[i] = theta[k]
+            bound = tape.bind_new_parameters(params, list(range(len(params))))
+            return torch.view_as_real(qml.execute([bound], device, diff_method="backprop")[0]).reshape(-1)
+
+        theta = torch.stack([values[i] for i in trainable])
+        with torch.no_grad():
+            pairs = state(theta)
+        jac = torch.autograd.functional.jacobian(state, theta, vectorize=True).numpy()
+        psi, jac = pairs.numpy()[0::2] + 1j * pairs.numpy()[1::2], jac[0::2] + 1j * jac[1::2]
+        overlaps = jac.conj().T @ psi
+        return self._embed(np.real(jac.conj().T @ jac - np.outer(overlaps, overlaps.conj())))
 
 
 def layerwise(tape, trainable: list[int]):  # noqa: ANN001, ANN201 (QuantumScript -> QuantumScript)
@@ -248,8 +273,13 @@ class QNGOptimizer:
             if name != "weights":  # not a contract name: the model's rotation angles
                 p -= self.lr * p.grad
                 continue
+            known: list[tuple[np.ndarray, np.ndarray]] = []  # replicas at the same angles share one metric
             for r, (value, grad) in enumerate(zip(*((p, p.grad) if self.replicated else ([p], [p.grad])))):
-                g = self.metric.block_diag(inputs, value.detach().numpy())
+                angles = value.detach().numpy()
+                g = next((m for a, m in known if np.array_equal(a, angles)), None)
+                if g is None:  # the replicas start each round at the same angles: one metric for all there
+                    g = self.metric.block_diag(inputs, angles)
+                    known.append((angles.copy(), g))
                 step = natural_direction(g, grad.detach().numpy().ravel(), self.lam).reshape(value.shape)
                 (p[r] if self.replicated else p).sub_(self.lr * torch.as_tensor(step, dtype=p.dtype))
 
@@ -271,7 +301,8 @@ def effective_dimension(model: PQCClassifier, probes: int = EFFECTIVE_DIMENSION_
     directions the circuit's state can move in (Haug et al. 2021). At most the number of
     angles the circuit uses, and at most :math:`2^{n+1} - 2` (a pure state's real dimension).
 
-    Cost: one adjoint metric tensor (full, exact, noiseless) per probe.
+    Cost: one full, exact, noiseless metric per probe (:meth:`CircuitMetric.full`, 0.12 s at 4
+    qubits and 6 layers).
     """
     metric = CircuitMetric(model)
     weights = model.weights.detach().numpy()

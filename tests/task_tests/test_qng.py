@@ -151,3 +151,47 @@ def test_each_replica_takes_its_own_qng_step():
     for n in grads:
         assert torch.allclose(stacked[n][0], single[n])
         assert torch.allclose(stacked[n][1] - getattr(model, n), 2 * (single[n] - getattr(model, n)))
+
+
+def test_replicas_at_different_angles_each_get_their_own_metric():
+    # Arrange: two replicas apart (a later step of a round), the same gradient: each must move
+    # as a single model at its own angles does, with its own metric
+    model = PQCClassifier(n_qubits=2, n_layers=2, n_classes=2, seed=1)
+    x = torch.rand(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grad = torch.randn(model.weights.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    starts = [model.weights.detach().clone(), model.weights.detach().clone() + 0.7]
+    stacked = {"weights": torch.stack(starts).requires_grad_(True)}
+    stacked["weights"].grad = torch.stack([grad, grad])
+    singles = [{"weights": w.clone().requires_grad_(True)} for w in starts]
+
+    # Act
+    QNGOptimizer(stacked, model, 0.1, 0.01, replicated=True).step(x)
+    for single in singles:
+        single["weights"].grad = grad.clone()
+        QNGOptimizer(single, model, 0.1, 0.01).step(x)
+
+    # Assert: each replica is its own single step, and the two moves differ (different metrics)
+    for r, single in enumerate(singles):
+        assert torch.allclose(stacked["weights"][r], single["weights"])
+    moves = [single["weights"] - start for single, start in zip(singles, starts)]
+    assert not torch.allclose(moves[0], moves[1])
+
+
+@pytest.mark.parametrize("spec", [None, CircuitSpec(2, "ring", "rot", True)])
+def test_the_full_metric_is_pennylanes_adjoint_metric_tensor(spec):
+    # Arrange: PennyLane's exact metric of the same circuit at one input (another algorithm:
+    # the adjoint method, gate by gate), against ours from the state's Jacobian
+    model = PQCClassifier(n_qubits=3, n_layers=2, n_classes=2, seed=4, circuit=spec)
+    qnode = qml.QNode(make_circuit(model.n_qubits, model.n_layers, model.n_classes, model.kind, spec=model.circuit),
+                      qml.device("default.qubit", wires=model.n_qubits), interface="autograd")
+    row = np.array([0.3, -1.1, 0.7])
+    weights = model.weights.detach().numpy()
+
+    # Act
+    ours = CircuitMetric(model).full(row, weights)
+    exact = np.asarray(qml.adjoint_metric_tensor(qnode)(pnp.array(row, requires_grad=False),
+                                                        pnp.array(weights, requires_grad=True), None))
+
+    # Assert: the same matrix, and not a trivial one
+    np.testing.assert_allclose(ours, exact.reshape(weights.size, weights.size), atol=1e-12)
+    assert np.linalg.matrix_rank(ours, tol=1e-8) > 2

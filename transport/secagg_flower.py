@@ -2,23 +2,28 @@
 
 ``transport = "secagg"`` (or ``"qkd+secagg"``): the server learns the sum of the round's
 updates and never one of them, even if it lies (the protocol and why it is safe:
-:mod:`transport.secagg`; Bell et al. 2020, Sec. 5). A training round is three exchanges
-with the nodes that train, where plain FedAvg has one:
+:mod:`transport.secagg`; Bell et al. 2020, Sec. 5). A training round is two exchanges
+with the nodes that train when every one of them sends its masked input, three when one
+does not, where plain FedAvg has one:
 
-1. **the training message** itself, with the node's neighbours (and, the first time, each
-   neighbour's signed key record): the node checks the instructions against its own
-   configuration (:meth:`SecAggTransport.checked`) and every neighbour's certificate and
-   signatures (:mod:`transport.secagg_identity`), trains, and on the way out
-   :class:`SecAggTransport` replaces its reply by its masked input and the Shamir shares of
-   its self-mask seed, each encrypted for its holder. Nothing else of the reply leaves;
-2. **consistency** (query :data:`SECAGG_TYPE`): each node that sent an input gets the
-   survivor set and signs it, with the round's public parameters as it was given them
-   (participants, threshold, step, clip and weight bound ``B``, or the DP clip, noise
-   multiplier and split), with its certified identity, once a round;
+1. **the training message** itself, with the round's participants and the node's neighbours
+   among them (and, the first time, each neighbour's signed key record): the node checks
+   the instructions against its own configuration (:meth:`SecAggTransport.checked`) and
+   every neighbour's certificate and signatures (:mod:`transport.secagg_identity`), trains,
+   and on the way out :class:`SecAggTransport` replaces its reply by its masked input, the
+   Shamir shares of its self-mask seed, each encrypted for its holder, and its signature on
+   the participant set as the survivor set should every participant send its input, with
+   the round's public parameters as it was given them (participants, threshold, step, clip
+   and weight bound ``B``, or the DP clip, noise multiplier and split). Nothing else of the
+   reply leaves;
+2. **consistency** (query :data:`SECAGG_TYPE`), only when a participant's input did not
+   arrive: each node that sent an input gets the survivor set, a subset of the
+   participants, and signs it, with the same parameters, with its certified identity, once
+   a round;
 3. **unmask**: the holders the server needs get the same survivor set, their neighbours'
    signatures on it and the encrypted shares their neighbours made for them; a node that
    verifies at least ``t`` neighbours' signatures on the set it signed *and its own
-   parameters* answers the survivors' self-mask shares and its own pair seeds with its
+   parameters* (the participants, or the one set it signed in the consistency round) answers the survivors' self-mask shares and its own pair seeds with its
    neighbours outside the set. Each share is encrypted under a key bound to its owner's
    parameters, so a holder given other parameters cannot open it: a server that gave one
    node another ``B`` than its neighbours (to weigh its update up against theirs) gets its
@@ -416,13 +421,17 @@ def _consistency_answer(ask: ConfigRecord, data: dict, identity: NodeIdentity, r
     was given, with the round's public parameters it was given (:func:`_parameters`), once a
     round (a second, different set is refused), and only one that lists
     it, at least ``t`` of its neighbours and at least the run's threshold share of the
-    participants (the fewest whose sum may be unmasked), and, where every participant is its
-    neighbour (``k = n - 1``), no one else."""
+    participants (the fewest whose sum may be unmasked), no one outside the participants it
+    signed with its masked input, and, where every participant is its neighbour
+    (``k = n - 1``), no one else."""
     state, round_id = _round_of(data, ask)
     survivors = _survivor_set(ask)
     mine, threshold = {int(j) for j in state["neighbours"]}, int(state["threshold"])
     if me not in survivors:
         raise TransportError("secagg: a survivor set without this node, which sent its masked input")
+    if "presigned" in state and not set(survivors) <= set(state["presigned"]):
+        raise TransportError(f"secagg: survivors {sorted(set(survivors) - set(state['presigned']))} were not among "
+                             f"the round's participants {state['presigned']}")
     if len(mine) == int(state["participants"]) - 1 and not set(survivors) <= mine | {me}:
         raise TransportError(f"secagg: survivors {sorted(set(survivors) - mine - {me})} took no part: every "
                              "participant is this node's neighbour")
@@ -443,20 +452,22 @@ def _consistency_answer(ask: ConfigRecord, data: dict, identity: NodeIdentity, r
 
 
 def _unmask_answer(ask: ConfigRecord, data: dict, run_id: int, me: int) -> ConfigRecord:
-    """The unmask stage: only for the survivor set this node signed, and only once at least
+    """The unmask stage: only for the survivor set this node signed (in the consistency round,
+    else with its masked input: the participants), at most once a round, and only once at least
     ``t`` distinct neighbours' valid signatures on that same set and the same round
     parameters this node was given came with it. Then the self-mask shares of its surviving
     neighbours and its pair seeds with the others (its neighbours outside the set): never both
     of one client, since both follow from one set. A share opens only under the key bound to
     this node's parameters: one whose owner was given others is refused, and nothing is revealed."""
     state, round_id = _round_of(data, ask)
-    if "signed" not in state:
+    signed = state.get("signed", state.get("presigned"))  # the set of a consistency round, else the participants
+    if signed is None:
         raise TransportError(f"secagg: the consistency round was skipped: this node signed no survivor set for "
                              f"round {round_id!r} and reveals nothing")
     survivors = _survivor_set(ask)
-    if survivors != state["signed"]:
+    if survivors != signed:
         raise TransportError(f"secagg: the survivor set {survivors} is not the one this node signed "
-                             f"({state['signed']}): it reveals nothing")
+                             f"({signed}): it reveals nothing")
     mine, threshold = {int(j) for j in state["neighbours"]}, int(state["threshold"])
     parameters, words = _parameters(state)
     valid, bad = set(), []
@@ -503,6 +514,7 @@ class Instructions:
     neighbours: list[int]
     threshold: int
     parameters: list[tuple[str, int | float]]  # the round's public parameters, as the consistency round signs them
+    members: list[int] | None = None  # the round's participants (the survivor set it signs with its masked input)
 
 
 def _integer(ask: ConfigRecord, key: str) -> int:
@@ -604,7 +616,13 @@ class SecAggTransport(Transport):
             if _number(ask, "weight-bound") <= 0:
                 raise TransportError(f"secagg: instruction weight-bound = {ask['weight-bound']}: a positive bound is required")
             parameters += [("clip", float(cfg.secagg_clip)), ("weight-bound", _number(ask, "weight-bound"))]
-        return Instructions(str(ask["round-id"]), n, neighbours, threshold, parameters)
+        members = None
+        if "members" in ask:  # the participants: the survivor set this node signs with its masked input
+            members = sorted(int(j) for j in ask["members"])
+            if len(members) != n or len(set(members)) != n or me not in members or not set(neighbours) <= set(members):
+                raise TransportError(f"secagg: instruction members: {len(set(members))} distinct participants listed "
+                                     f"for participants = {n}, which must include this node and its neighbours")
+        return Instructions(str(ask["round-id"]), n, neighbours, threshold, parameters, members)
 
     @staticmethod
     def _check_round(data: dict, envelope: Envelope) -> None:
@@ -653,11 +671,21 @@ class SecAggTransport(Transport):
                       for j in told.neighbours]
             pairs = {j: _pair_seed(data, me, j, told.round_id, secagg.PAIR_MASK) for j in told.neighbours}
             y = secagg.masked_input(x, me, b, pairs)
-            data[ROUND] = {"round-id": told.round_id, "neighbours": told.neighbours, "threshold": told.threshold,
-                           "participants": told.participants, "parameters": [list(p) for p in told.parameters]}
+            state = {"round-id": told.round_id, "neighbours": told.neighbours, "threshold": told.threshold,
+                     "participants": told.participants, "parameters": [list(p) for p in told.parameters]}
+            answer: dict[str, object] = {"b-tokens": tokens}
+            if told.members is not None:
+                # the consistency round of a round in which every participant's input arrives,
+                # signed now (one exchange fewer): the participants as the survivor set; a later
+                # consistency round may still have it sign one subset of them (someone dropped)
+                state["presigned"] = told.members
+                answer["sig"] = _identity(self.node).sign(
+                    SURVIVORS_CONTEXT, survivors_statement(envelope.run_id, told.round_id, me, told.members,
+                                                           _parameters(state)[0]))
+            data[ROUND] = state
             data[ANSWERED] = envelope.server_round
         return RecordDict({SECAGG_MASKED: ArrayRecord({MASKED: Array(y)}),
-                           SECAGG_RECORD: ConfigRecord({"b-tokens": tokens})})
+                           SECAGG_RECORD: ConfigRecord(answer)})
 
     def _release(self, content: RecordDict, request: RecordDict, ask: ConfigRecord,
                  participants: int) -> tuple[np.ndarray, np.ndarray | float]:
@@ -895,10 +923,11 @@ class SecAggGrid(DelegatingGrid):
             nodes = [n for n in nodes if n not in failed]
         raise secagg.SecAggError("nodes kept failing the key exchange")
 
-    def _instructions(self, round_id: str, n: int, t: int, floor: int) -> dict:
+    def _instructions(self, round_id: str, nodes: list[int], t: int, floor: int) -> dict:
         dp = distributed_dp(self.cfg)
         clip = self.cfg.dp_clip if dp else self.cfg.secagg_clip
-        instructions: dict = {"round-id": round_id, "threshold": t, "step": clip / STEPS_PER_CLIP, "participants": n}
+        instructions: dict = {"round-id": round_id, "threshold": t, "step": clip / STEPS_PER_CLIP,
+                              "participants": len(nodes), "members": sorted(nodes)}
         if dp:
             instructions.update({"l2-clip": clip, "sigma": self.cfg.dp_noise_multiplier, "noise-split": floor})
         else:
@@ -932,8 +961,9 @@ class SecAggGrid(DelegatingGrid):
         return train
 
     def _masked_inputs(self, train: list[Message], graph: dict[int, set[int]], size: int,
-                       timeout: float | None) -> dict[int, tuple[Message, np.ndarray, list[bytes]]]:
-        """The well-formed masked inputs by node; error replies are kept for the strategy."""
+                       timeout: float | None) -> dict[int, tuple[Message, np.ndarray, list[bytes], bytes]]:
+        """The well-formed masked inputs by node, with the encrypted shares and the node's
+        signature on the participants as the survivor set; error replies are kept for the strategy."""
         replies = {}
         for reply in self._grid.send_and_receive(train, timeout=timeout):
             i = reply.metadata.src_node_id
@@ -943,10 +973,11 @@ class SecAggGrid(DelegatingGrid):
                 continue
             record = reply.content.array_records.get(SECAGG_MASKED)
             y = record[MASKED].numpy() if record is not None and MASKED in record else None
-            tokens = reply.content.config_records.get(SECAGG_RECORD, {}).get("b-tokens")
+            record = reply.content.config_records.get(SECAGG_RECORD, {})
+            tokens = record.get("b-tokens")
             if y is not None and y.dtype == secagg.FIELD and y.shape == (size,) and tokens is not None \
                     and len(tokens) == len(graph.get(i, ())):
-                replies[i] = (reply, y, [bytes(tok) for tok in tokens])
+                replies[i] = (reply, y, [bytes(tok) for tok in tokens], bytes(record.get("sig", b"")))
                 self.delivered.update((j, i) for j in graph[i] if j < i)
                 self.introduced.update((i, j) for j in graph[i])
             else:
@@ -967,7 +998,7 @@ class SecAggGrid(DelegatingGrid):
             raise secagg.SecAggError(f"{len(nodes)} of {len(sampled)} nodes can take part, fewer than the "
                                      f"{max(floor, t + 1)} the threshold needs")
         dp = distributed_dp(self.cfg)
-        instructions = self._instructions(round_id, len(nodes), t, floor)
+        instructions = self._instructions(round_id, nodes, t, floor)
         saes = self._saes(nodes, timeout)
         train = self._training_messages(messages, graph, instructions, saes)
         log(INFO, "secagg: %d of %d nodes take part (k = %d, t = %d; pairwise masks from %s)%s", len(nodes),
@@ -999,8 +1030,13 @@ class SecAggGrid(DelegatingGrid):
         })
         return [aggregate]
 
-    def _consistency(self, round_id: str, survivors: list[int], timeout: float | None) -> dict[int, bytes]:
-        """The consistency round: every survivor signs the survivor set; ``{signer: signature}``."""
+    def _consistency(self, round_id: str, survivors: list[int], timeout: float | None,
+                     presigned: dict[int, bytes] | None = None) -> dict[int, bytes]:
+        """The consistency round: every survivor signs the survivor set; ``{signer: signature}``.
+        ``presigned``: when every participant's input arrived, the signatures on the participants
+        that came with them, which are that round's: it is not run."""
+        if presigned is not None:
+            return presigned
         asks = {i: {"round-id": round_id, "survivors": survivors} for i in survivors}
         return {i: bytes(a.get("sig", b"")) for i, a in self._ask("consistency", asks, timeout).items()}
 
@@ -1020,7 +1056,9 @@ class SecAggGrid(DelegatingGrid):
         the survivors could honestly make (:func:`transport.secagg.check_weighted_sum` /
         ``check_noised_sum``)."""
         survivors = sorted(replies)
-        signatures = self._consistency(round_id, survivors, timeout)
+        presigned = {i: r[3] for i, r in replies.items()}
+        everyone = not dropped and all(presigned.values())  # the survivors are the participants, and each signed them
+        signatures = self._consistency(round_id, survivors, timeout, presigned if everyone else None)
         b_of: dict[int, list[bytes]] = {i: [] for i in survivors}
         pair_seeds: dict[tuple[int, int], bytes] = {}
         asked = set(survivors) - set(signatures)  # a survivor that did not sign answers nothing more
@@ -1036,7 +1074,7 @@ class SecAggGrid(DelegatingGrid):
                     if int(j) in dropped:
                         pair_seeds[(h, int(j))] = bytes(seed)
         seeds = {i: secagg.rebuild(b_of[i], t, i, "self-mask seed") for i in survivors}
-        total = secagg.unmask({i: y for i, (_, y, _) in replies.items()}, graph, seeds, pair_seeds)
+        total = secagg.unmask({i: r[1] for i, r in replies.items()}, graph, seeds, pair_seeds)
         steps = quantisation_steps(self.cfg, total.size)
         summed = secagg.dequantize(total, steps)
         n = len(survivors)

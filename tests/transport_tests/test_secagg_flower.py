@@ -162,11 +162,13 @@ def test_the_server_gets_fedavgs_average_and_sees_only_masked_inputs(defaults):
         content = reply.content
         assert set(content.array_records) == {SECAGG_MASKED} and not content.metric_records
         assert not set(content.config_records) - {"transport-envelope", SECAGG_RECORD}  # the first: Flower's wire record
-        assert set(content.config_records[SECAGG_RECORD]) == {"b-tokens"}
+        # the encrypted shares, and the signature on the participants as the survivor set
+        assert set(content.config_records[SECAGG_RECORD]) == {"b-tokens", "sig"}
     # the keys once a run: the signed keys of the 4 (no warm-up here), then the 3 lower ends of
-    # the 6 pairs encapsulate (ML-KEM); then the round's three exchanges: training, the
-    # consistency round (each of the 4 signs the survivor set), unmask (3 of 4 hold t = 2 shares of each)
-    assert _stages(loop) == ["keys"] * 4 + ["keys"] * 3 + ["train"] * 4 + ["consistency"] * 4 + ["unmask"] * 3
+    # the 6 pairs encapsulate (ML-KEM); then the round's two exchanges: training (each of the 4
+    # signs the participants with its masked input: all arrived, so no consistency round),
+    # unmask (3 of 4 hold t = 2 shares of each)
+    assert _stages(loop) == ["keys"] * 4 + ["keys"] * 3 + ["train"] * 4 + ["unmask"] * 3
     keys = [m for m in loop.sent if m.metadata.message_type == SECAGG_TYPE][4:7]
     assert [(m.metadata.dst_node_id, list(m.content[SECAGG_RECORD]["kem-with"])) for m in keys] == \
         [(11, [12, 13, 14]), (12, [13, 14]), (13, [14])]
@@ -178,19 +180,22 @@ def _stages(loop: LoopbackGrid, since: int = 0) -> list[str]:
             for m in loop.sent[since:]]
 
 
-def test_a_second_round_is_three_exchanges_with_the_keys_of_the_first(defaults):
+def test_a_second_round_is_two_exchanges_with_the_keys_of_the_first(defaults):
     fed = Federation(_config(defaults))
     for _ in range(2):
         (aggregate,) = fed.train()
         assert aggregate.content.metric_records["metrics"][SECAGG_SUMMED] == 4
-    sent = fed.loop.sent[18:]  # round 2: no keys query, no ciphertext nor certificate relayed again
-    assert _stages(fed.loop, 18) == ["train"] * 4 + ["consistency"] * 4 + ["unmask"] * 3
+    sent = fed.loop.sent[14:]  # round 2: no keys query, no ciphertext nor certificate relayed again
+    assert _stages(fed.loop, 14) == ["train"] * 4 + ["unmask"] * 3
     assert all(not list(m.content[SECAGG_RECORD]["kem-cts"]) for m in sent[:4])
     assert all(not list(m.content[SECAGG_RECORD]["intro-certs"]) for m in sent[:4])
 
 
 def test_a_node_gone_before_its_masked_input_leaves_the_average_of_the_others(defaults):
-    (aggregate,), _, _, start = _train(_config(defaults), crash={13: "train"})
+    (aggregate,), loop, _, start = _train(_config(defaults), crash={13: "train"})
+    # a participant's input missing: the signatures on the participants do not serve, and
+    # the three survivors sign the survivor set in a consistency round
+    assert [m.metadata.dst_node_id for m, stage in zip(loop.sent, _stages(loop)) if stage == "consistency"] == [11, 12, 14]
     metrics = aggregate.content.metric_records["metrics"]
     assert (metrics[SECAGG_SUMMED], metrics[SECAGG_DROPPED]) == (3, 1)
     np.testing.assert_allclose(_flat(aggregate.content[ARRAYS]), _plain_average(defaults, start, [11, 12, 14]), atol=1e-5)
@@ -254,6 +259,26 @@ def test_a_node_signs_one_survivor_set_a_round_and_reveals_only_for_it(defaults)
     assert "0 valid signature(s) of surviving neighbours on the survivor set and round parameters this node signed " \
            "(participants 4, threshold 2), fewer than the threshold 2 (not valid: [12, 13]: another set or other " \
            "parameters)" in reply.error.reason
+
+
+def test_a_node_that_signed_the_participants_signs_at_most_one_subset_and_reveals_for_one_set(defaults):
+    """With its masked input a node signed the participants as the survivor set (the round in
+    which every input arrives needs no consistency round). If one did not arrive, it signs
+    one subset of the participants in a consistency round, never a set with others in it;
+    from then on it reveals only for that subset, and without t valid signatures for nothing."""
+    _, loop, _, _ = _train(_config(defaults))
+    ctx = loop.contexts[11]
+    everyone = [11, 12, 13, 14]
+    _in_flight(ctx, presigned=everyone)
+    reply = _stage(ctx, "unmask", survivors=everyone, owners=[], **{"b-tokens": []})
+    assert "0 valid signature(s) of surviving neighbours on the survivor set and round parameters this node " \
+           "signed (participants 4, threshold 2), fewer than the threshold 2" in reply.error.reason
+    reply = _stage(ctx, "consistency", survivors=[11, 12, 13, 15])
+    assert "survivors [15] were not among the round's participants [11, 12, 13, 14]" in reply.error.reason
+    assert not _stage(ctx, "consistency", survivors=[11, 12, 13]).has_error()
+    assert "a second, different survivor set" in _stage(ctx, "consistency", survivors=[11, 12, 14]).error.reason
+    reply = _stage(ctx, "unmask", survivors=everyone, owners=[], **{"b-tokens": []})
+    assert "the survivor set [11, 12, 13, 14] is not the one this node signed ([11, 12, 13])" in reply.error.reason
 
 
 def test_distributed_dp_adds_each_nodes_share_of_the_noise_and_the_server_the_sample(defaults):

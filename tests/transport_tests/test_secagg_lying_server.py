@@ -141,7 +141,8 @@ def _invented(record: dict, fed: Federation, invented: int = 99) -> dict:
     pk, ek = secagg.public_bytes(secagg.new_key()), hybrid_kem.kem_public_bytes(hybrid_kem.new_kem_key())
     sig = key.sign(key_statement(fed.run_id, invented, "node-5", pk, ek_hash(ek)), KEYS)
     neighbours = [invented if j == 14 else j for j in record["neighbours"]]
-    return {**record, "neighbours": neighbours, "intro-nodes": [*record["intro-nodes"], invented],
+    members = sorted(invented if j == 14 else j for j in record.get("members", []))  # a participant too
+    return {**record, "neighbours": neighbours, "members": members, "intro-nodes": [*record["intro-nodes"], invented],
             "intro-certs": [*record["intro-certs"], cert.public_bytes(serialization.Encoding.DER)],
             "intro-sigs": [*record["intro-sigs"], sig], "intro-pks": [*record["intro-pks"], pk],
             "intro-ekhs": [*record["intro-ekhs"], ek_hash(ek)]}
@@ -150,6 +151,7 @@ def _invented(record: dict, fed: Federation, invented: int = 99) -> dict:
 def _replayed(record: dict, fed: Federation) -> dict:
     """Node 14 is told its neighbour 11 is node 99, with node 11's real certificate and signature."""
     return {**record, "neighbours": [99 if j == 11 else j for j in record["neighbours"]],
+            "members": sorted(99 if j == 11 else j for j in record.get("members", [])),
             "intro-nodes": [99 if j == 11 else j for j in record["intro-nodes"]]}
 
 
@@ -223,7 +225,8 @@ def test_invented_neighbours_cannot_fill_an_inflated_participant_count(defaults)
         for invented in (95, 96, 97, 98):
             record = _invented({**record, "neighbours": [*record["neighbours"], 14]}, fed, invented)
             record["neighbours"] = [j for j in record["neighbours"] if j != 14] + [14]
-        return {**record, "participants": 8, "threshold": 4, "neighbours": sorted(set(record["neighbours"]))}
+        return {**record, "participants": 8, "threshold": 4, "neighbours": sorted(set(record["neighbours"])),
+                "members": sorted(set(record["neighbours"]) | {11})}
 
     _lie(fed, "train", {11}, inflate)
     fed.train()
@@ -253,19 +256,32 @@ class SplitsTheSurvivors(SecAggGrid):
 
 
 class SkipsTheConsistencyRound(SecAggGrid):
-    """Goes from the masked inputs straight to unmask, with no signature."""
+    """Goes from the masked inputs straight to unmask, with no signature (none of those that
+    came with the masked inputs, and no consistency round)."""
 
-    def _consistency(self, round_id, survivors, timeout):  # noqa: ANN001, ANN202
+    def _consistency(self, round_id, survivors, timeout, presigned=None):  # noqa: ANN001, ANN202
         return {i: b"" for i in survivors}
 
 
 class ReplaysLastRoundsSignatures(SecAggGrid):
-    """Runs the consistency round in round 1; in round 2 skips it and relays round 1's signatures."""
+    """Keeps round 1's signatures (on its participants, which came with the masked inputs); in
+    round 2 relays those instead of round 2's."""
 
-    def _consistency(self, round_id, survivors, timeout):  # noqa: ANN001, ANN202
+    def _consistency(self, round_id, survivors, timeout, presigned=None):  # noqa: ANN001, ANN202
         if getattr(self, "kept", None) is None:
-            self.kept = super()._consistency(round_id, survivors, timeout)
+            self.kept = super()._consistency(round_id, survivors, timeout, presigned)
         return self.kept
+
+
+class OmitsTheParticipants(SecAggGrid):
+    """Leaves the participants out of the training message (no node signs with its masked
+    input), then skips the consistency round."""
+
+    def _instructions(self, round_id, nodes, t, floor):  # noqa: ANN001, ANN202
+        return {k: v for k, v in super()._instructions(round_id, nodes, t, floor).items() if k != "members"}
+
+    def _consistency(self, round_id, survivors, timeout, presigned=None):  # noqa: ANN001, ANN202
+        return {i: b"" for i in survivors}
 
 
 def test_a_server_that_gives_different_survivor_lists_gets_no_pair_seed_and_no_update(defaults):
@@ -285,9 +301,49 @@ def test_a_server_that_gives_different_survivor_lists_gets_no_pair_seed_and_no_u
     assert np.all(np.abs(guess) <= fed.cfg.secagg_clip + 1e-5)
 
 
+class MixesTheParticipantsAndASubset(SecAggGrid):
+    """Everyone's input arrived, and everyone signed the participants with it. Shows node 11
+    those signatures (it reveals its neighbours' self-mask shares, the victim's among them)
+    and has nodes 12 and 13 sign the set without the victim in a consistency round, then
+    asks them to unmask that set (they would reveal their pair seeds with the victim)."""
+
+    victim = 14
+
+    def _unmasked_sum(self, round_id, graph, replies, dropped, t, timeout):  # noqa: ANN001, ANN202
+        everyone = sorted(replies)
+        without = [j for j in everyone if j != self.victim]
+        presigned = {i: r[3] for i, r in replies.items()}
+        signed = {i: bytes(a["sig"]) for i, a in self._ask(
+            "consistency", {i: {"round-id": round_id, "survivors": without} for i in (12, 13)}, timeout).items()}
+        asks = {11: self._unmask_ask(round_id, 11, graph, replies, everyone, presigned)}
+        for h in (12, 13):
+            ask = self._unmask_ask(round_id, h, graph, replies, without, {**presigned, **signed})
+            keep = [k for k, o in enumerate(ask["owners"]) if o in without]
+            asks[h] = {**ask, "owners": [ask["owners"][k] for k in keep], "b-tokens": [ask["b-tokens"][k] for k in keep]}
+        self._ask("unmask", asks, timeout)
+        raise secagg.SecAggError("the adversary has what it could get")
+
+
+def test_a_server_that_mixes_the_participants_signatures_and_a_subsets_gets_no_update(defaults):
+    """The one thing signing the participants in advance adds for a liar: two sets a round, each
+    with signatures. Node 11 reveals for the participants (one share of the victim's self-mask
+    seed, below t = 2); 12 and 13 signed the subset, which only they did: one valid signature
+    each, and they reveal nothing. No pair seed with the victim, no self-mask seed: no update."""
+    fed = Federation(_config(defaults), grid_class=MixesTheParticipantsAndASubset)
+    fed.train()
+    refusals = _refusals(fed, 0)
+    assert set(refusals) == {12, 13}
+    assert all("1 valid signature(s) of surviving neighbours" in why for why in refusals.values()), refusals
+    _, shares, seeds = _collected(fed, 0)
+    assert len(shares[14]) == 1 and not seeds  # 11 revealed for the participants, as it should
+    _learns_nothing(fed, 0)
+
+
 @pytest.mark.parametrize(("server", "rounds", "named"), [
-    (SkipsTheConsistencyRound, 1, "the consistency round was skipped: this node signed no survivor set for round"),
-    (ReplaysLastRoundsSignatures, 2, "the consistency round was skipped"),
+    (SkipsTheConsistencyRound, 1, "0 valid signature(s) of surviving neighbours on the survivor set and round "
+                                  "parameters this node signed"),
+    (ReplaysLastRoundsSignatures, 2, "0 valid signature(s) of surviving neighbours"),
+    (OmitsTheParticipants, 1, "the consistency round was skipped: this node signed no survivor set for round"),
 ])
 def test_a_server_that_skips_the_consistency_round_gets_nothing_revealed(defaults, server, rounds, named):
     fed = Federation(_config(defaults), grid_class=server)

@@ -99,6 +99,23 @@ def test_under_distributed_dp_a_node_refuses_a_split_or_clip_not_its_own(default
         node.checked(ConfigRecord(changed), 12)
 
 
+@pytest.mark.parametrize(("members", "named"), [
+    ([11, 13, 14, 15], "instruction members: 4 distinct participants listed for participants = 4, which must include "
+                       "this node and its neighbours"),
+    ([11, 12, 13], "instruction members: 3 distinct participants"),
+    ([11, 11, 12, 13], "instruction members: 3 distinct participants"),
+])
+def test_a_node_refuses_participants_without_itself_or_its_neighbours_or_of_another_count(defaults, members, named):
+    """The participants are the survivor set a node signs with its masked input: they must be
+    ``participants`` distinct nodes, itself and its neighbours among them."""
+    fed = Federation(_config(defaults))
+    fed.train()
+    ask = _sent_ask(fed, 12)
+    assert _node(fed).checked(ConfigRecord(ask), 12).members == [11, 12, 13, 14]
+    with pytest.raises(TransportError, match=re.escape(named)):
+        _node(fed).checked(ConfigRecord({**ask, "members": members}), 12)
+
+
 @pytest.mark.parametrize("extra", [{}, DP], ids=["secagg", "secagg+dp"])
 def test_every_number_the_server_states_is_a_round_parameter_the_consistency_round_signs(defaults, extra):
     """The participant count and the weight bound are the server's word (checked only for range):
@@ -111,7 +128,7 @@ def test_every_number_the_server_states_is_a_round_parameter_the_consistency_rou
     numbers = {k for k, v in ask.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     assert {name for name, _ in told.parameters} == numbers
     assert numbers >= ({"participants", "noise-split", "sigma"} if extra else {"participants", "weight-bound"})
-    other = _node(fed).checked(ConfigRecord({**ask, "participants": 3, "neighbours": [11, 13]}), 12)
+    other = _node(fed).checked(ConfigRecord({**ask, "participants": 3, "neighbours": [11, 13], "members": [11, 12, 13]}), 12)
     assert parameters_statement(other.parameters) != parameters_statement(told.parameters)
 
 
@@ -125,8 +142,8 @@ class OmitsTheNoise(SecAggGrid):
 class ClaimsThousands(SecAggGrid):
     """A lying server: 10,000 participants, so that each node would add 1/5,000 of the noise."""
 
-    def _instructions(self, round_id, n, t, floor):  # noqa: ANN001, ANN202
-        return {**super()._instructions(round_id, n, t, floor), "participants": 10_000, "noise-split": 5_000}
+    def _instructions(self, round_id, nodes, t, floor):  # noqa: ANN001, ANN202
+        return {**super()._instructions(round_id, nodes, t, floor), "participants": 10_000, "noise-split": 5_000}
 
 
 def _clients_csv(fed: Federation, replies: list[Message], tmp_path) -> list[dict]:  # noqa: ANN001

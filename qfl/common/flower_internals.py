@@ -134,6 +134,31 @@ def simulation_internals() -> SimpleNamespace:
     )
 
 
+# CPython 3.11's AST constructor keeps its recursion depth in state that every thread shares
+# (python/cpython#106905): two threads in ``ast.parse`` at once can fail one of them with
+# "SystemError: AST constructor recursion depth mismatch". In a simulation the ServerApp's
+# thread and the engine's both validate the app (``flwr.supercore.object_ref.validate``, an
+# ``ast.parse`` of its module) as a run starts: one run in 96 of an experiment ended so on
+# this machine. ``serialized_ast_parse`` makes ``ast.parse`` take a lock, for the process.
+
+
+def serialized_ast_parse() -> None:
+    """``ast.parse`` one thread at a time in this process (idempotent)."""
+    import ast
+    import threading
+
+    if getattr(ast.parse, "_qfl_serialized", False):
+        return
+    parse, lock = ast.parse, threading.Lock()
+
+    def locked(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 (ast.parse's signature)
+        with lock:
+            return parse(*args, **kwargs)
+
+    locked._qfl_serialized = True  # type: ignore[attr-defined]
+    ast.parse = locked
+
+
 # --- the simulation engine at thousands of nodes --------------------------------------------
 # Flower 1.42's simulation runtime hands messages to its actors from one thread
 # (``vce_api.add_messages_to_queue``) that, every 0.1 s, calls ``get_message_ins(node, limit=1)``

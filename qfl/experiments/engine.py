@@ -51,6 +51,7 @@ from qfl.common.contract import CACHE_DIR_ENV, SIMULATION_PARTITIONS
 from qfl.common.flower_internals import (
     linear_message_extractor,
     published_node_partitions,
+    serialized_ast_parse,
     set_task_identity,
     simulation_internals,
 )
@@ -155,6 +156,7 @@ class SimulationSession:
 
     def __enter__(self) -> SimulationSession:
         os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+        serialized_ast_parse()  # the ServerApp's and the engine's threads both parse the app as a run starts
         self._stack = contextlib.ExitStack()
         if (address := ray_address_of(self.ray_address)) is not None:
             self.memory.scope = f"PSS of the experiment's process only: its clients ran on the Ray cluster at {address}"

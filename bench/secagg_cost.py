@@ -4,8 +4,8 @@
    this process (:func:`transport.secagg.play_round`) on an update the size of the default
    model: seconds to make the run's hybrid X25519 + ML-KEM-768 pair keys, certified and
    signed with each node's ML-DSA-65 identity and verified by each end (once a run), and
-   seconds a round (with its consistency round: every survivor signs the survivor set, every
-   unmask holder verifies its neighbours' signatures), bytes per client in the first round
+   seconds a round (every survivor signs the survivor set, with its masked input when every
+   input arrives, every unmask holder verifies its neighbours' signatures), bytes per client in the first round
    (with the keys) and in a later one,
    against plain FedAvg's (each client's float64 update up, the model down), and a later
    round's bytes per client over log2(n) x model bytes.
@@ -53,7 +53,7 @@ def part_protocol(clients: list[int]) -> None:
     step = cfg.secagg_clip / STEPS_PER_CLIP
     print(f"1. protocol in process, update of {d} coordinates (the default model + its weight); pair keys hybrid "
           "X25519 + ML-KEM-768 signed by certified ML-DSA-65 identities, made once a run (first round) and reused "
-          "(later rounds); every round with its consistency round (ML-DSA-65 signatures on the survivor set)")
+          "(later rounds); every survivor signs the survivor set (ML-DSA-65), with its masked input when none is missing")
     print(f"{'clients':>8} {'k':>4} {'t':>4} {'keys s':>7} {'s/round':>8} {'plain s':>8} {'B/client 1st':>13} "
           f"{'B/client later':>15} {'plain B':>8} {'ratio later':>12} {'later/(log2n*model)':>20}")
     rng = np.random.default_rng(0)

@@ -1,5 +1,5 @@
-"""SecAgg+ (Bell et al., CCS 2020) in three exchanges a round: the server learns the sum of the
-clients' inputs, not one of them.
+"""SecAgg+ (Bell et al., CCS 2020) in two exchanges a round (three when an input is missing):
+the server learns the sum of the clients' inputs, not one of them.
 
 The protocol's pure parts, one function each; :mod:`transport.secagg_flower` carries them in
 Flower messages. For a round with participants :math:`i \\in U`, each with an input
@@ -50,11 +50,17 @@ still holds the masks with its surviving neighbours (at least :math:`t \\ge 2` o
 seed could not be rebuilt), whose seeds are never revealed. A client reveals pair seeds only
 with clients listed as dropped, and answers only when at least :math:`t` of its neighbours
 are listed as survivors. Against a server that lies, every key is signed by a certified
-identity (no key swap, no invented neighbour) and the consistency round makes every honest
-node that reveals anything agree on one survivor set. Bell et al.'s protocol shares the mask
+identity (no key swap, no invented neighbour), and a client reveals only for a survivor set
+at least :math:`t` of its neighbours signed with it. Bell et al.'s protocol shares the mask
 key itself, so that any :math:`t` neighbours can remove a dropped client's masks; here each
 survivor removes its own, which saves two exchanges a round, and a round in which a dropped
-client's neighbour also fails to answer the unmask stage fails (named) instead.
+client's neighbour also fails to answer the unmask stage fails (named) instead. That also
+lets the survivor set be signed with the masked input when every input arrives (the
+participants; a consistency round only when one is missing): the server may then hold
+signatures on two sets of one round, the participants and one subset, but to strip a
+client's pair masks it needs the pair seed of *every* honest neighbour, each of which then
+revealed for a set without that client and so none of its self-mask shares, of which it
+needs :math:`t` (``docs/transport.md``).
 
 **Bounded inputs** (the server's check, :func:`check_weighted_sum`, :func:`check_noised_sum`).
 Masks hide every input, so the server cannot check one; it checks the unmasked sum against
@@ -372,7 +378,9 @@ def play_round(updates: dict[int, np.ndarray], k: int, t: int, step: float, drop
     stage moved between a client and the server (summed over clients): ``keys``,
     ``pair-keys`` and ``identity`` (once a run; 0 with ``keys`` given), ``masked`` (the
     neighbours' X25519 keys down, the masked input and the encrypted shares up),
-    ``consistency`` (the survivor set down, each survivor's ML-DSA-65 signature on it up),
+    ``consistency`` (the survivor set down, each survivor's ML-DSA-65 signature on it up; in
+    the deployment these ride on the training message and the masked input when no input is
+    missing),
     ``unmask`` (with the neighbours' signatures each holder verifies).
     """
     nodes = sorted(updates)

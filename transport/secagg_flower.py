@@ -23,8 +23,9 @@ does not, where plain FedAvg has one:
 3. **unmask**: the holders the server needs get the same survivor set, their neighbours'
    signatures on it and the encrypted shares their neighbours made for them; a node that
    verifies at least ``t`` neighbours' signatures on the set it signed *and its own
-   parameters* (the participants, or the one set it signed in the consistency round) answers the survivors' self-mask shares and its own pair seeds with its
-   neighbours outside the set. Each share is encrypted under a key bound to its owner's
+   parameters* (the participants, or the one set it signed in the consistency round)
+   answers the survivors' self-mask shares and its own pair seeds with its neighbours
+   outside the set. Each share is encrypted under a key bound to its owner's
    parameters, so a holder given other parameters cannot open it: a server that gave one
    node another ``B`` than its neighbours (to weigh its update up against theirs) gets its
    self-mask seed from no one.

@@ -27,7 +27,8 @@ which the circuit's metric says nothing, take a plain gradient step of the same 
 the rank of the QFI (Haug, Bharti, Kim, "Capacity and quantum geometry of parametrized quantum
 circuits", PRX Quantum 2, 040309 (2021), their effective quantum dimension), with the full
 metric from the state's Jacobian (:meth:`CircuitMetric.full`: what
-:func:`pennylane.adjoint_metric_tensor` computes, six times faster).
+:func:`pennylane.adjoint_metric_tensor` computes: 0.17 s against 1.44 s for a client's two
+probes at 4 qubits and 6 layers).
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ class CircuitMetric:
         with torch.no_grad():
             pairs = state(theta)
         jac = torch.autograd.functional.jacobian(state, theta, vectorize=True).numpy()
-        psi, jac = pairs.numpy()[0::2] + 1j * pairs.numpy()[1::2], jac[0::2] + 1j * jac[1::2]
+        pairs = pairs.numpy()
+        psi, jac = pairs[0::2] + 1j * pairs[1::2], jac[0::2] + 1j * jac[1::2]
         overlaps = jac.conj().T @ psi
         return self._embed(np.real(jac.conj().T @ jac - np.outer(overlaps, overlaps.conj())))
 
